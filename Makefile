@@ -1,0 +1,46 @@
+# Every target sets up what it needs first: a fresh clone needs only Python 3.11+, make and a
+# C/C++ compiler (pdqhash builds from source).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export XDG_RUNTIME_DIR ?= $(CURDIR)/.run
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: venv proto proto-check lint types test demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
+	$(PYTHON) -c 'import sys; sys.exit("hashex needs Python >= 3.11") if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+proto: venv
+	$(PY) -m services.core.protogen --write
+
+lint: venv
+	$(PY) -m ruff check services tests bench
+	$(PY) -m ruff format --check services tests bench
+	cd proto && ../$(VENV)/bin/buf lint
+
+types: venv
+	$(PY) -m mypy
+
+test: lint types
+	@mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
+	$(PY) -m pytest -q
+
+demo: venv
+	@mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
+	$(PY) -m services.cli.demo
+
+bench: venv
+	$(PY) bench/pdq_index.py --n 1000000
+	$(PY) bench/lookup.py
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,233 @@
+"""`hashex lookup`: look hashes up at the node, exact and PDQ near matches.
+
+Hashes come from the command line (`md5:9e10…`, `pdq:…`), from a file of such lines, or from a
+hash file written by `hashex hash`. Everything is validated before anything is sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from hashex.v1 import common_pb2, registry_pb2
+from services.cli import exit_codes
+from services.cli.hashfile import read_hash_file, record_signals
+from services.cli.node_client import add_node_options, registry_stub, run_command
+from services.core.algorithms import ALGORITHMS, Algorithm, SignalValue, parse_signal_text
+from services.core.errors import FieldProblem, InvalidArgument
+from services.registry.convert import signal_to_proto
+
+BATCH = 1000
+HASH_FILE_SUFFIXES = {".jsonl", ".json", ".csv"}
+STATUS_NAMES = {
+    common_pb2.IDENTIFICATION_STATUS_UNIDENTIFIED: "unidentified",
+    common_pb2.IDENTIFICATION_STATUS_IN_PROGRESS: "in_progress",
+    common_pb2.IDENTIFICATION_STATUS_IDENTIFIED: "identified",
+    common_pb2.IDENTIFICATION_STATUS_SAFEGUARDED: "safeguarded",
+}
+SCHEME_NAMES = {
+    common_pb2.CATEGORY_SCHEME_VICS_US: "vics-us",
+    common_pb2.CATEGORY_SCHEME_CAID_UK: "caid-uk",
+    common_pb2.CATEGORY_SCHEME_INTERPOL_BASELINE: "interpol-baseline",
+}
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "lookup",
+        help="look hashes up at the node (exact and PDQ near matches)",
+        description=(
+            "Look hashes up at your node. Give hashes as ALGO:HEX (md5, sha1, sha256, pdq, "
+            "photodna), a file with one per line (--file), or a hash file from `hashex hash`. "
+            "Exit code 0 when something matched, 1 when nothing did, 2 for bad input."
+        ),
+        epilog=(
+            "examples:\n"
+            "  hashex lookup md5:9e107d9d372bb6826bd81d3542a419d6\n"
+            "  hashex lookup --file seizure.jsonl --format json --max-distance 20"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("hashes", nargs="*", metavar="ALGO:HEX", help="hashes to look up")
+    parser.add_argument(
+        "--file",
+        type=Path,
+        help="a file of ALGO:HEX lines (# comments allowed) or a .jsonl/.csv hash file",
+    )
+    parser.add_argument(
+        "--max-distance",
+        type=int,
+        help="largest PDQ Hamming distance reported as a near match, 0-64 (node default: 31)",
+    )
+    parser.add_argument(
+        "--max-matches", type=int, default=100, help="matches per hash (default: %(default)s)"
+    )
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "--all", action="store_true", help="also list hashes without matches (table format)"
+    )
+    add_node_options(parser)
+    parser.set_defaults(func=lambda ns: run_command(_lookup, ns))
+
+
+def _lookup(ns: argparse.Namespace) -> int:
+    signals = _collect_signals(ns.hashes, ns.file)
+    if ns.max_distance is not None and not 0 <= ns.max_distance <= 64:
+        raise InvalidArgument("--max-distance must be 0-64")
+    matched = 0
+    with registry_stub(ns) as stub:
+        responses = stub.LookupStream(_requests(signals, ns), timeout=ns.timeout)
+        results = (r for response in responses for r in response.lookup.results)
+        for offset_results in _write_results(results, signals, ns.format, ns.all, sys.stdout):
+            matched += offset_results
+    return exit_codes.OK if matched else exit_codes.NO_MATCH
+
+
+def _requests(
+    signals: Sequence[SignalValue], ns: argparse.Namespace
+) -> Iterator[registry_pb2.LookupStreamRequest]:
+    for number, start in enumerate(range(0, len(signals), BATCH)):
+        request = registry_pb2.LookupRequest(
+            signals=[signal_to_proto(s) for s in signals[start : start + BATCH]],
+            max_matches_per_signal=ns.max_matches,
+        )
+        if ns.max_distance is not None:
+            request.pdq_max_distance = ns.max_distance
+        yield registry_pb2.LookupStreamRequest(batch_id=str(number), lookup=request)
+
+
+def _collect_signals(texts: Sequence[str], file: Path | None) -> list[SignalValue]:
+    problems: list[FieldProblem] = []
+    signals: list[SignalValue] = []
+    for position, text in enumerate(texts, start=1):
+        try:
+            signals.append(parse_signal_text(text))
+        except InvalidArgument as error:
+            problems.extend(error.within(f"argument {position}").problems)
+    if file is not None:
+        signals.extend(_signals_from_file(file, problems))
+    if problems:
+        raise InvalidArgument(problems)
+    if not signals:
+        raise InvalidArgument("no hashes given: pass ALGO:HEX arguments or --file")
+    return signals
+
+
+def _signals_from_file(file: Path, problems: list[FieldProblem]) -> list[SignalValue]:
+    if not file.is_file():
+        raise InvalidArgument(f"{file}: no such file")
+    if file.suffix.lower() in HASH_FILE_SUFFIXES:
+        return [s for record in read_hash_file(file) for s in record_signals(record)]
+    signals = []
+    with file.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            try:
+                signals.append(parse_signal_text(text))
+            except InvalidArgument as error:
+                problems.extend(error.within(f"{file.name} line {number}").problems)
+    return signals
+
+
+def _write_results(
+    results: Iterable[registry_pb2.LookupResult],
+    signals: Sequence[SignalValue],
+    output_format: str,
+    show_all: bool,
+    out: TextIO,
+) -> Iterator[int]:
+    """Write each result as it arrives; yields 1 per result with a match."""
+    if output_format == "table":
+        out.write(
+            f"{'QUERY':<24} {'MATCH':<6} {'DIST':>4}  {'ORIGIN':<10} {'MEDIA':<26} "
+            f"{'CATEGORY':<12} SERIES (VICTIMS)\n"
+        )
+    for offset, result in zip(itertools.count(), results):
+        query = signals[offset]
+        if output_format == "json":
+            out.write(json.dumps(_result_json(query, result)) + "\n")
+        else:
+            _write_table_rows(query, result, show_all, out)
+        yield 1 if result.matches else 0
+
+
+def _result_json(query: SignalValue, result: registry_pb2.LookupResult) -> dict[str, Any]:
+    return {
+        "query": query.text(),
+        "low_quality": result.low_quality,
+        "truncated": result.truncated,
+        "matches": [
+            {
+                "kind": "exact" if m.kind == registry_pb2.MATCH_KIND_EXACT else "near",
+                "distance": m.distance,
+                "matched": _signal_text(m.matched_signal),
+                "origin": m.media.origin,
+                "media_id": m.media.media_id,
+                "category": _category_text(m.media),
+                "series": [_series_json(s) for s in m.series],
+            }
+            for m in result.matches
+        ],
+    }
+
+
+def _series_json(series: common_pb2.Series) -> dict[str, Any]:
+    return {
+        "origin": series.origin,
+        "series_id": series.series_id,
+        "name": series.name,
+        "victims": [
+            {
+                "victim_id": v.victim_id,
+                "status": STATUS_NAMES.get(v.status, "unspecified"),
+                "responsible_desk": v.responsible_desk,
+            }
+            for v in series.victims
+        ],
+    }
+
+
+def _write_table_rows(
+    query: SignalValue, result: registry_pb2.LookupResult, show_all: bool, out: TextIO
+) -> None:
+    short = _short(query.text())
+    if not result.matches:
+        if show_all:
+            note = "low quality: exact only" if result.low_quality else ""
+            out.write(f"{short:<24} {'-':<6} {'':>4}  {note}\n")
+        return
+    for match in result.matches:
+        kind = "exact" if match.kind == registry_pb2.MATCH_KIND_EXACT else "near"
+        series = "; ".join(_series_text(s) for s in match.series) or "-"
+        out.write(
+            f"{short:<24} {kind:<6} {match.distance:>4}  {match.media.origin:<10} "
+            f"{_short(match.media.media_id, 26):<26} {_category_text(match.media) or '-':<12} "
+            f"{series}\n"
+        )
+
+
+def _series_text(series: common_pb2.Series) -> str:
+    victims = ", ".join(f"{v.victim_id}: {STATUS_NAMES.get(v.status, '?')}" for v in series.victims)
+    name = f" {series.name!r}" if series.name else ""
+    return f"{series.series_id}{name}" + (f" ({victims})" if victims else "")
+
+
+def _category_text(media: common_pb2.Media) -> str:
+    if not media.HasField("category"):
+        return ""
+    return f"{SCHEME_NAMES.get(media.category.scheme, '?')}:{media.category.code}"
+
+
+def _signal_text(signal: common_pb2.Signal) -> str:
+    return f"{ALGORITHMS[Algorithm(signal.algorithm)].name}:{signal.value}"
+
+
+def _short(text: str, width: int = 24) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

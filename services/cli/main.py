@@ -1,0 +1,51 @@
+"""The `hashex` command.
+
+Exit codes shared by every subcommand (see `services.cli.exit_codes`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from services.cli import exit_codes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from services.cli import (
+        hash_command,
+        lookup_command,
+        node_command,
+        records_command,
+        submit_command,
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="hashex",
+        description=(
+            "hashex: federated exchange of image hashes and victim-identification status. "
+            "Hash seized material locally, submit hashes with case metadata to your node, "
+            "and look hashes up."
+        ),
+        epilog=exit_codes.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    node_command.register(sub)
+    hash_command.register(sub)
+    submit_command.register(sub)
+    lookup_command.register(sub)
+    records_command.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    code: int = ns.func(ns)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The node's one typed configuration: read once at start from the node's `node.toml` and the
+environment, validated with clear errors, secrets masked when printed.
+
+Precedence: environment (`HASHEX_*`, `DATABASE_URL`) over `node.toml` over defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from services.core.errors import FailedPrecondition, InvalidArgument
+
+CONFIG_FILE = "node.toml"
+NODE_ID_PATTERN = re.compile(r"[a-z][a-z0-9-]{1,62}")
+DEFAULT_LISTEN = "127.0.0.1:7700"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    data_dir: Path
+    # host:port of the registry's gRPC port; loopback unless `allow_plaintext_non_loopback`.
+    listen: str = DEFAULT_LISTEN
+    # None: the embedded PostgreSQL in `data_dir/pg`.
+    database_url: str | None = field(default=None, repr=False)
+    allow_plaintext_non_loopback: bool = False
+    pdq_default_max_distance: int = 31
+    max_message_bytes: int = 16 * 1024 * 1024
+    shutdown_grace_s: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def case_key_path(self) -> Path:
+        return self.data_dir / "keys" / "case.key"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.data_dir / "keys" / "signing.key"
+
+    @property
+    def address_file(self) -> Path:
+        """Written by `hashex node up` with the bound address, read by client commands."""
+        return self.data_dir / "run" / "registry.addr"
+
+    def masked(self) -> dict[str, str]:
+        """Every setting as text for the start-up log, with the database password hidden."""
+        shown = {f.name: str(getattr(self, f.name)) for f in fields(self)}
+        shown["database_url"] = mask_url(self.database_url) if self.database_url else "embedded"
+        return shown
+
+
+def mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_node_id(node_id: str) -> str:
+    if not NODE_ID_PATTERN.fullmatch(node_id):
+        raise InvalidArgument(
+            f"node id {node_id!r} must be 2-63 characters: lowercase letters, digits and '-', "
+            "starting with a letter (for example gb-nca)"
+        )
+    return node_id
+
+
+def check_listen(listen: str, *, allow_non_loopback: bool) -> str:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidArgument(f"listen address {listen!r} must be HOST:PORT")
+    bare = host.strip("[]")
+    try:
+        loopback = bare == "localhost" or ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not allow_non_loopback:
+        raise InvalidArgument(
+            f"listen address {listen!r} is not loopback; the registry port is plaintext, so it "
+            "only listens outside loopback when allow_plaintext_non_loopback = true is set"
+        )
+    return listen
+
+
+def load_config(data_dir: Path, env: Mapping[str, str] | None = None) -> NodeConfig:
+    """The configuration of the node whose data directory is `data_dir`."""
+    env = os.environ if env is None else env
+    path = data_dir / CONFIG_FILE
+    if not path.exists():
+        raise FailedPrecondition(
+            f"{data_dir} is not a hashex node (no {CONFIG_FILE}); run `hashex node init` first"
+        )
+    try:
+        raw: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"{path}: {exc}") from None
+    return _from_values(data_dir, {**raw.get("node", {}), **_from_env(env)}, path)
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if env.get("DATABASE_URL"):
+        values["database_url"] = env["DATABASE_URL"]
+    if env.get("HASHEX_LISTEN"):
+        values["listen"] = env["HASHEX_LISTEN"]
+    if env.get("HASHEX_LOG_LEVEL"):
+        values["log_level"] = env["HASHEX_LOG_LEVEL"]
+    return values
+
+
+def _from_values(data_dir: Path, values: dict[str, Any], source: Path) -> NodeConfig:
+    known = {f.name for f in fields(NodeConfig)} - {"data_dir"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidArgument(f"{source}: unknown setting(s) {', '.join(unknown)}")
+    if "node_id" not in values:
+        raise InvalidArgument(f"{source}: node_id is missing")
+    try:
+        config = NodeConfig(data_dir=data_dir.resolve(), **values)
+    except TypeError as exc:
+        raise InvalidArgument(f"{source}: {exc}") from None
+    check_node_id(config.node_id)
+    check_listen(config.listen, allow_non_loopback=config.allow_plaintext_non_loopback)
+    if not 0 <= config.pdq_default_max_distance <= 64:
+        raise InvalidArgument(f"{source}: pdq_default_max_distance must be 0-64")
+    if config.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise InvalidArgument(f"{source}: log_level must be DEBUG, INFO, WARNING or ERROR")
+    return config
+
+
+def write_config(data_dir: Path, *, node_id: str, listen: str = DEFAULT_LISTEN) -> Path:
+    """Write a fresh `node.toml` (the operator edits it afterwards)."""
+    path = data_dir / CONFIG_FILE
+    path.write_text(
+        "# hashex node configuration; environment variables HASHEX_LISTEN, DATABASE_URL and\n"
+        "# HASHEX_LOG_LEVEL override these.\n"
+        "[node]\n"
+        f'node_id = "{check_node_id(node_id)}"\n'
+        f'listen = "{listen}"\n'
+        "pdq_default_max_distance = 31\n"
+        '# database_url = "postgresql://user@host/hashex"  (default: embedded PostgreSQL)\n',
+        encoding="utf-8",
+    )
+    return path

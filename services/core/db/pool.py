@@ -1,0 +1,158 @@
+"""Opening a node's database: an asyncpg pool on DATABASE_URL, or on the embedded PostgreSQL in the
+node's data directory when no URL is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import asyncpg
+
+from services.core.db.embedded import EmbeddedServer, start_embedded
+from services.core.errors import FailedPrecondition, Unavailable
+
+_log = logging.getLogger(__name__)
+
+EMBEDDED_DATABASE = "hashex"
+_CLOSE_TIMEOUT_S = 10.0
+_CONNECT_TIMEOUT_S = 30.0
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
+
+
+@dataclass
+class Database:
+    """The pool the stores share, and the embedded server to stop with it (if one was started)."""
+
+    pool: Any
+    # Where the pool points, safe to log: the password is masked.
+    display_url: str
+    embedded: EmbeddedServer | None = field(default=None, repr=False)
+
+    async def close(self) -> None:
+        """Close the pool (forcibly if connections stay busy), then stop the embedded server."""
+        try:
+            await asyncio.wait_for(self.pool.close(), timeout=_CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            _log.warning("database connections still busy at close; terminating them")
+            self.pool.terminate()
+        finally:
+            if self.embedded is not None:
+                await asyncio.to_thread(self.embedded.stop)
+        _log.info("database %s closed", self.display_url)
+
+
+async def open_database(
+    *, database_url: str | None, data_dir: Path, min_size: int = 1, max_size: int = 10
+) -> Database:
+    """A pool on `database_url`, or on database `hashex` of the embedded server in
+    `data_dir / "pg"` (started, and the database created, as needed)."""
+    if database_url:
+        pool = await _create_pool(database_url, min_size=min_size, max_size=max_size)
+        return Database(pool=pool, display_url=mask_database_url(database_url))
+    server = await asyncio.to_thread(start_embedded, data_dir / "pg", runtime_dir=data_dir / "run")
+    try:
+        await ensure_database(server.uri(), EMBEDDED_DATABASE)
+        url = server.uri(EMBEDDED_DATABASE)
+        pool = await _create_pool(url, min_size=min_size, max_size=max_size)
+    except BaseException:
+        await asyncio.to_thread(server.stop)
+        raise
+    return Database(pool=pool, display_url=url, embedded=server)
+
+
+async def ensure_database(admin_url: str, name: str) -> bool:
+    """Create database `name` through `admin_url` unless it exists; True when it was created."""
+    connection = await _connect(admin_url)
+    try:
+        if await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return False
+        try:
+            await connection.execute(f"CREATE DATABASE {_quote_identifier(name)}")
+        except asyncpg.DuplicateDatabaseError:
+            return False  # another process created it meanwhile
+        _log.info("created database %s", name)
+        return True
+    finally:
+        await connection.close()
+
+
+def mask_database_url(url: str) -> str:
+    """`url` with any password replaced by `***`, in URL or `key=value` form."""
+    if "://" not in url:
+        return _KEYWORD_PASSWORD.sub(r"\1***", url)
+    head, authority, tail = _split_authority(url)
+    user, sep, password = authority.rpartition("@")[0].partition(":")
+    if sep and password:
+        authority = f"{user}:***@{authority.rpartition('@')[2]}"
+    return head + authority + _QUERY_PASSWORD.sub(r"\1***", tail)
+
+
+async def _create_pool(url: str, *, min_size: int, max_size: int) -> Any:
+    try:
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=_CONNECT_TIMEOUT_S,
+            server_settings={"application_name": "hashex"},
+        )
+    except ValueError as exc:
+        raise FailedPrecondition(_malformed(url, exc)) from None
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise Unavailable(_cannot_connect(url, exc)) from exc
+    _log.info("database pool open on %s", mask_database_url(url))
+    return pool
+
+
+async def _connect(url: str) -> Any:
+    try:
+        return await asyncpg.connect(url, timeout=_CONNECT_TIMEOUT_S)
+    except ValueError as exc:
+        raise FailedPrecondition(_malformed(url, exc)) from None
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise Unavailable(_cannot_connect(url, exc)) from exc
+
+
+def _cannot_connect(url: str, exc: BaseException) -> str:
+    return f"cannot connect to the database at {mask_database_url(url)}: {_scrubbed(url, exc)}"
+
+
+def _malformed(url: str, exc: BaseException) -> str:
+    return f"the database URL {mask_database_url(url)} is malformed: {_scrubbed(url, exc)}"
+
+
+def _scrubbed(url: str, exc: BaseException) -> str:
+    """The error's text with the URL's password blanked, should a driver ever echo it."""
+    text = str(exc) or type(exc).__name__
+    for secret in _passwords(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _passwords(url: str) -> list[str]:
+    if "://" not in url:
+        found = [m.group(2).strip("'") for m in _KEYWORD_PASSWORD.finditer(url)]
+    else:
+        _, authority, tail = _split_authority(url)
+        found = [authority.rpartition("@")[0].partition(":")[2]]
+        found += [m.group(2) for m in _QUERY_PASSWORD.finditer(tail)]
+    return [p for secret in found if secret for p in {secret, unquote(secret)}]
+
+
+def _split_authority(url: str) -> tuple[str, str, str]:
+    """`scheme://`, the authority (`user:password@host:port`) and the rest of a URL."""
+    scheme, sep, rest = url.partition("://")
+    ends = [i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0]
+    end = min(ends, default=len(rest))
+    return scheme + sep, rest[:end], rest[end:]
+
+
+def _quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

@@ -1,0 +1,81 @@
+"""Assembles and runs a registry: database (embedded by default), migrations, case key, PDQ index
+loaded from the database, gRPC server; stops in order on request.
+
+Used by `hashex node up` and `hashex registry serve`, and by tests that want a real node.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.core.config import NodeConfig
+from services.core.db.migrations import apply_migrations
+from services.core.db.pool import Database, open_database
+from services.core.server import RunningServer, build_server
+from services.core.telemetry import Telemetry, setup_telemetry
+from services.registry.cases import CaseSealer, load_case_key
+from services.registry.pdq_index import PdqIndex
+from services.registry.registry import Registry
+from services.registry.servicer import RegistryServicer
+from services.registry.store import RegistryStore
+
+_log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@dataclass
+class RunningRegistry:
+    config: NodeConfig
+    database: Database
+    registry: Registry
+    server: RunningServer
+    telemetry: Telemetry
+
+    @property
+    def address(self) -> str:
+        host = self.config.listen.rpartition(":")[0]
+        return f"{host}:{self.server.port}"
+
+    async def stop(self) -> None:
+        """Drain calls in flight, then close the database (stopping an embedded PostgreSQL)."""
+        _log.info("stopping registry of %s", self.config.node_id)
+        await self.server.stop(self.config.shutdown_grace_s)
+        await self.database.close()
+        self.telemetry.shutdown()
+        _log.info("registry of %s stopped", self.config.node_id)
+
+
+async def open_registry(config: NodeConfig, database: Database) -> Registry:
+    """A Registry on an open database: migrated, with its PDQ index loaded."""
+    version = await apply_migrations(database.pool, MIGRATIONS)
+    sealer = CaseSealer(load_case_key(config.case_key_path))
+    store = RegistryStore(database.pool, node_id=config.node_id, sealer=sealer)
+    registry = Registry(store=store, index=PdqIndex(), node_id=config.node_id)
+    await registry.load_index()
+    _log.info("registry of %s ready at schema version %d", config.node_id, version)
+    return registry
+
+
+async def start_registry(config: NodeConfig) -> RunningRegistry:
+    """Start everything; on failure, stop what was started and re-raise."""
+    _log.info("starting registry with %s", config.masked())
+    database = await open_database(database_url=config.database_url, data_dir=config.data_dir)
+    try:
+        registry = await open_registry(config, database)
+        telemetry = setup_telemetry(service="hashex-registry", node_id=config.node_id)
+        servicer = RegistryServicer(registry, default_max_distance=config.pdq_default_max_distance)
+        server = await build_server(
+            listen=config.listen,
+            services=[servicer.binding()],
+            tracer_provider=telemetry.tracer_provider,
+            max_message_bytes=config.max_message_bytes,
+        )
+    except BaseException:
+        await database.close()
+        raise
+    running = RunningRegistry(config, database, registry, server, telemetry)
+    config.address_file.parent.mkdir(parents=True, exist_ok=True)
+    config.address_file.write_text(running.address + "\n", encoding="utf-8")
+    return running

@@ -1,0 +1,330 @@
+"""Protobuf ⇄ domain conversion for the Registry service, with validation.
+
+Every problem is collected with its field path (`media[3].signals[0].value: …`) so that one reply
+tells the caller everything to fix; a request with any problem is rejected whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from functools import partial
+from typing import TypeVar
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hashex.v1 import common_pb2, registry_pb2
+from services.core.algorithms import (
+    ALGORITHMS,
+    Algorithm,
+    SignalValue,
+    derived_media_id,
+    spec_for_number,
+)
+from services.core.errors import FieldProblem, InvalidArgument
+from services.registry import model
+
+MAX_MEDIA_PER_BATCH = 1000
+MAX_SIGNALS_PER_MEDIA = 16
+MAX_PDQ_PER_MEDIA = 8
+MAX_LOOKUP_SIGNALS = 10_000
+MAX_RETRACT_IDS = 10_000
+MAX_PDQ_DISTANCE = 64
+DEFAULT_MAX_MATCHES = 100
+
+T = TypeVar("T")
+
+
+class Problems:
+    """Collects field problems while converting one request."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldProblem] = []
+
+    def check(self, field: str, convert: Callable[[], T]) -> T | None:
+        """Run `convert`; on InvalidArgument record its problems under `field`, return None."""
+        try:
+            return convert()
+        except InvalidArgument as error:
+            self.items.extend(error.within(field).problems)
+            return None
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldProblem(field, description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+
+def signal_from_proto(message: common_pb2.Signal) -> SignalValue:
+    try:
+        spec = spec_for_number(message.algorithm)
+    except InvalidArgument as error:
+        raise error.within("algorithm") from None
+    try:
+        value = spec.parse_hex(message.value)
+    except InvalidArgument as error:
+        raise error.within("value") from None
+    quality = message.quality if message.HasField("quality") else None
+    try:
+        spec.check_quality(quality)
+    except InvalidArgument as error:
+        raise error.within("quality") from None
+    return SignalValue(spec.algorithm, value, quality)
+
+
+def signal_to_proto(signal: SignalValue) -> common_pb2.Signal:
+    message = common_pb2.Signal(
+        algorithm=common_pb2.HashAlgorithm.ValueType(signal.algorithm), value=signal.value.hex()
+    )
+    if signal.quality is not None:
+        message.quality = signal.quality
+    return message
+
+
+def _signals(
+    problems: Problems, field: str, messages: Sequence[common_pb2.Signal]
+) -> list[SignalValue]:
+    signals: list[SignalValue] = []
+    for i, message in enumerate(messages):
+        signal = problems.check(f"{field}[{i}]", partial(signal_from_proto, message))
+        if signal is not None:
+            signals.append(signal)
+    return signals
+
+
+def _check_signal_set(problems: Problems, field: str, signals: list[SignalValue]) -> None:
+    if not signals:
+        return
+    counts: dict[Algorithm, int] = {}
+    for signal in signals:
+        counts[signal.algorithm] = counts.get(signal.algorithm, 0) + 1
+    for algorithm, count in counts.items():
+        spec = ALGORITHMS[algorithm]
+        limit = MAX_PDQ_PER_MEDIA if spec.perceptual else 1
+        if count > limit:
+            problems.add(field, f"{count} {spec.name} signals; at most {limit} per media")
+
+
+def submission_from_proto(message: registry_pb2.MediaSubmission) -> model.MediaSubmission:
+    """One media of a SubmitMediaRequest, validated; InvalidArgument with relative field paths."""
+    problems = Problems()
+    if not message.signals:
+        problems.add("signals", "at least one signal is required")
+    elif len(message.signals) > MAX_SIGNALS_PER_MEDIA:
+        problems.add("signals", f"{len(message.signals)} signals; the limit is 16")
+    signals = _signals(problems, "signals", message.signals[:MAX_SIGNALS_PER_MEDIA])
+    _check_signal_set(problems, "signals", signals)
+    media_id = message.media_id or (derived_media_id(signals) if signals else None)
+    if message.media_id:
+        problems.check("media_id", lambda: model.check_id("media id", message.media_id))
+    elif signals and media_id is None:
+        problems.add("media_id", "required when the media has no cryptographic hash")
+    media_type = _media_type(problems, message.media_type)
+    category = None
+    if message.HasField("category"):
+        category = problems.check("category", lambda: category_from_proto(message.category))
+    series_ids = tuple(message.series_ids)
+    for i, series_id in enumerate(series_ids):
+        problems.check(f"series_ids[{i}]", partial(model.check_id, "series id", series_id))
+    case = message.case_data
+    problems.check("case_data.case_reference", lambda: _text("case reference", case.case_reference))
+    problems.check(
+        "case_data.exhibit_reference", lambda: _text("exhibit reference", case.exhibit_reference)
+    )
+    problems.check(
+        "case_data.file_path",
+        lambda: model.check_text("file path", case.file_path, model.MAX_PATH_CHARS),
+    )
+    problems.raise_if_any()
+    assert media_id is not None and media_type is not None
+    flags = message.flags
+    return model.MediaSubmission(
+        media_id=media_id,
+        signals=tuple(sorted(set(signals))),
+        media_type=media_type,
+        category=category,
+        flags=model.MediaFlags(
+            flags.victim_identified,
+            flags.offender_identified,
+            flags.distributed,
+            flags.self_generated,
+        ),
+        series_ids=tuple(dict.fromkeys(series_ids)),
+        case_data=model.CaseData(case.case_reference, case.exhibit_reference, case.file_path),
+    )
+
+
+def _text(kind: str, value: str) -> str:
+    return model.check_text(kind, value)
+
+
+def _media_type(problems: Problems, number: int) -> model.MediaType | None:
+    if number == 0:
+        return model.MediaType.IMAGE
+    try:
+        return model.MediaType(number)
+    except ValueError:
+        problems.add("media_type", f"unknown media type number {number}")
+        return None
+
+
+def category_from_proto(message: common_pb2.Category) -> model.Category:
+    if message.scheme == 0:
+        raise InvalidArgument(FieldProblem("scheme", "scheme is required"))
+    try:
+        scheme = model.CategoryScheme(message.scheme)
+    except ValueError:
+        raise InvalidArgument(
+            FieldProblem("scheme", f"unknown scheme number {message.scheme}")
+        ) from None
+    return model.Category.parse(scheme, message.code)
+
+
+def submit_batch_from_proto(
+    request: registry_pb2.SubmitMediaRequest,
+) -> list[model.MediaSubmission]:
+    """A whole batch, validated; InvalidArgument names every offending `media[i]…` item."""
+    if not request.media:
+        raise InvalidArgument(FieldProblem("media", "the batch is empty"))
+    if len(request.media) > MAX_MEDIA_PER_BATCH:
+        raise InvalidArgument(
+            FieldProblem(
+                "media",
+                f"the batch has {len(request.media)} media; the limit is {MAX_MEDIA_PER_BATCH}",
+            )
+        )
+    problems = Problems()
+    batch: list[model.MediaSubmission] = []
+    seen: dict[str, int] = {}
+    for i, message in enumerate(request.media):
+        media = problems.check(f"media[{i}]", partial(submission_from_proto, message))
+        if media is None:
+            continue
+        if media.media_id in seen:
+            problems.add(
+                f"media[{i}].media_id",
+                f"media id {media.media_id!r} also at media[{seen[media.media_id]}]",
+            )
+        seen[media.media_id] = i
+        batch.append(media)
+    problems.raise_if_any()
+    return batch
+
+
+def lookup_from_proto(
+    request: registry_pb2.LookupRequest, *, default_max_distance: int
+) -> tuple[list[SignalValue], int, int]:
+    """The signals to look up, the PDQ distance and the per-signal match limit."""
+    if not request.signals:
+        raise InvalidArgument(FieldProblem("signals", "at least one signal is required"))
+    if len(request.signals) > MAX_LOOKUP_SIGNALS:
+        raise InvalidArgument(
+            FieldProblem(
+                "signals",
+                f"the batch has {len(request.signals)} signals; the limit is {MAX_LOOKUP_SIGNALS}",
+            )
+        )
+    problems = Problems()
+    signals = _signals(problems, "signals", request.signals)
+    distance = default_max_distance
+    if request.HasField("pdq_max_distance"):
+        distance = request.pdq_max_distance
+        if distance > MAX_PDQ_DISTANCE:
+            problems.add("pdq_max_distance", f"{distance} is above the limit of 64")
+    problems.raise_if_any()
+    return signals, distance, request.max_matches_per_signal or DEFAULT_MAX_MATCHES
+
+
+def retract_from_proto(request: registry_pb2.RetractMediaRequest) -> list[str]:
+    if not request.media_ids:
+        raise InvalidArgument(FieldProblem("media_ids", "at least one media id is required"))
+    if len(request.media_ids) > MAX_RETRACT_IDS:
+        raise InvalidArgument(
+            FieldProblem("media_ids", f"{len(request.media_ids)} ids; the limit is 10000")
+        )
+    problems = Problems()
+    for i, media_id in enumerate(request.media_ids):
+        problems.check(f"media_ids[{i}]", partial(model.check_id, "media id", media_id))
+    problems.raise_if_any()
+    return list(dict.fromkeys(request.media_ids))
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def media_to_proto(media: model.MediaRecord) -> common_pb2.Media:
+    message = common_pb2.Media(
+        origin=media.origin,
+        media_id=media.media_id,
+        signals=[signal_to_proto(s) for s in media.signals],
+        media_type=common_pb2.MediaType.ValueType(media.media_type),
+        flags=common_pb2.MediaFlags(
+            victim_identified=media.flags.victim_identified,
+            offender_identified=media.flags.offender_identified,
+            distributed=media.flags.distributed,
+            self_generated=media.flags.self_generated,
+        ),
+        series_ids=list(media.series_ids),
+        first_seen=timestamp(media.first_seen),
+    )
+    if media.category is not None:
+        message.category.CopyFrom(
+            common_pb2.Category(
+                scheme=common_pb2.CategoryScheme.ValueType(media.category.scheme),
+                code=media.category.code,
+            )
+        )
+    return message
+
+
+def victim_to_proto(victim: model.VictimRecord) -> common_pb2.Victim:
+    return common_pb2.Victim(
+        victim_id=victim.victim_id,
+        status=common_pb2.IdentificationStatus.ValueType(victim.status),
+        responsible_desk=victim.responsible_desk,
+        updated_at=timestamp(victim.updated_at),
+    )
+
+
+def series_to_proto(series: model.SeriesRecord) -> common_pb2.Series:
+    return common_pb2.Series(
+        origin=series.origin,
+        series_id=series.series_id,
+        name=series.name,
+        victims=[victim_to_proto(v) for v in series.victims],
+        media_count=series.media_count,
+        updated_at=timestamp(series.updated_at),
+    )
+
+
+def lookup_result_to_proto(result: model.LookupResult) -> registry_pb2.LookupResult:
+    return registry_pb2.LookupResult(
+        index=result.index,
+        signal=signal_to_proto(result.signal),
+        matches=[
+            registry_pb2.Match(
+                kind=registry_pb2.MATCH_KIND_EXACT if m.exact else registry_pb2.MATCH_KIND_NEAR,
+                distance=m.distance,
+                matched_signal=signal_to_proto(m.matched_signal),
+                media=media_to_proto(m.media),
+                series=[series_to_proto(s) for s in m.series],
+            )
+            for m in result.matches
+        ],
+        low_quality=result.low_quality,
+        truncated=result.truncated,
+    )
+
+
+def status_from_proto(number: int) -> model.IdentificationStatus:
+    if number == 0:
+        raise InvalidArgument(FieldProblem("status", "status is required"))
+    try:
+        return model.IdentificationStatus(number)
+    except ValueError:
+        raise InvalidArgument(FieldProblem("status", f"unknown status number {number}")) from None

