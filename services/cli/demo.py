@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -20,11 +21,12 @@ from services.cli.demo_images import cropped, resized, synthetic_image
 ORIGINALS = 36
 EDITED = 12
 UNRELATED = 4
+UNCHANGED = 2
 
 
 def hashex(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "services.cli.main", *map(str, args)]
-    print("\n$ hashex " + " ".join(map(str, args)), flush=True)
+    print("\n$ hashex " + shlex.join(map(str, args)), flush=True)
     done = subprocess.run(command, text=True, capture_output=True, check=False)
     sys.stdout.write(done.stdout)
     sys.stderr.write(done.stderr)
@@ -48,6 +50,8 @@ def write_seizures(root: Path) -> tuple[Path, Path]:
     for seed in range(EDITED):
         name, edit = edits[seed % len(edits)]
         edit(synthetic_image(seed)).save(later / f"{name}-{seed:03d}.jpg", quality=40)
+    for seed in range(UNCHANGED):  # the very same files: exact matches on every hash
+        shutil.copy(seized / f"img{seed:03d}.png", later / f"copy-{seed:03d}.png")
     for seed in range(1000, 1000 + UNRELATED):
         synthetic_image(seed).save(later / f"unrelated-{seed}.jpg", quality=85)
     return seized, later
@@ -115,7 +119,10 @@ def run_demo(root: Path) -> None:
             "EX-1",
             *node_args,
         )
-        print("\n# A later seizure: edited copies (resized, re-encoded, cropped) and new files.")
+        print(
+            "\n# A later seizure: two identical copies, edited copies (resized, re-encoded,"
+            "\n# cropped) and four unrelated files."
+        )
         hashex("hash", later, "--output", root / "seizure-2.jsonl", "--quiet")
         hashex("lookup", "--file", root / "seizure-2.jsonl", *node_args)
         first = (root / "seizure-1.jsonl").read_text().splitlines()[0]

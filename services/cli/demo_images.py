@@ -23,10 +23,10 @@ def synthetic_image(seed: int, size: tuple[int, int] = SIZE) -> Image.Image:
         mix = y / max(1, height - 1)
         colour = tuple(int(a + (b - a) * mix) for a, b in zip(top, bottom, strict=True))
         draw.line([(0, y), (width, y)], fill=colour)
-    for _ in range(rng.randrange(6, 14)):
+    for _ in range(rng.randrange(16, 28)):
         x0, y0 = rng.randrange(width), rng.randrange(height)
-        x1 = min(width, x0 + rng.randrange(20, width // 2))
-        y1 = min(height, y0 + rng.randrange(20, height // 2))
+        x1 = min(width, x0 + rng.randrange(10, width // 3))
+        y1 = min(height, y0 + rng.randrange(10, height // 3))
         fill = tuple(rng.randrange(256) for _ in range(3))
         shape = rng.choice((draw.rectangle, draw.ellipse))
         shape([x0, y0, x1, y1], fill=fill)
@@ -38,7 +38,7 @@ def resized(image: Image.Image, factor: float = 0.75) -> Image.Image:
     return image.resize((max(1, int(width * factor)), max(1, int(height * factor))))
 
 
-def cropped(image: Image.Image, fraction: float = 0.03) -> Image.Image:
+def cropped(image: Image.Image, fraction: float = 0.01) -> Image.Image:
     width, height = image.size
     dx, dy = int(width * fraction), int(height * fraction)
     return image.crop((dx, dy, width - dx, height - dy))

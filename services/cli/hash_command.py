@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -79,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Hash image files and folders on this machine: MD5, SHA-1 and SHA-256 of each\n"
             "file's bytes and the PDQ perceptual hash of its pixels. Folders are walked\n"
             "recursively in sorted order, so the same input always gives the same output.\n"
-            "No image and no hash leaves this machine."
+            "Nothing is sent anywhere: submit or look up the output afterwards."
         ),
         epilog=EXAMPLES + "\n\n" + exit_codes.EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -276,12 +277,21 @@ def hash_outcomes(paths: Sequence[Path], jobs: int) -> Iterator[HashOutcome]:
     if jobs == 1 or len(paths) < _MIN_FILES_FOR_POOL:
         yield from map(hash_file, paths)
         return
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=get_context("spawn"), initializer=_leave_interrupts_to_parent
+    )
     try:
         chunk = max(1, min(64, len(paths) // (jobs * 8)))
         yield from pool.map(hash_file, paths, chunksize=chunk)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _leave_interrupts_to_parent() -> None:
+    """Ctrl-C reaches every process of the terminal's group; only the parent should act on it,
+    cancelling queued work and shutting the pool down in order, rather than each worker dying
+    mid-task and leaving the pool's bookkeeping to hang."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextmanager

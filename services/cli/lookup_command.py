@@ -7,10 +7,10 @@ hash file written by `hashex hash`. Everything is validated before anything is s
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -76,16 +76,45 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _lookup(ns: argparse.Namespace) -> int:
-    signals = _collect_signals(ns.hashes, ns.file)
+    queries = _collect_queries(ns.hashes, ns.file)
     if ns.max_distance is not None and not 0 <= ns.max_distance <= 64:
         raise InvalidArgument("--max-distance must be 0-64")
-    matched = 0
+    signals = [signal for signal, _ in queries]
+    tally = Tally()
     with registry_stub(ns) as stub:
         responses = stub.LookupStream(_requests(signals, ns), timeout=ns.timeout)
         results = (r for response in responses for r in response.lookup.results)
-        for offset_results in _write_results(results, signals, ns.format, ns.all, sys.stdout):
-            matched += offset_results
-    return exit_codes.OK if matched else exit_codes.NO_MATCH
+        for (signal, label), result in zip(queries, results, strict=False):
+            tally.count(result)
+            if ns.format == "json":
+                sys.stdout.write(json.dumps(_result_json(signal, label, result)) + "\n")
+            else:
+                _write_table_rows(label, result, ns.all, sys.stdout, header=tally.queries == 1)
+    print(tally.summary(), file=sys.stderr)
+    return exit_codes.OK if tally.matched else exit_codes.NO_MATCH
+
+
+@dataclass
+class Tally:
+    queries: int = 0
+    matched: int = 0
+    exact: int = 0
+    near: int = 0
+
+    def count(self, result: registry_pb2.LookupResult) -> None:
+        self.queries += 1
+        self.matched += bool(result.matches)
+        for match in result.matches:
+            if match.kind == registry_pb2.MATCH_KIND_EXACT:
+                self.exact += 1
+            else:
+                self.near += 1
+
+    def summary(self) -> str:
+        return (
+            f"{self.matched} of {self.queries} hashes matched "
+            f"({self.exact} exact and {self.near} near matches)"
+        )
 
 
 def _requests(
@@ -101,66 +130,57 @@ def _requests(
         yield registry_pb2.LookupStreamRequest(batch_id=str(number), lookup=request)
 
 
-def _collect_signals(texts: Sequence[str], file: Path | None) -> list[SignalValue]:
+Query = tuple[SignalValue, str]
+
+
+def _collect_queries(texts: Sequence[str], file: Path | None) -> list[Query]:
+    """Every hash to look up with the label it is shown under (a file name or the hash)."""
     problems: list[FieldProblem] = []
-    signals: list[SignalValue] = []
+    queries: list[Query] = []
     for position, text in enumerate(texts, start=1):
         try:
-            signals.append(parse_signal_text(text))
+            signal = parse_signal_text(text)
+            queries.append((signal, signal.text()))
         except InvalidArgument as error:
             problems.extend(error.within(f"argument {position}").problems)
     if file is not None:
-        signals.extend(_signals_from_file(file, problems))
+        queries.extend(_queries_from_file(file, problems))
     if problems:
         raise InvalidArgument(problems)
-    if not signals:
+    if not queries:
         raise InvalidArgument("no hashes given: pass ALGO:HEX arguments or --file")
-    return signals
+    return queries
 
 
-def _signals_from_file(file: Path, problems: list[FieldProblem]) -> list[SignalValue]:
+def _queries_from_file(file: Path, problems: list[FieldProblem]) -> list[Query]:
     if not file.is_file():
         raise InvalidArgument(f"{file}: no such file")
     if file.suffix.lower() in HASH_FILE_SUFFIXES:
-        return [s for record in read_hash_file(file) for s in record_signals(record)]
-    signals = []
+        return [
+            (signal, f"{Path(record.path).name} {signal.spec.name}")
+            for record in read_hash_file(file)
+            for signal in record_signals(record)
+        ]
+    queries = []
     with file.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             text = line.strip()
             if not text or text.startswith("#"):
                 continue
             try:
-                signals.append(parse_signal_text(text))
+                signal = parse_signal_text(text)
+                queries.append((signal, signal.text()))
             except InvalidArgument as error:
                 problems.extend(error.within(f"{file.name} line {number}").problems)
-    return signals
+    return queries
 
 
-def _write_results(
-    results: Iterable[registry_pb2.LookupResult],
-    signals: Sequence[SignalValue],
-    output_format: str,
-    show_all: bool,
-    out: TextIO,
-) -> Iterator[int]:
-    """Write each result as it arrives; yields 1 per result with a match."""
-    if output_format == "table":
-        out.write(
-            f"{'QUERY':<24} {'MATCH':<6} {'DIST':>4}  {'ORIGIN':<10} {'MEDIA':<26} "
-            f"{'CATEGORY':<12} SERIES (VICTIMS)\n"
-        )
-    for offset, result in zip(itertools.count(), results):
-        query = signals[offset]
-        if output_format == "json":
-            out.write(json.dumps(_result_json(query, result)) + "\n")
-        else:
-            _write_table_rows(query, result, show_all, out)
-        yield 1 if result.matches else 0
-
-
-def _result_json(query: SignalValue, result: registry_pb2.LookupResult) -> dict[str, Any]:
+def _result_json(
+    query: SignalValue, label: str, result: registry_pb2.LookupResult
+) -> dict[str, Any]:
     return {
         "query": query.text(),
+        "label": label,
         "low_quality": result.low_quality,
         "truncated": result.truncated,
         "matches": [
@@ -195,9 +215,14 @@ def _series_json(series: common_pb2.Series) -> dict[str, Any]:
 
 
 def _write_table_rows(
-    query: SignalValue, result: registry_pb2.LookupResult, show_all: bool, out: TextIO
+    label: str, result: registry_pb2.LookupResult, show_all: bool, out: TextIO, *, header: bool
 ) -> None:
-    short = _short(query.text())
+    if header:
+        out.write(
+            f"{'QUERY':<24} {'MATCH':<6} {'DIST':>4}  {'ORIGIN':<10} {'MEDIA':<26} "
+            f"{'CATEGORY':<12} SERIES (VICTIMS)\n"
+        )
+    short = _short(label)
     if not result.matches:
         if show_all:
             note = "low quality: exact only" if result.low_quality else ""

@@ -6,10 +6,15 @@ Exit codes shared by every subcommand (see `services.cli.exit_codes`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from services.cli import exit_codes
+
+# The node starts PostgreSQL's tools as subprocesses; gRPC's fork handlers are not needed for
+# that and only log noise. Must be set before grpc is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -107,6 +107,11 @@ def _requests(
         )
 
 
+def _printable(path: str) -> str:
+    """A path that is valid UTF-8 (names read with surrogateescape get backslash escapes)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _submission(
     record: HashRecord, template: registry_pb2.MediaSubmission, ns: argparse.Namespace
 ) -> registry_pb2.MediaSubmission:
@@ -116,7 +121,7 @@ def _submission(
     media.media_type = (
         common_pb2.MEDIA_TYPE_VIDEO if record.media_type == "video" else common_pb2.MEDIA_TYPE_IMAGE
     )
-    case = CaseData(ns.case_ref, ns.exhibit_ref, "" if ns.no_paths else record.path)
+    case = CaseData(ns.case_ref, ns.exhibit_ref, "" if ns.no_paths else _printable(record.path))
     if not case.is_empty():
         media.case_data.CopyFrom(
             registry_pb2.CaseData(

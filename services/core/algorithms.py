@@ -118,7 +118,7 @@ def spec_for_name(name: str) -> AlgorithmSpec:
     return spec
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class SignalValue:
     """One hash: an algorithm and its raw bytes (plus PDQ quality when known)."""
 

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from services.core.db.pool import mask_database_url
 from services.core.errors import FailedPrecondition, InvalidArgument
 
 CONFIG_FILE = "node.toml"
@@ -53,16 +53,10 @@ class NodeConfig:
     def masked(self) -> dict[str, str]:
         """Every setting as text for the start-up log, with the database password hidden."""
         shown = {f.name: str(getattr(self, f.name)) for f in fields(self)}
-        shown["database_url"] = mask_url(self.database_url) if self.database_url else "embedded"
+        shown["database_url"] = (
+            mask_database_url(self.database_url) if self.database_url else "embedded"
+        )
         return shown
-
-
-def mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def check_node_id(node_id: str) -> str:

@@ -142,7 +142,7 @@ def submission_from_proto(message: registry_pb2.MediaSubmission) -> model.MediaS
     flags = message.flags
     return model.MediaSubmission(
         media_id=media_id,
-        signals=tuple(sorted(set(signals))),
+        signals=_distinct(signals),
         media_type=media_type,
         category=category,
         flags=model.MediaFlags(
@@ -154,6 +154,14 @@ def submission_from_proto(message: registry_pb2.MediaSubmission) -> model.MediaS
         series_ids=tuple(dict.fromkeys(series_ids)),
         case_data=model.CaseData(case.case_reference, case.exhibit_reference, case.file_path),
     )
+
+
+def _distinct(signals: list[SignalValue]) -> tuple[SignalValue, ...]:
+    """One signal per (algorithm, value), the first given kept, in a stable canonical order."""
+    unique: dict[tuple[int, bytes], SignalValue] = {}
+    for signal in signals:
+        unique.setdefault((signal.algorithm, signal.value), signal)
+    return tuple(unique[key] for key in sorted(unique))
 
 
 def _text(kind: str, value: str) -> str:

@@ -44,7 +44,8 @@ class ProbePlan:
 
 @dataclass(frozen=True, eq=False)
 class ChunkLayout:
-    """Chunk widths in bits, low bits of word 0 first; `design_size` tunes the radius choice."""
+    """Chunk widths in bits, low bits of word 0 first, none straddling two uint64 words (so a
+    chunk is one shift and one mask); `design_size` tunes the radius choice."""
 
     widths: tuple[int, ...]
     design_size: int
@@ -52,8 +53,6 @@ class ChunkLayout:
     bases: tuple[int, ...] = field(init=False)
     _word: npt.NDArray[np.intp] = field(init=False, repr=False)
     _shift: npt.NDArray[np.uint64] = field(init=False, repr=False)
-    _spill_word: npt.NDArray[np.intp] = field(init=False, repr=False)
-    _spill_shift: npt.NDArray[np.uint64] = field(init=False, repr=False)
     _mask: npt.NDArray[np.uint64] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -61,14 +60,13 @@ class ChunkLayout:
             raise ValueError("chunk widths must cover the 256 bits exactly")
         offsets = np.cumsum((0, *self.widths[:-1]))
         word, shift = np.divmod(offsets, 64)
-        straddles = shift + np.array(self.widths) > 64
+        if (shift + np.array(self.widths) > 64).any():
+            raise ValueError("a chunk must lie within one 64-bit word")
         fields = {
             "offsets": tuple(int(o) for o in offsets),
             "bases": tuple(int(b) for b in np.cumsum((0, *(1 << w for w in self.widths)))),
             "_word": word.astype(np.intp),
             "_shift": shift.astype(np.uint64),
-            "_spill_word": np.where(straddles, word + 1, 4).astype(np.intp),
-            "_spill_shift": np.where(straddles, 64 - shift, 0).astype(np.uint64),
             "_mask": np.array([(1 << w) - 1 for w in self.widths], dtype=np.uint64),
         }
         for name, value in fields.items():
@@ -80,21 +78,14 @@ class ChunkLayout:
         return self.bases[-1]
 
     def column(self, words: list[npt.NDArray[np.uint64]], chunk: int) -> npt.NDArray[np.uint64]:
-        """Chunk `chunk` of every hash, from its four word columns; a chunk may straddle two."""
-        value: npt.NDArray[np.uint64] = words[self._word[chunk]] >> self._shift[chunk]
-        if self._spill_word[chunk] < len(words):
-            value |= words[self._spill_word[chunk]] << self._spill_shift[chunk]
-        masked: npt.NDArray[np.uint64] = value & self._mask[chunk]
+        """Chunk `chunk` of every hash, from its four word columns."""
+        shifted: npt.NDArray[np.uint64] = words[self._word[chunk]] >> self._shift[chunk]
+        masked: npt.NDArray[np.uint64] = shifted & self._mask[chunk]
         return masked
 
     def query_chunks(self, queries: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
-        """`column` for a (q, 4) batch in one pass over all chunks: each chunk is its word
-        shifted right, OR the next word shifted left (a zero column when it does not straddle)."""
-        padded = np.zeros((queries.shape[0], 5), dtype=np.uint64)
-        padded[:, :4] = queries
-        spill = padded[:, self._spill_word] << self._spill_shift
-        chunks = (padded[:, self._word] >> self._shift) | spill
-        return (chunks & self._mask).astype(np.int64)
+        """`column` for a (q, 4) batch, all chunks in one pass."""
+        return ((queries[:, self._word] >> self._shift) & self._mask).astype(np.int64)
 
     def probe_plan(self, max_distance: int) -> ProbePlan | None:
         """The probes for `max_distance`, or None when a linear scan is cheaper."""

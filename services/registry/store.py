@@ -3,6 +3,11 @@
 Only this node's records are written here (origin = node id); records of other origins arrive
 through the sync service. Batches are staged with COPY into per-connection temporary tables and
 merged with set-based statements, so a batch of 1,000 media costs about a dozen round trips.
+
+What a resubmission means: signals accumulate (a hash once seen stays true, and keeps the quality
+it was first stored with, so the matchable set only grows); type, category, flags and series are
+stated in full by each submission and replace the stored ones; case data accumulates, one record
+per distinct case, and is not a change of the media record (peers never see it).
 """
 
 from __future__ import annotations
@@ -12,29 +17,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.core.algorithms import ALGORITHMS, Algorithm, SignalValue
+from services.core.algorithms import SignalValue
 from services.core.db.migrations import schema_version
 from services.core.errors import NotFound
 from services.registry.cases import CaseSealer
 from services.registry.model import (
-    Category,
-    CategoryScheme,
     ExactHit,
     IdentificationStatus,
-    MediaFlags,
     MediaRecord,
     MediaSubmission,
-    MediaType,
     PdqEntry,
     RetractCounts,
     SeriesRecord,
     SubmitCounts,
     VictimRecord,
 )
+from services.registry.store_rows import (
+    PDQ_MIN_QUALITY,
+    StagedBatch,
+    group_series,
+    matchable_entries,
+    media_record,
+    stage_batch,
+    victim_record,
+)
 
 COMPONENT = "registry"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-_PDQ_MIN_QUALITY = ALGORITHMS[Algorithm.PDQ].min_match_quality
 
 
 @dataclass(frozen=True)
@@ -48,19 +57,9 @@ class StoreStats:
     victim_counts: dict[IdentificationStatus, int]
 
 
-@dataclass
-class _StagedBatch:
-    """A batch merged per media id and flattened into the rows COPY sends to the staging tables."""
-
-    media: list[tuple[str, int, int | None, str | None, int]]
-    signals: list[tuple[str, int, bytes, int | None]]
-    series: list[tuple[str, str]]
-    cases: list[tuple[str, bytes, bytes]]
-    # Occurrences beyond the first of a media id in the batch (counted as unchanged).
-    repeats: int
-
-
 class RegistryStore:
+    """The registry's named transactions on a shared pool; writes are always this node's."""
+
     def __init__(self, pool: Any, *, node_id: str, sealer: CaseSealer) -> None:
         self._pool = pool
         self._origin = node_id
@@ -74,7 +73,7 @@ class RegistryStore:
         case data of every occurrence are kept, the other fields of the last one win."""
         if not batch:
             return SubmitCounts(), []
-        staged = _stage(batch, self._sealer)
+        staged = stage_batch(batch, self._sealer)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_CREATE_STAGING)
             await _copy_staged(conn, staged)
@@ -92,7 +91,7 @@ class RegistryStore:
                 await conn.execute(_TOUCH_MEDIA, sorted(touched - rewritten_rows))
             revived = sorted(r["id"] for r in rewritten if r["was_retracted"])
             revived_pdq = (
-                await conn.fetch(_MATCHABLE_PDQ_OF, revived, _PDQ_MIN_QUALITY) if revived else []
+                await conn.fetch(_MATCHABLE_PDQ_OF, revived, PDQ_MIN_QUALITY) if revived else []
             )
         updated = len(touched | rewritten_rows)
         counts = SubmitCounts(
@@ -101,7 +100,7 @@ class RegistryStore:
             updated=updated,
             unchanged=len(staged.media) - len(created) - updated + staged.repeats,
         )
-        return counts, _matchable_entries(new_signals, revived_pdq)
+        return counts, matchable_entries(new_signals, revived_pdq)
 
     async def exact_hits(
         self, signals: Sequence[SignalValue], *, limit_per_signal: int | None = None
@@ -124,7 +123,7 @@ class RegistryStore:
         if not row_ids:
             return {}
         rows = await self._pool.fetch(_MEDIA_RECORDS, list(row_ids))
-        return {r["id"]: _media_record(r) for r in rows}
+        return {r["id"]: media_record(r) for r in rows}
 
     async def series_for_media(self, row_ids: Sequence[int]) -> dict[int, tuple[SeriesRecord, ...]]:
         """The series of each media (with victims and media counts), in one query; media without
@@ -132,7 +131,7 @@ class RegistryStore:
         if not row_ids:
             return {}
         rows = await self._pool.fetch(_SERIES_ROWS, list(row_ids), None, None)
-        return _group_series(rows)
+        return group_series(rows)
 
     async def retract_media(self, media_ids: Sequence[str]) -> RetractCounts:
         """Withdraw media of this node; unknown or already retracted ids count as not found."""
@@ -153,7 +152,7 @@ class RegistryStore:
             self._pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            cursor = await conn.cursor(_MATCHABLE_PDQ, _PDQ_MIN_QUALITY)
+            cursor = await conn.cursor(_MATCHABLE_PDQ, PDQ_MIN_QUALITY)
             while rows := await cursor.fetch(batch_rows):
                 yield [PdqEntry(row_id=r["media_row"], value=bytes(r["value"])) for r in rows]
 
@@ -191,7 +190,7 @@ class RegistryStore:
                 raise NotFound(f"series {series_id!r} does not exist on this node")
             if row["changed"]:
                 await conn.execute(_TOUCH_SERIES, row["series_row"])
-        return _victim(row), bool(row["created"])
+        return victim_record(row), bool(row["created"])
 
     async def stats(self) -> StoreStats:
         async with (
@@ -223,37 +222,7 @@ class RegistryStore:
         return [bytes(r["sealed"]) for r in rows if r["sealed"] is not None]
 
 
-def _stage(batch: Sequence[MediaSubmission], sealer: CaseSealer) -> _StagedBatch:
-    last: dict[str, MediaSubmission] = {}
-    signals: dict[str, dict[tuple[int, bytes], int | None]] = {}
-    cases: dict[str, dict[bytes, bytes]] = {}
-    for item in batch:
-        last[item.media_id] = item
-        known = signals.setdefault(item.media_id, {})
-        for signal in item.signals:
-            # The first quality seen for a value stays, as it does once stored.
-            known.setdefault((int(signal.algorithm), signal.value), signal.quality)
-        if not item.case_data.is_empty():
-            sealed = cases.setdefault(item.media_id, {})
-            digest = sealer.digest(item.case_data)
-            if digest not in sealed:
-                sealed[digest] = sealer.seal(item.case_data)
-    return _StagedBatch(
-        media=[_media_row(item) for item in last.values()],
-        signals=[(m, a, v, q) for m, known in signals.items() for (a, v), q in known.items()],
-        series=[(m, s) for m, item in last.items() for s in dict.fromkeys(item.series_ids)],
-        cases=[(m, d, s) for m, sealed in cases.items() for d, s in sealed.items()],
-        repeats=len(batch) - len(last),
-    )
-
-
-def _media_row(item: MediaSubmission) -> tuple[str, int, int | None, str | None, int]:
-    scheme = int(item.category.scheme) if item.category else None
-    code = item.category.code if item.category else None
-    return (item.media_id, int(item.media_type), scheme, code, item.flags.to_bits())
-
-
-async def _copy_staged(conn: Any, staged: _StagedBatch) -> None:
+async def _copy_staged(conn: Any, staged: StagedBatch) -> None:
     tables: Iterable[tuple[str, Sequence[tuple[Any, ...]]]] = (
         ("registry_stage_media", staged.media),
         ("registry_stage_signals", staged.signals),
@@ -265,76 +234,11 @@ async def _copy_staged(conn: Any, staged: _StagedBatch) -> None:
             await conn.copy_records_to_table(table, records=records)
 
 
-def _matchable_entries(new_signals: Sequence[Any], revived: Sequence[Any]) -> list[PdqEntry]:
-    """PDQ values that just became matchable: new usable ones, and every usable one of a media
-    that was retracted until now (the index dropped them at retraction). Deduplicated."""
-    entries = {(r["media_row"], bytes(r["value"])) for r in revived}
-    for r in new_signals:
-        quality = r["quality"]
-        if r["algorithm"] == Algorithm.PDQ and (quality is None or quality >= _PDQ_MIN_QUALITY):
-            entries.add((r["media_row"], bytes(r["value"])))
-    return [PdqEntry(row_id=row, value=value) for row, value in sorted(entries)]
-
-
-def _media_record(row: Any) -> MediaRecord:
-    algorithms = row["algorithms"] or []
-    signals = tuple(
-        SignalValue(Algorithm(a), bytes(v), q)
-        for a, v, q in zip(algorithms, row["sig_values"] or [], row["qualities"] or [], strict=True)
-    )
-    scheme = row["category_scheme"]
-    category = Category(CategoryScheme(scheme), row["category_code"]) if scheme else None
-    return MediaRecord(
-        row_id=row["id"],
-        origin=row["origin"],
-        media_id=row["media_id"],
-        signals=signals,
-        media_type=MediaType(row["media_type"]),
-        category=category,
-        flags=MediaFlags.from_bits(row["flags"]),
-        series_ids=tuple(row["series_ids"] or ()),
-        first_seen=row["first_seen"],
-    )
-
-
 async def _read_series(conn: Any, *, origin: str, series_id: str) -> SeriesRecord:
     rows = await conn.fetch(_SERIES_ROWS, [], origin, series_id)
     if not rows:
         raise NotFound(f"series {series_id!r} of {origin!r} does not exist on this node")
-    return _group_series(rows)[0][0]
-
-
-def _group_series(rows: Sequence[Any]) -> dict[int, tuple[SeriesRecord, ...]]:
-    """Rows (one per key, series and victim, ordered) folded into series records per key."""
-    grouped: dict[int, dict[int, tuple[Any, list[VictimRecord]]]] = {}
-    for r in rows:
-        per_key = grouped.setdefault(r["key"], {})
-        _, victims = per_key.setdefault(r["series_row"], (r, []))
-        if r["victim_id"] is not None:
-            victims.append(_victim(r))
-    return {
-        key: tuple(
-            SeriesRecord(
-                origin=head["origin"],
-                series_id=head["series_id"],
-                name=head["name"],
-                victims=tuple(victims),
-                media_count=head["media_count"],
-                updated_at=head["series_updated_at"],
-            )
-            for head, victims in per_key.values()
-        )
-        for key, per_key in grouped.items()
-    }
-
-
-def _victim(row: Any) -> VictimRecord:
-    return VictimRecord(
-        victim_id=row["victim_id"],
-        status=IdentificationStatus(row["status"]),
-        responsible_desk=row["responsible_desk"],
-        updated_at=row["victim_updated_at"],
-    )
+    return group_series(rows)[0][0]
 
 
 # The statements. Staging tables live per connection (created on first use, emptied at each

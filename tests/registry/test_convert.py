@@ -113,3 +113,11 @@ def test_lookup_defaults() -> None:
     signals, distance, limit = convert.lookup_from_proto(request, default_max_distance=31)
     assert distance == 31 and limit == convert.DEFAULT_MAX_MATCHES
     assert signals[0].value == bytes.fromhex(PDQ) and not signals[0].usable_for_near_match()
+
+
+def test_same_hash_with_and_without_quality_is_kept_once() -> None:
+    request = registry_pb2.SubmitMediaRequest(
+        media=[media(sig(4, PDQ, 90), sig(4, PDQ.upper()), media_id="m1")]
+    )
+    [submission] = convert.submit_batch_from_proto(request)
+    assert [(s.value.hex(), s.quality) for s in submission.signals] == [(PDQ, 90)]

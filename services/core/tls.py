@@ -1,0 +1,281 @@
+"""X.509 material for mutual TLS between nodes and units: a node CA, the leaf certificates it
+issues, PEM files, and the grpcio credentials built from them.
+
+Identity lives in the URI SAN (`spiffe://hashex/node/<id>`, `…/unit/<name>`), never in the
+subject, so the gateway authorises on one field. Keys are ECDSA P-256: grpcio's BoringSSL accepts
+them for TLS 1.3 client and server authentication everywhere, and every tool an operator may use
+to inspect a certificate understands them. grpcio checks no CRL or OCSP, so leaves are short-lived
+(30 days by default) and revocation is a deny-list of fingerprints checked per call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from services.core.config import check_node_id
+from services.core.errors import FailedPrecondition, InvalidArgument
+from services.core.secretfile import read_secret, write_secret
+
+DEFAULT_CA_VALIDITY = timedelta(days=5 * 365)
+DEFAULT_LEAF_VALIDITY = timedelta(days=30)
+DEFAULT_SERVER_DNS = ("localhost",)
+DEFAULT_SERVER_IPS = ("127.0.0.1", "::1")
+# Back-dating absorbs small clock differences between the issuer and whoever verifies.
+_CLOCK_SKEW = timedelta(minutes=5)
+_SPIFFE_PREFIX = "spiffe://hashex/node/"
+_UNIT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+@dataclass(frozen=True)
+class CertifiedKey:
+    """A certificate and its private key, both PEM; the key is kept out of repr and logs."""
+
+    certificate_pem: bytes
+    private_key_pem: bytes = field(repr=False)
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.certificate_pem)
+
+    @property
+    def fingerprint(self) -> str:
+        return certificate_fingerprint(self.certificate_pem)
+
+
+@dataclass(frozen=True)
+class NodeCa:
+    """A node's certificate authority: it signs the node's own certificate and its units'."""
+
+    node_id: str
+    material: CertifiedKey
+
+    @property
+    def certificate_pem(self) -> bytes:
+        """What clients and peers trust (and pin) for this node."""
+        return self.material.certificate_pem
+
+
+def node_uri(node_id: str) -> str:
+    return f"{_SPIFFE_PREFIX}{check_node_id(node_id)}"
+
+
+def unit_uri(node_id: str, unit: str) -> str:
+    """Unit names are one URI path segment, so no name can pose as another node's path."""
+    if not _UNIT_PATTERN.fullmatch(unit):
+        raise InvalidArgument(
+            f"unit name {unit!r} must be 1-63 characters: letters, digits and . _ -, "
+            "starting with a letter or digit"
+        )
+    return f"{node_uri(node_id)}/unit/{unit}"
+
+
+def create_node_ca(
+    *, node_id: str, valid_for: timedelta = DEFAULT_CA_VALIDITY, now: datetime | None = None
+) -> NodeCa:
+    """A self-signed CA that may sign leaves only (path length 0), so a stolen leaf key cannot
+    mint further identities."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(f"hashex node CA {check_node_id(node_id)}")
+    start = (now or datetime.now(UTC)) - _CLOCK_SKEW
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + _CLOCK_SKEW + valid_for)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return NodeCa(node_id, CertifiedKey(_pem(certificate), _key_pem(key)))
+
+
+def issue_node_certificate(
+    ca: NodeCa,
+    *,
+    dns_names: Sequence[str] = DEFAULT_SERVER_DNS,
+    ip_addresses: Sequence[str] = DEFAULT_SERVER_IPS,
+    valid_for: timedelta = DEFAULT_LEAF_VALIDITY,
+    now: datetime | None = None,
+) -> CertifiedKey:
+    """The node's own certificate. It serves (server auth, with the host names clients dial)
+    and also calls peers' gateways when pulling (client auth), under the same identity."""
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(node_uri(ca.node_id))]
+    names += [x509.DNSName(n) for n in dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    return _issue(ca, f"hashex node {ca.node_id}", names, usages, valid_for, now)
+
+
+def issue_unit_certificate(
+    ca: NodeCa,
+    *,
+    unit: str,
+    valid_for: timedelta = DEFAULT_LEAF_VALIDITY,
+    now: datetime | None = None,
+) -> CertifiedKey:
+    """A client certificate for one police unit of the CA's node (client auth only)."""
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(unit_uri(ca.node_id, unit))]
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    return _issue(ca, f"hashex unit {unit} of {ca.node_id}", names, usages, valid_for, now)
+
+
+def _issue(
+    ca: NodeCa,
+    common_name: str,
+    names: list[x509.GeneralName],
+    usages: list[x509.ObjectIdentifier],
+    valid_for: timedelta,
+    now: datetime | None,
+) -> CertifiedKey:
+    """Sign a leaf; it never outlives its CA (a verifier would reject the excess anyway)."""
+    ca_certificate = ca.material.certificate
+    ca_key = serialization.load_pem_private_key(ca.material.private_key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise FailedPrecondition("the node CA key is not an ECDSA key")
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = (now or datetime.now(UTC)) - _CLOCK_SKEW
+    end = min(start + _CLOCK_SKEW + valid_for, ca_certificate.not_valid_after_utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return CertifiedKey(_pem(certificate), _key_pem(key))
+
+
+def write_certified_key(material: CertifiedKey, *, certificate_path: Path, key_path: Path) -> None:
+    """Write the key (0600, never over an existing file) before the certificate, so a refused
+    overwrite leaves both files as they were."""
+    write_secret(key_path, material.private_key_pem)
+    certificate_path.write_bytes(material.certificate_pem)
+
+
+def load_certified_key(*, certificate_path: Path, key_path: Path) -> CertifiedKey:
+    """Read a pair back; refuses a key readable by others or one that is not the certificate's."""
+    key_pem = read_secret(key_path)
+    try:
+        certificate_pem = certificate_path.read_bytes()
+        certificate = x509.load_pem_x509_certificate(certificate_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except FileNotFoundError:
+        raise FailedPrecondition(f"certificate file {certificate_path} is missing") from None
+    except ValueError:
+        raise FailedPrecondition(
+            f"{certificate_path} or {key_path} is not a PEM certificate / private key"
+        ) from None
+    if key.public_key() != certificate.public_key():
+        raise FailedPrecondition(f"key file {key_path} does not belong to {certificate_path}")
+    return CertifiedKey(certificate_pem, key_pem)
+
+
+def load_node_ca(*, node_id: str, certificate_path: Path, key_path: Path) -> NodeCa:
+    """Read a node CA back; refuses a certificate that is not a CA (e.g. a leaf's file)."""
+    pair = load_certified_key(certificate_path=certificate_path, key_path=key_path)
+    constraints = pair.certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+    if not constraints.value.ca:
+        raise FailedPrecondition(f"{certificate_path} is not a CA certificate")
+    return NodeCa(check_node_id(node_id), pair)
+
+
+def server_credentials(
+    identity: CertifiedKey, *, trusted_client_cas: Sequence[bytes]
+) -> grpc.ServerCredentials:
+    """Credentials that refuse any client without a certificate from one of these CAs."""
+    return grpc.ssl_server_credentials(
+        [(identity.private_key_pem, identity.certificate_pem)],
+        root_certificates=b"".join(trusted_client_cas),
+        require_client_auth=True,
+    )
+
+
+def channel_credentials(
+    identity: CertifiedKey | None, *, trusted_server_cas: Sequence[bytes]
+) -> grpc.ChannelCredentials:
+    """Client credentials presenting `identity` (None: no client certificate, which an mTLS
+    server refuses; useful only to show that it does)."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=b"".join(trusted_server_cas),
+        private_key=identity.private_key_pem if identity else None,
+        certificate_chain=identity.certificate_pem if identity else None,
+    )
+
+
+def certificate_fingerprint(certificate_pem: bytes) -> str:
+    """SHA-256 over the DER encoding, lowercase hex: what peers pin and deny-lists name. Takes
+    PEM because that is what `auth_context()["x509_pem_cert"]` hands a handler."""
+    der = x509.load_pem_x509_certificate(certificate_pem).public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(der).hexdigest()
+
+
+def uri_names(certificate_pem: bytes) -> tuple[str, ...]:
+    """The URI SANs of a certificate (its hashex identity)."""
+    certificate = x509.load_pem_x509_certificate(certificate_pem)
+    try:
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(sans.value.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hashex"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )

@@ -1,0 +1,414 @@
+"""The PDQ near-match index answers exactly what a brute-force scan answers, whatever its shape.
+
+Every result is checked against a plain numpy popcount over the entries the test believes are
+live, at thresholds on both sides of each 16-bit chunk boundary, with the delta non-empty, after
+merges and rebuilds, and while another thread rebuilds.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import services.registry.pdq_index as pdq_index_module
+from services.core.errors import InvalidArgument
+from services.registry.pdq_index import NearHit, PdqIndex
+from services.registry.pdq_layout import NARROW, WIDE, ChunkLayout, allocate_radii
+from services.registry.pdq_segment import Entries, Segment
+
+THRESHOLDS = (0, 1, 15, 16, 31, 32, 47, 64)
+Pairs = set[tuple[int, bytes]]
+
+
+def random_values(rng: np.random.Generator, count: int) -> list[bytes]:
+    return [rng.bytes(32) for _ in range(count)]
+
+
+def flip_bits(value: bytes, rng: np.random.Generator, bits: int) -> bytes:
+    """`value` at Hamming distance exactly `bits`."""
+    out = bytearray(value)
+    for bit in rng.choice(256, size=bits, replace=False):
+        out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+def distance(a: bytes, b: bytes) -> int:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()
+
+
+class BruteForce:
+    """The reference: a popcount over every live pair, answers in the index's documented order."""
+
+    def __init__(self, pairs: Pairs) -> None:
+        self.listed = sorted(pairs)
+        joined = b"".join(v for _, v in self.listed)
+        self.words = np.frombuffer(joined, dtype=np.uint64).reshape(-1, 4)
+
+    def query(self, query: bytes, max_distance: int) -> list[NearHit]:
+        dist = np.bitwise_count(self.words ^ np.frombuffer(query, dtype=np.uint64)).sum(axis=1)
+        hits = [
+            NearHit(self.listed[i][0], self.listed[i][1], int(dist[i]))
+            for i in np.flatnonzero(dist <= max_distance)
+        ]
+        return sorted(hits, key=lambda h: (h.distance, h.row_id, h.value))
+
+
+def brute_force(pairs: Pairs, query: bytes, max_distance: int) -> list[NearHit]:
+    return BruteForce(pairs).query(query, max_distance)
+
+
+def planted_corpus(seed: int, count: int) -> tuple[list[int], list[bytes], list[bytes]]:
+    """Random hashes plus near duplicates of some of them at every distance 0..64; returns
+    rows, values and queries (each planted original, and fresh random values)."""
+    rng = np.random.default_rng(seed)
+    values = random_values(rng, count)
+    originals = values[: 65 * 2 : 2]
+    planted = [flip_bits(v, rng, d) for d, v in enumerate(originals)]
+    values += planted
+    rows = list(range(len(values)))
+    queries = originals + [flip_bits(p, rng, 3) for p in planted[::4]] + random_values(rng, 8)
+    return rows, values, queries
+
+
+def assert_matches_brute_force(index: PdqIndex, pairs: Pairs, queries: list[bytes]) -> None:
+    found_any = False
+    reference = BruteForce(pairs)
+    for max_distance in THRESHOLDS:
+        expected = [reference.query(q, max_distance) for q in queries]
+        assert index.query_many(queries, max_distance) == expected, max_distance
+        for query, want in zip(queries[:6], expected, strict=False):
+            assert index.query(query, max_distance) == want
+        found_any = found_any or any(len(e) > 1 for e in expected)
+    assert found_any, "the planted near duplicates should give multi-hit answers"
+
+
+@pytest.fixture
+def corpus() -> tuple[list[int], list[bytes], list[bytes]]:
+    return planted_corpus(seed=7, count=3000)
+
+
+def test_static_segment_matches_brute_force(corpus: tuple[list[int], list[bytes], list[bytes]]):
+    rows, values, queries = corpus
+    index = PdqIndex(delta_limit=10)
+    index.add(rows, values)
+    index.rebuild()
+    assert index.segment_count == 1
+    assert len(index) == len(values)
+    assert_matches_brute_force(index, set(zip(rows, values, strict=True)), queries)
+
+
+def test_segments_and_delta_together_match_brute_force(
+    corpus: tuple[list[int], list[bytes], list[bytes]],
+):
+    rows, values, queries = corpus
+    index = PdqIndex(delta_limit=100)
+    for start in range(0, len(values), 150):
+        index.add(rows[start : start + 150], values[start : start + 150])
+    assert index.segment_count >= 2
+    assert index._state.delta.rows.size > 0
+    pairs = set(zip(rows, values, strict=True))
+    assert_matches_brute_force(index, pairs, queries)
+    index.rebuild()
+    assert index.segment_count == 1
+    assert_matches_brute_force(index, pairs, queries)
+
+
+def test_wide_layout_matches_brute_force():
+    """The 12-chunk layout is only chosen from 2M hashes on; check it on a small set directly."""
+    rows, values, queries = planted_corpus(seed=11, count=2000)
+    words = np.frombuffer(b"".join(values), dtype=np.uint64).reshape(-1, 4)
+    segment = Segment.indexed(
+        Entries.from_words(np.array(rows, dtype=np.int64), words), layout=WIDE
+    )
+    query_words = np.frombuffer(b"".join(queries), dtype=np.uint64).reshape(-1, 4)
+    reference = BruteForce(set(zip(rows, values, strict=True)))
+    for max_distance in THRESHOLDS:
+        hits = segment.search(query_words, max_distance)
+        for i, query in enumerate(queries):
+            got = sorted(hits.position[hits.query == i].tolist())
+            assert got == sorted(h.row_id for h in reference.query(query, max_distance))
+
+
+@pytest.mark.parametrize("layout", [NARROW, WIDE], ids=["narrow", "wide"])
+def test_query_chunks_cut_like_the_tables(layout: ChunkLayout) -> None:
+    rng = np.random.default_rng(3)
+    words = rng.integers(0, 2**64, size=(50, 4), dtype=np.uint64)
+    columns = [words[:, j] for j in range(4)]
+    expected = np.stack([layout.column(columns, c) for c in range(len(layout.widths))], axis=1)
+    assert np.array_equal(layout.query_chunks(words), expected.astype(np.int64))
+
+
+@pytest.mark.parametrize("widths", [(16,) * 15, (20, 22, 22) + (16,) * 12])
+def test_layouts_must_tile_the_words(widths: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="chunk"):
+        ChunkLayout(widths, design_size=1)
+
+
+@pytest.mark.parametrize("layout", [NARROW, WIDE], ids=["narrow", "wide"])
+def test_radii_satisfy_the_pigeonhole_bound(layout: ChunkLayout) -> None:
+    for max_distance in range(65):
+        radii = allocate_radii(layout, max_distance)
+        assert sum(r + 1 for r in radii) == max_distance + 1
+    assert allocate_radii(NARROW, 31) == (1,) * 16
+
+
+def test_duplicate_pairs_are_stored_once():
+    rng = np.random.default_rng(1)
+    a, b = random_values(rng, 2)
+    index = PdqIndex()
+    index.add([5, 5, 5, 6], [a, a, b, a])
+    index.add([5], [a])
+    assert len(index) == 3
+    index.rebuild()
+    index.add([5, 6], [b, a])
+    assert len(index) == 3
+    assert [h.row_id for h in index.query(a, 0)] == [5, 6]
+    assert index.query(b, 0) == [NearHit(5, b, 0)]
+
+
+def test_remove_rows_drops_entries_from_segments_and_delta():
+    rng = np.random.default_rng(2)
+    values = random_values(rng, 6)
+    index = PdqIndex(delta_limit=100)
+    index.add([1, 2, 3], values[:3])
+    index.rebuild()
+    index.add([4, 5, 6], values[3:])
+    index.remove_rows([2, 5, 99])
+    assert len(index) == 4
+    live = {(1, values[0]), (3, values[2]), (4, values[3]), (6, values[5])}
+    for value in values:
+        assert index.query(value, 64) == brute_force(live, value, 64)
+    assert index.query(values[1], 0) == []
+    index.rebuild()
+    assert len(index) == 4
+    assert index.query(values[4], 0) == []
+    index.add([2], [values[1]])
+    assert index.query(values[1], 0) == [NearHit(2, values[1], 0)]
+
+
+def test_every_value_of_a_row_matches_and_goes_with_it():
+    rng = np.random.default_rng(4)
+    frames = random_values(rng, 3)
+    other = random_values(rng, 1)[0]
+    index = PdqIndex()
+    index.add([10, 10, 10, 11], [*frames, other])
+    index.rebuild()
+    near = flip_bits(frames[1], rng, 5)
+    assert index.query(near, 31) == [NearHit(10, frames[1], 5)]
+    index.remove_rows([10])
+    assert len(index) == 1
+    assert all(index.query(f, 64) == [] for f in frames)
+
+
+def test_loader_adds_its_batches_at_commit_and_once_each():
+    rng = np.random.default_rng(6)
+    values = random_values(rng, 50)
+    index = PdqIndex(delta_limit=8)
+    index.add([0], [values[0]])
+    loader = index.loader()
+    loader.add(list(range(30)), values[:30])
+    loader.add(list(range(20, 50)), values[20:50])
+    assert len(index) == 1
+    loader.commit()
+    assert len(index) == 50
+    assert index.segment_count == 1
+    loader.add([7], [values[8]])
+    loader.commit()
+    pairs = set(enumerate(values)) | {(7, values[8])}
+    assert len(index) == len(pairs)
+    reference = BruteForce(pairs)
+    assert all(index.query(v, 0) == reference.query(v, 0) for v in values)
+
+
+def test_empty_index_answers_nothing():
+    index = PdqIndex()
+    value = bytes(32)
+    assert len(index) == 0
+    assert index.query(value, 64) == []
+    assert index.query_many([], 31) == []
+    assert index.query_many([value, value], 31) == [[], []]
+    index.rebuild()
+    index.remove_rows([1])
+    index.add([], [])
+    assert len(index) == 0
+    assert index.nbytes == 0
+
+
+def test_bad_values_and_distances_are_refused():
+    index = PdqIndex()
+    with pytest.raises(InvalidArgument):
+        index.add([1], [bytes(31)])
+    with pytest.raises(InvalidArgument):
+        index.add([1, 2], [bytes(32)])
+    with pytest.raises(InvalidArgument):
+        index.query(bytes(32), 65)
+    with pytest.raises(InvalidArgument):
+        index.query(bytes(33), 31)
+    with pytest.raises(InvalidArgument):
+        index.query_many([bytes(32), bytes(16)], 31)
+    assert len(index) == 0
+
+
+def test_query_many_in_threads_equals_single_queries():
+    rows, values, queries = planted_corpus(seed=5, count=2000)
+    index = PdqIndex(query_threads=2)
+    index.add(rows, values)
+    many = (queries * 6)[:300]
+    assert index.query_many(many, 31) == [index.query(q, 31) for q in many]
+
+
+@pytest.fixture
+def paused_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """Hold every segment build until the test says go, so that it can act mid-merge."""
+    building, go_on = threading.Event(), threading.Event()
+    real_indexed = Segment.indexed
+
+    def held(entries: Entries, *, threads: int = 2) -> Segment:
+        building.set()
+        assert go_on.wait(timeout=30)
+        return real_indexed(entries, threads=threads)
+
+    monkeypatch.setattr(pdq_index_module.Segment, "indexed", staticmethod(held))
+    yield building, go_on
+    go_on.set()
+
+
+def test_queries_and_writes_during_a_rebuild(
+    paused_build: tuple[threading.Event, threading.Event],
+    corpus: tuple[list[int], list[bytes], list[bytes]],
+):
+    """Queries see a consistent index while a rebuild runs; writes made meanwhile survive it."""
+    building, go_on = paused_build
+    rows, values, queries = corpus
+    rng = np.random.default_rng(9)
+    index = PdqIndex(delta_limit=100_000)
+    index.add(rows, values)
+    pairs = set(zip(rows, values, strict=True))
+    rebuild = threading.Thread(target=index.rebuild)
+    rebuild.start()
+    assert building.wait(timeout=30)
+    assert_matches_brute_force(index, pairs, queries)
+    removed = set(rows[:40:3])
+    index.remove_rows(removed)
+    extra = random_values(rng, 5)
+    index.add([row + 10_000 for row in range(5)], extra)
+    pairs = {p for p in pairs if p[0] not in removed} | {
+        (r + 10_000, v) for r, v in enumerate(extra)
+    }
+    assert_matches_brute_force(index, pairs, queries + extra)
+    go_on.set()
+    rebuild.join(timeout=30)
+    assert not rebuild.is_alive()
+    assert len(index) == len(pairs)
+    assert_matches_brute_force(index, pairs, queries + extra)
+    index.rebuild()
+    assert_matches_brute_force(index, pairs, queries + extra)
+
+
+def test_queries_stay_exact_while_another_thread_writes():
+    """A reader never sees a half-applied change: the rows nobody touches are always found."""
+    rng = np.random.default_rng(12)
+    stable = random_values(rng, 200)
+    churn = random_values(rng, 1500)
+    index = PdqIndex(delta_limit=64)
+    index.add(list(range(200)), stable)
+    done = threading.Event()
+
+    def write() -> None:
+        for start in range(0, len(churn), 100):
+            index.add(list(range(1000 + start, 1100 + start)), churn[start : start + 100])
+            index.remove_rows(range(1000 + start, 1050 + start))
+        index.rebuild()
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    rounds = 0
+    while not done.is_set() or rounds == 0:
+        answers = index.query_many(stable[rounds % 10 :: 10], 0)
+        assert [[h.row_id for h in a] for a in answers] == [
+            [i] for i in range(rounds % 10, 200, 10)
+        ]
+        rounds += 1
+    writer.join()
+    assert len(index) == 200 + 750
+
+
+class IndexAgainstModel(RuleBasedStateMachine):
+    """Random add/remove/rebuild sequences with a tiny delta, so merges happen all the time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.index = PdqIndex(delta_limit=5)
+        self.pairs: Pairs = set()
+        self.rng = np.random.default_rng(0)
+        self.pool = random_values(self.rng, 12)
+
+    @rule(data=st.data(), count=st.integers(1, 12))
+    def add(self, data: st.DataObject, count: int) -> None:
+        rows = data.draw(st.lists(st.integers(0, 30), min_size=count, max_size=count))
+        picks = data.draw(st.lists(st.integers(0, 11), min_size=count, max_size=count))
+        bits = data.draw(
+            st.lists(st.sampled_from((0, 0, 3, 20, 40)), min_size=count, max_size=count)
+        )
+        values = [flip_bits(self.pool[p], self.rng, b) for p, b in zip(picks, bits, strict=True)]
+        self.index.add(rows, values)
+        self.pairs |= set(zip(rows, values, strict=True))
+
+    @rule(data=st.data())
+    def load(self, data: st.DataObject) -> None:
+        loader = self.index.loader()
+        for _ in range(data.draw(st.integers(1, 3))):
+            rows = data.draw(st.lists(st.integers(0, 30), min_size=1, max_size=6))
+            values = [self.pool[data.draw(st.integers(0, 11))] for _ in rows]
+            loader.add(rows, values)
+            self.pairs |= set(zip(rows, values, strict=True))
+        loader.commit()
+
+    @rule(rows=st.lists(st.integers(0, 30), max_size=4))
+    def remove(self, rows: list[int]) -> None:
+        self.index.remove_rows(rows)
+        self.pairs = {p for p in self.pairs if p[0] not in rows}
+
+    @rule()
+    def rebuild(self) -> None:
+        self.index.rebuild()
+
+    @precondition(lambda self: bool(self.pairs))
+    @rule(data=st.data(), max_distance=st.sampled_from(THRESHOLDS), bits=st.integers(0, 40))
+    def query(self, data: st.DataObject, max_distance: int, bits: int) -> None:
+        _, value = data.draw(st.sampled_from(sorted(self.pairs)))
+        query = flip_bits(value, self.rng, bits)
+        assert self.index.query(query, max_distance) == brute_force(self.pairs, query, max_distance)
+
+    @invariant()
+    def counts_agree(self) -> None:
+        assert len(self.index) == len(self.pairs)
+
+
+TestIndexAgainstModel = IndexAgainstModel.TestCase
+TestIndexAgainstModel.settings = settings(
+    max_examples=30,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def test_distance_helper_is_sound():
+    """Guard the reference itself: a wrong brute force would make every test above vacuous."""
+    rng = np.random.default_rng(0)
+    value = random_values(rng, 1)[0]
+    for bits in (0, 1, 31, 64, 256):
+        assert distance(value, flip_bits(value, rng, bits)) == bits
+        assert brute_force({(1, value)}, flip_bits(value, rng, bits), 31) == (
+            [NearHit(1, value, bits)] if bits <= 31 else []
+        )
