@@ -24,10 +24,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, settings
 
 from services.core.db.embedded import start_embedded
 from services.core.db.migrations import apply_migrations
 from services.registry.store import MIGRATIONS_DIR as REGISTRY_MIGRATIONS
+
+# The suite runs on shared 2-core machines, often beside other work: examples are judged by what
+# they find, never by how fast they were generated or ran.
+settings.register_profile(
+    "hashex", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("hashex")
 
 
 @dataclass(frozen=True)

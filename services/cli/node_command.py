@@ -60,6 +60,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_data_dir_option(up)
     up.set_defaults(func=lambda ns: run_command(_up, ns))
 
+    registry = sub.add_parser(
+        "registry",
+        help="run the registry service alone (for Kubernetes)",
+        description="Run one service of the node on its own; `hashex node up` runs all of them.",
+    )
+    registry_sub = registry.add_subparsers(
+        dest="registry_command", metavar="COMMAND", required=True
+    )
+    serve = registry_sub.add_parser(
+        "serve",
+        help="serve the registry until SIGTERM",
+        description="Serve the registry of the node in --data-dir (database: DATABASE_URL, else "
+        "the embedded PostgreSQL). Stops cleanly on SIGTERM.",
+    )
+    add_data_dir_option(serve)
+    serve.set_defaults(func=lambda ns: run_command(_up, ns))
+
 
 def _init(ns: argparse.Namespace) -> int:
     node_id = check_node_id(ns.node_id)

@@ -9,12 +9,15 @@ Segments grow geometrically, like an LSM tree: a full delta becomes a segment, a
 merged with those after it when together they reach a quarter of the one before. Rebuilding one
 10M-hash structure every few thousand additions would cost seconds per flush; this way each
 hash is re-indexed a handful of times over its life and a query visits only a few segments.
-`rebuild()` merges everything into one segment, the fastest layout to query.
+`rebuild()` merges everything into one segment, the fastest layout to query. To fill an index
+from many batches at start, `loader()` packs them and indexes them with a single build.
 
 Threads: every mutation publishes a new immutable `_State`, so `query` reads one reference and
-never locks. Writers hold `_write_lock` only to compute and swap the next state. A merge reads
-its input segments outside that lock and, when it swaps its result in, re-applies the
-tombstones that arrived while it ran; `_merge_lock` keeps merges one at a time.
+never locks. Writers hold `_write_lock` only to compute and swap the next state. A merge builds
+outside that lock and, when it swaps its result in, re-applies the tombstones that arrived
+while it ran; `_merge_lock` keeps merges one at a time. A merge runs on the thread whose `add`
+or `remove_rows` made it due (seconds at 10M hashes): call those from a worker thread, not an
+event loop. Writers arriving meanwhile do not wait for it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ _DEAD_SHARE = 4
 
 @dataclass(frozen=True)
 class NearHit:
+    """A stored PDQ value within range of a query: its media row, the value, the distance."""
+
     row_id: int
     value: bytes
     distance: int
@@ -149,7 +154,13 @@ class PdqIndex:
 
     @property
     def segment_count(self) -> int:
+        """Segments a query visits; each adds ~0.1 ms to a query (more while not yet indexed)."""
         return len(self._state.parts)
+
+    @property
+    def pending_count(self) -> int:
+        """Entries in the delta, which every query scans by brute force."""
+        return len(self._state.delta)
 
     def add(self, row_ids: Sequence[int], values: Sequence[bytes]) -> None:
         """Store each (row, value) pair once; may merge segments on the calling thread."""
@@ -183,7 +194,8 @@ class PdqIndex:
         self._merge_while_needed()
 
     def rebuild(self) -> None:
-        """Fold the delta, every segment and all tombstones into one segment; blocks meanwhile."""
+        """Fold the delta, every segment and all tombstones into one segment. Only the caller
+        waits: queries, and writes (kept for after the swap), go on from other threads."""
         with self._merge_lock:
             plan = self._plan(full=True)
             if plan is not None:
@@ -258,7 +270,8 @@ class PdqIndex:
 
 
 class PdqLoader:
-    """Fills an index from many batches (the database streamed at start) with one merge.
+    """Fills an index from many batches (the database streamed at start) with one merge; one
+    loader per producer thread.
 
     Each `add` only validates and packs its batch; `commit` adds them all at once. Feeding the
     batches to `PdqIndex.add` instead would re-index the largest segment every time the newer

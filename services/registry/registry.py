@@ -1,8 +1,11 @@
 """The registry's application logic: submit, look up, retract, series and victims.
 
 Keeps the PDQ index in step with the database: entries are added after their batch commits and
-removed after their retraction commits, so a lookup never sees an uncommitted record. No gRPC
-and no SQL here: the store and the index arrive through the constructor.
+removed after their retraction commits, so a lookup never sees an uncommitted record. Writes are
+serialised (database commit, then index change, under one lock) so that the index applies them in
+commit order: a retraction and a resubmission of the same media cannot swap. Index changes run in
+a worker thread because a merge can take seconds at tens of millions of hashes; lookups never
+wait for them. No gRPC and no SQL here: the store and the index arrive through the constructor.
 """
 
 from __future__ import annotations
@@ -44,26 +47,32 @@ class Registry:
         self._index = index
         self.node_id = node_id
         self.started_at = datetime.now(UTC)
+        self._writes = asyncio.Lock()
 
     async def load_index(self) -> int:
-        """Fill the PDQ index from the database (at start); returns the entries loaded."""
+        """Fill the PDQ index from the database (at start) with one build; returns the count."""
+        loader = self._index.loader()
         loaded = 0
         async for entries in self._store.pdq_entries():
-            self._index.add([e.row_id for e in entries], [e.value for e in entries])
+            loader.add([e.row_id for e in entries], [e.value for e in entries])
             loaded += len(entries)
-        await asyncio.to_thread(self._index.rebuild)
+        await asyncio.to_thread(loader.commit)
         _log.info("PDQ index loaded: %d hashes", loaded)
         return loaded
 
     async def submit_batch(self, batch: Sequence[MediaSubmission]) -> SubmitCounts:
-        counts, entries = await self._store.submit_media_batch(batch)
-        if entries:
-            self._index.add([e.row_id for e in entries], [e.value for e in entries])
+        async with self._writes:
+            counts, entries = await self._store.submit_media_batch(batch)
+            if entries:
+                rows, values = [e.row_id for e in entries], [e.value for e in entries]
+                await asyncio.to_thread(self._index.add, rows, values)
         return counts
 
     async def retract(self, media_ids: Sequence[str]) -> RetractCounts:
-        counts = await self._store.retract_media(media_ids)
-        self._index.remove_rows(counts.retracted_row_ids)
+        async with self._writes:
+            counts = await self._store.retract_media(media_ids)
+            if counts.retracted_row_ids:
+                await asyncio.to_thread(self._index.remove_rows, counts.retracted_row_ids)
         return counts
 
     async def lookup(
