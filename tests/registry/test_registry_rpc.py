@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.asyncio
 
 
 @pytest.fixture
-async def node(tmp_path: Path, empty_database: str):  # type: ignore[no-untyped-def]
+async def node(tmp_path: Path, empty_database: str) -> AsyncIterator[Node]:
     async with running_node(tmp_path / "node", empty_database) as running:
         yield running
 

@@ -24,10 +24,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from services.core.errors import FailedPrecondition
 
@@ -203,9 +204,10 @@ def _wait_gone(pid: int, waiter: int | None, timeout_s: float) -> bool:
         poller = select.poll()
         poller.register(waiter, select.POLLIN)
         return bool(poller.poll(int(timeout_s * 1000))) or not is_process_alive(pid)
-    deadline = time.monotonic() + timeout_s
-    while is_process_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
+    try:  # no pidfd (old kernel): psutil waits for a process that is not our child
+        psutil.Process(pid).wait(timeout_s)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        return False
     return True
