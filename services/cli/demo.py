@@ -92,7 +92,7 @@ def run_demo(root: Path) -> None:
         hashex("hash", seized, "--output", root / "seizure-1.jsonl", "--quiet")
         hashex("series", "set", "op-demo", "--name", "Demo series", *node_args)
         hashex("victim", "op-demo", "v1", "identified", "--desk", "DEMO victim-ID desk", *node_args)
-        hashex(
+        submit_seizure_1 = (
             "submit",
             root / "seizure-1.jsonl",
             "--category",
@@ -105,20 +105,9 @@ def run_demo(root: Path) -> None:
             "EX-1",
             *node_args,
         )
+        hashex(*submit_seizure_1)
         print("\n# The same seizure again: idempotent, nothing new is stored.")
-        hashex(
-            "submit",
-            root / "seizure-1.jsonl",
-            "--category",
-            "vics-us:1",
-            "--series",
-            "op-demo",
-            "--case-ref",
-            "DEMO/2026/0001",
-            "--exhibit-ref",
-            "EX-1",
-            *node_args,
-        )
+        hashex(*submit_seizure_1)
         print(
             "\n# A later seizure: two identical copies, edited copies (resized, re-encoded,"
             "\n# cropped) and four unrelated files."

@@ -7,7 +7,7 @@ tells the caller everything to fix; a request with any problem is rejected whole
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import TypeVar
 
@@ -190,19 +190,27 @@ def category_from_proto(message: common_pb2.Category) -> model.Category:
     return model.Category.parse(scheme, message.code)
 
 
+def _check_batch_size(field: str, count: int, *, limit: int, noun: str, empty: str) -> None:
+    """Refuse an empty or oversized batch before looking at any item of it."""
+    if count == 0:
+        raise InvalidArgument(FieldProblem(field, empty))
+    if count > limit:
+        raise InvalidArgument(
+            FieldProblem(field, f"the batch has {count} {noun}; the limit is {limit}")
+        )
+
+
 def submit_batch_from_proto(
     request: registry_pb2.SubmitMediaRequest,
 ) -> list[model.MediaSubmission]:
     """A whole batch, validated; InvalidArgument names every offending `media[i]…` item."""
-    if not request.media:
-        raise InvalidArgument(FieldProblem("media", "the batch is empty"))
-    if len(request.media) > MAX_MEDIA_PER_BATCH:
-        raise InvalidArgument(
-            FieldProblem(
-                "media",
-                f"the batch has {len(request.media)} media; the limit is {MAX_MEDIA_PER_BATCH}",
-            )
-        )
+    _check_batch_size(
+        "media",
+        len(request.media),
+        limit=MAX_MEDIA_PER_BATCH,
+        noun="media",
+        empty="the batch is empty",
+    )
     problems = Problems()
     batch: list[model.MediaSubmission] = []
     seen: dict[str, int] = {}
@@ -225,15 +233,13 @@ def lookup_from_proto(
     request: registry_pb2.LookupRequest, *, default_max_distance: int
 ) -> tuple[list[SignalValue], int, int]:
     """The signals to look up, the PDQ distance and the per-signal match limit."""
-    if not request.signals:
-        raise InvalidArgument(FieldProblem("signals", "at least one signal is required"))
-    if len(request.signals) > MAX_LOOKUP_SIGNALS:
-        raise InvalidArgument(
-            FieldProblem(
-                "signals",
-                f"the batch has {len(request.signals)} signals; the limit is {MAX_LOOKUP_SIGNALS}",
-            )
-        )
+    _check_batch_size(
+        "signals",
+        len(request.signals),
+        limit=MAX_LOOKUP_SIGNALS,
+        noun="signals",
+        empty="at least one signal is required",
+    )
     problems = Problems()
     signals = _signals(problems, "signals", request.signals)
     distance = default_max_distance
@@ -246,12 +252,13 @@ def lookup_from_proto(
 
 
 def retract_from_proto(request: registry_pb2.RetractMediaRequest) -> list[str]:
-    if not request.media_ids:
-        raise InvalidArgument(FieldProblem("media_ids", "at least one media id is required"))
-    if len(request.media_ids) > MAX_RETRACT_IDS:
-        raise InvalidArgument(
-            FieldProblem("media_ids", f"{len(request.media_ids)} ids; the limit is 10000")
-        )
+    _check_batch_size(
+        "media_ids",
+        len(request.media_ids),
+        limit=MAX_RETRACT_IDS,
+        noun="ids",
+        empty="at least one media id is required",
+    )
     problems = Problems()
     for i, media_id in enumerate(request.media_ids):
         problems.check(f"media_ids[{i}]", partial(model.check_id, "media id", media_id))
@@ -259,10 +266,14 @@ def retract_from_proto(request: registry_pb2.RetractMediaRequest) -> list[str]:
     return list(dict.fromkeys(request.media_ids))
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
+    """An aware datetime as a Timestamp, in integer arithmetic (`FromDatetime` cost a tenth of
+    converting a lookup answer)."""
+    delta = moment - _EPOCH
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def media_to_proto(media: model.MediaRecord) -> common_pb2.Media:

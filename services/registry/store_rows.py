@@ -25,6 +25,12 @@ from services.registry.model import (
 )
 
 PDQ_MIN_QUALITY = ALGORITHMS[Algorithm.PDQ].min_match_quality
+# Stored numbers to enum members by dictionary: calling an IntEnum per value was a tenth of a
+# 1,000-hash lookup.
+_ALGORITHM_OF = {int(a): a for a in Algorithm}
+_MEDIA_TYPE_OF = {int(t): t for t in MediaType}
+_SCHEME_OF = {int(s): s for s in CategoryScheme}
+_STATUS_OF = {int(s): s for s in IdentificationStatus}
 
 
 @dataclass
@@ -83,17 +89,17 @@ def matchable_entries(new_signals: Sequence[Any], revived: Sequence[Any]) -> lis
 def media_record(row: Any) -> MediaRecord:
     algorithms = row["algorithms"] or []
     signals = tuple(
-        SignalValue(Algorithm(a), bytes(v), q)
+        SignalValue(_ALGORITHM_OF[a], bytes(v), q)
         for a, v, q in zip(algorithms, row["sig_values"] or [], row["qualities"] or [], strict=True)
     )
     scheme = row["category_scheme"]
-    category = Category(CategoryScheme(scheme), row["category_code"]) if scheme else None
+    category = Category(_SCHEME_OF[scheme], row["category_code"]) if scheme else None
     return MediaRecord(
         row_id=row["id"],
         origin=row["origin"],
         media_id=row["media_id"],
         signals=signals,
-        media_type=MediaType(row["media_type"]),
+        media_type=_MEDIA_TYPE_OF[row["media_type"]],
         category=category,
         flags=MediaFlags.from_bits(row["flags"]),
         series_ids=tuple(row["series_ids"] or ()),
@@ -128,7 +134,7 @@ def group_series(rows: Sequence[Any]) -> dict[int, tuple[SeriesRecord, ...]]:
 def victim_record(row: Any) -> VictimRecord:
     return VictimRecord(
         victim_id=row["victim_id"],
-        status=IdentificationStatus(row["status"]),
+        status=_STATUS_OF[row["status"]],
         responsible_desk=row["responsible_desk"],
         updated_at=row["victim_updated_at"],
     )

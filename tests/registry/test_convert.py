@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hashex.v1 import common_pb2, registry_pb2
 from services.core.algorithms import Algorithm
@@ -84,6 +89,11 @@ def test_oversized_and_empty_batches() -> None:
     lookup = registry_pb2.LookupRequest(signals=[sig(1, MD5)] * 10_001)
     with pytest.raises(InvalidArgument, match="10001 signals; the limit is 10000"):
         convert.lookup_from_proto(lookup, default_max_distance=31)
+    retract = registry_pb2.RetractMediaRequest(media_ids=["m"] * 10_001)
+    with pytest.raises(InvalidArgument, match="media_ids: the batch has 10001 ids; the limit"):
+        convert.retract_from_proto(retract)
+    with pytest.raises(InvalidArgument, match="media_ids: at least one media id is required"):
+        convert.retract_from_proto(registry_pb2.RetractMediaRequest())
 
 
 def test_duplicate_media_id_in_one_batch_is_refused() -> None:
@@ -121,3 +131,16 @@ def test_same_hash_with_and_without_quality_is_kept_once() -> None:
     )
     [submission] = convert.submit_batch_from_proto(request)
     assert [(s.value.hex(), s.quality) for s in submission.signals] == [(PDQ, 90)]
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 1),
+        max_value=datetime(9999, 12, 31),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]),
+    )
+)
+def test_timestamps_equal_the_library_conversion(moment: datetime) -> None:
+    expected = Timestamp()
+    expected.FromDatetime(moment)
+    assert convert.timestamp(moment) == expected
