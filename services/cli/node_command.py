@@ -95,7 +95,7 @@ def _init(ns: argparse.Namespace) -> int:
     config_path = write_config(data_dir, node_id=node_id, listen=ns.listen)
     config = load_config(data_dir)
     create_case_key(config.case_key_path)
-    signing = create_signing_key(config.signing_key_path)
+    signing = create_signing_key(config.signing_keys_dir / "ed25519_1.key")
     print(f"node {node_id} created in {data_dir}")
     print(f"  configuration: {config_path}")
     print(f"  signing key:   {signing.key_id} {signing.public_hex}")

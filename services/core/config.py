@@ -21,6 +21,8 @@ from services.core.errors import FailedPrecondition, InvalidArgument
 CONFIG_FILE = "node.toml"
 NODE_ID_PATTERN = re.compile(r"[a-z][a-z0-9-]{1,62}")
 DEFAULT_LISTEN = "127.0.0.1:7700"
+# The gateway is mutual TLS, so it may listen anywhere; loopback until the operator says otherwise.
+DEFAULT_GATEWAY_LISTEN = "127.0.0.1:7443"
 
 
 @dataclass(frozen=True)
@@ -36,14 +38,50 @@ class NodeConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
+    # host:port of the gateway (mutual TLS, the node's only public port).
+    gateway_listen: str = DEFAULT_GATEWAY_LISTEN
+    # host:port peers and units dial (written into the peer card); empty: gateway_listen.
+    gateway_endpoint: str = ""
+    # Calls per second each caller may make through the gateway, and the burst allowed.
+    rate_limit_per_s: float = 200.0
+    rate_limit_burst: int = 400
+    # Largest single request message the gateway accepts.
+    max_request_bytes: int = 4 * 1024 * 1024
+    # Longest a unary call through the gateway may run, and a Pull stream.
+    call_deadline_s: float = 60.0
+    pull_deadline_s: float = 600.0
+    # Pause between pulls from a peer that is up to date, and the longest backoff after errors.
+    pull_interval_s: float = 2.0
+    pull_backoff_max_s: float = 60.0
 
     @property
     def case_key_path(self) -> Path:
         return self.data_dir / "keys" / "case.key"
 
     @property
-    def signing_key_path(self) -> Path:
-        return self.data_dir / "keys" / "signing.key"
+    def signing_keys_dir(self) -> Path:
+        """`ed25519_<n>.key` files, one per key version; the highest is current."""
+        return self.data_dir / "keys" / "signing"
+
+    @property
+    def tls_dir(self) -> Path:
+        """ca.pem / ca.key (the node CA) and node.pem / node.key (the gateway's identity)."""
+        return self.data_dir / "tls"
+
+    @property
+    def peers_dir(self) -> Path:
+        """Pinned peer cards `<peer-id>.card` and the deny-list `denied.txt`."""
+        return self.data_dir / "peers"
+
+    @property
+    def policy_dir(self) -> Path:
+        """Sharing policy per peer, `<peer-id>.toml`."""
+        return self.data_dir / "policy"
+
+    @property
+    def gateway_address_file(self) -> Path:
+        """Written by `hashex node up` with the gateway's bound address."""
+        return self.data_dir / "run" / "gateway.addr"
 
     @property
     def address_file(self) -> Path:
@@ -106,6 +144,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         values["database_url"] = env["DATABASE_URL"]
     if env.get("HASHEX_LISTEN"):
         values["listen"] = env["HASHEX_LISTEN"]
+    if env.get("HASHEX_GATEWAY_LISTEN"):
+        values["gateway_listen"] = env["HASHEX_GATEWAY_LISTEN"]
     if env.get("HASHEX_LOG_LEVEL"):
         values["log_level"] = env["HASHEX_LOG_LEVEL"]
     return values
@@ -124,6 +164,13 @@ def _from_values(data_dir: Path, values: dict[str, Any], source: Path) -> NodeCo
         raise InvalidArgument(f"{source}: {exc}") from None
     check_node_id(config.node_id)
     check_listen(config.listen, allow_non_loopback=config.allow_plaintext_non_loopback)
+    _check_address("gateway_listen", config.gateway_listen, source)
+    if config.gateway_endpoint:
+        _check_address("gateway_endpoint", config.gateway_endpoint, source)
+    positive = ("rate_limit_per_s", "rate_limit_burst", "max_request_bytes", "call_deadline_s")
+    for name in (*positive, "pull_deadline_s", "pull_interval_s", "pull_backoff_max_s"):
+        if not getattr(config, name) > 0:
+            raise InvalidArgument(f"{source}: {name} must be greater than 0")
     if not 0 <= config.pdq_default_max_distance <= 64:
         raise InvalidArgument(f"{source}: pdq_default_max_distance must be 0-64")
     if config.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -131,15 +178,30 @@ def _from_values(data_dir: Path, values: dict[str, Any], source: Path) -> NodeCo
     return config
 
 
-def write_config(data_dir: Path, *, node_id: str, listen: str = DEFAULT_LISTEN) -> Path:
+def _check_address(name: str, address: str, source: Path) -> None:
+    _, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidArgument(f"{source}: {name} {address!r} must be HOST:PORT")
+
+
+def write_config(
+    data_dir: Path,
+    *,
+    node_id: str,
+    listen: str = DEFAULT_LISTEN,
+    gateway_listen: str = DEFAULT_GATEWAY_LISTEN,
+) -> Path:
     """Write a fresh `node.toml` (the operator edits it afterwards)."""
     path = data_dir / CONFIG_FILE
     path.write_text(
-        "# hashex node configuration; environment variables HASHEX_LISTEN, DATABASE_URL and\n"
-        "# HASHEX_LOG_LEVEL override these.\n"
+        "# hashex node configuration; environment variables HASHEX_LISTEN,\n"
+        "# HASHEX_GATEWAY_LISTEN, DATABASE_URL and HASHEX_LOG_LEVEL override these.\n"
         "[node]\n"
         f'node_id = "{check_node_id(node_id)}"\n'
         f'listen = "{listen}"\n'
+        "# The gateway: mutual TLS, the port peers and units use.\n"
+        f'gateway_listen = "{gateway_listen}"\n'
+        '# gateway_endpoint = "hashex.example.org:7443"  (what peers dial)\n'
         "pdq_default_max_distance = 31\n"
         '# database_url = "postgresql://user@host/hashex"  (default: embedded PostgreSQL)\n',
         encoding="utf-8",

@@ -76,7 +76,7 @@ def test_node_init_is_rerunnable_and_keys_are_private(node_dir: Path) -> None:
     assert again.returncode == 0 and "nothing changed" in again.stdout
     other = hashex("node", "init", "--node-id", "other", "--data-dir", node_dir)
     assert other.returncode == 2 and "already holds node 'cli-test'" in other.stderr
-    for key in ("case.key", "signing.key"):
+    for key in ("case.key", "signing/ed25519_1.key"):
         assert (node_dir / "keys" / key).stat().st_mode & 0o777 == 0o600
 
 
