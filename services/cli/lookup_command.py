@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from hashex.v1 import common_pb2, registry_pb2
+from hashex.v1 import common_pb2, federation_pb2, federation_pb2_grpc, registry_pb2
 from services.cli import exit_codes
 from services.cli.hashfile import read_hash_file, record_signals
-from services.cli.node_client import add_node_options, registry_stub, run_command
+from services.cli.node_client import add_node_options, node_channel, registry_stub, run_command
 from services.core.algorithms import ALGORITHMS, Algorithm, SignalValue, parse_signal_text
 from services.core.errors import FieldProblem, InvalidArgument
 from services.registry.convert import signal_to_proto
@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=(
             "examples:\n"
             "  hashex lookup md5:9e107d9d372bb6826bd81d3542a419d6\n"
-            "  hashex lookup --file seizure.jsonl --format json --max-distance 20"
+            "  hashex lookup --file seizure.jsonl --format json --max-distance 20\n"
+            "  hashex lookup --file seizure.jsonl --peers --cert units/alice.pem"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -71,6 +72,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--all", action="store_true", help="also list hashes without matches (table format)"
     )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also ask every peer live for hashes your node's store does not match (records "
+        "replicated from peers are always searched)",
+    )
     add_node_options(parser)
     parser.set_defaults(func=lambda ns: run_command(_lookup, ns))
 
@@ -81,17 +88,49 @@ def _lookup(ns: argparse.Namespace) -> int:
         raise InvalidArgument("--max-distance must be 0-64")
     signals = [signal for signal, _ in queries]
     tally = Tally()
-    with registry_stub(ns) as stub:
-        responses = stub.LookupStream(_requests(signals, ns), timeout=ns.timeout)
-        results = (r for response in responses for r in response.lookup.results)
-        for (signal, label), result in zip(queries, results, strict=False):
-            tally.count(result)
-            if ns.format == "json":
-                sys.stdout.write(json.dumps(_result_json(signal, label, result)) + "\n")
-            else:
-                _write_table_rows(label, result, ns.all, sys.stdout, header=tally.queries == 1)
+    if ns.peers:
+        with node_channel(ns) as channel:
+            _show(queries, _federated_results(channel, signals, ns), tally, ns)
+    else:
+        with registry_stub(ns) as stub:
+            responses = stub.LookupStream(_requests(signals, ns), timeout=ns.timeout)
+            _show(
+                queries, (r for response in responses for r in response.lookup.results), tally, ns
+            )
     print(tally.summary(), file=sys.stderr)
     return exit_codes.OK if tally.matched else exit_codes.NO_MATCH
+
+
+def _show(
+    queries: Sequence[Query],
+    results: Iterator[registry_pb2.LookupResult],
+    tally: Tally,
+    ns: argparse.Namespace,
+) -> None:
+    for (signal, label), result in zip(queries, results, strict=False):
+        tally.count(result)
+        if ns.format == "json":
+            sys.stdout.write(json.dumps(_result_json(signal, label, result)) + "\n")
+        else:
+            _write_table_rows(label, result, ns.all, sys.stdout, header=tally.queries == 1)
+
+
+def _federated_results(
+    channel: Any, signals: Sequence[SignalValue], ns: argparse.Namespace
+) -> Iterator[registry_pb2.LookupResult]:
+    """FederatedLookup batch by batch; each peer that could not answer is named on stderr."""
+    stub = federation_pb2_grpc.UnitsStub(channel)
+    reported: set[str] = set()
+    for request in _requests(signals, ns):
+        response = stub.FederatedLookup(
+            federation_pb2.FederatedLookupRequest(lookup=request.lookup, ask_peers=True),
+            timeout=ns.timeout,
+        )
+        for peer in response.peers:
+            if peer.error and peer.peer_id not in reported:
+                reported.add(peer.peer_id)
+                print(f"peer {peer.peer_id} did not answer live: {peer.error}", file=sys.stderr)
+        yield from response.lookup.results
 
 
 @dataclass

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         node_command,
         records_command,
         submit_command,
+        trust_command,
     )
 
     parser = argparse.ArgumentParser(
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit_command.register(sub)
     lookup_command.register(sub)
     records_command.register(sub)
+    trust_command.register(sub)
     return parser
 
 

@@ -1,6 +1,8 @@
-"""How client commands find and call their node: `--node HOST:PORT`, else `HASHEX_NODE`, else the
-address that `hashex node up` wrote into the data directory. Also where gRPC errors become exit
-codes and one clear line on stderr.
+"""How client commands find and call their node. Without a certificate: the node's loopback port,
+`--node HOST:PORT`, else `HASHEX_NODE`, else the address that `hashex node up` wrote into the data
+directory. With `--cert` (a unit certificate from `hashex unit issue`): the node's gateway over
+mutual TLS, `--gateway HOST:PORT`, else `HASHEX_GATEWAY`, else the gateway address in the data
+directory. Also where gRPC errors become exit codes and one clear line on stderr.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from hashex.v1 import registry_pb2_grpc
 from services.cli import exit_codes
 from services.core.config import CONFIG_FILE, NodeConfig
 from services.core.errors import HashexError, InvalidArgument
+from services.core.tls import channel_credentials, load_certified_key
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "hashex"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -56,13 +59,34 @@ def add_node_options(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TIMEOUT_S,
         help="seconds to wait for each call (default: %(default)s)",
     )
+    parser.add_argument(
+        "--cert",
+        type=Path,
+        default=os.environ.get("HASHEX_CERT"),
+        metavar="UNIT.pem",
+        help="call the node's gateway over mutual TLS as this unit (default: $HASHEX_CERT); the "
+        "key is UNIT.key and the node's CA ca.pem, both beside it, as `hashex unit issue` "
+        "writes them",
+    )
+    parser.add_argument(
+        "--gateway",
+        metavar="HOST:PORT",
+        default=os.environ.get("HASHEX_GATEWAY"),
+        help="the gateway's address with --cert (default: $HASHEX_GATEWAY, else the address "
+        "the running node wrote into its data directory)",
+    )
 
 
 def node_address(ns: argparse.Namespace) -> str:
-    if ns.node:
-        return str(ns.node)
-    data_dir: Path = ns.data_dir
-    address_file = NodeConfig(node_id="unknown", data_dir=data_dir).address_file
+    config = NodeConfig(node_id="unknown", data_dir=ns.data_dir)
+    if getattr(ns, "cert", None):
+        return _address(ns.gateway, config.gateway_address_file, ns.data_dir)
+    return _address(ns.node, config.address_file, ns.data_dir)
+
+
+def _address(given: str | None, address_file: Path, data_dir: Path) -> str:
+    if given:
+        return given
     if address_file.exists():
         return address_file.read_text(encoding="utf-8").strip()
     if not (data_dir / CONFIG_FILE).exists():
@@ -78,18 +102,39 @@ def node_address(ns: argparse.Namespace) -> str:
 
 
 @contextmanager
-def registry_stub(ns: argparse.Namespace) -> Iterator[registry_pb2_grpc.RegistryStub]:
-    """A stub on a channel to the node; gRPC failures become CommandFailed."""
+def node_channel(ns: argparse.Namespace) -> Iterator[grpc.Channel]:
+    """A channel to the node (its gateway with --cert); gRPC failures become CommandFailed."""
     address = node_address(ns)
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
-    with grpc.insecure_channel(address, options=options) as channel:
+    cert: Path | None = getattr(ns, "cert", None)
+    if cert:
+        identity = load_certified_key(certificate_path=cert, key_path=cert.with_suffix(".key"))
+        ca_path = cert.parent / "ca.pem"
         try:
-            yield registry_pb2_grpc.RegistryStub(channel)
+            ca = ca_path.read_bytes()
+        except FileNotFoundError:
+            raise CommandFailed(
+                exit_codes.BAD_INPUT, f"the node's CA certificate {ca_path} is missing"
+            ) from None
+        credentials = channel_credentials(identity, trusted_server_cas=[ca])
+        channel = grpc.secure_channel(address, credentials, options=options)
+    else:
+        channel = grpc.insecure_channel(address, options=options)
+    with channel:
+        try:
+            yield channel
         except grpc.RpcError as error:
             raise rpc_failure(error, address) from None
+
+
+@contextmanager
+def registry_stub(ns: argparse.Namespace) -> Iterator[registry_pb2_grpc.RegistryStub]:
+    """A Registry stub on a channel to the node."""
+    with node_channel(ns) as channel:
+        yield registry_pb2_grpc.RegistryStub(channel)
 
 
 def rpc_failure(error: grpc.RpcError, address: str) -> CommandFailed:
@@ -100,8 +145,11 @@ def rpc_failure(error: grpc.RpcError, address: str) -> CommandFailed:
     if code == grpc.StatusCode.UNAVAILABLE:
         return CommandFailed(
             exit_codes.NODE_ERROR,
-            f"cannot reach the node at {address}: is it running (`hashex node up`)?",
+            f"cannot reach the node at {address}: is it running (`hashex node up`)? With "
+            "--cert, the gateway also refuses certificates its node did not issue",
         )
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return CommandFailed(exit_codes.NODE_ERROR, f"refused by the node ({code.name}): {details}")
     return CommandFailed(exit_codes.NODE_ERROR, f"the node answered {code.name}: {details}")
 
 

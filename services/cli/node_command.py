@@ -9,8 +9,10 @@ import sys
 
 from services.cli import exit_codes
 from services.cli.node_client import CommandFailed, add_data_dir_option, run_command
+from services.cli.node_material import check_host, ensure_node_material
 from services.core.config import (
     CONFIG_FILE,
+    DEFAULT_GATEWAY_LISTEN,
     DEFAULT_LISTEN,
     NodeConfig,
     check_listen,
@@ -19,9 +21,9 @@ from services.core.config import (
     write_config,
 )
 from services.core.logs import configure_logging
-from services.core.signing import create_signing_key
+from services.core.signing import rotate
+from services.core.trust import check_endpoint
 from services.registry.app import start_registry
-from services.registry.cases import create_case_key
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,8 +37,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "init",
         help="create a node: configuration, data directory, keys",
         description=(
-            "Create a node in --data-dir: node.toml, the case-data key and the Ed25519 signing "
-            "key (mode 0600). Re-running with the same node id changes nothing."
+            "Create a node in --data-dir: node.toml, the case-data key, the Ed25519 signing key, "
+            "the node CA (tls/ca.pem) and the node's gateway certificate (tls/node.pem); keys "
+            "are mode 0600. Re-running with the same node id creates only what is missing (and "
+            "renews the node certificate when it is near expiry or lacks a --gateway-host)."
         ),
         epilog="example: hashex node init --node-id gb-nca --data-dir ~/hashex/gb-nca",
     )
@@ -46,8 +50,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=DEFAULT_LISTEN,
         help="registry address, loopback only (default: %(default)s; port 0 picks a free one)",
     )
+    init.add_argument(
+        "--gateway-listen",
+        default=DEFAULT_GATEWAY_LISTEN,
+        help="gateway address (mutual TLS; default: %(default)s)",
+    )
+    init.add_argument(
+        "--gateway-endpoint",
+        metavar="HOST:PORT",
+        default="",
+        help="the address peers and units dial, written into the peer card (default: the "
+        "gateway listen address); its host is added to the gateway certificate",
+    )
+    init.add_argument(
+        "--gateway-host",
+        action="append",
+        default=[],
+        metavar="NAME_OR_IP",
+        help="another DNS name or IP address for the gateway certificate (repeatable)",
+    )
     add_data_dir_option(init)
     init.set_defaults(func=lambda ns: run_command(_init, ns))
+    rotate_key = node_sub.add_parser(
+        "rotate-key",
+        help="add a new signing key version",
+        description=(
+            "Create the next Ed25519 signing key (ed25519:<n+1>), which signs from now on. Old "
+            "keys are kept so earlier signatures still verify; the node publishes the new key to "
+            "its peers in its change log, signed by the previous key."
+        ),
+        epilog="example: hashex node rotate-key --data-dir ~/hashex/gb-nca",
+    )
+    add_data_dir_option(rotate_key)
+    rotate_key.set_defaults(func=lambda ns: run_command(_rotate_key, ns))
     up = node_sub.add_parser(
         "up",
         help="run the node until Ctrl-C or SIGTERM",
@@ -81,25 +116,49 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _init(ns: argparse.Namespace) -> int:
     node_id = check_node_id(ns.node_id)
     check_listen(ns.listen, allow_non_loopback=False)
+    check_listen(ns.gateway_listen, allow_non_loopback=True)
+    if ns.gateway_endpoint:
+        check_endpoint(ns.gateway_endpoint)
+    hosts = [check_host(host) for host in ns.gateway_host]
     data_dir = ns.data_dir.resolve()
-    if (data_dir / CONFIG_FILE).exists():
-        existing = load_config(data_dir)
-        if existing.node_id != node_id:
-            raise CommandFailed(
-                exit_codes.BAD_INPUT,
-                f"{data_dir} already holds node {existing.node_id!r}; choose another --data-dir",
-            )
+    created_config = not (data_dir / CONFIG_FILE).exists()
+    if created_config:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_config(
+            data_dir,
+            node_id=node_id,
+            listen=ns.listen,
+            gateway_listen=ns.gateway_listen,
+            gateway_endpoint=ns.gateway_endpoint,
+        )
+    config = load_config(data_dir)
+    if config.node_id != node_id:
+        raise CommandFailed(
+            exit_codes.BAD_INPUT,
+            f"{data_dir} already holds node {config.node_id!r}; choose another --data-dir",
+        )
+    done = ensure_node_material(config, gateway_hosts=hosts)
+    if not created_config and not done:
         print(f"node {node_id} already initialised in {data_dir}; nothing changed")
         return exit_codes.OK
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    config_path = write_config(data_dir, node_id=node_id, listen=ns.listen)
-    config = load_config(data_dir)
-    create_case_key(config.case_key_path)
-    signing = create_signing_key(config.signing_keys_dir / "ed25519_1.key")
-    print(f"node {node_id} created in {data_dir}")
-    print(f"  configuration: {config_path}")
-    print(f"  signing key:   {signing.key_id} {signing.public_hex}")
+    print(f"node {node_id} {'created' if created_config else 'completed'} in {data_dir}")
+    if created_config:
+        print(f"  configuration: {data_dir / CONFIG_FILE}")
+    for line in done:
+        print(f"  {line}")
     print(f"start it with:   hashex node up --data-dir {data_dir}")
+    print(f"peer card:       hashex peer card --out {node_id}.card --data-dir {data_dir}")
+    return exit_codes.OK
+
+
+def _rotate_key(ns: argparse.Namespace) -> int:
+    config = load_config(ns.data_dir.resolve())
+    key = rotate(config.signing_keys_dir)
+    print(f"new signing key {key.key_id} {key.public_hex} (now current; older keys kept)")
+    print(
+        "a running node publishes it to its peers within seconds, signed by the previous key; "
+        "new peers need a fresh card (`hashex peer card`)"
+    )
     return exit_codes.OK
 
 

@@ -190,6 +190,7 @@ def write_config(
     node_id: str,
     listen: str = DEFAULT_LISTEN,
     gateway_listen: str = DEFAULT_GATEWAY_LISTEN,
+    gateway_endpoint: str = "",
 ) -> Path:
     """Write a fresh `node.toml` (the operator edits it afterwards)."""
     path = data_dir / CONFIG_FILE
@@ -201,8 +202,12 @@ def write_config(
         f'listen = "{listen}"\n'
         "# The gateway: mutual TLS, the port peers and units use.\n"
         f'gateway_listen = "{gateway_listen}"\n'
-        '# gateway_endpoint = "hashex.example.org:7443"  (what peers dial)\n'
-        "pdq_default_max_distance = 31\n"
+        + (
+            f'gateway_endpoint = "{gateway_endpoint}"\n'
+            if gateway_endpoint
+            else '# gateway_endpoint = "hashex.example.org:7443"  (what peers dial)\n'
+        )
+        + "pdq_default_max_distance = 31\n"
         '# database_url = "postgresql://user@host/hashex"  (default: embedded PostgreSQL)\n',
         encoding="utf-8",
     )

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import grpc
 from cryptography import x509
@@ -36,6 +38,11 @@ DEFAULT_SERVER_IPS = ("127.0.0.1", "::1")
 _CLOCK_SKEW = timedelta(minutes=5)
 _SPIFFE_PREFIX = "spiffe://hashex/node/"
 _UNIT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_IDENTITY_PATTERN = re.compile(
+    r"spiffe://hashex/node/(?P<node>[^/]+)(?:/(?P<kind>unit|operator)/(?P<name>[^/]+))?"
+)
+
+IdentityKind = Literal["node", "unit", "operator"]
 
 
 @dataclass(frozen=True)
@@ -73,12 +80,41 @@ def node_uri(node_id: str) -> str:
 
 def unit_uri(node_id: str, unit: str) -> str:
     """Unit names are one URI path segment, so no name can pose as another node's path."""
-    if not _UNIT_PATTERN.fullmatch(unit):
+    return f"{node_uri(node_id)}/unit/{_check_name(unit, 'unit')}"
+
+
+def operator_uri(node_id: str, name: str) -> str:
+    """An operator of the node: same name rules as units, a different path so the gateway can
+    never mistake one role for the other."""
+    return f"{node_uri(node_id)}/operator/{_check_name(name, 'operator')}"
+
+
+def parse_identity(uri: str) -> tuple[str, IdentityKind, str | None]:
+    """(node id, kind, name or None for a node) of a hashex URI SAN; InvalidArgument for any
+    URI that `node_uri`, `unit_uri` or `operator_uri` would not produce, so the gateway never
+    guesses at a half-valid identity."""
+    match = _IDENTITY_PATTERN.fullmatch(uri)
+    if not match:
         raise InvalidArgument(
-            f"unit name {unit!r} must be 1-63 characters: letters, digits and . _ -, "
+            f"identity {uri!r} is not spiffe://hashex/node/<id>[/unit|/operator/<name>]"
+        )
+    node_id = check_node_id(match.group("node"))
+    kind = match.group("kind")
+    name = match.group("name")
+    if kind == "unit":
+        return node_id, "unit", _check_name(name, "unit")
+    if kind == "operator":
+        return node_id, "operator", _check_name(name, "operator")
+    return node_id, "node", None
+
+
+def _check_name(name: str, role: str) -> str:
+    if not _UNIT_PATTERN.fullmatch(name):
+        raise InvalidArgument(
+            f"{role} name {name!r} must be 1-63 characters: letters, digits and . _ -, "
             "starting with a letter or digit"
         )
-    return f"{node_uri(node_id)}/unit/{unit}"
+    return name
 
 
 def create_node_ca(
@@ -135,6 +171,19 @@ def issue_unit_certificate(
     return _issue(ca, f"hashex unit {unit} of {ca.node_id}", names, usages, valid_for, now)
 
 
+def issue_operator_certificate(
+    ca: NodeCa,
+    *,
+    name: str,
+    valid_for: timedelta = DEFAULT_LEAF_VALIDITY,
+    now: datetime | None = None,
+) -> CertifiedKey:
+    """A client certificate for an operator of the CA's node (the admin methods; client auth)."""
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(operator_uri(ca.node_id, name))]
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    return _issue(ca, f"hashex operator {name} of {ca.node_id}", names, usages, valid_for, now)
+
+
 def _issue(
     ca: NodeCa,
     common_name: str,
@@ -177,6 +226,21 @@ def write_certified_key(material: CertifiedKey, *, certificate_path: Path, key_p
     overwrite leaves both files as they were."""
     write_secret(key_path, material.private_key_pem)
     certificate_path.write_bytes(material.certificate_pem)
+
+
+def replace_certified_key(
+    material: CertifiedKey, *, certificate_path: Path, key_path: Path
+) -> None:
+    """Write a pair over an existing one (renewal, re-issue), each file by an atomic rename and
+    the key 0600 from its first byte. A reader between the two renames sees a mismatched pair,
+    which `load_certified_key` refuses, so a re-read simply retries."""
+    staged_key = key_path.with_name(f".{key_path.name}.new")
+    staged_certificate = certificate_path.with_name(f".{certificate_path.name}.new")
+    staged_key.unlink(missing_ok=True)
+    write_secret(staged_key, material.private_key_pem)
+    staged_certificate.write_bytes(material.certificate_pem)
+    os.replace(staged_key, key_path)
+    os.replace(staged_certificate, certificate_path)
 
 
 def load_certified_key(*, certificate_path: Path, key_path: Path) -> CertifiedKey:

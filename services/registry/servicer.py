@@ -54,9 +54,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     async def Lookup(
         self, request: registry_pb2.LookupRequest, context: Context
     ) -> registry_pb2.LookupResponse:
-        return await self._lookup(request)
+        return await self.answer_lookup(request)
 
-    async def _lookup(self, request: registry_pb2.LookupRequest) -> registry_pb2.LookupResponse:
+    async def answer_lookup(
+        self, request: registry_pb2.LookupRequest
+    ) -> registry_pb2.LookupResponse:
+        """Lookup without a call context: for federated lookups, which start from this one."""
         signals, distance, max_matches = convert.lookup_from_proto(
             request, default_max_distance=self._default_max_distance
         )
@@ -74,7 +77,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         async for request in request_iterator:
             try:
                 check_text("batch_id", request.batch_id, 128)
-                response = await self._lookup(request.lookup)
+                response = await self.answer_lookup(request.lookup)
             except InvalidArgument as error:
                 raise error.within(f"batch {request.batch_id!r}: lookup") from None
             yield registry_pb2.LookupStreamResponse(batch_id=request.batch_id, lookup=response)

@@ -16,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 
 from services.core import tls
@@ -201,3 +203,65 @@ def test_fingerprint_is_sha256_of_der(node_ca: tls.NodeCa) -> None:
     der = node_ca.material.certificate.public_bytes(Encoding.DER)
     assert tls.certificate_fingerprint(node_ca.certificate_pem) == hashlib.sha256(der).hexdigest()
     assert node_ca.material.fingerprint == hashlib.sha256(der).hexdigest()
+
+
+NAMES = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", fullmatch=True)
+NODE_IDS = st.from_regex(r"[a-z][a-z0-9-]{1,62}", fullmatch=True)
+
+
+@given(node_id=NODE_IDS, name=NAMES)
+def test_identities_round_trip(node_id: str, name: str) -> None:
+    assert tls.parse_identity(tls.node_uri(node_id)) == (node_id, "node", None)
+    assert tls.parse_identity(tls.unit_uri(node_id, name)) == (node_id, "unit", name)
+    assert tls.parse_identity(tls.operator_uri(node_id, name)) == (node_id, "operator", name)
+
+
+@given(
+    uri=st.one_of(
+        st.text(max_size=80),
+        st.builds(
+            lambda tail: "spiffe://hashex/node/" + tail,
+            st.text(alphabet="abcgn-/.unitoperator0\n%A", max_size=40),
+        ),
+    )
+)
+def test_any_other_identity_is_refused(uri: str) -> None:
+    """Whatever parses is exactly what the builders produce; everything else is refused."""
+    try:
+        node_id, kind, name = tls.parse_identity(uri)
+    except InvalidArgument:
+        return
+    rebuilt = {
+        "node": lambda: tls.node_uri(node_id),
+        "unit": lambda: tls.unit_uri(node_id, name or ""),
+        "operator": lambda: tls.operator_uri(node_id, name or ""),
+    }[kind]()
+    assert rebuilt == uri
+
+
+def test_parse_identity_refuses_near_misses() -> None:
+    for uri in (
+        "spiffe://hashex/node/gb-nca/",
+        "spiffe://hashex/node/gb-nca/unit/",
+        "spiffe://hashex/node/gb-nca/admin/alice",
+        "spiffe://hashex/node/gb-nca/unit/a/b",
+        "spiffe://hashex/node/GB-NCA",
+        "spiffe://other/node/gb-nca",
+        "spiffe://hashex/node/gb-nca\n",
+        "spiffe://hashex/node/gb-nca/unit/..",
+    ):
+        with pytest.raises(InvalidArgument):
+            tls.parse_identity(uri)
+
+
+def test_operator_certificate_is_a_client_certificate_under_its_own_path(
+    node_ca: tls.NodeCa,
+) -> None:
+    operator = tls.issue_operator_certificate(node_ca, name="alice")
+    assert tls.uri_names(operator.certificate_pem) == (
+        "spiffe://hashex/node/gb-nca/operator/alice",
+    )
+    usages = operator.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    assert list(usages.value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    with pytest.raises(InvalidArgument, match="operator name"):
+        tls.issue_operator_certificate(node_ca, name="a/b")

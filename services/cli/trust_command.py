@@ -1,0 +1,390 @@
+"""`hashex unit issue`, `hashex peer ...` and `hashex policy ...`: the operator's trust decisions.
+
+All of them work on the node's data directory, so they run with the node up or down; the running
+node re-reads peers, the deny-list and policies by itself. Every command can be re-run: doing
+again what is already done says so and changes nothing. No command prints a private key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import TypeAlias
+
+from services.cli import exit_codes
+from services.cli.node_client import CommandFailed, add_data_dir_option, run_command
+from services.cli.node_material import ca_paths, load_ca
+from services.core import tls
+from services.core.config import NodeConfig, check_node_id, load_config
+from services.core.errors import FailedPrecondition, InvalidArgument
+from services.core.signing import Keyring
+from services.core.trust import (
+    TrustStore,
+    check_endpoint,
+    deny,
+    make_card,
+    parse_fingerprint,
+    pin_card,
+    unpin,
+)
+from services.registry.model import check_id
+from services.sync.policy import (
+    DEFAULT_POLICY,
+    SharingPolicy,
+    load_policy,
+    parse_algorithms,
+    parse_categories,
+    render_policy,
+    save_policy,
+)
+
+_Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def register(sub: _Sub) -> None:
+    _register_unit(sub)
+    _register_peer(sub)
+    _register_policy(sub)
+
+
+def _register_unit(sub: _Sub) -> None:
+    unit = sub.add_parser("unit", help="issue certificates for this node's units and operators")
+    unit_sub = unit.add_subparsers(dest="unit_command", metavar="COMMAND", required=True)
+    issue = unit_sub.add_parser(
+        "issue",
+        help="issue a client certificate from the node CA",
+        description=(
+            "Write NAME.pem, NAME.key (mode 0600) and the node's ca.pem into --out, for a unit "
+            "(the registry and federated lookups) or, with --operator, an operator (the admin "
+            "methods). Re-running issues a fresh certificate and key in their place."
+        ),
+        epilog="example: hashex unit issue ceop-desk --out ~/hashex-unit --data-dir ~/hashex/gb",
+    )
+    issue.add_argument("name", help="the unit's (or operator's) name, e.g. ceop-desk")
+    issue.add_argument("--operator", action="store_true", help="an operator, not a unit")
+    issue.add_argument("--out", type=Path, required=True, help="directory to write into")
+    issue.add_argument(
+        "--days", type=int, default=30, help="validity in days (default: %(default)s)"
+    )
+    add_data_dir_option(issue)
+    issue.set_defaults(func=lambda ns: run_command(_unit_issue, ns))
+
+
+def _register_peer(sub: _Sub) -> None:
+    peer = sub.add_parser("peer", help="exchange cards with peer nodes, pin, remove, revoke")
+    peer_sub = peer.add_subparsers(dest="peer_command", metavar="COMMAND", required=True)
+    card = peer_sub.add_parser(
+        "card",
+        help="write this node's signed peer card",
+        description="Write this node's card (id, gateway endpoint, CA certificate, public "
+        "signing keys), signed by its current key, for the operators of peer nodes.",
+    )
+    card.add_argument("--out", type=Path, required=True, help="the card file to write")
+    card.add_argument(
+        "--endpoint",
+        metavar="HOST:PORT",
+        help="the address peers dial (default: gateway_endpoint in node.toml, else the "
+        "gateway's listen address)",
+    )
+    add = peer_sub.add_parser(
+        "add",
+        help="pin a peer's card",
+        description="Verify a peer's card and pin it; a new peer gets the default sharing "
+        "policy. Confirm the printed CA fingerprint with the peer's operator out of band.",
+    )
+    add.add_argument("card", type=Path, help="the card file received from the peer")
+    add.add_argument(
+        "--replace", action="store_true", help="replace a different card pinned for that peer"
+    )
+    listing = peer_sub.add_parser("list", help="list pinned peers")
+    listing.add_argument("--json", action="store_true", help="one JSON object per peer")
+    remove = peer_sub.add_parser("remove", help="unpin a peer (its policy file is kept)")
+    remove.add_argument("peer_id", help="the peer's node id")
+    revoke = peer_sub.add_parser(
+        "revoke",
+        help="deny a certificate from the next connection on",
+        description="Put a certificate's SHA-256 fingerprint on the deny-list; the gateway "
+        "refuses it from the next connection, without a restart.",
+    )
+    target = revoke.add_mutually_exclusive_group(required=True)
+    target.add_argument("fingerprint", nargs="?", help="SHA-256 fingerprint (hex, colons ok)")
+    target.add_argument("--cert", type=Path, help="the certificate (PEM) to revoke")
+    revoke.add_argument("--reason", default="revoked by the operator", help="kept as a comment")
+    for command, body in ((card, _card), (add, _add), (listing, _list), (remove, _remove)):
+        add_data_dir_option(command)
+        command.set_defaults(func=lambda ns, body=body: run_command(body, ns))
+    add_data_dir_option(revoke)
+    revoke.set_defaults(func=lambda ns: run_command(_revoke, ns))
+
+
+def _register_policy(sub: _Sub) -> None:
+    policy = sub.add_parser("policy", help="show and set what this node shares with a peer")
+    policy_sub = policy.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
+    show = policy_sub.add_parser("show", help="print a peer's sharing policy")
+    show.add_argument("peer_id", help="the peer's node id")
+    add_data_dir_option(show)
+    show.set_defaults(func=lambda ns: run_command(_policy_show, ns))
+    change = policy_sub.add_parser(
+        "set",
+        help="change a peer's sharing policy",
+        description="Change only the settings given; the rest stay. A change bumps the "
+        "policy generation, so entries a wider policy now allows are offered again.",
+        epilog="example: hashex policy set us-fbi --categories vics-us:1,vics-us:2 --no-desk",
+    )
+    change.add_argument("peer_id", help="the peer's node id")
+    change.add_argument(
+        "--categories",
+        nargs="+",
+        metavar="CATEGORY",
+        help="'all', 'uncategorised' or SCHEME:CODE (vics-us:0-4, caid-uk:A-C, "
+        "interpol-baseline:yes/no); space- or comma-separated",
+    )
+    change.add_argument(
+        "--algorithms", nargs="+", metavar="ALGORITHM", help="'all' or md5, sha1, sha256, ..."
+    )
+    change.add_argument(
+        "--victim-status",
+        dest="victim_status",
+        action=argparse.BooleanOptionalAction,
+        help="disclose victim identification status",
+    )
+    change.add_argument(
+        "--desk",
+        action=argparse.BooleanOptionalAction,
+        help="disclose the responsible victim-ID desk",
+    )
+    change.add_argument(
+        "--embargo", action="append", default=[], metavar="SERIES", help="embargo a series"
+    )
+    change.add_argument(
+        "--lift-embargo", action="append", default=[], metavar="SERIES", help="lift an embargo"
+    )
+    add_data_dir_option(change)
+    change.set_defaults(func=lambda ns: run_command(_policy_set, ns))
+
+
+def _config(ns: argparse.Namespace) -> NodeConfig:
+    return load_config(ns.data_dir.resolve())
+
+
+def _store(config: NodeConfig) -> TrustStore:
+    ca_path = ca_paths(config)[0]
+    own_ca = ca_path.read_bytes() if ca_path.exists() else b""
+    return TrustStore(config.peers_dir, own_ca, own_node_id=config.node_id)
+
+
+def _bad(message: str) -> CommandFailed:
+    return CommandFailed(exit_codes.BAD_INPUT, message)
+
+
+def _unit_issue(ns: argparse.Namespace) -> int:
+    config = _config(ns)
+    if ns.name == "ca":
+        raise _bad("the name 'ca' is taken by ca.pem in the output directory; choose another")
+    if not 1 <= ns.days <= 397:
+        raise _bad("--days must be 1-397 (certificates are short-lived; re-issue to renew)")
+    ca = load_ca(config)
+    valid_for = timedelta(days=ns.days)
+    if ns.operator:
+        material = tls.issue_operator_certificate(ca, name=ns.name, valid_for=valid_for)
+    else:
+        material = tls.issue_unit_certificate(ca, unit=ns.name, valid_for=valid_for)
+    out: Path = ns.out
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    certificate_path = out / f"{ns.name}.pem"
+    tls.replace_certified_key(
+        material, certificate_path=certificate_path, key_path=out / f"{ns.name}.key"
+    )
+    (out / "ca.pem").write_bytes(ca.certificate_pem)
+    role = "operator" if ns.operator else "unit"
+    identity = tls.uri_names(material.certificate_pem)[0]
+    print(f"issued {role} {ns.name} of {config.node_id}: {identity}")
+    print(f"  certificate: {certificate_path} (sha256 {material.fingerprint})")
+    print(f"  key:         {out / (ns.name + '.key')} (mode 0600; keep it on the unit's machine)")
+    print(f"  node CA:     {out / 'ca.pem'}")
+    print(f"  valid until: {material.certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    return exit_codes.OK
+
+
+def _card(ns: argparse.Namespace) -> int:
+    config = _config(ns)
+    endpoint = ns.endpoint or config.gateway_endpoint or _listened(config)
+    try:
+        check_endpoint(endpoint)
+    except InvalidArgument as error:
+        raise _bad(f"{error}; pass --endpoint or set gateway_endpoint in node.toml") from None
+    if _unspecified(endpoint.rpartition(":")[0].strip("[]")):
+        raise _bad(f"{endpoint} is a wildcard listen address peers cannot dial; pass --endpoint")
+    ca_path = ca_paths(config)[0]
+    try:
+        ca_pem = ca_path.read_bytes()
+    except FileNotFoundError:
+        raise FailedPrecondition(f"{ca_path} is missing; run `hashex node init`") from None
+    keyring = Keyring.load(config.signing_keys_dir)
+    data = make_card(
+        node_id=config.node_id, endpoint=endpoint, ca_certificate_pem=ca_pem, keyring=keyring
+    )
+    ns.out.write_bytes(data)
+    keys = ", ".join(k.key_id for k in keyring.all())
+    print(f"wrote the card of {config.node_id} to {ns.out}")
+    print(f"  endpoint: {endpoint}")
+    print(f"  CA:       sha256 {tls.certificate_fingerprint(ca_pem)}")
+    print(f"  keys:     {keys}")
+    print("send it to the peer's operator and read them the CA fingerprint by another channel")
+    return exit_codes.OK
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _listened(config: NodeConfig) -> str:
+    """The gateway's listen address; with port 0, the one the running node actually bound."""
+    if config.gateway_listen.endswith(":0") and config.gateway_address_file.exists():
+        return config.gateway_address_file.read_text(encoding="utf-8").strip()
+    return config.gateway_listen
+
+
+def _add(ns: argparse.Namespace) -> int:
+    config = _config(ns)
+    try:
+        data = ns.card.read_bytes()
+    except OSError as error:
+        raise _bad(f"cannot read card file {ns.card}: {error.strerror}") from None
+    try:
+        result = pin_card(config.peers_dir, data, own_node_id=config.node_id, replace=ns.replace)
+    except FailedPrecondition as error:
+        raise _bad(str(error)) from None
+    card = result.card
+    verb = {"pinned": "pinned", "replaced": "replaced the card of", "unchanged": "already pinned"}
+    print(f"{verb[result.outcome]} peer {card.node_id} at {card.endpoint}")
+    print(f"  CA:   sha256 {card.ca_fingerprint}  <- confirm with {card.node_id}'s operator")
+    print(f"  keys: {', '.join(k.key_id for k in card.signing_keys)}")
+    if load_policy(config.policy_dir, card.node_id) is None:
+        save_policy(config.policy_dir, card.node_id, DEFAULT_POLICY)
+        print(
+            f"  policy: the default (every category and algorithm, victim status disclosed, "
+            f"desk withheld); change it with `hashex policy set {card.node_id} ...`"
+        )
+    else:
+        print(f"  policy: the existing one is kept (`hashex policy show {card.node_id}`)")
+    return exit_codes.OK
+
+
+def _list(ns: argparse.Namespace) -> int:
+    config = _config(ns)
+    store = _store(config)
+    peers = store.peers()
+    denied = store.denied()
+    for peer_id, card in sorted(peers.items()):
+        policy = load_policy(config.policy_dir, peer_id)
+        row = {
+            "node_id": peer_id,
+            "endpoint": card.endpoint,
+            "ca_sha256": card.ca_fingerprint,
+            "keys": [k.key_id for k in card.signing_keys],
+            "policy_generation": policy.generation if policy else None,
+            "ca_denied": card.ca_fingerprint in denied,
+        }
+        if ns.json:
+            print(json.dumps(row))
+            continue
+        shown = f"generation {policy.generation}" if policy else "none (nothing shared)"
+        print(f"{peer_id}  {card.endpoint}")
+        print(f"  CA sha256 {card.ca_fingerprint}{'  (DENIED)' if row['ca_denied'] else ''}")
+        print(f"  keys {', '.join(k.key_id for k in card.signing_keys)}; policy {shown}")
+    if not ns.json:
+        print(f"{len(peers)} peer(s) pinned; {len(denied)} certificate fingerprint(s) denied")
+    return exit_codes.OK
+
+
+def _remove(ns: argparse.Namespace) -> int:
+    config = _config(ns)
+    peer_id = check_node_id(ns.peer_id)
+    if not unpin(config.peers_dir, peer_id):
+        print(f"peer {peer_id} was not pinned; nothing changed")
+        return exit_codes.OK
+    print(f"removed peer {peer_id}: its connections are refused from the next one on")
+    print(f"  its sharing policy file is kept; re-adding {peer_id} uses it again")
+    return exit_codes.OK
+
+
+def _revoke(ns: argparse.Namespace) -> int:
+    config = _config(ns)
+    if ns.cert:
+        try:
+            fingerprint = tls.certificate_fingerprint(ns.cert.read_bytes())
+        except OSError as error:
+            raise _bad(f"cannot read {ns.cert}: {error.strerror}") from None
+        except ValueError:
+            raise _bad(f"{ns.cert} is not a PEM certificate") from None
+    else:
+        fingerprint = parse_fingerprint(ns.fingerprint)
+    if not deny(config.peers_dir, fingerprint, ns.reason):
+        print(f"sha256 {fingerprint} is already revoked; nothing changed")
+        return exit_codes.OK
+    print(f"revoked sha256 {fingerprint}: the gateway refuses it from the next connection on")
+    return exit_codes.OK
+
+
+def _policy_show(ns: argparse.Namespace) -> int:
+    config = _config(ns)
+    peer_id = check_node_id(ns.peer_id)
+    policy = load_policy(config.policy_dir, peer_id)
+    if policy is None:
+        pinned = peer_id in _store(config).peers()
+        if not pinned:
+            raise _bad(f"{peer_id} is not a pinned peer and has no policy")
+        print(f"# no sharing policy for {peer_id}: nothing is shared with it")
+        return exit_codes.OK
+    print(f"# {peer_id}")
+    print(render_policy(policy), end="")
+    return exit_codes.OK
+
+
+def _policy_set(ns: argparse.Namespace) -> int:
+    config = _config(ns)
+    peer_id = check_node_id(ns.peer_id)
+    if peer_id not in _store(config).peers():
+        raise _bad(f"{peer_id} is not a pinned peer; add its card first (`hashex peer add`)")
+    existing = load_policy(config.policy_dir, peer_id)
+    saved = save_policy(config.policy_dir, peer_id, _changed(existing or DEFAULT_POLICY, ns))
+    if saved == existing:
+        print(f"policy for {peer_id} unchanged (generation {saved.generation})")
+    else:
+        print(f"policy for {peer_id} saved as generation {saved.generation}:")
+    print(render_policy(saved), end="")
+    return exit_codes.OK
+
+
+def _changed(policy: SharingPolicy, ns: argparse.Namespace) -> SharingPolicy:
+    categories = policy.categories
+    if ns.categories is not None:
+        categories = parse_categories(_split(ns.categories))
+    algorithms = policy.algorithms
+    if ns.algorithms is not None:
+        algorithms = parse_algorithms(_split(ns.algorithms))
+    embargo = {check_id("series id", s) for s in _split(ns.embargo)}
+    lift = {check_id("series id", s) for s in _split(ns.lift_embargo)}
+    if embargo & lift:
+        raise _bad(f"series {', '.join(sorted(embargo & lift))} both embargoed and lifted")
+    return SharingPolicy(
+        categories=categories,
+        algorithms=algorithms,
+        disclose_victim_status=policy.disclose_victim_status
+        if ns.victim_status is None
+        else ns.victim_status,
+        disclose_desk=policy.disclose_desk if ns.desk is None else ns.desk,
+        embargoed_series=(policy.embargoed_series | embargo) - lift,
+        generation=policy.generation,
+    )
+
+
+def _split(values: list[str]) -> list[str]:
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]

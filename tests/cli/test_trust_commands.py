@@ -1,0 +1,305 @@
+"""`hashex node init|rotate-key`, `hashex unit issue`, `hashex peer ...` and `hashex policy ...`
+run in-process on real data directories (no node needs to be running for any of them)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from services.cli.main import main
+from services.core import tls
+from services.core.trust import TrustStore, read_card
+
+
+class Run:
+    """`hashex ARGS...` in-process: (exit code, stdout, stderr); keeps everything printed."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
+        self.seen: list[str] = []
+
+    def __call__(self, *args: str | Path) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        captured = self.capsys.readouterr()
+        self.seen.append(captured.out + captured.err)
+        return code, captured.out, captured.err
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Run:
+    return Run(capsys)
+
+
+@pytest.fixture
+def gb(tmp_path: Path, run: Run) -> Path:
+    data_dir = tmp_path / "gb"
+    code, _, err = run(
+        "node", "init", "--node-id", "gb-nca", "--data-dir", data_dir,
+        "--gateway-listen", "0.0.0.0:7443", "--gateway-endpoint", "hashex.nca.example:7443",
+        "--gateway-host", "10.1.2.3", "--gateway-host", "gw.internal",
+    )  # fmt: skip
+    assert code == 0, err
+    return data_dir
+
+
+@pytest.fixture
+def us(tmp_path: Path, run: Run) -> Path:
+    data_dir = tmp_path / "us"
+    code, _, err = run(
+        "node", "init", "--node-id", "us-fbi", "--data-dir", data_dir,
+        "--gateway-endpoint", "127.0.0.1:8443",
+    )  # fmt: skip
+    assert code == 0, err
+    return data_dir
+
+
+def card_of(run: Run, data_dir: Path, out: Path) -> Path:
+    code, _, err = run("peer", "card", "--out", out, "--data-dir", data_dir)
+    assert code == 0, err
+    return out
+
+
+def sans(pem_path: Path) -> list[str]:
+    certificate = x509.load_pem_x509_certificate(pem_path.read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(getattr(name, "value", name)) for name in names]
+
+
+def snapshot(data_dir: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(data_dir)): p.read_bytes() for p in data_dir.rglob("*") if p.is_file()
+    }
+
+
+def test_init_creates_tls_material_and_is_idempotent(gb: Path, run: Run) -> None:
+    for key in ("keys/case.key", "keys/signing/ed25519_1.key", "tls/ca.key", "tls/node.key"):
+        assert stat.S_IMODE((gb / key).stat().st_mode) == 0o600, key
+    assert set(sans(gb / "tls" / "node.pem")) == {
+        "spiffe://hashex/node/gb-nca", "localhost", "gw.internal", "hashex.nca.example",
+        "127.0.0.1", "::1", "10.1.2.3",
+    }  # fmt: skip
+    ca = tls.load_node_ca(
+        node_id="gb-nca", certificate_path=gb / "tls/ca.pem", key_path=gb / "tls/ca.key"
+    )
+    node = x509.load_pem_x509_certificate((gb / "tls" / "node.pem").read_bytes())
+    node.verify_directly_issued_by(ca.material.certificate)
+    toml = (gb / "node.toml").read_text()
+    assert 'gateway_endpoint = "hashex.nca.example:7443"' in toml
+    assert 'gateway_listen = "0.0.0.0:7443"' in toml
+
+    before = snapshot(gb)
+    code, out, _ = run("node", "init", "--node-id", "gb-nca", "--data-dir", gb)
+    assert code == 0 and "nothing changed" in out
+    assert snapshot(gb) == before
+
+
+def test_init_completes_missing_pieces_only(gb: Path, run: Run) -> None:
+    ca_pem = (gb / "tls" / "ca.pem").read_bytes()
+    signing = (gb / "keys" / "signing" / "ed25519_1.key").read_bytes()
+    code, out, _ = run(
+        "node", "init", "--node-id", "gb-nca", "--data-dir", gb, "--gateway-host", "gw2.internal"
+    )
+    assert code == 0 and "re-issued with host(s) gw2.internal" in out
+    assert {"gw.internal", "gw2.internal"} <= set(sans(gb / "tls" / "node.pem")), "hosts kept"
+
+    (gb / "tls" / "node.pem").unlink()
+    (gb / "tls" / "node.key").unlink()
+    code, out, err = run("node", "init", "--node-id", "gb-nca", "--data-dir", gb)
+    assert code == 0, err
+    assert "completed" in out and "node cert" in out and "node CA" not in out
+    assert (gb / "tls" / "ca.pem").read_bytes() == ca_pem
+    assert (gb / "keys" / "signing" / "ed25519_1.key").read_bytes() == signing
+    assert "hashex.nca.example" in sans(gb / "tls" / "node.pem"), "the endpoint host is named"
+
+    (gb / "tls" / "ca.key").unlink()
+    code, _, err = run("node", "init", "--node-id", "gb-nca", "--data-dir", gb)
+    assert code == 3 and "ca.key is missing but" in err
+    code, _, err = run(
+        "node", "init", "--node-id", "gb-nca", "--data-dir", gb, "--gateway-host", "a b"
+    )
+    assert code == 2 and "DNS name or an IP address" in err
+    code, _, err = run("node", "init", "--node-id", "other-node", "--data-dir", gb)
+    assert code == 2 and "already holds node 'gb-nca'" in err
+
+
+def test_rotate_key_adds_a_version_that_signs_the_next_card(
+    gb: Path, run: Run, tmp_path: Path
+) -> None:
+    code, out, _ = run("node", "rotate-key", "--data-dir", gb)
+    assert code == 0 and "new signing key ed25519:2" in out
+    assert stat.S_IMODE((gb / "keys" / "signing" / "ed25519_2.key").stat().st_mode) == 0o600
+    card = read_card(card_of(run, gb, tmp_path / "gb.card"))
+    assert [k.key_id for k in card.signing_keys] == ["ed25519:1", "ed25519:2"]
+    assert card.endpoint == "hashex.nca.example:7443"
+
+
+def test_peer_exchange_add_list_replace_remove(
+    gb: Path, us: Path, run: Run, tmp_path: Path
+) -> None:
+    gb_card = card_of(run, gb, tmp_path / "gb.card")
+    code, out, err = run("peer", "add", gb_card, "--data-dir", us)
+    assert code == 0, err
+    assert "pinned peer gb-nca at hashex.nca.example:7443" in out
+    assert "policy: the default" in out
+    assert (us / "policy" / "gb-nca.toml").exists()
+    assert (us / "peers" / "gb-nca.card").read_bytes() == gb_card.read_bytes()
+    code, out, _ = run("peer", "add", gb_card, "--data-dir", us)
+    assert code == 0 and "already pinned" in out and "existing one is kept" in out
+
+    code, out, _ = run("peer", "list", "--data-dir", us)
+    fingerprint = tls.certificate_fingerprint((gb / "tls" / "ca.pem").read_bytes())
+    assert code == 0 and "gb-nca  hashex.nca.example:7443" in out and fingerprint in out
+    code, out, _ = run("peer", "list", "--json", "--data-dir", us)
+    assert '"policy_generation": 1' in out
+
+    own = card_of(run, us, tmp_path / "us.card")
+    code, _, err = run("peer", "add", own, "--data-dir", us)
+    assert code == 2 and "this node itself" in err
+
+    run("node", "rotate-key", "--data-dir", gb)
+    newer = card_of(run, gb, tmp_path / "gb2.card")
+    code, _, err = run("peer", "add", newer, "--data-dir", us)
+    assert code == 2 and "signing keys differ" in err and "--replace" in err
+    code, out, _ = run("peer", "add", newer, "--replace", "--data-dir", us)
+    assert code == 0 and "replaced the card of peer gb-nca" in out
+
+    code, out, _ = run("peer", "remove", "gb-nca", "--data-dir", us)
+    assert code == 0 and "removed peer gb-nca" in out
+    code, out, _ = run("peer", "remove", "gb-nca", "--data-dir", us)
+    assert code == 0 and "not pinned; nothing changed" in out
+    assert TrustStore(us / "peers", (us / "tls" / "ca.pem").read_bytes()).peers() == {}
+
+
+def test_peer_add_refuses_bad_cards(gb: Path, us: Path, run: Run, tmp_path: Path) -> None:
+    data = card_of(run, gb, tmp_path / "gb.card").read_bytes()
+    tampered = tmp_path / "tampered.card"
+    tampered.write_bytes(data.replace(b'"key_id":"ed25519:1"', b'"key_id":"ed25519:2"'))
+    code, _, err = run("peer", "add", tampered, "--data-dir", us)
+    assert code == 2 and "not by the node's current key" in err
+    middle = len(data) // 2
+    tampered.write_bytes(data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1 :])
+    code, _, err = run("peer", "add", tampered, "--data-dir", us)
+    assert code == 2 and "peer card" in err
+    code, _, err = run("peer", "add", tmp_path / "missing.card", "--data-dir", us)
+    assert code == 2 and "cannot read card file" in err
+    assert not (us / "peers" / "gb-nca.card").exists()
+
+
+def test_peer_card_needs_a_dialable_endpoint(gb: Path, us: Path, run: Run, tmp_path: Path) -> None:
+    local = tmp_path / "local"
+    run("node", "init", "--node-id", "de-bka", "--data-dir", local, "--gateway-listen", "[::]:7443")
+    code, _, err = run("peer", "card", "--out", tmp_path / "x.card", "--data-dir", local)
+    assert code == 2 and "wildcard" in err
+    code, _, _ = run(
+        "peer", "card", "--out", tmp_path / "x.card", "--endpoint", "de.example:7443",
+        "--data-dir", local,
+    )  # fmt: skip
+    assert code == 0 and read_card(tmp_path / "x.card").endpoint == "de.example:7443"
+    code, _, err = run(
+        "peer",
+        "card",
+        "--out",
+        tmp_path / "x.card",
+        "--endpoint",
+        "de.example",
+        "--data-dir",
+        local,
+    )
+    assert code == 2 and "HOST:PORT" in err
+    (gb / "keys" / "signing" / "ed25519_1.key").chmod(0o644)
+    code, _, err = run("peer", "card", "--out", tmp_path / "y.card", "--data-dir", gb)
+    assert code == 3 and "chmod 600" in err
+
+
+def test_revoke_by_fingerprint_or_certificate(gb: Path, run: Run, tmp_path: Path) -> None:
+    run("unit", "issue", "ceop-desk", "--out", tmp_path / "unit", "--data-dir", gb)
+    pem = tmp_path / "unit" / "ceop-desk.pem"
+    fingerprint = tls.certificate_fingerprint(pem.read_bytes())
+    code, out, _ = run("peer", "revoke", "--cert", pem, "--reason", "laptop lost", "--data-dir", gb)
+    assert code == 0 and f"revoked sha256 {fingerprint}" in out
+    colons = ":".join(fingerprint[i : i + 2] for i in range(0, 64, 2)).upper()
+    code, out, _ = run("peer", "revoke", colons, "--data-dir", gb)
+    assert code == 0 and "already revoked; nothing changed" in out
+    assert TrustStore(gb / "peers", b"").denied() == {fingerprint}
+    assert "laptop lost" in (gb / "peers" / "denied.txt").read_text()
+    code, _, err = run("peer", "revoke", "abc123", "--data-dir", gb)
+    assert code == 2 and "SHA-256 fingerprint" in err
+    code, _, err = run("peer", "revoke", "--cert", gb / "node.toml", "--data-dir", gb)
+    assert code == 2 and "not a PEM certificate" in err
+    with pytest.raises(SystemExit):
+        main(["peer", "revoke", fingerprint, "--cert", str(pem), "--data-dir", str(gb)])
+
+
+def test_unit_and_operator_certificates(gb: Path, run: Run, tmp_path: Path) -> None:
+    out_dir = tmp_path / "unit"
+    code, out, err = run("unit", "issue", "ceop-desk", "--out", out_dir, "--data-dir", gb)
+    assert code == 0, err
+    assert "spiffe://hashex/node/gb-nca/unit/ceop-desk" in out
+    assert stat.S_IMODE((out_dir / "ceop-desk.key").stat().st_mode) == 0o600
+    assert (out_dir / "ca.pem").read_bytes() == (gb / "tls" / "ca.pem").read_bytes()
+    first = tls.load_certified_key(
+        certificate_path=out_dir / "ceop-desk.pem", key_path=out_dir / "ceop-desk.key"
+    )
+    code, _, _ = run("unit", "issue", "ceop-desk", "--out", out_dir, "--data-dir", gb)
+    again = tls.load_certified_key(
+        certificate_path=out_dir / "ceop-desk.pem", key_path=out_dir / "ceop-desk.key"
+    )
+    assert code == 0 and again.fingerprint != first.fingerprint
+    code, out, _ = run("unit", "issue", "alice", "--operator", "--out", out_dir, "--data-dir", gb)
+    assert code == 0 and "spiffe://hashex/node/gb-nca/operator/alice" in out
+    code, _, err = run("unit", "issue", "a/b", "--out", out_dir, "--data-dir", gb)
+    assert code == 2 and "unit name" in err
+    code, _, err = run("unit", "issue", "ca", "--out", out_dir, "--data-dir", gb)
+    assert code == 2 and "taken by ca.pem" in err
+    (gb / "tls" / "ca.key").chmod(0o640)
+    code, _, err = run("unit", "issue", "desk2", "--out", out_dir, "--data-dir", gb)
+    assert code == 3 and "accessible to group or others" in err
+
+
+def test_policy_show_and_set(gb: Path, us: Path, run: Run, tmp_path: Path) -> None:
+    run("peer", "add", card_of(run, gb, tmp_path / "gb.card"), "--data-dir", us)
+    code, out, _ = run("policy", "show", "gb-nca", "--data-dir", us)
+    assert code == 0 and "generation = 1" in out and 'categories = ["all"]' in out
+    code, out, err = run(
+        "policy", "set", "gb-nca", "--categories", "vics-us:1,vics-us:2", "uncategorised",
+        "--algorithms", "md5", "pdq", "--no-victim-status", "--desk",
+        "--embargo", "op-nightjar", "--embargo", "op-wren", "--data-dir", us,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "generation 2" in out
+    assert 'categories = ["uncategorised", "vics-us:1", "vics-us:2"]' in out
+    assert 'algorithms = ["md5", "pdq"]' in out
+    assert "disclose_victim_status = false" in out and "disclose_desk = true" in out
+    code, out, _ = run("policy", "set", "gb-nca", "--lift-embargo", "op-wren", "--data-dir", us)
+    assert code == 0 and 'embargoed_series = ["op-nightjar"]' in out and "generation = 3" in out
+    code, out, _ = run("policy", "set", "gb-nca", "--desk", "--data-dir", us)
+    assert code == 0 and "unchanged (generation 3)" in out
+
+    saved = (us / "policy" / "gb-nca.toml").read_bytes()
+    for bad, message in [
+        (("--categories", "vics-us:9"), "category 'vics-us:9'"),
+        (("--algorithms", "sha3"), "unknown algorithm(s) sha3"),
+        (("--embargo", "bad series"), "series id 'bad series'"),
+        (("--embargo", "x", "--lift-embargo", "x"), "both embargoed and lifted"),
+    ]:
+        code, _, err = run("policy", "set", "gb-nca", *bad, "--data-dir", us)
+        assert code == 2 and message in err, err
+    assert (us / "policy" / "gb-nca.toml").read_bytes() == saved
+    code, _, err = run("policy", "set", "fr-ocrvp", "--desk", "--data-dir", us)
+    assert code == 2 and "not a pinned peer" in err
+    code, _, err = run("policy", "show", "fr-ocrvp", "--data-dir", us)
+    assert code == 2 and "not a pinned peer" in err
+
+
+def test_no_command_prints_a_secret(gb: Path, us: Path, run: Run, tmp_path: Path) -> None:
+    run("node", "rotate-key", "--data-dir", gb)
+    run("peer", "add", card_of(run, gb, tmp_path / "gb.card"), "--data-dir", us)
+    run("unit", "issue", "ceop-desk", "--out", tmp_path / "unit", "--data-dir", gb)
+    run("peer", "list", "--data-dir", us)
+    printed = "".join(run.seen)
+    assert "PRIVATE KEY" not in printed
+    secrets = [p.read_text().split()[-1] for p in (gb / "keys" / "signing").glob("*.key")]
+    assert secrets and not any(secret in printed for secret in secrets)
