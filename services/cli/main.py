@@ -19,11 +19,13 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 def build_parser() -> argparse.ArgumentParser:
     from services.cli import (
+        audit_command,
         hash_command,
         lookup_command,
         node_command,
         records_command,
         submit_command,
+        sync_command,
         trust_command,
     )
 
@@ -43,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit_command.register(sub)
     lookup_command.register(sub)
     records_command.register(sub)
+    audit_command.register(sub)
     trust_command.register(sub)
+    sync_command.register(sub)
     return parser
 
 

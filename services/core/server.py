@@ -130,14 +130,19 @@ async def build_server(
     tracer_provider: TracerProvider,
     credentials: grpc.ServerCredentials | None = None,
     max_message_bytes: int = 16 * 1024 * 1024,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> RunningServer:
     """Start a server on `listen` (port 0 picks a free one) and return it with its bound port.
 
     Interceptor order, outermost first: tracing (so every call has a span, even refused ones),
-    then the access log.
+    then the access log, then `interceptors` in the order given (the gateway's checks).
     """
     server = grpc.aio.server(
-        interceptors=[_tracing_interceptor(tracer_provider), AccessLogInterceptor()],
+        interceptors=[
+            _tracing_interceptor(tracer_provider),
+            AccessLogInterceptor(),
+            *interceptors,
+        ],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

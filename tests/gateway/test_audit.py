@@ -1,0 +1,146 @@
+"""The audit log: the hash chain (pure), the store on real PostgreSQL, and `hashex audit verify`
+finding the first tampered record."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from services.cli.main import main as hashex_main
+from services.core.config import write_config
+from services.core.db.migrations import apply_migrations
+from services.core.db.pool import open_database
+from services.gateway.audit import AuditEntry, ChainVerifier, seal_all
+from services.gateway.recorder import AuditRecorder
+from services.gateway.store import MIGRATIONS_DIR, AuditStore
+
+T0 = datetime(2026, 11, 2, 9, 30, 0, 123456, tzinfo=UTC)
+
+
+def _entry(n: int, status: str = "OK") -> AuditEntry:
+    return AuditEntry(
+        at=T0 + timedelta(seconds=n),
+        duration_ms=n,
+        caller="spiffe://hashex/node/us-fbi",
+        fingerprint="ab" * 32,
+        role="peer",
+        method="/hashex.v1.Federation/Pull",
+        request_messages=1,
+        response_messages=n,
+        request_digest=hashlib.sha256(str(n).encode()).digest(),
+        status=status,
+    )
+
+
+def test_chain_verifies_and_names_the_first_altered_record() -> None:
+    records = seal_all([_entry(n) for n in range(5)], after=None)
+    verifier = ChainVerifier()
+    assert all(verifier.check(r) is None for r in records)
+    assert (verifier.count, verifier.last_digest) == (5, records[-1].digest)
+
+    altered = list(records)
+    altered[2] = replace(records[2], entry=replace(records[2].entry, status="PERMISSION_DENIED"))
+    verifier = ChainVerifier()
+    broken = [verifier.check(r) for r in altered][-1]
+    assert broken is not None and broken.seq == 3 and "contents" in broken.reason
+
+    verifier = ChainVerifier()
+    broken = [verifier.check(r) for r in records[:2] + records[3:]][-1]  # one deleted
+    assert broken is not None and broken.seq == 4
+
+
+async def test_store_appends_a_chain_that_reads_back_identically(db_pool: Any) -> None:
+    await apply_migrations(db_pool, MIGRATIONS_DIR)
+    store = AuditStore(db_pool)
+    recorder = AuditRecorder(store)
+    stored = await asyncio.gather(*(recorder.record(_entry(n)) for n in range(50)))
+    assert sorted(r.seq for r in stored) == list(range(1, 51))
+    read = [r async for r in store.records()]
+    assert read == sorted(stored, key=lambda r: r.seq)
+    verifier = ChainVerifier()
+    assert all(verifier.check(r) is None for r in read)
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await db_pool.execute("UPDATE audit_log SET status = 'OK' WHERE seq = 1")
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await db_pool.execute("DELETE FROM audit_log")
+
+
+async def _fill_log(url: str, count: int) -> None:
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    try:
+        await apply_migrations(pool, MIGRATIONS_DIR)
+        await AuditStore(pool).append([_entry(n) for n in range(count)])
+    finally:
+        await pool.close()
+
+
+async def _tamper(url: str, seq: int) -> None:
+    connection = await asyncpg.connect(url)
+    try:  # someone with the power to switch the trigger off
+        await connection.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
+        await connection.execute(
+            "UPDATE audit_log SET status = 'OK', response_messages = 0 WHERE seq = $1", seq
+        )
+    finally:
+        await connection.close()
+
+
+def test_audit_verify_passes_then_names_the_tampered_record(
+    empty_database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    write_config(tmp_path, node_id="gb-nca")
+    monkeypatch.setenv("DATABASE_URL", empty_database)
+    verify = ["audit", "verify", "--data-dir", str(tmp_path)]
+    assert hashex_main(verify) == 0
+    assert "intact: 0 records" in capsys.readouterr().out  # the gateway never ran here
+
+    asyncio.run(_fill_log(empty_database, 7))
+    assert hashex_main(verify) == 0
+    assert "intact: 7 records" in capsys.readouterr().out
+
+    asyncio.run(_tamper(empty_database, 4))
+    assert hashex_main(verify) == 1
+    error = capsys.readouterr().err
+    assert "ALTERED at record 4" in error and "3 records before it are intact" in error
+
+
+async def test_audit_verify_shares_the_embedded_database_of_a_running_node(
+    node_data_dir: Path,
+) -> None:
+    """The node holds its embedded PostgreSQL; `hashex audit verify` in another process joins
+    it, checks, and lets go without stopping it under the node."""
+    write_config(node_data_dir, node_id="gb-nca")
+    database = await open_database(database_url=None, data_dir=node_data_dir)
+    try:
+        await apply_migrations(database.pool, MIGRATIONS_DIR)
+        await AuditStore(database.pool).append([_entry(n) for n in range(3)])
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        verify = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.cli.main",
+            "audit",
+            "verify",
+            "--data-dir",
+            str(node_data_dir),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(verify.communicate(), timeout=60)
+        assert verify.returncode == 0
+        assert b"intact: 3 records" in out
+        assert await database.pool.fetchval("SELECT count(*) FROM audit_log") == 3
+    finally:
+        await database.close()
