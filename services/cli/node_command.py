@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from services.cli import exit_codes
 from services.cli.node_client import CommandFailed, add_data_dir_option, run_command
@@ -23,6 +25,7 @@ from services.core.config import (
 from services.core.logs import configure_logging
 from services.core.signing import rotate
 from services.core.trust import check_endpoint
+from services.gateway.node import start_node
 from services.registry.app import start_registry
 
 
@@ -87,13 +90,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "up",
         help="run the node until Ctrl-C or SIGTERM",
         description=(
-            "Run the registry on its loopback address with the embedded PostgreSQL in the data "
-            "directory (or DATABASE_URL). Stops cleanly on Ctrl-C or SIGTERM, PostgreSQL included."
+            "Run the whole node in one process: the registry, the sync service (pulling from "
+            "every pinned peer) and the gateway (mutual TLS on gateway_listen, the port peers "
+            "and units use), plus a loopback port for this machine's own `hashex` commands, "
+            "with the embedded PostgreSQL in the data directory (or DATABASE_URL). Stops "
+            "cleanly on Ctrl-C or SIGTERM, PostgreSQL included."
         ),
         epilog="example: hashex node up --data-dir ~/hashex/gb-nca",
     )
     add_data_dir_option(up)
-    up.set_defaults(func=lambda ns: run_command(_up, ns))
+    up.set_defaults(func=lambda ns: run_command(lambda n: _up(n, _serve_node), ns))
 
     registry = sub.add_parser(
         "registry",
@@ -110,7 +116,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "the embedded PostgreSQL). Stops cleanly on SIGTERM.",
     )
     add_data_dir_option(serve)
-    serve.set_defaults(func=lambda ns: run_command(_up, ns))
+    serve.set_defaults(func=lambda ns: run_command(lambda n: _up(n, _serve_registry), ns))
 
 
 def _init(ns: argparse.Namespace) -> int:
@@ -162,21 +168,33 @@ def _rotate_key(ns: argparse.Namespace) -> int:
     return exit_codes.OK
 
 
-def _up(ns: argparse.Namespace) -> int:
+def _up(ns: argparse.Namespace, serve: Callable[[NodeConfig], Coroutine[Any, Any, None]]) -> int:
     config = load_config(ns.data_dir.resolve())
     configure_logging(config.log_level)
-    asyncio.run(_serve_until_signalled(config))
+    asyncio.run(serve(config))
     return exit_codes.OK
 
 
-async def _serve_until_signalled(config: NodeConfig) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+async def _serve_node(config: NodeConfig) -> None:
+    stop = _stop_on_signal()
+    node = await start_node(config)
+    print(
+        f"node {config.node_id} serving on {node.address} (loopback) and gateway "
+        f"{node.gateway_address} (mutual TLS); Ctrl-C to stop",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()
+
+
+async def _serve_registry(config: NodeConfig) -> None:
+    stop = _stop_on_signal()
     running = await start_registry(config)
     print(
-        f"node {config.node_id} serving on {running.address} (Ctrl-C to stop)",
+        f"registry of {config.node_id} serving on {running.address} (Ctrl-C to stop)",
         file=sys.stderr,
         flush=True,
     )
@@ -185,3 +203,11 @@ async def _serve_until_signalled(config: NodeConfig) -> None:
     finally:
         await running.stop()
         config.address_file.unlink(missing_ok=True)
+
+
+def _stop_on_signal() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop

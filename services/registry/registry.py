@@ -27,6 +27,7 @@ from services.registry.model import (
     LookupResult,
     MediaSubmission,
     NodeStats,
+    PdqEntry,
     RetractCounts,
     SeriesRecord,
     SubmitCounts,
@@ -74,6 +75,19 @@ class Registry:
             if counts.retracted_row_ids:
                 await asyncio.to_thread(self._index.remove_rows, counts.retracted_row_ids)
         return counts
+
+    async def index_replicated(
+        self, *, added: Sequence[PdqEntry], removed_rows: Sequence[int]
+    ) -> None:
+        """Bring the PDQ index in step with records of other origins that the sync service has
+        just committed: drop retracted rows, add newly matchable hashes. Local writes never touch
+        those rows, so this need not wait for them; the sync service calls it once per applied
+        batch, in commit order."""
+        if removed_rows:
+            await asyncio.to_thread(self._index.remove_rows, list(removed_rows))
+        if added:
+            rows, values = [e.row_id for e in added], [e.value for e in added]
+            await asyncio.to_thread(self._index.add, rows, values)
 
     async def lookup(
         self, signals: Sequence[SignalValue], *, max_distance: int, max_matches: int

@@ -8,12 +8,16 @@ What a resubmission means: signals accumulate (a hash once seen stays true, and 
 it was first stored with, so the matchable set only grows); type, category, flags and series are
 stated in full by each submission and replace the stored ones; case data accumulates, one record
 per distinct case, and is not a change of the media record (peers never see it).
+
+Every change of a record also appends its full new state to the change log in the same
+transaction (store_log.py); a write that changes nothing appends nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from services.core.algorithms import SignalValue
 from services.core.db.migrations import schema_version
 from services.core.errors import NotFound
 from services.registry.cases import CaseSealer
+from services.registry.convert import media_to_proto
 from services.registry.model import (
     ExactHit,
     IdentificationStatus,
@@ -32,6 +37,13 @@ from services.registry.model import (
     SubmitCounts,
     VictimRecord,
 )
+from services.registry.store_log import (
+    MEDIA_SELECT,
+    PendingEntry,
+    append_entries,
+    lock_change_log,
+    media_states,
+)
 from services.registry.store_rows import (
     PDQ_MIN_QUALITY,
     StagedBatch,
@@ -41,6 +53,7 @@ from services.registry.store_rows import (
     stage_batch,
     victim_record,
 )
+from services.sync.changelog import EntryKind, media_entry, retraction_entry, series_entry
 
 COMPONENT = "registry"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -75,12 +88,16 @@ class RegistryStore:
             return SubmitCounts(), []
         staged = stage_batch(batch, self._sealer)
         async with self._pool.acquire() as conn, conn.transaction():
+            await lock_change_log(conn)
             await conn.execute(_CREATE_STAGING)
             await _copy_staged(conn, staged)
             created = {r["id"] for r in await conn.fetch(_INSERT_NEW_MEDIA, self._origin)}
             rewritten = await conn.fetch(_UPDATE_CHANGED_MEDIA, self._origin)
+            new_series: list[str] = []
             if staged.series:
-                await conn.execute(_CREATE_MISSING_SERIES, self._origin)
+                new_series = [
+                    r["series_id"] for r in await conn.fetch(_CREATE_MISSING_SERIES, self._origin)
+                ]
             relinked = {r["media_row"] for r in await conn.fetch(_RELINK_SERIES, self._origin)}
             new_signals = await conn.fetch(_INSERT_SIGNALS, self._origin)
             if staged.cases:
@@ -93,6 +110,10 @@ class RegistryStore:
             revived_pdq = (
                 await conn.fetch(_MATCHABLE_PDQ_OF, revived, PDQ_MIN_QUALITY) if revived else []
             )
+            changed = await media_states(conn, sorted(created | touched | rewritten_rows))
+            await append_entries(
+                conn, [*self._new_series_entries(new_series), *_media_entries(changed)]
+            )
         updated = len(touched | rewritten_rows)
         counts = SubmitCounts(
             received=len(batch),
@@ -101,6 +122,18 @@ class RegistryStore:
             unchanged=len(staged.media) - len(created) - updated + staged.repeats,
         )
         return counts, matchable_entries(new_signals, revived_pdq)
+
+    def _new_series_entries(self, series_ids: Sequence[str]) -> list[PendingEntry]:
+        """Entries for series a submission created implicitly (unnamed, without victims)."""
+
+        def encode(series_id: str) -> Any:
+            def at(seq: int, moment: datetime) -> bytes:
+                record = SeriesRecord(self._origin, series_id, "", (), 0, moment)
+                return series_entry(seq, moment, record)
+
+            return at
+
+        return [PendingEntry(EntryKind.SERIES, encode(sid)) for sid in sorted(series_ids)]
 
     async def exact_hits(
         self, signals: Sequence[SignalValue], *, limit_per_signal: int | None = None
@@ -137,8 +170,12 @@ class RegistryStore:
         """Withdraw media of this node; unknown or already retracted ids count as not found."""
         if not media_ids:
             return RetractCounts(retracted=0, not_found=0)
-        rows = await self._pool.fetch(_RETRACT_MEDIA, self._origin, list(media_ids))
-        row_ids = tuple(sorted(r["id"] for r in rows))
+        async with self._pool.acquire() as conn, conn.transaction():
+            await lock_change_log(conn)
+            rows = await conn.fetch(_RETRACT_MEDIA, self._origin, list(media_ids))
+            row_ids = tuple(sorted(r["id"] for r in rows))
+            retracted = await media_states(conn, row_ids)
+            await append_entries(conn, _retraction_entries(retracted))
         return RetractCounts(
             retracted=len(row_ids),
             not_found=len(media_ids) - len(row_ids),
@@ -159,9 +196,12 @@ class RegistryStore:
     async def upsert_series(self, *, series_id: str, name: str) -> tuple[SeriesRecord, bool]:
         """Create or rename a series of this node; True when it was created."""
         async with self._pool.acquire() as conn, conn.transaction():
-            created = await conn.fetchval(_UPSERT_SERIES, self._origin, series_id, name)
+            await lock_change_log(conn)
+            row = await conn.fetchrow(_UPSERT_SERIES, self._origin, series_id, name)
             record = await _read_series(conn, origin=self._origin, series_id=series_id)
-        return record, bool(created)
+            if row["changed"]:
+                await append_entries(conn, [_series_entry(record)])
+        return record, bool(row["created"])
 
     async def get_series(self, *, origin: str, series_id: str) -> SeriesRecord:
         async with self._pool.acquire() as conn:
@@ -178,6 +218,7 @@ class RegistryStore:
         """Create or change a victim of a series of this node (an empty desk keeps the current
         one); a change also marks the series updated, since peers see victims through it."""
         async with self._pool.acquire() as conn, conn.transaction():
+            await lock_change_log(conn)
             row = await conn.fetchrow(
                 _UPSERT_VICTIM,
                 self._origin,
@@ -190,6 +231,8 @@ class RegistryStore:
                 raise NotFound(f"series {series_id!r} does not exist on this node")
             if row["changed"]:
                 await conn.execute(_TOUCH_SERIES, row["series_row"])
+                record = await _read_series(conn, origin=self._origin, series_id=series_id)
+                await append_entries(conn, [_series_entry(record)])
         return victim_record(row), bool(row["created"])
 
     async def stats(self) -> StoreStats:
@@ -239,6 +282,31 @@ async def _read_series(conn: Any, *, origin: str, series_id: str) -> SeriesRecor
     if not rows:
         raise NotFound(f"series {series_id!r} of {origin!r} does not exist on this node")
     return group_series(rows)[0][0]
+
+
+def _media_entries(records: Sequence[MediaRecord]) -> list[PendingEntry]:
+    def encode(record: MediaRecord) -> Any:
+        return lambda seq, moment: media_entry(seq, moment, record)
+
+    return [PendingEntry(EntryKind.MEDIA, encode(r)) for r in records]
+
+
+def _retraction_entries(records: Sequence[MediaRecord]) -> list[PendingEntry]:
+    def encode(media_id: str) -> Any:
+        return lambda seq, moment: retraction_entry(seq, moment, media_id)
+
+    return [
+        PendingEntry(
+            EntryKind.RETRACTION,
+            encode(r.media_id),
+            media_before=media_to_proto(r).SerializeToString(),
+        )
+        for r in records
+    ]
+
+
+def _series_entry(record: SeriesRecord) -> PendingEntry:
+    return PendingEntry(EntryKind.SERIES, lambda seq, moment: series_entry(seq, moment, record))
 
 
 # The statements. Staging tables live per connection (created on first use, emptied at each
@@ -291,6 +359,7 @@ SELECT DISTINCT $1, s.series_id FROM registry_stage_series s
 WHERE NOT EXISTS (SELECT 1 FROM series se WHERE se.origin = $1 AND se.series_id = s.series_id)
 ORDER BY 2
 ON CONFLICT (origin, series_id) DO NOTHING
+RETURNING series_id
 """
 
 # A submission states the media's series in full: links not named any more are removed.
@@ -361,20 +430,7 @@ CROSS JOIN LATERAL (
 ORDER BY q.ord, hit.media_row
 """
 
-_MEDIA_RECORDS = """
-SELECT m.id, m.origin, m.media_id, m.media_type, m.category_scheme, m.category_code, m.flags,
-       m.first_seen, sg.algorithms, sg.sig_values, sg.qualities,
-       ARRAY(SELECT se.series_id FROM media_series ms JOIN series se ON se.id = ms.series_row
-             WHERE ms.media_row = m.id ORDER BY se.series_id) AS series_ids
-FROM media m
-LEFT JOIN LATERAL (
-    SELECT array_agg(s.algorithm ORDER BY s.algorithm, s.value) AS algorithms,
-           array_agg(s.value ORDER BY s.algorithm, s.value) AS sig_values,
-           array_agg(s.quality ORDER BY s.algorithm, s.value) AS qualities
-    FROM signals s WHERE s.media_row = m.id
-) sg ON true
-WHERE m.id = ANY($1::bigint[]) AND m.retracted_at IS NULL
-"""
+_MEDIA_RECORDS = MEDIA_SELECT + "WHERE m.id = ANY($1::bigint[]) AND m.retracted_at IS NULL"
 
 # Series with their victims, one row per (key, series, victim): the series of the media in $1
 # (keyed by media row), or the series named by origin $2 and id $3 (keyed 0). The media count
@@ -412,7 +468,7 @@ INSERT INTO series (origin, series_id, name) VALUES ($1, $2, $3)
 ON CONFLICT (origin, series_id) DO UPDATE
 SET name = EXCLUDED.name,
     updated_at = CASE WHEN series.name = EXCLUDED.name THEN series.updated_at ELSE now() END
-RETURNING xmax = 0 AS created
+RETURNING xmax = 0 AS created, updated_at = now() AS changed
 """
 
 _UPSERT_VICTIM = """

@@ -145,14 +145,14 @@ def test_database_urls_are_masked(url: str, masked: str) -> None:
 
 
 async def test_migrations_apply_to_an_empty_database(pool: Any) -> None:
-    assert await apply_migrations(pool, REGISTRY_MIGRATIONS) == 1
+    assert await apply_migrations(pool, REGISTRY_MIGRATIONS) == 2
     tables = {
         r["tablename"]
         for r in await pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     }
     expected = {"media", "signals", "series", "media_series", "victims", "case_records"}
-    assert expected | {"schema_version"} == tables
-    row = await pool.fetchrow("SELECT * FROM schema_version")
+    assert expected | {"change_log", "schema_version"} == tables
+    row = await pool.fetchrow("SELECT * FROM schema_version WHERE version = 1")
     file = REGISTRY_MIGRATIONS / "0001_initial.sql"
     assert (row["component"], row["version"], row["name"]) == ("registry", 1, "initial")
     assert row["checksum"] == hashlib.sha256(file.read_bytes()).hexdigest()
@@ -161,7 +161,7 @@ async def test_migrations_apply_to_an_empty_database(pool: Any) -> None:
 async def test_rerunning_migrations_changes_nothing(pool: Any) -> None:
     await apply_migrations(pool, REGISTRY_MIGRATIONS)
     before = await pool.fetch("SELECT * FROM schema_version")
-    assert await apply_migrations(pool, REGISTRY_MIGRATIONS) == 1
+    assert await apply_migrations(pool, REGISTRY_MIGRATIONS) == 2
     assert await pool.fetch("SELECT * FROM schema_version") == before
 
 

@@ -1,0 +1,133 @@
+"""A whole node in one process (`hashex node up`): the registry, the sync service and the gateway
+on one database, for a small agency or a laptop.
+
+Two ports: the gateway (mutual TLS, `gateway_listen`), the only one peers and units reach, and the
+loopback port (`listen`, plaintext, loopback only) that the operator's own `hashex` commands use
+on the node's machine. Start order: database, registry (migrations, PDQ index), sync (pullers),
+gateway; stop in reverse, so no call arrives at a service that is already gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from services.core import tls
+from services.core.config import NodeConfig
+from services.core.db.pool import Database, open_database
+from services.core.server import RunningServer, build_server
+from services.core.telemetry import Telemetry, setup_telemetry
+from services.core.trust import TrustStore
+from services.gateway.app import RunningGateway, start_gateway
+from services.registry.app import open_registry
+from services.registry.registry import Registry
+from services.registry.servicer import RegistryServicer
+from services.sync.app import RunningSync, start_sync
+from services.sync.federated_lookup import FederatedLookup
+from services.sync.units_servicer import UnitsServicer
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningNode:
+    config: NodeConfig
+    database: Database
+    registry: Registry
+    sync: RunningSync
+    local: RunningServer
+    gateway: RunningGateway
+    telemetry: Telemetry
+
+    @property
+    def address(self) -> str:
+        """The loopback port's bound address."""
+        return f"{self.config.listen.rpartition(':')[0]}:{self.local.port}"
+
+    @property
+    def gateway_address(self) -> str:
+        return self.gateway.address
+
+    async def stop(self) -> None:
+        """Gateway first (no new outside calls), then pullers, the loopback port, the database
+        (stopping an embedded PostgreSQL)."""
+        _log.info("stopping node %s", self.config.node_id)
+        try:
+            await self.gateway.stop()
+            await self.sync.stop()
+            await self.local.stop(self.config.shutdown_grace_s)
+        finally:
+            await self.database.close()
+            self.telemetry.shutdown()
+            for path in (self.config.address_file, self.config.gateway_address_file):
+                path.unlink(missing_ok=True)
+        _log.info("node %s stopped", self.config.node_id)
+
+
+async def start_node(config: NodeConfig) -> RunningNode:
+    """Start everything; on failure, stop what was started and re-raise."""
+    _log.info("starting node with %s", config.masked())
+    own_ca_pem = (config.tls_dir / "ca.pem").read_bytes()
+    trust = TrustStore(config.peers_dir, own_ca_pem, own_node_id=config.node_id)
+    database = await open_database(database_url=config.database_url, data_dir=config.data_dir)
+    started: list[RunningServer | RunningGateway | RunningSync] = []
+    try:
+        registry = await open_registry(config, database)
+        telemetry = setup_telemetry(service="hashex-node", node_id=config.node_id)
+        registry_servicer = RegistryServicer(
+            registry, default_max_distance=config.pdq_default_max_distance
+        )
+        sync = await start_sync(
+            config,
+            pool=database.pool,
+            registry=registry,
+            trust=trust,
+            lookup=registry_servicer.answer_lookup,
+            identity=lambda: _node_identity(config),
+        )
+        started.append(sync)
+        units = UnitsServicer(
+            FederatedLookup(local=registry_servicer.answer_lookup, peers=sync.clients)
+        )
+        local = await build_server(
+            listen=config.listen,
+            services=[registry_servicer.binding(), units.binding(), sync.admin_binding()],
+            tracer_provider=telemetry.tracer_provider,
+            max_message_bytes=config.max_message_bytes,
+        )
+        started.append(local)
+        gateway = await start_gateway(
+            config,
+            [registry_servicer.binding(), units.binding(), *sync.bindings()],
+            database.pool,
+            trust,
+            identity=lambda: _node_identity(config),
+            own_ca_pem=own_ca_pem,
+            tracer_provider=telemetry.tracer_provider,
+        )
+        # Batches the pullers reject go into the same audit chain as the gateway's calls.
+        sync.set_rejection_recorder(gateway.audit)
+    except BaseException:
+        for part in reversed(started):
+            await _stop(part, config)
+        await database.close()
+        raise
+    node = RunningNode(config, database, registry, sync, local, gateway, telemetry)
+    config.address_file.parent.mkdir(parents=True, exist_ok=True)
+    config.address_file.write_text(node.address + "\n", encoding="utf-8")
+    config.gateway_address_file.write_text(node.gateway_address + "\n", encoding="utf-8")
+    return node
+
+
+def _node_identity(config: NodeConfig) -> tls.CertifiedKey:
+    """Read per new connection, so a renewed node certificate is used without a restart."""
+    return tls.load_certified_key(
+        certificate_path=config.tls_dir / "node.pem", key_path=config.tls_dir / "node.key"
+    )
+
+
+async def _stop(part: RunningServer | RunningGateway | RunningSync, config: NodeConfig) -> None:
+    if isinstance(part, RunningServer):
+        await part.stop(config.shutdown_grace_s)
+    else:
+        await part.stop()

@@ -1,0 +1,276 @@
+"""Change-log entries ⇄ domain types.
+
+The origin writes each change as a serialized `ChangeEntry` carrying the full state of the record
+after the change (registry store, same transaction as the change). A receiver parses entries
+only after the batch carrying them verified, and validates them as strictly as the registry
+validates a submission: a peer's bytes are input like any other, and a record claiming another
+origin than the batch's is refused (only the origin ever writes its records).
+
+Pure: no SQL, no gRPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import IntEnum
+from functools import partial
+
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hashex.v1 import common_pb2, federation_pb2
+from services.core.algorithms import SignalValue
+from services.core.errors import InvalidArgument
+from services.registry import convert, model
+
+
+class EntryKind(IntEnum):
+    """The `kind` column of change_log: which member of ChangeEntry.change is set."""
+
+    MEDIA = 1
+    RETRACTION = 2
+    SERIES = 3
+    KEY_ROTATION = 4
+
+
+KIND_OF_FIELD = {
+    "media": EntryKind.MEDIA,
+    "retraction": EntryKind.RETRACTION,
+    "series": EntryKind.SERIES,
+    "key_rotation": EntryKind.KEY_ROTATION,
+}
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """One row of the origin's change log as the sender reads it."""
+
+    seq: int
+    kind: EntryKind
+    entry: bytes
+    # Retractions: the media as it stood when retracted (for the policy filter only).
+    media_before: bytes | None = None
+
+
+# --- writing (the origin) -------------------------------------------------------------------
+
+
+def media_entry(seq: int, changed_at: datetime, media: model.MediaRecord) -> bytes:
+    return federation_pb2.ChangeEntry(
+        seq=seq, changed_at=convert.timestamp(changed_at), media=convert.media_to_proto(media)
+    ).SerializeToString()
+
+
+def retraction_entry(seq: int, changed_at: datetime, media_id: str) -> bytes:
+    return federation_pb2.ChangeEntry(
+        seq=seq,
+        changed_at=convert.timestamp(changed_at),
+        retraction=federation_pb2.MediaRetraction(media_id=media_id),
+    ).SerializeToString()
+
+
+def series_entry(seq: int, changed_at: datetime, series: model.SeriesRecord) -> bytes:
+    message = convert.series_to_proto(series)
+    message.ClearField("media_count")  # a count of the origin's store; meaningless elsewhere
+    return federation_pb2.ChangeEntry(
+        seq=seq, changed_at=convert.timestamp(changed_at), series=message
+    ).SerializeToString()
+
+
+def key_rotation_entry(
+    seq: int,
+    changed_at: datetime,
+    *,
+    key_id: str,
+    public_key: bytes,
+    signed_by_key_id: str,
+    signature: bytes,
+) -> bytes:
+    return federation_pb2.ChangeEntry(
+        seq=seq,
+        changed_at=convert.timestamp(changed_at),
+        key_rotation=federation_pb2.KeyRotation(
+            key_id=key_id,
+            public_key=public_key,
+            signed_by_key_id=signed_by_key_id,
+            signature=signature,
+        ),
+    ).SerializeToString()
+
+
+# --- reading (a receiver) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicatedMedia:
+    seq: int
+    changed_at: datetime
+    media_id: str
+    signals: tuple[SignalValue, ...]
+    media_type: model.MediaType
+    category: model.Category | None
+    flags: model.MediaFlags
+    series_ids: tuple[str, ...]
+    first_seen: datetime
+
+
+@dataclass(frozen=True)
+class ReplicatedRetraction:
+    seq: int
+    changed_at: datetime
+    media_id: str
+
+
+@dataclass(frozen=True)
+class ReplicatedSeries:
+    seq: int
+    changed_at: datetime
+    series_id: str
+    name: str
+    victims: tuple[model.VictimRecord, ...]
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class RotatedKey:
+    """A new key of the origin; the caller checks `signature` by `signed_by_key_id`."""
+
+    seq: int
+    key_id: str
+    public_key: bytes
+    signed_by_key_id: str
+    signature: bytes
+
+
+Change = ReplicatedMedia | ReplicatedRetraction | ReplicatedSeries | RotatedKey
+
+
+def decode_entry(data: bytes) -> federation_pb2.ChangeEntry:
+    entry = federation_pb2.ChangeEntry()
+    try:
+        entry.ParseFromString(data)
+    except DecodeError:
+        raise InvalidArgument("an entry is not a serialized ChangeEntry") from None
+    return entry
+
+
+def parse_entry(data: bytes, *, origin: str) -> Change:
+    """The change in `data`, validated; InvalidArgument says what is wrong with it."""
+    entry = decode_entry(data)
+    which = entry.WhichOneof("change")
+    changed_at = _moment(entry.changed_at)
+    try:
+        if which == "media":
+            return _media(entry.seq, changed_at, entry.media, origin)
+        if which == "retraction":
+            media_id = model.check_id("media id", entry.retraction.media_id)
+            return ReplicatedRetraction(entry.seq, changed_at, media_id)
+        if which == "series":
+            return _series(entry.seq, changed_at, entry.series, origin)
+        if which == "key_rotation":
+            rotation = entry.key_rotation
+            return RotatedKey(
+                entry.seq,
+                rotation.key_id,
+                bytes(rotation.public_key),
+                rotation.signed_by_key_id,
+                bytes(rotation.signature),
+            )
+    except InvalidArgument as error:
+        raise error.within(f"entry {entry.seq}") from None
+    raise InvalidArgument(f"entry {entry.seq} carries no change")
+
+
+def _media(seq: int, changed_at: datetime, media: common_pb2.Media, origin: str) -> ReplicatedMedia:
+    if media.origin != origin:
+        raise InvalidArgument("a media record names another origin than the batch")
+    problems = convert.Problems()
+    media_id = problems.check("media_id", partial(model.check_id, "media id", media.media_id))
+    if not media.signals or len(media.signals) > convert.MAX_SIGNALS_PER_MEDIA:
+        problems.add("signals", f"{len(media.signals)} signals; 1 to 16 are allowed")
+    signals: list[SignalValue] = []
+    for i, message in enumerate(media.signals):
+        signal = problems.check(f"signals[{i}]", partial(convert.signal_from_proto, message))
+        if signal is not None:
+            signals.append(signal)
+    try:
+        media_type = model.MediaType(media.media_type or model.MediaType.IMAGE)
+    except ValueError:
+        problems.add("media_type", f"unknown media type number {media.media_type}")
+        media_type = model.MediaType.IMAGE
+    category = None
+    if media.HasField("category"):
+        category = problems.check("category", partial(convert.category_from_proto, media.category))
+    for i, series_id in enumerate(media.series_ids):
+        problems.check(f"series_ids[{i}]", partial(model.check_id, "series id", series_id))
+    problems.raise_if_any()
+    assert media_id is not None
+    flags = media.flags
+    return ReplicatedMedia(
+        seq=seq,
+        changed_at=changed_at,
+        media_id=media_id,
+        signals=_distinct(signals),
+        media_type=media_type,
+        category=category,
+        flags=model.MediaFlags(
+            flags.victim_identified,
+            flags.offender_identified,
+            flags.distributed,
+            flags.self_generated,
+        ),
+        series_ids=tuple(dict.fromkeys(media.series_ids)),
+        first_seen=_moment(media.first_seen),
+    )
+
+
+def _series(
+    seq: int, changed_at: datetime, series: common_pb2.Series, origin: str
+) -> ReplicatedSeries:
+    if series.origin != origin:
+        raise InvalidArgument("a series names another origin than the batch")
+    model.check_id("series id", series.series_id)
+    model.check_text("series name", series.name)
+    victims: list[model.VictimRecord] = []
+    for victim in series.victims:
+        model.check_id("victim id", victim.victim_id)
+        model.check_text("responsible desk", victim.responsible_desk)
+        victims.append(
+            model.VictimRecord(
+                victim_id=victim.victim_id,
+                status=convert.status_from_proto(victim.status),
+                responsible_desk=victim.responsible_desk,
+                updated_at=_moment(victim.updated_at),
+            )
+        )
+    if len({v.victim_id for v in victims}) != len(victims):
+        raise InvalidArgument("a series lists a victim twice")
+    return ReplicatedSeries(
+        seq=seq,
+        changed_at=changed_at,
+        series_id=series.series_id,
+        name=series.name,
+        victims=tuple(victims),
+        updated_at=_moment(series.updated_at),
+    )
+
+
+def _distinct(signals: Sequence[SignalValue]) -> tuple[SignalValue, ...]:
+    unique: dict[tuple[int, bytes], SignalValue] = {}
+    for signal in signals:
+        unique.setdefault((signal.algorithm, signal.value), signal)
+    return tuple(unique[key] for key in sorted(unique))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _moment(stamp: Timestamp) -> datetime:
+    """An aware datetime; an unset or out-of-range stamp becomes the epoch rather than failing
+    a whole batch over a display field."""
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        return _EPOCH

@@ -1,0 +1,194 @@
+"""Pulling from peers: one task per pinned peer that pulls, verifies, applies, and backs off.
+
+Each batch is verified against the cursor BEFORE anything in it is parsed, then applied with the
+cursor advance in one transaction, so a pull cut anywhere resumes from the last applied batch.
+A rejected batch (forged, misaddressed, replayed, out of order, unknown key) applies nothing: it
+is counted, reported through the injected callback (the node audits it), and the peer is backed
+off. Time, sleeping and randomness are injected so tests drive the loop without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from hashex.v1 import federation_pb2
+from services.core.peer_card import PeerCard
+from services.registry.model import PdqEntry
+from services.sync.batches import BatchRejected, verify_batch
+from services.sync.store import SyncStore
+
+_log = logging.getLogger(__name__)
+
+OnRejected = Callable[[str, BatchRejected], Awaitable[None]]
+OpenPull = Callable[[str, federation_pb2.PullRequest, float], Any]
+
+
+class PeerCards(Protocol):
+    def peers(self) -> dict[str, PeerCard]: ...
+
+
+class IndexSink(Protocol):
+    """The registry's PDQ index (services.registry.registry.Registry.index_replicated)."""
+
+    async def index_replicated(
+        self, *, added: Sequence[PdqEntry], removed_rows: Sequence[int]
+    ) -> None: ...
+
+
+@dataclass
+class PeerState:
+    """What `hashex sync status` shows of one peer beyond its stored cursor."""
+
+    peer_id: str
+    last_success_at: datetime | None = None
+    last_error: str = ""
+    last_error_at: datetime | None = None
+    rejected_batches: int = 0
+    failures: int = 0
+    peer_last_seq: int = 0
+
+
+@dataclass
+class PullSettings:
+    interval_s: float = 2.0
+    backoff_max_s: float = 60.0
+    deadline_s: float = 600.0
+    max_entries: int = 1_000
+
+
+@dataclass
+class PullDeps:
+    """Everything a puller talks to, injected."""
+
+    node_id: str
+    store: SyncStore
+    index: IndexSink
+    cards: PeerCards
+    open_pull: OpenPull
+    on_rejected: OnRejected
+    settings: PullSettings = field(default_factory=PullSettings)
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    rng: random.Random = field(default_factory=random.Random)
+
+
+class PeerPuller:
+    def __init__(self, peer_id: str, deps: PullDeps) -> None:
+        self.peer_id = peer_id
+        self.state = PeerState(peer_id)
+        self._deps = deps
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    async def pull_once(self) -> int:
+        """Pull until the peer's stream ends; returns the batches applied. Raises BatchRejected
+        (after reporting it) or whatever the call or the database raised."""
+        deps = self._deps
+        card = deps.cards.peers().get(self.peer_id)
+        if card is None:
+            raise LookupError(f"{self.peer_id} is no longer a pinned peer")
+        cursor = await deps.store.cursor(self.peer_id)
+        keys = {k.key_id: k.public_key for k in card.signing_keys}
+        keys.update(await deps.store.learned_keys(self.peer_id))
+        request = federation_pb2.PullRequest(
+            after_seq=cursor.seq,
+            after_digest=cursor.digest,
+            policy_generation=cursor.generation,
+            max_entries_per_batch=deps.settings.max_entries,
+        )
+        stream = deps.open_pull(self.peer_id, request, deps.settings.deadline_s)
+        applied = 0
+        try:
+            async for response in _responses(stream):
+                try:
+                    batch = verify_batch(
+                        response.batch,
+                        origin=self.peer_id,
+                        recipient=deps.node_id,
+                        cursor=cursor,
+                        keys=keys,
+                    )
+                except BatchRejected as rejected:
+                    self.state.rejected_batches += 1
+                    await deps.on_rejected(self.peer_id, rejected)
+                    raise
+                result = await deps.store.apply_batch(
+                    peer_id=self.peer_id, batch=batch, expected=cursor
+                )
+                await deps.index.index_replicated(
+                    added=result.added, removed_rows=result.removed_rows
+                )
+                cursor = batch.cursor
+                keys.update({k.key_id: k.public_key for k in batch.new_keys})
+                self.state.peer_last_seq = max(self.state.peer_last_seq, batch.origin_last_seq)
+                applied += 1
+        finally:
+            cancel = getattr(stream, "cancel", None)
+            if callable(cancel):
+                cancel()
+        self.state.last_success_at = deps.now()
+        self.state.last_error = ""
+        self.state.failures = 0
+        return applied
+
+    def backoff_s(self) -> float:
+        """Exponential in consecutive failures, capped, with jitter (half to full) so peers that
+        failed together do not retry together."""
+        settings = self._deps.settings
+        ceiling = min(settings.backoff_max_s, settings.interval_s * 2.0**self.state.failures)
+        return ceiling * (0.5 + 0.5 * self._deps.rng.random())
+
+    async def run(self, sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
+        """Pull, pause, repeat until `stop()`; failures back off."""
+        pause = sleep or self._sleep
+        while not self._stopping:
+            try:
+                await self.pull_once()
+                delay = self._deps.settings.interval_s
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # any failure of one peer only delays that peer
+                self._record_failure(error)
+                delay = self.backoff_s()
+            if not self._stopping:
+                await pause(delay)
+
+    def wake(self) -> None:
+        """Pull now instead of waiting out the pause."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        self._wake.clear()
+
+    def _record_failure(self, error: Exception) -> None:
+        self.state.failures += 1
+        self.state.last_error = _describe(error)
+        self.state.last_error_at = self._deps.now()
+        _log.warning("pull from %s failed: %s", self.peer_id, self.state.last_error)
+
+
+async def _responses(stream: Any) -> AsyncIterator[federation_pb2.PullResponse]:
+    async for response in stream:
+        yield response
+
+
+def _describe(error: Exception) -> str:
+    """A short, safe description: the rejection, the gRPC status, or the error's text."""
+    if isinstance(error, BatchRejected):
+        return f"batch rejected ({error.reason}): {error}"
+    code, details = getattr(error, "code", None), getattr(error, "details", None)
+    if callable(code) and callable(details):
+        return f"{code().name}: {details()}"
+    return f"{type(error).__name__}: {error}"

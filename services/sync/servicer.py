@@ -1,0 +1,106 @@
+"""gRPC face of the sync service: Federation.Pull and Federation.PeerLookup (for peers, through
+the gateway, which verified the caller) and Admin.GetSyncStatus. Converts, calls, maps errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from hashex.v1 import federation_pb2, federation_pb2_grpc, registry_pb2
+from services.core.caller import Caller, current_caller
+from services.core.errors import PermissionDenied
+from services.core.rpc_status import handles_errors, handles_stream_errors
+from services.core.server import ServiceBinding
+from services.registry.convert import timestamp
+from services.sync.policy_filter import filter_lookup
+from services.sync.sender import LogSender, PolicyFor
+from services.sync.status import SyncStatus
+
+Context = grpc.aio.ServicerContext[Any, Any]
+LocalLookup = Callable[[registry_pb2.LookupRequest], Awaitable[registry_pb2.LookupResponse]]
+FEDERATION = federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name
+ADMIN = federation_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
+
+
+def _calling_peer() -> Caller:
+    caller = current_caller()
+    if caller.role != "peer" or caller.kind != "node":
+        raise PermissionDenied("only a pinned peer's node certificate may call this method")
+    return caller
+
+
+class FederationServicer(federation_pb2_grpc.FederationServicer):
+    def __init__(
+        self, *, node_id: str, sender: LogSender, lookup: LocalLookup, policy_for: PolicyFor
+    ) -> None:
+        self._node_id = node_id
+        self._sender = sender
+        self._lookup = lookup
+        self._policy_for = policy_for
+
+    def binding(self) -> ServiceBinding:
+        return ServiceBinding(
+            FEDERATION,
+            lambda server: federation_pb2_grpc.add_FederationServicer_to_server(self, server),
+        )
+
+    @handles_stream_errors
+    async def Pull(
+        self, request: federation_pb2.PullRequest, context: Context
+    ) -> AsyncIterator[federation_pb2.PullResponse]:
+        peer = _calling_peer()
+        async for batch in self._sender.batches_for(peer.node_id, request):
+            yield federation_pb2.PullResponse(batch=batch)
+
+    @handles_errors
+    async def PeerLookup(
+        self, request: federation_pb2.PeerLookupRequest, context: Context
+    ) -> federation_pb2.PeerLookupResponse:
+        peer = _calling_peer()
+        answer = await self._lookup(request.lookup)
+        policy = self._policy_for(peer.node_id)
+        return federation_pb2.PeerLookupResponse(
+            lookup=filter_lookup(answer, policy, origin=self._node_id)
+        )
+
+
+class AdminServicer(federation_pb2_grpc.AdminServicer):
+    """Operator methods. Through the gateway only operators reach them (its method table); on
+    the node's loopback port, whoever can reach loopback runs the node anyway."""
+
+    def __init__(self, status: Callable[[], Awaitable[SyncStatus]]) -> None:
+        self._status = status
+
+    def binding(self) -> ServiceBinding:
+        return ServiceBinding(
+            ADMIN, lambda server: federation_pb2_grpc.add_AdminServicer_to_server(self, server)
+        )
+
+    @handles_errors
+    async def GetSyncStatus(
+        self, request: federation_pb2.GetSyncStatusRequest, context: Context
+    ) -> federation_pb2.GetSyncStatusResponse:
+        status = await self._status()
+        response = federation_pb2.GetSyncStatusResponse(
+            node_id=status.node_id, local_last_seq=status.local_last_seq
+        )
+        for peer in status.peers:
+            item = federation_pb2.PeerSyncStatus(
+                peer_id=peer.peer_id,
+                endpoint=peer.endpoint,
+                cursor_seq=peer.cursor_seq,
+                peer_last_seq=peer.peer_last_seq,
+                lag=peer.lag,
+                last_error=peer.last_error,
+                applied_entries=peer.applied_entries,
+                rejected_batches=peer.rejected_batches,
+            )
+            if peer.last_success_at is not None:
+                item.last_success_at.CopyFrom(timestamp(peer.last_success_at))
+            if peer.last_error_at is not None:
+                item.last_error_at.CopyFrom(timestamp(peer.last_error_at))
+            response.peers.append(item)
+        return response

@@ -1,0 +1,246 @@
+"""Signed batches, pure: built by the origin, verified by the recipient before anything is
+parsed; every tampering, misaddressing, replay, reordering or unknown key is rejected."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from hashex.v1 import federation_pb2
+from services.core.signing import (
+    BATCH_DOMAIN,
+    KEY_ROTATION_DOMAIN,
+    NodeSigningKey,
+    rotation_message,
+    sign_bytes,
+)
+from services.sync.batches import (
+    ActiveKey,
+    BatchChain,
+    BatchRejected,
+    Cursor,
+    VerifiedBatch,
+    verify_batch,
+)
+from services.sync.changelog import EntryKind, LogRow, key_rotation_entry
+from services.sync.policy import SharingPolicy
+from tests.sync.helpers import CAID_A, CAID_B, MOMENT, ORIGIN, RECIPIENT, media_at, media_record
+
+KEY1 = NodeSigningKey("ed25519:1", SigningKey(bytes(range(32))))
+KEY2 = NodeSigningKey("ed25519:2", SigningKey(bytes(range(1, 33))))
+KNOWN = {KEY1.key_id: KEY1.public_key}
+ONLY_A = SharingPolicy(categories=frozenset({"caid-uk:A"}))
+
+
+def log_of(categories: list[bool]) -> list[LogRow]:
+    """Media entries seq 1..n; True: category A (shared under ONLY_A), False: B (withheld)."""
+    return [
+        LogRow(seq, EntryKind.MEDIA, media_at(seq, media_record(f"m{seq}", category=cat)))
+        for seq, shared in enumerate(categories, start=1)
+        for cat in [CAID_A if shared else CAID_B]
+    ]
+
+
+def chain(
+    policy: SharingPolicy | None = ONLY_A,
+    *,
+    max_entries: int = 4,
+    digest: bytes = b"",
+    generation: int = 1,
+    schedule: tuple[ActiveKey, ...] = (ActiveKey(0, KEY1),),
+    recipient: str = RECIPIENT,
+) -> BatchChain:
+    return BatchChain(
+        origin=ORIGIN,
+        recipient=recipient,
+        policy=policy,
+        generation=generation,
+        previous_digest=digest,
+        schedule=schedule,
+        max_entries=max_entries,
+    )
+
+
+def receive(
+    batches: list[federation_pb2.SignedBatch], cursor: Cursor, keys: dict[str, bytes] = KNOWN
+) -> tuple[Cursor, list[VerifiedBatch]]:
+    verified = []
+    for signed in batches:
+        batch = verify_batch(signed, origin=ORIGIN, recipient=RECIPIENT, cursor=cursor, keys=keys)
+        verified.append(batch)
+        cursor = batch.cursor
+        keys = {**keys, **{k.key_id: k.public_key for k in batch.new_keys}}
+    return cursor, verified
+
+
+@given(
+    shared=st.lists(st.booleans(), min_size=1, max_size=40),
+    max_entries=st.integers(1, 9),
+    split=st.integers(0, 40),
+)
+def test_batches_round_trip_in_chunks_with_gaps(
+    shared: list[bool], max_entries: int, split: int
+) -> None:
+    log = log_of(shared)
+    split = min(split, len(log))
+    sender = chain(max_entries=max_entries)
+    # The sender reads the log in two chunks, as a servicer does page by page.
+    batches = sender.batches(log[:split], len(log)) + sender.batches(log[split:], len(log))
+    cursor, verified = receive(batches, Cursor())
+    assert cursor.seq == len(log) and cursor.generation == 1
+    assert [b.first_seq for b in verified] == [1] + [b.last_seq + 1 for b in verified[:-1]]
+    delivered = [c.seq for b in verified for c in b.changes]
+    assert delivered == [seq for seq, ok in enumerate(shared, start=1) if ok]
+    assert all(b.last_seq - b.first_seq < max_entries for b in verified)
+    # The stored bytes travel unchanged.
+    body = federation_pb2.BatchBody.FromString(batches[0].body)
+    assert all(e in {r.entry for r in log} for e in body.entries)
+
+
+@given(data=st.data())
+def test_any_single_byte_change_is_rejected(data: st.DataObject) -> None:
+    [signed] = chain(max_entries=10).batches(log_of([True, False, True]), 3)
+    field = data.draw(st.sampled_from(["body", "signature"]))
+    original = getattr(signed, field)
+    position = data.draw(st.integers(0, len(original) - 1))
+    flip = data.draw(st.integers(1, 255))
+    changed = bytearray(original)
+    changed[position] ^= flip
+    tampered = federation_pb2.SignedBatch()
+    tampered.CopyFrom(signed)
+    setattr(tampered, field, bytes(changed))
+    with pytest.raises(BatchRejected) as rejected:
+        receive([tampered], Cursor())
+    assert rejected.value.reason == "bad_signature"
+
+
+def test_no_policy_withholds_everything_but_ranges_advance() -> None:
+    batches = chain(None, max_entries=2).batches(log_of([True] * 5), 5)
+    cursor, verified = receive(batches, Cursor())
+    assert cursor.seq == 5 and all(b.changes == () for b in verified)
+
+
+def test_a_batch_for_another_recipient_is_rejected() -> None:
+    batches = chain(recipient="de-bka").batches(log_of([True]), 1)
+    with pytest.raises(BatchRejected) as rejected:
+        receive(batches, Cursor())
+    assert rejected.value.reason == "wrong_recipient"
+
+
+def test_a_batch_from_another_origin_is_rejected() -> None:
+    [signed] = chain().batches(log_of([True]), 1)
+    with pytest.raises(BatchRejected) as rejected:
+        verify_batch(signed, origin="de-bka", recipient=RECIPIENT, cursor=Cursor(), keys=KNOWN)
+    assert rejected.value.reason == "wrong_origin"
+
+
+def test_replayed_and_out_of_order_batches_are_rejected() -> None:
+    first, second, third = chain(max_entries=1).batches(log_of([True] * 3), 3)
+    cursor, _ = receive([first, second], Cursor())
+    for replay in (first, second):
+        with pytest.raises(BatchRejected) as rejected:
+            receive([replay], cursor)
+        assert rejected.value.reason == "replayed"
+    with pytest.raises(BatchRejected) as rejected:
+        receive([third], receive([first], Cursor())[0])
+    assert rejected.value.reason == "out_of_order"
+    # A batch at the right seq but from another chain does not continue this one.
+    [spliced] = chain(max_entries=1, digest=b"x" * 32).batches(log_of([True] * 3)[2:], 3)
+    with pytest.raises(BatchRejected) as rejected:
+        receive([spliced], cursor)
+    assert rejected.value.reason == "broken_chain"
+
+
+def test_a_newer_policy_generation_restarts_at_one_and_older_is_refused() -> None:
+    log = log_of([True, False, True])
+    cursor, _ = receive(chain().batches(log, 3), Cursor())
+    wider = chain(SharingPolicy(generation=2), generation=2, digest=cursor.digest)
+    restarted, verified = receive(wider.batches(log, 3), cursor)
+    assert [c.seq for b in verified for c in b.changes] == [1, 2, 3]
+    assert restarted.generation == 2
+    older = chain(generation=1, digest=restarted.digest).batches(log, 3)
+    with pytest.raises(BatchRejected) as rejected:
+        receive(older, restarted)
+    assert rejected.value.reason == "replayed"
+
+
+def test_an_unknown_key_is_rejected_and_a_rotation_teaches_the_next_key() -> None:
+    signature = sign_bytes(
+        KEY1, KEY_ROTATION_DOMAIN, rotation_message(KEY2.key_id, KEY2.public_key)
+    )
+    rotation = key_rotation_entry(
+        3,
+        MOMENT,
+        key_id=KEY2.key_id,
+        public_key=KEY2.public_key,
+        signed_by_key_id=KEY1.key_id,
+        signature=signature,
+    )
+    log = log_of([True, True])
+    log.append(LogRow(3, EntryKind.KEY_ROTATION, rotation))
+    log += log_of([True] * 5)[3:]
+    schedule = (ActiveKey(0, KEY1), ActiveKey(3, KEY2))
+    batches = chain(max_entries=10, schedule=schedule).batches(log, 5)
+    assert [b.key_id for b in batches] == ["ed25519:1", "ed25519:2"]
+    cursor, verified = receive(batches, Cursor())
+    assert cursor.seq == 5 and [k.key_id for k in verified[0].new_keys] == ["ed25519:2"]
+    with pytest.raises(BatchRejected) as rejected:
+        receive(batches[1:], verified[0].cursor)  # without having learned key 2
+    assert rejected.value.reason == "unknown_key"
+
+
+def test_a_forged_rotation_is_rejected() -> None:
+    forger = SigningKey.generate()
+    bad = sign_bytes(
+        NodeSigningKey("ed25519:1", forger),
+        KEY_ROTATION_DOMAIN,
+        rotation_message(KEY2.key_id, KEY2.public_key),
+    )
+    rotation = key_rotation_entry(
+        1,
+        MOMENT,
+        key_id=KEY2.key_id,
+        public_key=KEY2.public_key,
+        signed_by_key_id=KEY1.key_id,
+        signature=bad,
+    )
+    batches = chain().batches([LogRow(1, EntryKind.KEY_ROTATION, rotation)], 1)
+    with pytest.raises(BatchRejected) as rejected:
+        receive(batches, Cursor())
+    assert rejected.value.reason == "bad_key_rotation"
+
+
+def test_entries_out_of_the_batch_range_are_rejected() -> None:
+    body = federation_pb2.BatchBody(
+        origin=ORIGIN,
+        recipient=RECIPIENT,
+        first_seq=1,
+        last_seq=2,
+        policy_generation=1,
+        entries=[media_at(2, media_record("a")), media_at(1, media_record("b"))],
+    ).SerializeToString()
+    signed = federation_pb2.SignedBatch(
+        body=body, key_id=KEY1.key_id, signature=sign_bytes(KEY1, BATCH_DOMAIN, body)
+    )
+    with pytest.raises(BatchRejected) as rejected:
+        receive([signed], Cursor(generation=1))
+    assert rejected.value.reason == "malformed"
+
+
+def test_a_record_claiming_another_origin_is_rejected() -> None:
+    foreign = media_record("m", origin="de-bka")
+    log = [LogRow(1, EntryKind.MEDIA, media_at(1, foreign))]
+    with pytest.raises(BatchRejected) as rejected:
+        receive(chain(SharingPolicy()).batches(log, 1), Cursor())
+    assert rejected.value.reason == "malformed"
+
+
+def test_verified_batch_is_frozen() -> None:
+    [signed] = chain().batches(log_of([True]), 1)
+    _, [batch] = receive([signed], Cursor())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        batch.last_seq = 9  # type: ignore[misc]

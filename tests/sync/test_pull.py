@@ -1,0 +1,263 @@
+"""Two nodes over real mutual TLS through their gateways: pulls replicate under the sender's
+policy, resume, reject forgeries without applying anything, follow policy widening and key
+rotation, and run continuously until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from hashex.v1 import federation_pb2, registry_pb2
+from services.cli.main import main as hashex_main
+from services.core.algorithms import SignalValue
+from services.core.server import build_server
+from services.core.signing import rotate
+from services.registry import convert
+from services.registry.model import IdentificationStatus, LookupResult, MediaSubmission
+from services.sync.batches import BatchRejected
+from services.sync.policy import SharingPolicy
+from services.sync.puller import PeerPuller, PullDeps
+from tests.sync.federation_harness import SyncNode, two_nodes
+from tests.sync.helpers import CAID_A, CAID_B, md5, pdq
+
+ONLY_A = SharingPolicy(categories=frozenset({"caid-uk:A"}), disclose_desk=False)
+
+
+def media(media_id: str, *signals: SignalValue, **fields: Any) -> MediaSubmission:
+    return MediaSubmission(media_id=media_id, signals=signals or (md5(media_id),), **fields)
+
+
+async def lookup(node: SyncNode, *signals: SignalValue) -> list[LookupResult]:
+    return await node.registry.lookup(signals, max_distance=31, max_matches=10)
+
+
+def puller(receiver: SyncNode, **overrides: Any) -> PeerPuller:
+    deps = receiver.sync._deps
+    assert deps is not None
+    return PeerPuller("gb-nca", PullDeps(**{**deps.__dict__, **overrides}))
+
+
+@pytest.fixture
+async def nodes(db_pool: Any, second_pool: Any, tmp_path: Path) -> Any:
+    async with two_nodes(db_pool, second_pool, tmp_path) as pair:
+        yield pair
+
+
+async def test_records_replicate_under_the_senders_policy(nodes: tuple[SyncNode, SyncNode]) -> None:
+    origin, receiver = nodes
+    origin.set_policy("us-fbi", ONLY_A)
+    await origin.registry.submit_batch(
+        [
+            media("shared", md5("shared"), pdq("shared"), category=CAID_A, series_ids=("s1",)),
+            media("restricted", category=CAID_B),
+        ]
+    )
+    await origin.registry.update_victim(
+        series_id="s1",
+        victim_id="v1",
+        status=IdentificationStatus.IDENTIFIED,
+        responsible_desk="GB-NCA victim-ID desk",
+    )
+    assert await puller(receiver).pull_once() >= 1
+
+    [exact, restricted] = await lookup(receiver, md5("shared"), md5("restricted"))
+    [match] = exact.matches
+    assert (match.media.origin, match.media.media_id) == ("gb-nca", "shared")
+    [series] = match.series
+    assert [(v.status, v.responsible_desk) for v in series.victims] == [
+        (IdentificationStatus.IDENTIFIED, "")
+    ]
+    assert restricted.matches == ()
+    near = pdq("shared").value[:-1] + bytes([pdq("shared").value[-1] ^ 0x07])
+    [near_result] = await lookup(receiver, SignalValue(pdq("x").algorithm, near, 90))
+    assert [m.media.media_id for m in near_result.matches] == ["shared"]
+
+    status = await receiver.sync.status()
+    [peer] = status.peers
+    assert (peer.peer_id, peer.lag, peer.rejected_batches, peer.last_error) == ("gb-nca", 0, 0, "")
+    assert peer.cursor_seq == (await origin.sync.store.last_seq())
+
+    # The origin retracts; the next pull carries the retraction.
+    await origin.registry.retract(["shared"])
+    await puller(receiver).pull_once()
+    assert (await lookup(receiver, md5("shared")))[0].matches == ()
+
+
+async def test_without_a_policy_nothing_leaves_until_one_is_set(
+    nodes: tuple[SyncNode, SyncNode],
+) -> None:
+    origin, receiver = nodes
+    await origin.registry.submit_batch([media("m", category=CAID_B)])
+    await puller(receiver).pull_once()
+    assert (await lookup(receiver, md5("m")))[0].matches == ()
+    assert (await receiver.sync.store.cursor("gb-nca")).seq == 1  # the range still advanced
+    origin.set_policy("us-fbi", ONLY_A)
+    await puller(receiver).pull_once()
+    assert (await lookup(receiver, md5("m")))[0].matches == ()
+    # Widening the policy re-offers the whole log under a new generation.
+    origin.set_policy("us-fbi", SharingPolicy())
+    await puller(receiver).pull_once()
+    assert len((await lookup(receiver, md5("m")))[0].matches) == 1
+    assert (await receiver.sync.store.cursor("gb-nca")).generation == 2
+
+
+async def test_a_forged_batch_is_rejected_reported_and_applies_nothing(
+    nodes: tuple[SyncNode, SyncNode],
+) -> None:
+    origin, receiver = nodes
+    origin.set_policy("us-fbi", SharingPolicy())
+    await origin.registry.submit_batch([media(f"m{i}") for i in range(5)])
+    real_open = receiver.sync._deps.open_pull  # type: ignore[union-attr]
+
+    async def tampered(peer_id: str, request: federation_pb2.PullRequest, deadline_s: float) -> Any:
+        async for response in real_open(peer_id, request, deadline_s):
+            forged = federation_pb2.PullResponse()
+            forged.CopyFrom(response)
+            body = bytearray(forged.batch.body)
+            body[-1] ^= 1
+            forged.batch.body = bytes(body)
+            yield forged
+
+    forged_puller = puller(receiver, open_pull=tampered)
+    with pytest.raises(BatchRejected):
+        await forged_puller.pull_once()
+    assert [(peer, r.reason) for peer, r in receiver.rejections] == [("gb-nca", "bad_signature")]
+    assert (await receiver.sync.store.cursor("gb-nca")).seq == 0
+    assert (await lookup(receiver, md5("m0")))[0].matches == ()
+    assert forged_puller.state.rejected_batches == 1
+    # The honest stream afterwards applies everything once.
+    await puller(receiver).pull_once()
+    assert len((await lookup(receiver, md5("m4")))[0].matches) == 1
+
+
+async def test_an_interrupted_pull_resumes_from_the_cursor(
+    nodes: tuple[SyncNode, SyncNode],
+) -> None:
+    origin, receiver = nodes
+    origin.set_policy("us-fbi", SharingPolicy())
+    await origin.registry.submit_batch([media(f"m{i}") for i in range(30)])
+    settings = receiver.sync._deps.settings  # type: ignore[union-attr]
+    real_open = receiver.sync._deps.open_pull  # type: ignore[union-attr]
+
+    async def cut_after_two(
+        peer_id: str, request: federation_pb2.PullRequest, deadline_s: float
+    ) -> Any:
+        count = 0
+        async for response in real_open(peer_id, request, deadline_s):
+            yield response
+            count += 1
+            if count == 2:
+                raise ConnectionResetError("connection cut by a proxy")
+
+    small = type(settings)(**{**settings.__dict__, "max_entries": 7})
+    with pytest.raises(ConnectionResetError):
+        await puller(receiver, open_pull=cut_after_two, settings=small).pull_once()
+    assert (await receiver.sync.store.cursor("gb-nca")).seq == 14
+    await puller(receiver, settings=small).pull_once()
+    results = await lookup(receiver, *(md5(f"m{i}") for i in range(30)))
+    assert all(len(r.matches) == 1 for r in results)
+    assert (await receiver.sync.store.cursors())["gb-nca"].applied_entries == 30
+
+
+async def test_a_rotated_key_is_learned_from_the_log(nodes: tuple[SyncNode, SyncNode]) -> None:
+    origin, receiver = nodes
+    origin.set_policy("us-fbi", SharingPolicy())
+    await origin.registry.submit_batch([media("before")])
+    await asyncio.to_thread(rotate, origin.config.signing_keys_dir)
+    assert await origin.sync.store.log_key_rotations(origin.keyring()) == ["ed25519:2"]
+    await origin.registry.submit_batch([media("after")])
+    await puller(receiver).pull_once()
+    assert len((await lookup(receiver, md5("after")))[0].matches) == 1
+    assert set(await receiver.sync.store.learned_keys("gb-nca")) == {"ed25519:2"}
+
+
+async def test_pullers_run_continuously_and_stop_cleanly(
+    db_pool: Any, second_pool: Any, tmp_path: Path
+) -> None:
+    async with two_nodes(db_pool, second_pool, tmp_path, pull_interval_s=0.05) as (
+        origin,
+        receiver,
+    ):
+        origin.set_policy("us-fbi", SharingPolicy())
+        await origin.registry.submit_batch([media("live")])
+        await receiver.sync.reconcile()  # starts the puller task for the pinned peer
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while not (await lookup(receiver, md5("live")))[0].matches:
+            assert loop.time() < deadline, "the record never arrived"
+            await asyncio.sleep(0.05)  # polling the database: there is nothing to wait on
+        await receiver.sync.stop()
+        assert all(task.done() for task in receiver.sync._tasks.values())
+
+
+async def test_peer_lookup_answers_own_records_under_policy(
+    nodes: tuple[SyncNode, SyncNode],
+) -> None:
+    origin, receiver = nodes
+    question = registry_pb2.LookupRequest(
+        signals=[convert.signal_to_proto(md5("open")), convert.signal_to_proto(md5("closed"))]
+    )
+    answer = await receiver.sync.clients.peer_lookup("gb-nca", question, timeout_s=10)
+    assert all(not r.matches for r in answer.results)  # no policy: nothing
+    origin.set_policy("us-fbi", ONLY_A)
+    await origin.registry.submit_batch(
+        [media("open", category=CAID_A), media("closed", category=CAID_B)]
+    )
+    answer = await receiver.sync.clients.peer_lookup("gb-nca", question, timeout_s=10)
+    assert [len(r.matches) for r in answer.results] == [1, 0]
+    assert answer.results[0].matches[0].media.origin == "gb-nca"
+
+
+async def test_sync_status_command(
+    nodes: tuple[SyncNode, SyncNode], capsys: pytest.CaptureFixture[str]
+) -> None:
+    origin, receiver = nodes
+    origin.set_policy("us-fbi", SharingPolicy())
+    await origin.registry.submit_batch([media("m")])
+    await puller(receiver).pull_once()
+    receiver.sync.pullers["gb-nca"] = puller(receiver)  # as the supervisor would hold it
+    server = await build_server(
+        listen="127.0.0.1:0",
+        services=[receiver.sync.admin_binding()],
+        tracer_provider=TracerProvider(),
+    )
+    try:
+        address = f"127.0.0.1:{server.port}"
+        code = await asyncio.to_thread(hashex_main, ["sync", "status", "--node", address])
+        assert code == 0
+        text = capsys.readouterr().out
+        assert "node us-fbi" in text and "gb-nca" in text
+        code = await asyncio.to_thread(hashex_main, ["sync", "status", "--json", "--node", address])
+        [peer] = json.loads(capsys.readouterr().out)["peers"]
+        assert (peer["peerId"], peer["cursorSeq"], peer["lag"]) == ("gb-nca", "1", "0")
+    finally:
+        await server.stop(0)
+
+
+async def test_a_rejected_batch_is_audited(nodes: tuple[SyncNode, SyncNode]) -> None:
+    origin, receiver = nodes
+    origin.set_policy("de-bka", SharingPolicy())
+    await origin.registry.submit_batch([media("m")])
+    assert receiver.gateway is not None
+    receiver.sync.set_rejection_recorder(receiver.gateway.audit)
+    misaddressed = origin.sync.federation._sender.batches_for(
+        "de-bka", federation_pb2.PullRequest()
+    )
+    stolen = [federation_pb2.PullResponse(batch=b) async for b in misaddressed]
+
+    async def replay(peer_id: str, request: federation_pb2.PullRequest, deadline_s: float) -> Any:
+        for response in stolen:
+            yield response
+
+    with pytest.raises(BatchRejected):
+        await puller(receiver, open_pull=replay).pull_once()
+    records = [r async for r in receiver.gateway.audit.records()]
+    [record] = [r for r in records if r.entry.status.startswith("BATCH_REJECTED")]
+    assert record.entry.status == "BATCH_REJECTED:wrong_recipient"
+    assert record.entry.caller == "spiffe://hashex/node/gb-nca"
+    assert (await lookup(receiver, md5("m")))[0].matches == ()
