@@ -1,27 +1,52 @@
-"""`make demo`: one node on an embedded PostgreSQL, a synthetic seizure hashed, submitted and
-looked up again after typical edits (resize, re-encode, crop), then a clean stop.
+"""`make demo`: three agency nodes (GB, US, DE) on loopback, each with its own embedded
+PostgreSQL, certificates and signing keys, federated by exchanging signed peer cards. Each agency
+hashes and submits its own seizure; the seizures overlap (identical files, and edited copies that
+only PDQ recognises). A unit at DE then looks its seizure up through its gateway and finds GB's
+and US's records, exact and near, each with its origin, under the policies those agencies set:
+US withholds one category from DE, GB withholds victim status from DE. Every node and its
+PostgreSQL stop cleanly at the end.
 
-It drives the real `hashex` command in subprocesses, exactly as a unit would type it.
+It drives the real `hashex` command in subprocesses, exactly as operators and units type it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from services.cli.demo_images import cropped, resized, synthetic_image
 
-ORIGINALS = 36
-EDITED = 12
-UNRELATED = 4
-UNCHANGED = 2
+CONVERGE_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Agency:
+    node_id: str
+    seeds: range  # the synthetic images of its seizure
+    category: str
+    series: str
+    victim_status: str
+    desk: str
+
+
+GB = Agency("gb-nca", range(0, 12), "caid-uk:A", "gb-willow", "identified", "GB-NCA victim-ID desk")
+US = Agency("us-hsi", range(6, 18), "vics-us:1", "us-tern", "unidentified", "US-HSI victim-ID desk")
+DE = Agency("de-bka", range(0, 0), "vics-us:2", "de-heron", "in_progress", "DE-BKA VID desk")
+# Material US classes in a category it does not share with DE.
+US_RESTRICTED = range(100, 104)
 
 
 def hashex(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -35,95 +60,193 @@ def hashex(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess
     return done
 
 
-def write_seizures(root: Path) -> tuple[Path, Path]:
-    seized, later = root / "seizure-1", root / "seizure-2"
-    seized.mkdir()
-    later.mkdir()
-    for seed in range(ORIGINALS):
-        synthetic_image(seed).save(seized / f"img{seed:03d}.png")
-    (seized / "notes.txt").write_text("not an image: reported and skipped\n")
-    edits = (
-        ("resized", lambda im: resized(im)),
-        ("reencoded", lambda im: im),
-        ("cropped", lambda im: cropped(im)),
-    )
-    for seed in range(EDITED):
-        name, edit = edits[seed % len(edits)]
-        edit(synthetic_image(seed)).save(later / f"{name}-{seed:03d}.jpg", quality=40)
-    for seed in range(UNCHANGED):  # the very same files: exact matches on every hash
-        shutil.copy(seized / f"img{seed:03d}.png", later / f"copy-{seed:03d}.png")
-    for seed in range(1000, 1000 + UNRELATED):
-        synthetic_image(seed).save(later / f"unrelated-{seed}.jpg", quality=85)
-    return seized, later
+def quiet(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """A command whose output the demo reads rather than shows."""
+    command = [sys.executable, "-m", "services.cli.main", *map(str, args)]
+    return subprocess.run(command, text=True, capture_output=True, check=False)
 
 
-def start_node(data_dir: Path) -> subprocess.Popen[str]:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def save_images(folder: Path, seeds: Iterable[int], edit: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        image = synthetic_image(seed)
+        if edit == "resized":
+            resized(image).save(folder / f"resized-{seed:03d}.jpg", quality=40)
+        elif edit == "cropped":
+            cropped(image).save(folder / f"cropped-{seed:03d}.jpg", quality=40)
+        else:
+            image.save(folder / f"img{seed:03d}.png")
+    return folder
+
+
+def start_node(data_dir: Path, label: str) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "services.cli.main", "node", "up", "--data-dir", str(data_dir)]
     print(f"\n$ hashex node up --data-dir {data_dir} &", flush=True)
     node = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     assert node.stderr is not None
     for line in node.stderr:
-        sys.stderr.write("  [node] " + line)
+        sys.stderr.write(f"  [{label}] " + line)
         if "serving on" in line:
             return node
-    raise SystemExit(f"demo failed: the node exited with {node.wait()} before serving")
+    raise SystemExit(f"demo failed: node {label} exited with {node.wait()} before serving")
 
 
-def stop_node(node: subprocess.Popen[str]) -> None:
-    print("\n$ kill -TERM <node>   # clean stop: drains calls, stops PostgreSQL", flush=True)
+def stop_node(node: subprocess.Popen[str], label: str) -> None:
     node.send_signal(signal.SIGTERM)
-    _, err = node.communicate(timeout=60)
-    for line in err.splitlines():
-        sys.stderr.write("  [node] " + line + "\n")
-    print(f"node exited with {node.returncode}")
+    try:
+        _, err = node.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        node.kill()
+        _, err = node.communicate()
+    for line in err.splitlines()[-3:]:
+        sys.stderr.write(f"  [{label}] " + line + "\n")
+    print(f"node {label} exited with {node.returncode}")
     if node.returncode != 0:
-        raise SystemExit("demo failed: the node did not stop cleanly")
+        raise SystemExit(f"demo failed: node {label} did not stop cleanly")
+
+
+def wait_until_converged(dirs: dict[str, Path]) -> None:
+    """Until every node has applied everything every peer logged (`hashex sync status`)."""
+    print("\n# Waiting until every node has pulled from every peer (`hashex sync status`) ...")
+    deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+    behind: list[str] = []
+    while time.monotonic() < deadline:
+        statuses = {}
+        for node_id, data_dir in dirs.items():
+            done = quiet("sync", "status", "--json", "--data-dir", data_dir)
+            statuses[node_id] = json.loads(done.stdout) if done.returncode == 0 else {}
+        heads = {n: int(s.get("localLastSeq", 0)) for n, s in statuses.items()}
+        behind = [
+            f"{node_id} <- {peer_id}"
+            for node_id, status in statuses.items()
+            for peer_id in dirs
+            if peer_id != node_id and not _caught_up(status, peer_id, heads[peer_id])
+        ]
+        if not behind:
+            print("every node has everything its peers may share with it")
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"demo failed: not converged after {CONVERGE_TIMEOUT_S:.0f} s: {behind}")
+
+
+def _caught_up(status: dict[str, Any], peer_id: str, head: int) -> bool:
+    for peer in status.get("peers", []):
+        if peer.get("peerId") == peer_id:
+            return (
+                int(peer.get("cursorSeq", 0)) >= head
+                and bool(peer.get("lastSuccessAt"))
+                and not peer.get("lastError")
+            )
+    return False
+
+
+def set_up_agencies(root: Path) -> dict[str, Path]:
+    dirs = {agency.node_id: root / agency.node_id for agency in (GB, US, DE)}
+    for node_id, data_dir in dirs.items():
+        port = free_port()
+        hashex(
+            "node", "init", "--node-id", node_id, "--listen", "127.0.0.1:0",
+            "--gateway-listen", f"127.0.0.1:{port}", "--data-dir", data_dir,
+        )  # fmt: skip
+        hashex("peer", "card", "--out", root / f"{node_id}.card", "--data-dir", data_dir)
+    print("\n# Operators exchange peer cards out of band and pin each other's.")
+    for node_id, data_dir in dirs.items():
+        for other in dirs:
+            if other != node_id:
+                hashex("peer", "add", root / f"{other}.card", "--data-dir", data_dir)
+    print("\n# Sharing policy, enforced at the source before signing:")
+    hashex("policy", "set", "de-bka", "--no-victim-status", "--data-dir", dirs["gb-nca"])
+    hashex(
+        "policy", "set", "de-bka", "--categories", "vics-us:1", "vics-us:2", "uncategorised",
+        "--data-dir", dirs["us-hsi"],
+    )  # fmt: skip
+    hashex("policy", "set", "gb-nca", "--desk", "--data-dir", dirs["us-hsi"])
+    return dirs
+
+
+def submit_seizure(root: Path, agency: Agency, data_dir: Path, folder: Path) -> None:
+    node_args = ("--data-dir", data_dir)
+    hashes = root / f"{agency.node_id}-seizure.jsonl"
+    hashex("hash", folder, "--output", hashes, "--quiet")
+    hashex("series", "set", agency.series, *node_args)
+    hashex("victim", agency.series, "v1", agency.victim_status, "--desk", agency.desk, *node_args)
+    hashex(
+        "submit", hashes, "--category", agency.category, "--series", agency.series,
+        "--case-ref", f"{agency.node_id.upper()}/2026/0001", *node_args,
+    )  # fmt: skip
+
+
+def md5_of(hash_file: Path, file_name: str) -> str:
+    """The MD5 `hashex hash` recorded for one file of a seizure."""
+    for line in hash_file.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if str(record.get("path", "")).endswith(file_name):
+            return str(record["md5"])
+    raise SystemExit(f"demo failed: {file_name} is not in {hash_file}")
+
+
+def submit_all_seizures(root: Path, dirs: dict[str, Path]) -> None:
+    print("\n# Each agency submits its own seizure; GB's and US's share six identical files.")
+    submit_seizure(root, GB, dirs["gb-nca"], save_images(root / "gb", GB.seeds))
+    submit_seizure(root, US, dirs["us-hsi"], save_images(root / "us", US.seeds))
+    restricted = save_images(root / "us-restricted", US_RESTRICTED)
+    hashex("hash", restricted, "--output", root / "us-restricted.jsonl", "--quiet")
+    hashex(
+        "submit", root / "us-restricted.jsonl", "--category", "vics-us:4",
+        "--data-dir", dirs["us-hsi"],
+    )  # fmt: skip
+    submit_seizure(root, DE, dirs["de-bka"], save_images(root / "de", range(500, 503)))
+
+
+def de_unit_looks_up_a_new_seizure(root: Path, de_dir: Path) -> None:
+    new = root / "de-new"
+    save_images(new, range(0, 4), "resized")  # GB's, edited: PDQ near matches
+    save_images(new, range(14, 18), "cropped")  # US's, edited
+    save_images(new, (7,))  # in both GB's and US's seizures, identical: exact matches
+    save_images(new, (100, 101))  # identical to US's vics-us:4 files
+    save_images(new, range(900, 903))  # nobody has these
+    hashex("hash", new, "--output", root / "de-new.jsonl", "--quiet")
+    print("\n# A DE unit gets its certificate from its node's CA ...")
+    hashex("unit", "issue", "alice", "--out", root / "units", "--data-dir", de_dir)
+    unit = ("--cert", root / "units" / "alice.pem", "--data-dir", de_dir)
+    print(
+        "\n# ... and looks a new seizure up through DE's gateway (mutual TLS). GB's and US's"
+        "\n# records come from DE's own store (replicated), each with its origin. GB withholds"
+        "\n# victim status from DE; US's vics-us:4 records never reached DE."
+    )
+    hashex("lookup", "--file", root / "de-new.jsonl", *unit)
+    print("\n# Asking the peers live does not get round their policy either (exit code 1):")
+    restricted_md5 = md5_of(root / "de-new.jsonl", "img100.png")
+    hashex("lookup", f"md5:{restricted_md5}", "--peers", *unit)
 
 
 def run_demo(root: Path) -> None:
-    data_dir = root / "node-gb"
-    hashex(
-        "node", "init", "--node-id", "demo-gb", "--listen", "127.0.0.1:0", "--data-dir", data_dir
-    )
-    node = start_node(data_dir)
+    dirs = set_up_agencies(root)
+    nodes: dict[str, subprocess.Popen[str]] = {}
     try:
-        node_args = ("--data-dir", data_dir)
-        seized, later = write_seizures(root)
-        hashex("hash", seized, "--output", root / "seizure-1.jsonl", "--quiet")
-        hashex("series", "set", "op-demo", "--name", "Demo series", *node_args)
-        hashex("victim", "op-demo", "v1", "identified", "--desk", "DEMO victim-ID desk", *node_args)
-        submit_seizure_1 = (
-            "submit",
-            root / "seizure-1.jsonl",
-            "--category",
-            "vics-us:1",
-            "--series",
-            "op-demo",
-            "--case-ref",
-            "DEMO/2026/0001",
-            "--exhibit-ref",
-            "EX-1",
-            *node_args,
-        )
-        hashex(*submit_seizure_1)
-        print("\n# The same seizure again: idempotent, nothing new is stored.")
-        hashex(*submit_seizure_1)
-        print(
-            "\n# A later seizure: two identical copies, edited copies (resized, re-encoded,"
-            "\n# cropped) and four unrelated files."
-        )
-        hashex("hash", later, "--output", root / "seizure-2.jsonl", "--quiet")
-        hashex("lookup", "--file", root / "seizure-2.jsonl", *node_args)
-        first = (root / "seizure-1.jsonl").read_text().splitlines()[0]
-        md5 = first.split('"md5": "')[1].split('"')[0]
-        print("\n# One exact lookup by MD5, as JSON:")
-        hashex("lookup", f"md5:{md5}", "--format", "json", *node_args)
-        print("\n# Bad input is refused with exit code 2 and stores nothing:")
-        bad = hashex("lookup", "md5:1234", *node_args, check=False)
-        print(f"exit code {bad.returncode}")
-        hashex("stats", *node_args)
+        for node_id, data_dir in dirs.items():
+            nodes[node_id] = start_node(data_dir, node_id)
+        submit_all_seizures(root, dirs)
+        wait_until_converged(dirs)
+        de_unit_looks_up_a_new_seizure(root, dirs["de-bka"])
+        print("\n# At GB, a file both GB and US hold, each with its victim status:")
+        shared_md5 = md5_of(root / "gb-nca-seizure.jsonl", "img006.png")
+        hashex("lookup", f"md5:{shared_md5}", "--data-dir", dirs["gb-nca"])
+        hashex("sync", "status", "--data-dir", dirs["de-bka"])
     finally:
-        stop_node(node)
+        print("\n# Stopping every node (each stops its PostgreSQL):")
+        for node_id, node in nodes.items():
+            stop_node(node, node_id)
+    print("\n# Each node's audit log: every gateway call, hash-chained:")
+    for data_dir in dirs.values():
+        hashex("audit", "verify", "--data-dir", data_dir)
 
 
 def main() -> None:
@@ -134,7 +257,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="hashex-demo-"))
     try:
         run_demo(root)
-        print("\ndemo finished: one node, exact and near matches, clean stop.")
+        print("\ndemo finished: three federated nodes, exact and near matches across borders.")
     finally:
         if ns.keep:
             print(f"demo folder kept: {root}")
