@@ -85,7 +85,11 @@ class PeerClients:
         self, peer_id: str, request: registry_pb2.LookupRequest, *, timeout_s: float
     ) -> registry_pb2.LookupResponse:
         response = await self.stub(peer_id).PeerLookup(
-            federation_pb2.PeerLookupRequest(lookup=request), timeout=timeout_s
+            federation_pb2.PeerLookupRequest(lookup=request),
+            timeout=timeout_s,
+            # A channel still backing off from an earlier failure tries again within the
+            # deadline instead of failing the unit's question at once.
+            wait_for_ready=True,
         )
         answer: registry_pb2.LookupResponse = response.lookup
         return answer
