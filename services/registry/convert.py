@@ -139,24 +139,24 @@ def submission_from_proto(message: registry_pb2.MediaSubmission) -> model.MediaS
     )
     problems.raise_if_any()
     assert media_id is not None and media_type is not None
-    flags = message.flags
     return model.MediaSubmission(
         media_id=media_id,
-        signals=_distinct(signals),
+        signals=distinct_signals(signals),
         media_type=media_type,
         category=category,
-        flags=model.MediaFlags(
-            flags.victim_identified,
-            flags.offender_identified,
-            flags.distributed,
-            flags.self_generated,
-        ),
+        flags=flags_from_proto(message.flags),
         series_ids=tuple(dict.fromkeys(series_ids)),
         case_data=model.CaseData(case.case_reference, case.exhibit_reference, case.file_path),
     )
 
 
-def _distinct(signals: list[SignalValue]) -> tuple[SignalValue, ...]:
+def flags_from_proto(flags: common_pb2.MediaFlags) -> model.MediaFlags:
+    return model.MediaFlags(
+        flags.victim_identified, flags.offender_identified, flags.distributed, flags.self_generated
+    )
+
+
+def distinct_signals(signals: Sequence[SignalValue]) -> tuple[SignalValue, ...]:
     """One signal per (algorithm, value), the first given kept, in a stable canonical order."""
     unique: dict[tuple[int, bytes], SignalValue] = {}
     for signal in signals:

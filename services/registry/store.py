@@ -25,7 +25,6 @@ from services.core.algorithms import SignalValue
 from services.core.db.migrations import schema_version
 from services.core.errors import NotFound
 from services.registry.cases import CaseSealer
-from services.registry.convert import media_to_proto
 from services.registry.model import (
     ExactHit,
     IdentificationStatus,
@@ -43,6 +42,9 @@ from services.registry.store_log import (
     append_entries,
     lock_change_log,
     media_states,
+    pending_media_entries,
+    pending_retractions,
+    pending_series_entry,
 )
 from services.registry.store_rows import (
     PDQ_MIN_QUALITY,
@@ -53,7 +55,7 @@ from services.registry.store_rows import (
     stage_batch,
     victim_record,
 )
-from services.sync.changelog import EntryKind, media_entry, retraction_entry, series_entry
+from services.sync.changelog import EntryKind, series_entry
 
 COMPONENT = "registry"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -112,7 +114,7 @@ class RegistryStore:
             )
             changed = await media_states(conn, sorted(created | touched | rewritten_rows))
             await append_entries(
-                conn, [*self._new_series_entries(new_series), *_media_entries(changed)]
+                conn, [*self._new_series_entries(new_series), *pending_media_entries(changed)]
             )
         updated = len(touched | rewritten_rows)
         counts = SubmitCounts(
@@ -175,7 +177,7 @@ class RegistryStore:
             rows = await conn.fetch(_RETRACT_MEDIA, self._origin, list(media_ids))
             row_ids = tuple(sorted(r["id"] for r in rows))
             retracted = await media_states(conn, row_ids)
-            await append_entries(conn, _retraction_entries(retracted))
+            await append_entries(conn, pending_retractions(retracted))
         return RetractCounts(
             retracted=len(row_ids),
             not_found=len(media_ids) - len(row_ids),
@@ -200,7 +202,7 @@ class RegistryStore:
             row = await conn.fetchrow(_UPSERT_SERIES, self._origin, series_id, name)
             record = await _read_series(conn, origin=self._origin, series_id=series_id)
             if row["changed"]:
-                await append_entries(conn, [_series_entry(record)])
+                await append_entries(conn, [pending_series_entry(record)])
         return record, bool(row["created"])
 
     async def get_series(self, *, origin: str, series_id: str) -> SeriesRecord:
@@ -232,7 +234,7 @@ class RegistryStore:
             if row["changed"]:
                 await conn.execute(_TOUCH_SERIES, row["series_row"])
                 record = await _read_series(conn, origin=self._origin, series_id=series_id)
-                await append_entries(conn, [_series_entry(record)])
+                await append_entries(conn, [pending_series_entry(record)])
         return victim_record(row), bool(row["created"])
 
     async def stats(self) -> StoreStats:
@@ -282,31 +284,6 @@ async def _read_series(conn: Any, *, origin: str, series_id: str) -> SeriesRecor
     if not rows:
         raise NotFound(f"series {series_id!r} of {origin!r} does not exist on this node")
     return group_series(rows)[0][0]
-
-
-def _media_entries(records: Sequence[MediaRecord]) -> list[PendingEntry]:
-    def encode(record: MediaRecord) -> Any:
-        return lambda seq, moment: media_entry(seq, moment, record)
-
-    return [PendingEntry(EntryKind.MEDIA, encode(r)) for r in records]
-
-
-def _retraction_entries(records: Sequence[MediaRecord]) -> list[PendingEntry]:
-    def encode(media_id: str) -> Any:
-        return lambda seq, moment: retraction_entry(seq, moment, media_id)
-
-    return [
-        PendingEntry(
-            EntryKind.RETRACTION,
-            encode(r.media_id),
-            media_before=media_to_proto(r).SerializeToString(),
-        )
-        for r in records
-    ]
-
-
-def _series_entry(record: SeriesRecord) -> PendingEntry:
-    return PendingEntry(EntryKind.SERIES, lambda seq, moment: series_entry(seq, moment, record))
 
 
 # The statements. Staging tables live per connection (created on first use, emptied at each

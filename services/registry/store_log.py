@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.registry.model import MediaRecord
+from services.registry.convert import media_to_proto
+from services.registry.model import MediaRecord, SeriesRecord
 from services.registry.store_rows import media_record
+from services.sync.changelog import EntryKind, media_entry, retraction_entry, series_entry
 
 # Any fixed number shared by every writer of the log ("hxlog" in ASCII).
 CHANGE_LOG_LOCK = 0x68786C6F67
@@ -82,3 +84,28 @@ LEFT JOIN LATERAL (
 """
 
 _MEDIA_STATES = MEDIA_SELECT + "WHERE m.id = ANY($1::bigint[]) ORDER BY m.media_id"
+
+
+def pending_media_entries(records: Sequence[MediaRecord]) -> list[PendingEntry]:
+    def encode(record: MediaRecord) -> Any:
+        return lambda seq, moment: media_entry(seq, moment, record)
+
+    return [PendingEntry(EntryKind.MEDIA, encode(r)) for r in records]
+
+
+def pending_retractions(records: Sequence[MediaRecord]) -> list[PendingEntry]:
+    def encode(media_id: str) -> Any:
+        return lambda seq, moment: retraction_entry(seq, moment, media_id)
+
+    return [
+        PendingEntry(
+            EntryKind.RETRACTION,
+            encode(r.media_id),
+            media_before=media_to_proto(r).SerializeToString(),
+        )
+        for r in records
+    ]
+
+
+def pending_series_entry(record: SeriesRecord) -> PendingEntry:
+    return PendingEntry(EntryKind.SERIES, lambda seq, moment: series_entry(seq, moment, record))

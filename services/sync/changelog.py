@@ -11,7 +11,6 @@ Pure: no SQL, no gRPC.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -207,20 +206,14 @@ def _media(seq: int, changed_at: datetime, media: common_pb2.Media, origin: str)
         problems.check(f"series_ids[{i}]", partial(model.check_id, "series id", series_id))
     problems.raise_if_any()
     assert media_id is not None
-    flags = media.flags
     return ReplicatedMedia(
         seq=seq,
         changed_at=changed_at,
         media_id=media_id,
-        signals=_distinct(signals),
+        signals=convert.distinct_signals(signals),
         media_type=media_type,
         category=category,
-        flags=model.MediaFlags(
-            flags.victim_identified,
-            flags.offender_identified,
-            flags.distributed,
-            flags.self_generated,
-        ),
+        flags=convert.flags_from_proto(media.flags),
         series_ids=tuple(dict.fromkeys(media.series_ids)),
         first_seen=_moment(media.first_seen),
     )
@@ -255,13 +248,6 @@ def _series(
         victims=tuple(victims),
         updated_at=_moment(series.updated_at),
     )
-
-
-def _distinct(signals: Sequence[SignalValue]) -> tuple[SignalValue, ...]:
-    unique: dict[tuple[int, bytes], SignalValue] = {}
-    for signal in signals:
-        unique.setdefault((signal.algorithm, signal.value), signal)
-    return tuple(unique[key] for key in sorted(unique))
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
