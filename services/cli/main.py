@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         lookup_command,
         node_command,
         records_command,
+        service_command,
         submit_command,
         sync_command,
         trust_command,
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_command.register(sub)
     trust_command.register(sub)
     sync_command.register(sub)
+    service_command.register(sub)
     return parser
 
 

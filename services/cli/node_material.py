@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from services.core import tls
 from services.core.config import NodeConfig
 from services.core.errors import FailedPrecondition, InvalidArgument
+from services.core.forwarded_caller import ensure_internal_key
 from services.core.signing import create_first_key
 from services.registry.cases import create_case_key
 
@@ -53,6 +54,8 @@ def ensure_node_material(
     if not any(config.signing_keys_dir.glob("ed25519_*.key")):
         key = create_first_key(config.signing_keys_dir)
         done.append(f"signing key:   {key.key_id} {key.public_hex}")
+    if internal_key := ensure_internal_key(config.data_dir):
+        done.append(f"internal key:  {internal_key} (gateway <-> services apart)")
     ca, ca_created = _ensure_ca(config)
     if ca_created:
         done.append(f"node CA:       {ca_paths(config)[0]} (sha256 {ca.material.fingerprint})")

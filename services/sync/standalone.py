@@ -1,0 +1,191 @@
+"""The sync service alone (`hashex sync run`, for Kubernetes): its own pool, the pullers, and
+Federation + Admin + Units on an internal port, next to `hashex registry serve` and `hashex gateway
+serve`. `hashex node up` runs the same parts in one process (services/gateway/node.py).
+
+Units lives with sync: a federated lookup asks the peers through sync's peer clients, and the
+local half of it (and of Federation.PeerLookup) is a Registry.Lookup call to the registry service,
+so one registry process answers every lookup. The gateway tells sync who called through the MAC'd
+caller headers of services.core.forwarded_caller (keys/internal.key, shared by the node's pods);
+sync runs a call as that caller only when they verify. Rejected batches go into the gateway's
+audit chain in the shared database.
+
+Known limit: replicated records reach the registry process's PDQ index only when that process
+starts (exact matches see them at once, through the database); in one process, sync updates the
+shared index after each batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from hashex.v1 import registry_pb2, registry_pb2_grpc
+from services.core.config import NodeConfig, check_listen
+from services.core.db.migrations import apply_migrations
+from services.core.db.pool import Database, open_database
+from services.core.errors import (
+    FailedPrecondition,
+    FieldProblem,
+    HashexError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from services.core.forwarded_caller import (
+    ForwardedCallerInterceptor,
+    load_internal_key,
+)
+from services.core.server import RunningServer, build_server, internal_channel
+from services.core.telemetry import Telemetry, setup_telemetry
+from services.core.trust import TrustStore
+from services.gateway.store import MIGRATIONS_DIR as GATEWAY_MIGRATIONS
+from services.gateway.store import AuditStore
+from services.registry.app import MIGRATIONS as REGISTRY_MIGRATIONS
+from services.registry.model import PdqEntry
+from services.registry.registry import Registry
+from services.sync.app import RunningSync, start_sync
+from services.sync.audit_rejections import audit_rejections
+from services.sync.federated_lookup import FederatedLookup
+from services.sync.units_servicer import UnitsServicer
+
+DEFAULT_SYNC_LISTEN = "127.0.0.1:7701"
+
+
+class RegistryLookupOverChannel:
+    """The local lookup of sync (PeerLookup) and Units, asked of the registry service. Its
+    refusals come back as the domain errors they were, so the servicers map them unchanged."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
+        self._stub: Any = registry_pb2_grpc.RegistryStub(channel)
+        self._timeout_s = timeout_s
+
+    async def __call__(self, request: registry_pb2.LookupRequest) -> registry_pb2.LookupResponse:
+        try:
+            response: registry_pb2.LookupResponse = await self._stub.Lookup(
+                request, timeout=self._timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            raise domain_error(error) from None
+        return response
+
+
+def domain_error(error: grpc.aio.AioRpcError) -> HashexError:
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        problems = [FieldProblem(v.field, v.description) for v in _field_violations(error)]
+        return InvalidArgument(problems or details)
+    known: dict[grpc.StatusCode, type[HashexError]] = {
+        grpc.StatusCode.NOT_FOUND: NotFound,
+        grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+        grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    }
+    if code in known:
+        return known[code](details)
+    return Unavailable(f"the node's registry service did not answer ({code.name}); retry later")
+
+
+def _field_violations(error: grpc.aio.AioRpcError) -> list[Any]:
+    try:
+        status = rpc_status.from_call(cast(Any, error))
+    except ValueError:
+        return []
+    found: list[Any] = []
+    for detail in status.details if status is not None else ():
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            found.extend(bad.field_violations)
+    return found
+
+
+class _IndexInRegistryProcess:
+    """The PDQ index lives in the registry process, which sync cannot reach (see the module
+    docstring); replicated records are indexed when the registry next starts."""
+
+    async def index_replicated(
+        self, *, added: Sequence[PdqEntry], removed_rows: Sequence[int]
+    ) -> None:
+        return None
+
+
+@dataclass
+class RunningSyncService:
+    config: NodeConfig
+    database: Database
+    sync: RunningSync
+    server: RunningServer
+    registry_channel: grpc.aio.Channel
+    telemetry: Telemetry
+    host: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.server.port}"
+
+    async def stop(self) -> None:
+        """No new calls first, then the pullers, the registry channel, the database."""
+        try:
+            await self.server.stop(self.config.shutdown_grace_s)
+            await self.sync.stop()
+            await self.registry_channel.close(None)
+        finally:
+            await self.database.close()
+            self.telemetry.shutdown()
+
+
+async def start_sync_service(
+    config: NodeConfig,
+    *,
+    registry_address: str,
+    listen: str = DEFAULT_SYNC_LISTEN,
+    run_pullers: bool = True,
+    clock: Callable[[], float] = time.time,
+) -> RunningSyncService:
+    """Sync alone: its own pool, pullers, and Federation + Admin + Units on `listen`."""
+    check_listen(listen, allow_non_loopback=config.allow_plaintext_non_loopback)
+    secret = load_internal_key(config.data_dir)
+    own_ca_pem = (config.tls_dir / "ca.pem").read_bytes()
+    trust = TrustStore(config.peers_dir, own_ca_pem, own_node_id=config.node_id)
+    database = await open_database(database_url=config.database_url, data_dir=config.data_dir)
+    registry_channel = internal_channel(
+        registry_address, max_message_bytes=config.max_message_bytes
+    )
+    sync: RunningSync | None = None
+    try:
+        await apply_migrations(database.pool, REGISTRY_MIGRATIONS)
+        await apply_migrations(database.pool, GATEWAY_MIGRATIONS)
+        lookup = RegistryLookupOverChannel(registry_channel, timeout_s=config.call_deadline_s)
+        sync = await start_sync(
+            config,
+            pool=database.pool,
+            # Only its index_replicated is used when `lookup` is given.
+            registry=cast(Registry, _IndexInRegistryProcess()),
+            trust=trust,
+            on_rejected=audit_rejections(AuditStore(database.pool), now=lambda: datetime.now(UTC)),
+            lookup=lookup,
+            run_pullers=run_pullers,
+        )
+        telemetry = setup_telemetry(service="hashex-sync", node_id=config.node_id)
+        units = UnitsServicer(FederatedLookup(local=lookup, peers=sync.clients))
+        server = await build_server(
+            listen=listen,
+            services=[*sync.bindings(), units.binding()],
+            tracer_provider=telemetry.tracer_provider,
+            max_message_bytes=config.max_message_bytes,
+            interceptors=[ForwardedCallerInterceptor(secret, clock=clock)],
+        )
+    except BaseException:
+        if sync is not None:
+            await sync.stop()
+        await registry_channel.close(None)
+        await database.close()
+        raise
+    host = listen.rpartition(":")[0]
+    return RunningSyncService(config, database, sync, server, registry_channel, telemetry, host)
