@@ -192,7 +192,7 @@ async def _serve_node(config: NodeConfig) -> None:
 
 async def _serve_registry(config: NodeConfig) -> None:
     stop = _stop_on_signal()
-    running = await start_registry(config)
+    running = await start_registry(config, follow_replicas=True)
     print(
         f"registry of {config.node_id} serving on {running.address} (Ctrl-C to stop)",
         file=sys.stderr,

@@ -6,6 +6,7 @@ Used by `hashex node up` and `hashex registry serve`, and by tests that want a r
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from services.core.telemetry import Telemetry, setup_telemetry
 from services.registry.cases import CaseSealer, load_case_key
 from services.registry.pdq_index import PdqIndex
 from services.registry.registry import Registry
+from services.registry.replica_follower import ReplicaFollower
 from services.registry.servicer import RegistryServicer
 from services.registry.store import RegistryStore
 
@@ -32,6 +34,8 @@ class RunningRegistry:
     registry: Registry
     server: RunningServer
     telemetry: Telemetry
+    follower: ReplicaFollower | None = None
+    follower_task: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -41,6 +45,9 @@ class RunningRegistry:
     async def stop(self) -> None:
         """Drain calls in flight, then close the database (stopping an embedded PostgreSQL)."""
         _log.info("stopping registry of %s", self.config.node_id)
+        if self.follower is not None and self.follower_task is not None:
+            self.follower.stop()
+            await self.follower_task
         await self.server.stop(self.config.shutdown_grace_s)
         await self.database.close()
         self.telemetry.shutdown()
@@ -58,8 +65,9 @@ async def open_registry(config: NodeConfig, database: Database) -> Registry:
     return registry
 
 
-async def start_registry(config: NodeConfig) -> RunningRegistry:
-    """Start everything; on failure, stop what was started and re-raise."""
+async def start_registry(config: NodeConfig, *, follow_replicas: bool = False) -> RunningRegistry:
+    """Start everything; on failure, stop what was started and re-raise. `follow_replicas`:
+    the sync service runs in another process, so poll for the records it replicates."""
     _log.info("starting registry with %s", config.masked())
     database = await open_database(database_url=config.database_url, data_dir=config.data_dir)
     try:
@@ -76,6 +84,9 @@ async def start_registry(config: NodeConfig) -> RunningRegistry:
         await database.close()
         raise
     running = RunningRegistry(config, database, registry, server, telemetry)
+    if follow_replicas and registry.index_loaded_as_of is not None:
+        running.follower = ReplicaFollower(registry=registry, since=registry.index_loaded_as_of)
+        running.follower_task = asyncio.create_task(running.follower.run(), name="replicas")
     config.address_file.parent.mkdir(parents=True, exist_ok=True)
     config.address_file.write_text(running.address + "\n", encoding="utf-8")
     return running

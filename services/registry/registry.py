@@ -49,9 +49,13 @@ class Registry:
         self.node_id = node_id
         self.started_at = datetime.now(UTC)
         self._writes = asyncio.Lock()
+        # The database's time just before the index was loaded: what a replica follower
+        # (services/registry/replica_follower.py) starts from.
+        self.index_loaded_as_of: datetime | None = None
 
     async def load_index(self) -> int:
         """Fill the PDQ index from the database (at start) with one build; returns the count."""
+        self.index_loaded_as_of = await self._store.database_now()
         loader = self._index.loader()
         loaded = 0
         async for entries in self._store.pdq_entries():
@@ -88,6 +92,16 @@ class Registry:
         if added:
             rows, values = [e.row_id for e in added], [e.value for e in added]
             await asyncio.to_thread(self._index.add, rows, values)
+
+    async def index_replicated_since(self, since: datetime) -> tuple[int, int, datetime | None]:
+        """Index records of other origins changed at or after `since` by a sync service in
+        another process: hashes added, rows dropped, and the latest change time seen."""
+        added, removed, latest = await self._store.replicated_changes(since=since)
+        await self.index_replicated(added=added, removed_rows=removed)
+        return len(added), len(removed), latest
+
+    async def database_now(self) -> datetime:
+        return await self._store.database_now()
 
     async def lookup(
         self, signals: Sequence[SignalValue], *, max_distance: int, max_matches: int

@@ -255,6 +255,28 @@ class RegistryStore:
             victim_counts=victims,
         )
 
+    async def replicated_changes(
+        self, *, since: datetime
+    ) -> tuple[list[PdqEntry], list[int], datetime | None]:
+        """Media of other origins changed at or after `since` (a moment of the database's own
+        clock): the matchable PDQ hashes of those still live, the rows of those retracted, and
+        the latest change time seen (None: nothing changed)."""
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            changed = await conn.fetch(_REPLICATED_SINCE, self._origin, since)
+            live = [r["id"] for r in changed if not r["retracted"]]
+            pdq = await conn.fetch(_MATCHABLE_PDQ_OF, live, PDQ_MIN_QUALITY) if live else []
+        retracted = [r["id"] for r in changed if r["retracted"]]
+        latest = max((r["updated_at"] for r in changed), default=None)
+        entries = [PdqEntry(row_id=r["media_row"], value=bytes(r["value"])) for r in pdq]
+        return entries, retracted, latest
+
+    async def database_now(self) -> datetime:
+        moment: datetime = await self._pool.fetchval("SELECT now()")
+        return moment
+
     async def schema_version(self) -> int:
         async with self._pool.acquire() as conn:
             return await schema_version(conn, COMPONENT)
@@ -382,6 +404,11 @@ ON CONFLICT (media_row, digest) DO NOTHING
 """
 
 _TOUCH_MEDIA = "UPDATE media SET updated_at = now() WHERE id = ANY($1::bigint[])"
+
+_REPLICATED_SINCE = """
+SELECT id, retracted_at IS NOT NULL AS retracted, updated_at FROM media
+WHERE updated_at >= $2 AND origin <> $1
+"""
 
 _MATCHABLE_PDQ_OF = """
 SELECT media_row, value FROM signals

@@ -9,9 +9,9 @@ caller headers of services.core.forwarded_caller (keys/internal.key, shared by t
 sync runs a call as that caller only when they verify. Rejected batches go into the gateway's
 audit chain in the shared database.
 
-Known limit: replicated records reach the registry process's PDQ index only when that process
-starts (exact matches see them at once, through the database); in one process, sync updates the
-shared index after each batch.
+Replicated records reach the registry process's PDQ index through its replica follower
+(services/registry/replica_follower.py), within about a second; exact matches see them at once,
+through the database. In one process, sync updates the shared index after each batch.
 """
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ def _field_violations(error: grpc.aio.AioRpcError) -> list[Any]:
 
 
 class _IndexInRegistryProcess:
-    """The PDQ index lives in the registry process, which sync cannot reach (see the module
-    docstring); replicated records are indexed when the registry next starts."""
+    """The PDQ index lives in the registry process, which follows the database by itself (see
+    the module docstring); nothing to hand over from here."""
 
     async def index_replicated(
         self, *, added: Sequence[PdqEntry], removed_rows: Sequence[int]
