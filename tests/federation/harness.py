@@ -26,6 +26,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+import psutil
 
 from hashex.v1 import (
     federation_pb2,
@@ -284,6 +285,17 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return await asyncio.to_thread(self.process.wait, 10)
+
+
+def postgres_processes(pgdata: Path) -> list[psutil.Process]:
+    """The postgres processes serving the data directory `pgdata` (an embedded server)."""
+    where = str(pgdata.resolve())
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if process.info["name"] == "postgres" and where in " ".join(cmdline):
+            found.append(process)
+    return found
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], timeout_s: float, failure: str) -> None:
