@@ -41,6 +41,7 @@ demo: venv
 bench: venv
 	$(PY) bench/pdq_index.py --n 1000000
 	$(PY) bench/lookup.py
+	$(PY) bench/sync.py
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
