@@ -2,16 +2,20 @@
 
 Within a batch only the newest entry of each record matters (entries carry full state), so
 entries are folded per media id and per series id first; the store then applies each staged
-record only when its seq is newer than the one that last set it. Pure: no SQL, no I/O.
+record only when its seq is newer than the one that last set it. Signals become rows of the
+signals table once the media they belong to have rows. Pure: no SQL, no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
+from services.core.algorithms import ALGORITHMS, Algorithm, SignalValue
+from services.registry.model import PdqEntry
 from services.sync.changelog import (
     Change,
     ReplicatedMedia,
@@ -25,7 +29,8 @@ class StagedApply:
     media: list[tuple[str, int, int | None, str | None, int, datetime, int]] = field(
         default_factory=list
     )
-    signals: list[tuple[str, int, bytes, int | None]] = field(default_factory=list)
+    # Media id → its signals, for `signal_rows` once the media have rows.
+    signals: dict[str, tuple[SignalValue, ...]] = field(default_factory=dict)
     links: list[tuple[str, str]] = field(default_factory=list)
     series: list[tuple[str, str, datetime, int]] = field(default_factory=list)
     victims: list[tuple[str, str, int, str, datetime]] = field(default_factory=list)
@@ -33,9 +38,9 @@ class StagedApply:
     retractions: list[tuple[str, int, datetime]] = field(default_factory=list)
 
     def tables(self) -> list[tuple[str, Sequence[tuple[Any, ...]]]]:
+        """The staging tables filled before anything is applied (signals wait for media rows)."""
         return [
             ("sync_stage_media", self.media),
-            ("sync_stage_signals", self.signals),
             ("sync_stage_links", self.links),
             ("sync_stage_series", self.series),
             ("sync_stage_victims", self.victims),
@@ -67,9 +72,7 @@ def stage_changes(changes: Sequence[Change]) -> StagedApply:
                 item.seq,
             )
         )
-        staged.signals.extend(
-            (media_id, int(s.algorithm), s.value, s.quality) for s in item.signals
-        )
+        staged.signals[media_id] = item.signals
         staged.links.extend((media_id, series_id) for series_id in item.series_ids)
     for series_id, record in sorted(series.items()):
         staged.series.append((series_id, record.name, record.updated_at, record.seq))
@@ -78,3 +81,38 @@ def stage_changes(changes: Sequence[Change]) -> StagedApply:
             for v in record.victims
         )
     return staged
+
+
+# (media row, algorithm, value, quality): a row of the signals table.
+SignalRow = tuple[int, int, bytes, int | None]
+
+
+def signal_rows(
+    staged: StagedApply, rows_of: Mapping[str, int], existing: Set[int]
+) -> tuple[list[SignalRow], list[SignalRow]]:
+    """The signals of the applied media (`rows_of`: media id → row), split in two: those of media
+    this batch created, which cannot conflict with any row (sorted by the table's key, the order
+    in which they insert fastest), and those of media that existed before (`existing`), of which
+    the store keeps only the ones not held yet."""
+    created: list[SignalRow] = []
+    known: list[SignalRow] = []
+    for media_id, signals in staged.signals.items():
+        row = rows_of.get(media_id)
+        if row is not None:
+            rows = known if row in existing else created
+            rows.extend([(row, int(s.algorithm), s.value, s.quality) for s in signals])
+    created.sort(key=itemgetter(1, 2, 0))  # algorithm, value, media row
+    return created, known
+
+
+_PDQ = int(Algorithm.PDQ)
+_PDQ_MIN_QUALITY = ALGORITHMS[Algorithm.PDQ].min_match_quality
+
+
+def matchable(rows: Sequence[SignalRow]) -> list[PdqEntry]:
+    """The PDQ hashes among `rows` usable for near matching."""
+    return [
+        PdqEntry(row, value)
+        for row, algorithm, value, quality in rows
+        if algorithm == _PDQ and (quality is None or quality >= _PDQ_MIN_QUALITY)
+    ]

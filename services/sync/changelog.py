@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hashex.v1 import common_pb2, federation_pb2
-from services.core.algorithms import SignalValue
+from services.core.algorithms import ALGORITHMS, AlgorithmSpec, SignalValue
 from services.core.errors import InvalidArgument
 from services.registry import convert, model
 
@@ -185,8 +185,73 @@ def parse_entry(data: bytes, *, origin: str) -> Change:
 def _media(seq: int, changed_at: datetime, media: common_pb2.Media, origin: str) -> ReplicatedMedia:
     if media.origin != origin:
         raise InvalidArgument("a media record names another origin than the batch")
+    valid = _valid_media(seq, changed_at, media)
+    return valid if valid is not None else _checked_media(seq, changed_at, media)
+
+
+# What a valid record holds, for `_valid_media`'s lookups.
+_SPECS: dict[int, AlgorithmSpec] = {int(a): spec for a, spec in ALGORITHMS.items()}
+_MEDIA_TYPES = {0: model.MediaType.IMAGE} | {int(t): t for t in model.MediaType}
+_CATEGORIES = {
+    (int(scheme), code): model.Category(scheme, code)
+    for scheme, codes in model.CATEGORY_CODES.items()
+    for code in codes
+}
+
+
+def _valid_media(seq: int, changed_at: datetime, media: common_pb2.Media) -> ReplicatedMedia | None:
+    """The record if every field is valid as it stands (the origin wrote it canonically), else
+    None: checked without collecting problems, so the common case is cheap. Anything else —
+    bad input, or valid input in a non-canonical form — goes to `_checked_media`, which accepts
+    exactly what it always accepted and names every problem."""
+    media_type = _MEDIA_TYPES.get(media.media_type)
+    has_category = media.HasField("category")
+    category = (
+        _CATEGORIES.get((media.category.scheme, media.category.code)) if has_category else None
+    )
+    if (
+        media_type is None
+        or (has_category and category is None)
+        or not model.ID_PATTERN.fullmatch(media.media_id)
+        or not 1 <= len(media.signals) <= convert.MAX_SIGNALS_PER_MEDIA
+        or not all(model.ID_PATTERN.fullmatch(series_id) for series_id in media.series_ids)
+    ):
+        return None
+    signals: list[SignalValue] = []
+    for message in media.signals:
+        signal = _valid_signal(message)
+        if signal is None:
+            return None
+        signals.append(signal)
+    return _replicated(seq, changed_at, media, signals, media_type, category)
+
+
+def _valid_signal(message: common_pb2.Signal) -> SignalValue | None:
+    """The signal if its value is exactly the hex of the algorithm's length and its quality is
+    allowed, else None. bytes.fromhex also skips blanks between bytes: the length check on the
+    result refuses those."""
+    spec = _SPECS.get(message.algorithm)
+    text = message.value
+    if spec is None or len(text) != 2 * spec.byte_length:
+        return None
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        return None
+    quality = None
+    if message.HasField("quality"):
+        quality = message.quality
+        if not spec.perceptual or not 0 <= quality <= 100:
+            return None
+    if len(value) != spec.byte_length:
+        return None
+    return SignalValue(spec.algorithm, value, quality)
+
+
+def _checked_media(seq: int, changed_at: datetime, media: common_pb2.Media) -> ReplicatedMedia:
+    """The record, validated field by field; InvalidArgument names every problem."""
     problems = convert.Problems()
-    media_id = problems.check("media_id", partial(model.check_id, "media id", media.media_id))
+    problems.check("media_id", partial(model.check_id, "media id", media.media_id))
     if not media.signals or len(media.signals) > convert.MAX_SIGNALS_PER_MEDIA:
         problems.add("signals", f"{len(media.signals)} signals; 1 to 16 are allowed")
     signals: list[SignalValue] = []
@@ -205,11 +270,21 @@ def _media(seq: int, changed_at: datetime, media: common_pb2.Media, origin: str)
     for i, series_id in enumerate(media.series_ids):
         problems.check(f"series_ids[{i}]", partial(model.check_id, "series id", series_id))
     problems.raise_if_any()
-    assert media_id is not None
+    return _replicated(seq, changed_at, media, signals, media_type, category)
+
+
+def _replicated(
+    seq: int,
+    changed_at: datetime,
+    media: common_pb2.Media,
+    signals: list[SignalValue],
+    media_type: model.MediaType,
+    category: model.Category | None,
+) -> ReplicatedMedia:
     return ReplicatedMedia(
         seq=seq,
         changed_at=changed_at,
-        media_id=media_id,
+        media_id=media.media_id,
         signals=convert.distinct_signals(signals),
         media_type=media_type,
         category=category,

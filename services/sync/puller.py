@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from hashex.v1 import federation_pb2
 from services.core.peer_card import PeerCard
 from services.registry.model import PdqEntry
-from services.sync.batches import BatchRejected, verify_batch
+from services.sync.batches import BatchRejected, Cursor, VerifiedBatch, verify_batch_in_steps
 from services.sync.store import SyncStore
 
 _log = logging.getLogger(__name__)
@@ -88,7 +88,13 @@ class PeerPuller:
 
     async def pull_once(self) -> int:
         """Pull until the peer's stream ends; returns the batches applied. Raises BatchRejected
-        (after reporting it) or whatever the call or the database raised."""
+        (after reporting it) or whatever the call or the database raised.
+
+        Pipelined: batch k+1 is received, verified and parsed while batch k is applied. It is
+        verified against the cursor k leads to, known as soon as k verified, and applied only
+        once k committed, so batches still commit strictly in order, each with its cursor. On
+        any failure the batch already being applied finishes first, as it did when the next
+        one was read only afterwards, and nothing after it is applied."""
         deps = self._deps
         card = deps.cards.peers().get(self.peer_id)
         if card is None:
@@ -103,39 +109,53 @@ class PeerPuller:
             max_entries_per_batch=deps.settings.max_entries,
         )
         stream = deps.open_pull(self.peer_id, request, deps.settings.deadline_s)
-        applied = 0
+        applier = _InOrder(self._apply)
         try:
-            async for response in _responses(stream):
-                try:
-                    batch = verify_batch(
-                        response.batch,
-                        origin=self.peer_id,
-                        recipient=deps.node_id,
-                        cursor=cursor,
-                        keys=keys,
-                    )
-                except BatchRejected as rejected:
-                    self.state.rejected_batches += 1
-                    await deps.on_rejected(self.peer_id, rejected)
-                    raise
-                result = await deps.store.apply_batch(
-                    peer_id=self.peer_id, batch=batch, expected=cursor
-                )
-                await deps.index.index_replicated(
-                    added=result.added, removed_rows=result.removed_rows
-                )
-                cursor = batch.cursor
-                keys.update({k.key_id: k.public_key for k in batch.new_keys})
-                self.state.peer_last_seq = max(self.state.peer_last_seq, batch.origin_last_seq)
-                applied += 1
+            try:
+                async for response in _responses(stream):
+                    batch = await self._verified(response.batch, cursor, keys)
+                    await applier.start(batch, expected=cursor)
+                    cursor = batch.cursor
+                    keys.update({k.key_id: k.public_key for k in batch.new_keys})
+            except Exception:
+                await applier.finish()  # its own failure, if any, takes precedence
+                raise
+            await applier.finish()
+        except BatchRejected as rejected:
+            self.state.rejected_batches += 1
+            await deps.on_rejected(self.peer_id, rejected)
+            raise
         finally:
+            applier.abandon()  # only when the pull itself was cancelled
             cancel = getattr(stream, "cancel", None)
             if callable(cancel):
                 cancel()
         self.state.last_success_at = deps.now()
         self.state.last_error = ""
         self.state.failures = 0
-        return applied
+        return applier.applied
+
+    async def _verified(
+        self, signed: federation_pb2.SignedBatch, cursor: Cursor, keys: dict[str, bytes]
+    ) -> VerifiedBatch:
+        """Verification and parsing are CPU work on the event loop: done in steps, with a pause
+        after each so the batch before this one keeps talking to the database meanwhile."""
+        steps = verify_batch_in_steps(
+            signed, origin=self.peer_id, recipient=self._deps.node_id, cursor=cursor, keys=keys
+        )
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                batch: VerifiedBatch = done.value
+                return batch
+            await asyncio.sleep(0)
+
+    async def _apply(self, batch: VerifiedBatch, expected: Cursor) -> None:
+        deps = self._deps
+        result = await deps.store.apply_batch(peer_id=self.peer_id, batch=batch, expected=expected)
+        await deps.index.index_replicated(added=result.added, removed_rows=result.removed_rows)
+        self.state.peer_last_seq = max(self.state.peer_last_seq, batch.origin_last_seq)
 
     def backoff_s(self) -> float:
         """Exponential in consecutive failures, capped, with jitter (half to full) so peers that
@@ -177,6 +197,33 @@ class PeerPuller:
         self.state.last_error = _describe(error)
         self.state.last_error_at = self._deps.now()
         _log.warning("pull from %s failed: %s", self.peer_id, self.state.last_error)
+
+
+class _InOrder:
+    """Applies verified batches one at a time, in order, each in a task of its own so that the
+    puller can receive and verify the next batch meanwhile."""
+
+    def __init__(self, apply: Callable[[VerifiedBatch, Cursor], Coroutine[Any, Any, None]]) -> None:
+        self._apply = apply
+        self._task: asyncio.Task[None] | None = None
+        self.applied = 0
+
+    async def start(self, batch: VerifiedBatch, *, expected: Cursor) -> None:
+        """Apply `batch` once the batch before it is applied (its failure is raised here)."""
+        await self.finish()
+        self._task = asyncio.create_task(self._apply(batch, expected))
+
+    async def finish(self) -> None:
+        """Wait until the batch being applied, if any, is committed."""
+        task, self._task = self._task, None
+        if task is not None:
+            await task  # cancelling this wait cancels the task too
+            self.applied += 1
+
+    def abandon(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
 
 async def _responses(stream: Any) -> AsyncIterator[federation_pb2.PullResponse]:

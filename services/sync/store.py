@@ -26,7 +26,7 @@ from services.core.signing import (
 from services.registry.model import PdqEntry
 from services.registry.store_log import PendingEntry, append_entries, lock_change_log
 from services.registry.store_rows import PDQ_MIN_QUALITY, matchable_entries
-from services.sync.apply_rows import stage_changes
+from services.sync.apply_rows import StagedApply, matchable, signal_rows, stage_changes
 from services.sync.batches import ActiveKey, Cursor, VerifiedBatch
 from services.sync.changelog import EntryKind, LogRow, decode_entry, key_rotation_entry
 
@@ -137,7 +137,7 @@ class SyncStore:
                 await _apply_series(conn, peer_id)
             added: list[PdqEntry] = []
             if staged.media:
-                added = await _apply_media(conn, peer_id)
+                added = await _apply_media(conn, peer_id, staged)
             removed: list[int] = []
             if staged.retractions:
                 media_ids, seqs, moments = zip(*staged.retractions, strict=True)
@@ -173,16 +173,27 @@ async def _apply_series(conn: Any, origin: str) -> None:
         await conn.execute(_UPSERT_VICTIMS, rows, names)
 
 
-async def _apply_media(conn: Any, origin: str) -> list[PdqEntry]:
-    revived = [r["id"] for r in await conn.fetch(_RETRACTED_BEFORE, origin)]
-    applied = [r["id"] for r in await conn.fetch(_UPSERT_MEDIA, origin)]
+async def _apply_media(conn: Any, origin: str, staged: StagedApply) -> list[PdqEntry]:
+    before = await conn.fetch(_MEDIA_HELD, origin)
+    applied = {r["media_id"]: r["id"] for r in await conn.fetch(_UPSERT_MEDIA, origin)}
     if not applied:
         return []
-    await conn.execute(_CREATE_LINKED_SERIES, origin, applied)
-    await conn.execute(_RELINK, origin, applied)
-    new_signals = await conn.fetch(_INSERT_SIGNALS, origin, applied)
+    rows = list(applied.values())
+    await conn.execute(_CREATE_LINKED_SERIES, origin, rows)
+    await conn.execute(_RELINK, origin, rows)
+    created, known = signal_rows(staged, applied, {r["id"] for r in before})
+    if created:  # nothing to conflict with: straight into the table
+        await conn.copy_records_to_table("signals", records=created, columns=_SIGNAL_COLUMNS)
+    added_known: list[Any] = []
+    if known:
+        await conn.copy_records_to_table("sync_stage_signals", records=known)
+        added_known = await conn.fetch(_INSERT_SIGNALS)
+    revived = [r["id"] for r in before if r["revived"]]
     revived_pdq = await conn.fetch(_MATCHABLE_PDQ_OF, revived, PDQ_MIN_QUALITY) if revived else []
-    return matchable_entries(new_signals, revived_pdq)
+    return sorted(
+        matchable(created) + matchable_entries(added_known, revived_pdq),
+        key=lambda e: (e.row_id, e.value),
+    )
 
 
 def _rotation_entry(keyring: Keyring, version: int) -> PendingEntry:
@@ -248,7 +259,7 @@ CREATE TEMP TABLE IF NOT EXISTS sync_stage_media (
     origin_seq bigint NOT NULL
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS sync_stage_signals (
-    media_id text NOT NULL, algorithm smallint NOT NULL, value bytea NOT NULL, quality smallint
+    media_row bigint NOT NULL, algorithm smallint NOT NULL, value bytea NOT NULL, quality smallint
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS sync_stage_links (
     media_id text NOT NULL, series_id text NOT NULL
@@ -293,11 +304,14 @@ SET status = EXCLUDED.status, responsible_desk = EXCLUDED.responsible_desk,
     updated_at = EXCLUDED.updated_at
 """
 
-# Retracted media that the staged (newer) state revives: their PDQ hashes match again.
-_RETRACTED_BEFORE = """
-SELECT m.id FROM sync_stage_media s
+# The staged media this node holds already, and which of them are retracted and revived by the
+# staged (newer) state: their PDQ hashes match again.
+_MEDIA_HELD = """
+SELECT m.id,
+       m.retracted_at IS NOT NULL AND (m.origin_seq IS NULL OR m.origin_seq < s.origin_seq)
+           AS revived
+FROM sync_stage_media s
 JOIN media m ON m.origin = $1 AND m.media_id = s.media_id
-WHERE m.retracted_at IS NOT NULL AND (m.origin_seq IS NULL OR m.origin_seq < s.origin_seq)
 """
 
 _UPSERT_MEDIA = """
@@ -313,7 +327,7 @@ SET media_type = EXCLUDED.media_type, category_scheme = EXCLUDED.category_scheme
     first_seen = EXCLUDED.first_seen, origin_seq = EXCLUDED.origin_seq, retracted_at = NULL,
     updated_at = now()
 WHERE media.origin_seq IS NULL OR media.origin_seq < EXCLUDED.origin_seq
-RETURNING id
+RETURNING id, media_id
 """
 
 # Series a media names before their own entry arrived: created bare (origin_seq NULL), so the
@@ -344,13 +358,14 @@ SELECT media_row, series_row FROM desired ORDER BY 1, 2
 ON CONFLICT DO NOTHING
 """
 
-# Signals accumulate, as at the origin: a hash once true of a media stays true.
+_SIGNAL_COLUMNS = ("media_row", "algorithm", "value", "quality")
+
+# Signals accumulate, as at the origin: a hash once true of a media stays true. (Staged: only
+# those of media held before this batch, which may have some of them already.)
 _INSERT_SIGNALS = """
 INSERT INTO signals (media_row, algorithm, value, quality)
-SELECT m.id, s.algorithm, s.value, s.quality
-FROM sync_stage_signals s JOIN media m ON m.origin = $1 AND m.media_id = s.media_id
-WHERE m.id = ANY($2::bigint[])
-ORDER BY s.algorithm, s.value, m.id
+SELECT media_row, algorithm, value, quality FROM sync_stage_signals
+ORDER BY algorithm, value, media_row
 ON CONFLICT (algorithm, value, media_row) DO NOTHING
 RETURNING media_row, algorithm, value, quality
 """

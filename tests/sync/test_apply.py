@@ -106,6 +106,29 @@ async def test_reapplying_is_idempotent_and_older_entries_never_win(
     assert stats.media_count == 1
 
 
+async def test_signals_of_held_and_new_media_accumulate_in_one_batch(
+    sync_store: SyncStore, local: RegistryStore
+) -> None:
+    first = verified([media_at(1, media_record("held", md5("held")))], first=1, last=1)
+    await sync_store.apply_batch(peer_id=ORIGIN, batch=first, expected=Cursor())
+    # A held media gains a PDQ hash (and restates its md5); a new one arrives beside it.
+    second = verified(
+        [
+            media_at(2, media_record("held", md5("held"), pdq("held"))),
+            media_at(3, media_record("new", md5("new"), pdq("new"))),
+        ],
+        first=2,
+        last=3,
+    )
+    applied = await sync_store.apply_batch(peer_id=ORIGIN, batch=second, expected=first.cursor)
+    assert {e.value for e in applied.added} == {pdq("held").value, pdq("new").value}
+    assert [e.row_id for e in applied.added] == sorted(e.row_id for e in applied.added)
+    for media_id in ("held", "new"):
+        record = await _record(local, media_id)
+        assert record is not None
+        assert set(record.signals) == {md5(media_id), pdq(media_id)}
+
+
 async def test_retraction_then_revival(sync_store: SyncStore, local: RegistryStore) -> None:
     created = verified([media_at(1, media_record("m", md5("m"), pdq("m")))], first=1, last=1)
     await sync_store.apply_batch(peer_id=ORIGIN, batch=created, expected=Cursor())
