@@ -1,12 +1,27 @@
-"""End-to-end lookups against a node holding N media: over gRPC with mutual TLS on loopback
-(`hashex`), over plaintext gRPC (`grpc_plaintext`), and in process (`in_process`, the reference).
+"""End-to-end lookups against a node holding N media: through the node's gateway over mutual
+TLS on loopback (`hashex`), through the registry's own mutual-TLS server without the gateway
+(`registry_mtls`), and in process (`in_process`, the reference).
+
+`hashex` is the path a unit's call takes: `start_gateway` fronting the `RegistryServicer`, with a
+node CA, the gateway's node certificate, a unit certificate for the client, a `TrustStore` on an
+empty peers directory and the audit log in the node's database, so every call is authenticated,
+authorised, rate-limited (limits set far above what the bench asks, so it is never throttled)
+and recorded. `registry_mtls` is the same servicer behind `build_server` with plain mTLS server
+credentials: the difference between the two is what the gateway adds per call.
+`gateway_no_audit` is a diagnostic: a second gateway whose audit store writes nothing (records
+are still sealed), so `hashex` - `gateway_no_audit` is the audit log's database transaction.
 
 Each media has md5, sha1, sha256 and a PDQ hash (quality 90), loaded in process through
 `Registry.submit_batch` (COPY batches of 1,000, as the store does). Exact batches ask half stored
 md5/sha256 hashes and half unknown ones; near batches ask half planted near duplicates of stored
 PDQ hashes (1-31 bits flipped) and half random PDQ hashes. `in_process` is `Registry.lookup` on
 domain signals plus the conversion of its results to protobuf: what a gRPC call adds on top of
-that (validation, serialisation, HTTP/2, TLS, interceptors, the client) is the overhead.
+that (validation, serialisation, HTTP/2, TLS, interceptors, the gateway, the client) is the
+overhead. `single` calls ask one stored md5 each: their latency is almost all fixed per-call cost,
+so `hashex_single` - `registry_mtls_single` is the gateway's cost per call. The audit log's
+append is also timed on its own (one at a time and `--in-flight` at once), and the bench counts
+the audit transactions the gateway makes per call, and checks at the end that the log holds one
+record for every call made through the gateway.
 
 The gRPC client runs in its own process, as a unit's would, so client and server do not share
 one interpreter lock. Every batch is first run once in process (untimed) so that every variant
@@ -30,9 +45,11 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -46,6 +63,9 @@ from services.core.config import NodeConfig
 from services.core.db.pool import Database, ensure_database, open_database
 from services.core.server import RunningServer, build_server
 from services.core.telemetry import setup_telemetry
+from services.core.trust import TrustStore
+from services.gateway.app import RunningGateway, start_gateway
+from services.gateway.audit import AuditEntry, AuditRecord, seal_all
 from services.registry import convert
 from services.registry.app import open_registry
 from services.registry.cases import create_case_key
@@ -57,8 +77,12 @@ NODE_ID = "bench-node"
 PDQ_QUALITY = 90
 MAX_DISTANCE = 31
 MAX_MATCHES = 100
-KINDS = ("exact", "near")
-TRANSPORTS = ("in_process", "grpc_plaintext", "hashex")
+KINDS = ("exact", "near", "single")
+TRANSPORTS = ("in_process", "registry_mtls", "gateway_no_audit", "hashex")
+# Far above the bench's call rate (a few hundred calls/s at most), so the limiter never refuses.
+RATE_LIMIT_PER_S = 1_000_000.0
+RATE_LIMIT_BURST = 1_000_000
+AUDIT_PROBE_RECORDS = 400
 CALL_TIMEOUT_S = 120.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Bytes of one media in the corpus: md5, sha1, sha256, pdq.
@@ -127,6 +151,14 @@ def exact_batch(corpus: Corpus, rng: random.Random, size: int) -> Batch:
     return _shuffled(queries, rng)
 
 
+def single_batch(corpus: Corpus, rng: random.Random) -> Batch:
+    """One stored md5: a call whose cost is almost all per-call overhead."""
+    i = rng.randrange(corpus.n)
+    return make_batch(
+        [SignalValue(Algorithm.MD5, corpus.value(i, Algorithm.MD5))], {0: media_id(i)}
+    )
+
+
 def near_batch(corpus: Corpus, rng: random.Random, size: int) -> Batch:
     """Half stored PDQ hashes with 1-31 bits flipped, half random PDQ hashes, shuffled."""
     queries: list[tuple[SignalValue, str | None]] = []
@@ -185,8 +217,8 @@ def client_main(conn: Connection, setup: ClientSetup) -> None:
     credentials = tls.channel_credentials(setup.unit, trusted_server_cas=[setup.server_ca_pem])
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
     channels = {
-        "grpc_plaintext": grpc.insecure_channel(setup.addresses["grpc_plaintext"], options),
-        "hashex": grpc.secure_channel(setup.addresses["hashex"], credentials, options),
+        name: grpc.secure_channel(address, credentials, options)
+        for name, address in setup.addresses.items()
     }
     stubs = {name: registry_pb2_grpc.RegistryStub(ch) for name, ch in channels.items()}
     requests = {
@@ -304,29 +336,107 @@ async def opened_database(config: NodeConfig) -> AsyncIterator[Database]:
         await database.close()
 
 
-async def serve(
-    stack: AsyncExitStack, registry: Registry, node_ca: tls.NodeCa
-) -> dict[str, RunningServer]:
-    """The registry behind two servers from the one builder: plaintext, and mutual TLS with the
-    node's certificate, trusting units of its own CA."""
+@dataclass
+class Node:
+    """What the bench holds of the node: its registry, database and certificate authority."""
+
+    config: NodeConfig
+    database: Database
+    registry: Registry
+    ca: tls.NodeCa
+
+
+async def serve(stack: AsyncExitStack, node: Node) -> tuple[dict[str, RunningServer], AuditCounter]:
+    """The registry behind its own mutual-TLS server (`registry_mtls`) and behind the node's
+    gateway (`hashex`), both with a node certificate of the node's CA, both trusting its units."""
     telemetry = setup_telemetry(service="hashex-registry", node_id=NODE_ID, env={})
     stack.callback(telemetry.shutdown)
-    identity = tls.issue_node_certificate(node_ca)
-    credentials = {
-        "grpc_plaintext": None,
-        "hashex": tls.server_credentials(identity, trusted_client_cas=[node_ca.certificate_pem]),
+    servicer = RegistryServicer(node.registry, default_max_distance=MAX_DISTANCE)
+    identity = tls.issue_node_certificate(node.ca)
+    direct = await build_server(
+        listen="127.0.0.1:0",
+        services=[servicer.binding()],
+        tracer_provider=telemetry.tracer_provider,
+        credentials=tls.server_credentials(identity, trusted_client_cas=[node.ca.certificate_pem]),
+        max_message_bytes=MAX_MESSAGE_BYTES,
+    )
+    stack.push_async_callback(direct.stop, 0)
+    node.config.peers_dir.mkdir(parents=True, exist_ok=True)
+    trust = TrustStore(node.config.peers_dir, node.ca.certificate_pem, own_node_id=NODE_ID)
+    gateway = await start_gateway(
+        gateway_config(node.config),
+        [servicer.binding()],
+        node.database.pool,
+        trust,
+        identity=tls.issue_node_certificate(node.ca),
+        own_ca_pem=node.ca.certificate_pem,
+        tracer_provider=telemetry.tracer_provider,
+    )
+    stack.push_async_callback(gateway.stop, 0)
+    unaudited = await start_gateway(
+        gateway_config(node.config),
+        [servicer.binding()],
+        node.database.pool,
+        trust,
+        identity=tls.issue_node_certificate(node.ca),
+        own_ca_pem=node.ca.certificate_pem,
+        tracer_provider=telemetry.tracer_provider,
+    )
+    stack.push_async_callback(unaudited.stop, 0)
+    skip_audit_transaction(unaudited)
+    servers = {
+        "registry_mtls": direct,
+        "gateway_no_audit": unaudited.server,
+        "hashex": gateway.server,
     }
-    servers: dict[str, RunningServer] = {}
-    for transport, server_credentials in credentials.items():
-        servers[transport] = await build_server(
-            listen="127.0.0.1:0",
-            services=[RegistryServicer(registry, default_max_distance=MAX_DISTANCE).binding()],
-            tracer_provider=telemetry.tracer_provider,
-            credentials=server_credentials,
-            max_message_bytes=MAX_MESSAGE_BYTES,
-        )
-        stack.push_async_callback(servers[transport].stop, 0)
-    return servers
+    return servers, AuditCounter(gateway, node.database.pool)
+
+
+def skip_audit_transaction(gateway: RunningGateway) -> None:
+    """A diagnostic only, never a node's configuration: this gateway's recorder seals its
+    records but its store writes nothing, so the variant costs everything but the database
+    transaction of the audit log (`hashex` - `gateway_no_audit` is that transaction's share)."""
+
+    async def sealed_only(entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        return seal_all(list(entries), after=None)
+
+    gateway.audit.append = sealed_only  # type: ignore[method-assign]
+
+
+def gateway_config(config: NodeConfig) -> NodeConfig:
+    """The node's settings with a free loopback port and rate limits the bench never reaches;
+    size limits and deadlines stay the node's defaults."""
+    return replace(
+        config,
+        gateway_listen="127.0.0.1:0",
+        rate_limit_per_s=RATE_LIMIT_PER_S,
+        rate_limit_burst=RATE_LIMIT_BURST,
+        max_message_bytes=MAX_MESSAGE_BYTES,
+    )
+
+
+class AuditCounter:
+    """Counts the audit log's append transactions (the recorder groups the records of calls that
+    finish together into one), by wrapping the gateway's store; records are stored unchanged."""
+
+    def __init__(self, gateway: RunningGateway, pool: Any) -> None:
+        self.gateway = gateway
+        self._pool = pool
+        self.transactions = 0
+        self.records = 0
+        store = gateway.audit
+        append = store.append
+
+        async def counted(entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+            self.transactions += 1
+            self.records += len(entries)
+            return await append(entries)
+
+        store.append = counted  # type: ignore[method-assign]
+
+    async def stored(self) -> int:
+        """Records in the audit log now."""
+        return int(await self._pool.fetchval("SELECT count(*) FROM audit_log"))
 
 
 async def load(registry: Registry, corpus: Corpus, batch_size: int) -> dict[str, float]:
@@ -394,6 +504,7 @@ class Tally:
     seconds: list[float] = field(default_factory=list)
     hits: int = 0
     wall_s: float = 0.0
+    audit_transactions: int | None = None
 
     def add(self, timings: Timings) -> None:
         self.seconds += timings[0]
@@ -401,29 +512,51 @@ class Tally:
         self.wall_s += timings[2]
 
 
+@dataclass
+class Bench:
+    """The running parts every measurement uses."""
+
+    registry: Registry
+    client: Client
+    audit: AuditCounter
+    gateway_calls: int = 0
+
+    async def run(self, tally: Tally, order: Order) -> None:
+        """One order to the client, into `tally`; through the gateway, with the audit log's
+        transactions it caused."""
+        transport, _, numbers, _ = order
+        before = self.audit.transactions
+        tally.add(await self.client.run(order))
+        if transport == "hashex":
+            self.gateway_calls += len(numbers)
+            spent = self.audit.transactions - before
+            tally.audit_transactions = (tally.audit_transactions or 0) + spent
+
+
 async def measure(
-    kind: str, batches: list[Batch], registry: Registry, client: Client, args: argparse.Namespace
+    kind: str, batches: list[Batch], bench: Bench, args: argparse.Namespace
 ) -> dict[str, Result]:
-    """Every variant on the same batches, one at a time, then `--in-flight` at a time (in
-    process and `hashex` only). Variants take turns by round, who goes first rotating, so that
-    drift on a shared machine spreads over all of them."""
+    """Every variant on the same batches, one at a time, then `--in-flight` at a time. Variants
+    take turns by round, who goes first rotating, so that drift on a shared machine spreads over
+    all of them."""
     progress(f"{kind}: warming up (every batch once in process, {args.warmup} per gRPC variant)")
-    await in_process(registry, batches)
+    await in_process(bench.registry, batches)
     for transport in TRANSPORTS[1:]:
-        await client.run((transport, kind, range(min(args.warmup, len(batches))), 1))
+        await bench.run(Tally(), (transport, kind, range(min(args.warmup, len(batches))), 1))
     plan = [(t, 1) for t in TRANSPORTS]
     if args.in_flight > 1:
-        plan += [("in_process", args.in_flight), ("hashex", args.in_flight)]
+        plan += [(t, args.in_flight) for t in TRANSPORTS]
     tallies = {step: Tally() for step in plan}
     size = -(-len(batches) // args.rounds)
     for r, first in enumerate(range(0, len(batches), size)):
         numbers = range(first, min(first + size, len(batches)))
         for transport, in_flight in plan[r % len(plan) :] + plan[: r % len(plan)]:
+            tally = tallies[transport, in_flight]
             if transport == "in_process":
-                timings = await in_process(registry, [batches[i] for i in numbers], in_flight)
+                selected = [batches[i] for i in numbers]
+                tally.add(await in_process(bench.registry, selected, in_flight))
             else:
-                timings = await client.run((transport, kind, numbers, in_flight))
-            tallies[transport, in_flight].add(timings)
+                await bench.run(tally, (transport, kind, numbers, in_flight))
         progress(f"{kind}: round {r + 1} done")
     planted = sum(len(b.expected) for b in batches)
     queries = len(batches[0].signals)
@@ -443,6 +576,8 @@ def summarise(tally: Tally, planted: int, queries: int) -> Result:
     result = latency_summary(tally.seconds)
     result["per_s"] = round(queries * len(tally.seconds) / tally.wall_s, 1)
     result["recall"] = round(tally.hits / planted, 4)
+    if tally.audit_transactions is not None:
+        result["audit_txn_per_call"] = round(tally.audit_transactions / len(tally.seconds), 3)
     return result
 
 
@@ -459,6 +594,55 @@ def add_overheads(results: dict[str, Result]) -> None:
             result["throughput_overhead_pct"] = round(
                 (base["per_s"] / result["per_s"] - 1) * 100, 1
             )
+        if transport == "hashex":  # what the gateway adds to the registry's own mTLS server
+            direct = results["registry_mtls" + name.removeprefix(transport)]
+            result["gateway_ms"] = round(result["median_ms"] - direct["median_ms"], 3)
+            unaudited = results["gateway_no_audit" + name.removeprefix(transport)]
+            result["audit_ms"] = round(result["median_ms"] - unaudited["median_ms"], 3)
+            if "_inflight" in name:
+                result["gateway_throughput_pct"] = round(
+                    (direct["per_s"] / result["per_s"] - 1) * 100, 1
+                )
+
+
+async def audit_probe(audit: AuditCounter, in_flight: int, count: int) -> dict[str, float]:
+    """The audit log's append alone, as the gateway makes it (`RunningGateway.record`, the same
+    recorder and chain): `count` records one at a time, then `count` with `in_flight` at once."""
+    entry = AuditEntry(
+        at=datetime.now(UTC),
+        duration_ms=0,
+        caller=tls.unit_uri(NODE_ID, "bench"),
+        fingerprint="0" * 64,
+        role="unit",
+        method="/hashex.bench/AuditProbe",
+        request_messages=1,
+        response_messages=1,
+        request_digest=bytes(32),
+        status="OK",
+    )
+    gate = asyncio.Semaphore(in_flight)
+
+    async def append() -> float:
+        async with gate:
+            start = time.perf_counter()
+            await audit.gateway.record(entry)
+            return time.perf_counter() - start
+
+    one = [await append() for _ in range(count)]
+    before = audit.transactions
+    started = time.perf_counter()
+    many = await asyncio.gather(*(append() for _ in range(count)))
+    wall_s = time.perf_counter() - started
+    one_at_a_time = latency_summary(one)
+    concurrent = latency_summary(many)
+    return {
+        "records": 2 * count,
+        "median_ms": one_at_a_time["median_ms"],
+        "p99_ms": one_at_a_time["p99_ms"],
+        f"inflight{in_flight}_median_ms": concurrent["median_ms"],
+        f"inflight{in_flight}_per_s": round(count / wall_s, 1),
+        f"inflight{in_flight}_records_per_txn": round(count / (audit.transactions - before), 2),
+    }
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -468,6 +652,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="media the node holds")
     parser.add_argument("--batches", type=int, default=50, help="timed batches per variant")
+    parser.add_argument(
+        "--single-calls", type=int, default=200, help="timed one-hash calls per variant"
+    )
     parser.add_argument("--batch-size", type=int, default=1000, help="hashes per lookup")
     parser.add_argument("--load-batch-size", type=int, default=1000, help="media per submit")
     parser.add_argument("--rounds", type=int, default=5, help="turns the variants take")
@@ -483,25 +670,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "default: an embedded server in a temporary directory",
     )
     args = parser.parse_args(argv)
-    if args.n < args.batch_size // 2 or args.batches < 1 or args.rounds < 1:
-        parser.error("need --n >= --batch-size / 2, --batches >= 1 and --rounds >= 1")
+    if args.n < args.batch_size // 2 or min(args.batches, args.single_calls, args.rounds) < 1:
+        parser.error("need --n >= --batch-size / 2 and --batches, --single-calls, --rounds >= 1")
     return args
 
 
 def make_workload(args: argparse.Namespace) -> tuple[Corpus, dict[str, list[Batch]]]:
     rng = random.Random(args.seed)
-    progress(f"generating {args.n:,} media and {args.batches} batches of each kind")
+    progress(
+        f"generating {args.n:,} media, {args.batches} exact and near batches, "
+        f"{args.single_calls} single calls"
+    )
     corpus = Corpus(rng.randbytes(args.n * _MEDIA_BYTES), args.n)
     batches = {
         "exact": [exact_batch(corpus, rng, args.batch_size) for _ in range(args.batches)],
         "near": [near_batch(corpus, rng, args.batch_size) for _ in range(args.batches)],
+        "single": [single_batch(corpus, rng) for _ in range(args.single_calls)],
     }
     return corpus, batches
 
 
 async def prepare_node(
     stack: AsyncExitStack, args: argparse.Namespace, corpus: Corpus
-) -> tuple[Registry, dict[str, float]]:
+) -> tuple[Node, dict[str, float]]:
     """A registry holding the corpus, reopened after the load as a restarted node would be
     (its PDQ index then is one segment, the layout queries are fastest on)."""
     directory = await stack.enter_async_context(scratch_dir())
@@ -519,43 +710,62 @@ async def prepare_node(
     progress(
         f"vacuum + analyze {facts['vacuum_analyze_s']} s, index load {facts['index_load_s']} s"
     )
-    return registry, facts
+    return Node(config, database, registry, tls.create_node_ca(node_id=NODE_ID)), facts
 
 
-async def run(args: argparse.Namespace) -> tuple[dict[str, Result], dict[str, float]]:
+async def run(args: argparse.Namespace) -> tuple[dict[str, Result], dict[str, object]]:
     """Everything started here is stopped on the way out, on error, Ctrl-C or SIGTERM alike."""
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     corpus, batches = make_workload(args)
     async with AsyncExitStack() as stack:
-        registry, load_facts = await prepare_node(stack, args, corpus)
-        node_ca = tls.create_node_ca(node_id=NODE_ID)
-        servers = await serve(stack, registry, node_ca)
+        node, load_facts = await prepare_node(stack, args, corpus)
+        servers, audit = await serve(stack, node)
         client = Client(
             ClientSetup(
                 addresses={t: f"127.0.0.1:{s.port}" for t, s in servers.items()},
-                server_ca_pem=node_ca.certificate_pem,
-                unit=tls.issue_unit_certificate(node_ca, unit="bench"),
+                server_ca_pem=node.ca.certificate_pem,
+                unit=tls.issue_unit_certificate(node.ca, unit="bench"),
                 requests={k: [(b.request, b.expected) for b in v] for k, v in batches.items()},
             )
         )
         stack.callback(client.stop)
+        bench = Bench(node.registry, client, audit)
         results: dict[str, Result] = {}
         for kind in KINDS:
-            results |= await measure(kind, batches[kind], registry, client, args)
+            results |= await measure(kind, batches[kind], bench, args)
+        progress(
+            f"audit: timing {AUDIT_PROBE_RECORDS} appends alone, then {args.in_flight} at once"
+        )
+        probe = await audit_probe(audit, max(1, args.in_flight), AUDIT_PROBE_RECORDS // 2)
+        stored = await audit.stored()
+        expected = bench.gateway_calls + int(probe["records"])
+        if stored != expected or audit.records != expected:
+            raise RuntimeError(
+                f"the audit log holds {stored} records ({audit.records} appended) for "
+                f"{expected} gateway calls and probe records"
+            )
+        progress(f"audit log: {stored:,} records, one per call; append alone: {probe}")
         progress("stopping")
     add_overheads(results)
-    return results, load_facts
+    facts: dict[str, object] = {
+        "load": load_facts,
+        "audit_append": probe,
+        "audit_records_checked": stored,
+    }
+    return results, facts
 
 
 def report(results: dict[str, Result], in_flight: int) -> None:
-    """The two figures the targets are about, on stderr for the reader."""
+    """The two figures the targets are about, and the gateway's cost, on stderr for the
+    reader."""
     for kind in KINDS:
         one = results[f"hashex_{kind}"]
         line = (
-            f"{kind}: hashex {one['median_ms']} ms/batch, {one['per_s']:,.0f} hashes/s, "
-            f"gRPC+TLS overhead {one['overhead_pct']} % over in process"
+            f"{kind}: hashex {one['median_ms']} ms/call, {one['per_s']:,.0f} hashes/s, "
+            f"overhead {one['overhead_pct']} % over in process, gateway +{one['gateway_ms']} ms "
+            f"(audit transaction {one['audit_ms']} ms)"
         )
         many = results.get(variant_name("hashex", kind, in_flight))
         if many is not None and in_flight > 1:
@@ -568,16 +778,22 @@ def report(results: dict[str, Result], in_flight: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    results, load_facts = asyncio.run(run(args))
+    results, facts = asyncio.run(run(args))
     report(results, args.in_flight)
     params: dict[str, object] = {k: v for k, v in vars(args).items() if k != "database_url"}
     params |= {
         "database": "external" if args.database_url else "embedded",
         "client": "separate process, sync grpc channel, threads for --in-flight",
+        "hashex": "through start_gateway (mTLS, identity, authz, rate limit, audit record)",
+        "registry_mtls": "the registry's own build_server with mTLS, no gateway",
+        "gateway_no_audit": "diagnostic: the gateway with its audit store writing nothing",
+        "gateway_rate_limit": {"per_s": RATE_LIMIT_PER_S, "burst": RATE_LIMIT_BURST},
         "near_reference": "in_process_near",
         "overhead_pct": "variant median / in-process median of the same kind - 1",
+        "gateway_ms": "hashex median - registry_mtls median of the same kind",
+        "audit_ms": "hashex median - gateway_no_audit median of the same kind",
         "targets": {"hashex_exact_per_s": 100_000, "overhead_pct": 30},
-        "load": load_facts,
+        **facts,
     }
     info = machine(grpcio=grpc.__version__, postgres_driver=f"asyncpg {asyncpg.__version__}")
     emit("lookup", params, info, results, "in_process_exact")
