@@ -97,6 +97,28 @@ class NodeConfig:
         return shown
 
 
+def require_node_material(config: NodeConfig, *, internal_key: bool = False) -> None:
+    """Refuse to start, naming what is missing, when the data directory lacks the keys and
+    certificates a federating node needs (for example one created by an earlier release)."""
+    needed = [
+        config.case_key_path,
+        config.tls_dir / "ca.pem",
+        config.tls_dir / "ca.key",
+        config.tls_dir / "node.pem",
+        config.tls_dir / "node.key",
+    ]
+    if internal_key:
+        needed.append(config.data_dir / "keys" / "internal.key")
+    missing = [str(p.relative_to(config.data_dir)) for p in needed if not p.exists()]
+    if not any(config.signing_keys_dir.glob("ed25519_*.key")):
+        missing.append(str(config.signing_keys_dir.relative_to(config.data_dir)) + "/ed25519_1.key")
+    if missing:
+        raise FailedPrecondition(
+            f"{config.data_dir} lacks {', '.join(missing)}; run `hashex node init --node-id "
+            f"{config.node_id} --data-dir {config.data_dir}` again: it creates only what is missing"
+        )
+
+
 def check_node_id(node_id: str) -> str:
     if not NODE_ID_PATTERN.fullmatch(node_id):
         raise InvalidArgument(

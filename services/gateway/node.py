@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from services.core import tls
-from services.core.config import NodeConfig
+from services.core.config import NodeConfig, require_node_material
 from services.core.db.pool import Database, open_database
 from services.core.server import RunningServer, build_server
 from services.core.telemetry import Telemetry, setup_telemetry
@@ -67,6 +67,7 @@ class RunningNode:
 async def start_node(config: NodeConfig) -> RunningNode:
     """Start everything; on failure, stop what was started and re-raise."""
     _log.info("starting node with %s", config.masked())
+    require_node_material(config)
     own_ca_pem = (config.tls_dir / "ca.pem").read_bytes()
     trust = TrustStore(config.peers_dir, own_ca_pem, own_node_id=config.node_id)
     database = await open_database(database_url=config.database_url, data_dir=config.data_dir)

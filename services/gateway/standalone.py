@@ -15,7 +15,7 @@ import grpc
 from hashex.v1 import federation_pb2, registry_pb2
 from services.core import tls
 from services.core.caller import current_caller
-from services.core.config import NodeConfig
+from services.core.config import NodeConfig, require_node_material
 from services.core.db.pool import Database, open_database
 from services.core.forwarded_caller import (
     caller_metadata,
@@ -68,6 +68,7 @@ async def start_gateway_service(
     config: NodeConfig, *, registry_address: str, sync_address: str
 ) -> RunningGatewayService:
     """The gateway alone: mutual TLS on `gateway_listen`, forwarding to the two services."""
+    require_node_material(config, internal_key=True)
     secret = load_internal_key(config.data_dir)
     own_ca_pem = (config.tls_dir / "ca.pem").read_bytes()
     trust = TrustStore(config.peers_dir, own_ca_pem, own_node_id=config.node_id)

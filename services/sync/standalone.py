@@ -27,7 +27,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from hashex.v1 import registry_pb2, registry_pb2_grpc
-from services.core.config import NodeConfig, check_listen
+from services.core.config import NodeConfig, check_listen, require_node_material
 from services.core.db.migrations import apply_migrations
 from services.core.db.pool import Database, open_database
 from services.core.errors import (
@@ -150,6 +150,7 @@ async def start_sync_service(
 ) -> RunningSyncService:
     """Sync alone: its own pool, pullers, and Federation + Admin + Units on `listen`."""
     check_listen(listen, allow_non_loopback=config.allow_plaintext_non_loopback)
+    require_node_material(config, internal_key=True)
     secret = load_internal_key(config.data_dir)
     own_ca_pem = (config.tls_dir / "ca.pem").read_bytes()
     trust = TrustStore(config.peers_dir, own_ca_pem, own_node_id=config.node_id)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.core.config import load_config, write_config
+from services.core.config import load_config, require_node_material, write_config
 from services.core.errors import FailedPrecondition, InvalidArgument
 
 
@@ -64,3 +64,22 @@ def test_bad_node_id_and_broken_toml(tmp_path: Path) -> None:
     (tmp_path / "node.toml").write_text("[node\n")
     with pytest.raises(InvalidArgument, match=re.escape("node.toml")):
         load_config(tmp_path, env={})
+
+
+def test_a_node_missing_keys_or_certificates_is_told_how_to_complete_itself(
+    tmp_path: Path,
+) -> None:
+    from services.cli.main import main as hashex_main
+
+    assert hashex_main(["node", "init", "--node-id", "gb-nca", "--data-dir", str(tmp_path)]) == 0
+    config = load_config(tmp_path, env={})
+    require_node_material(config, internal_key=True)  # a complete node passes
+    (config.tls_dir / "node.key").unlink()
+    for key in config.signing_keys_dir.glob("*.key"):
+        key.unlink()
+    with pytest.raises(FailedPrecondition) as refused:
+        require_node_material(config)
+    message = str(refused.value)
+    assert "tls/node.key" in message and "keys/signing/ed25519_1.key" in message
+    assert "tls/ca.pem" not in message
+    assert f"hashex node init --node-id gb-nca --data-dir {tmp_path}" in message
