@@ -104,12 +104,22 @@ class Registry:
         return await self._store.database_now()
 
     async def lookup(
-        self, signals: Sequence[SignalValue], *, max_distance: int, max_matches: int
+        self,
+        signals: Sequence[SignalValue],
+        *,
+        max_distance: int,
+        max_matches: int,
+        origin: str | None = None,
     ) -> list[LookupResult]:
+        """Matches among every stored record, or only among `origin`'s (a peer's live lookup
+        may see this node's own records only; the match limit applies after that choice)."""
         exact = await self._store.exact_hits(signals)
         near = await self._near_candidates(signals, max_distance)
         rows = rows_to_fetch(exact, near)
         media = await self._store.media_records(rows) if rows else {}
+        if origin is not None:
+            media = {row: record for row, record in media.items() if record.origin == origin}
+            rows = sorted(media)
         series = await self._store.series_for_media(rows) if rows else {}
         return assemble_results(
             signals, exact=exact, near=near, media=media, series=series, max_matches=max_matches

@@ -57,14 +57,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         return await self.answer_lookup(request)
 
     async def answer_lookup(
-        self, request: registry_pb2.LookupRequest
+        self, request: registry_pb2.LookupRequest, *, origin: str | None = None
     ) -> registry_pb2.LookupResponse:
-        """Lookup without a call context: for federated lookups, which start from this one."""
+        """Lookup without a call context, for federated lookups (which start from this one) and
+        peers' live lookups (`origin`: only that node's records)."""
         signals, distance, max_matches = convert.lookup_from_proto(
             request, default_max_distance=self._default_max_distance
         )
         results = await self._registry.lookup(
-            signals, max_distance=distance, max_matches=max_matches
+            signals, max_distance=distance, max_matches=max_matches, origin=origin
         )
         return registry_pb2.LookupResponse(
             results=[convert.lookup_result_to_proto(r) for r in results]

@@ -5,7 +5,7 @@ the gateway, which verified the caller) and Admin.GetSyncStatus. Converts, calls
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -20,7 +20,16 @@ from services.sync.sender import LogSender, PolicyFor
 from services.sync.status import SyncStatus
 
 Context = grpc.aio.ServicerContext[Any, Any]
-LocalLookup = Callable[[registry_pb2.LookupRequest], Awaitable[registry_pb2.LookupResponse]]
+
+
+class LocalLookup(Protocol):
+    """The node's own lookup; with `origin`, among that node's records only."""
+
+    async def __call__(
+        self, request: registry_pb2.LookupRequest, *, origin: str | None = None
+    ) -> registry_pb2.LookupResponse: ...
+
+
 FEDERATION = federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name
 ADMIN = federation_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 
@@ -60,7 +69,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         self, request: federation_pb2.PeerLookupRequest, context: Context
     ) -> federation_pb2.PeerLookupResponse:
         peer = _calling_peer()
-        answer = await self._lookup(request.lookup)
+        answer = await self._lookup(request.lookup, origin=self._node_id)
         policy = self._policy_for(peer.node_id)
         return federation_pb2.PeerLookupResponse(
             lookup=filter_lookup(answer, policy, origin=self._node_id)

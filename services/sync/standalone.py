@@ -67,7 +67,12 @@ class RegistryLookupOverChannel:
         self._stub: Any = registry_pb2_grpc.RegistryStub(channel)
         self._timeout_s = timeout_s
 
-    async def __call__(self, request: registry_pb2.LookupRequest) -> registry_pb2.LookupResponse:
+    async def __call__(
+        self, request: registry_pb2.LookupRequest, *, origin: str | None = None
+    ) -> registry_pb2.LookupResponse:
+        """The Registry contract has no origin filter: the registry service answers across
+        origins and PeerLookup's policy filter then keeps `origin`'s matches, so a hash with
+        more replicated matches than the limit may leave a peer fewer than it asked for."""
         try:
             response: registry_pb2.LookupResponse = await self._stub.Lookup(
                 request, timeout=self._timeout_s
