@@ -94,6 +94,8 @@ class RegistryStore:
             await lock_change_log(conn)
             await conn.execute(sql.CREATE_STAGING)
             await _copy_staged(conn, staged)
+            held = [r["id"] for r in await conn.fetch(sql.HELD_MEDIA, self._origin)]
+            before = {r.media_id: r for r in await media_states(conn, held)}
             created = {r["id"] for r in await conn.fetch(sql.INSERT_NEW_MEDIA, self._origin)}
             rewritten = await conn.fetch(sql.UPDATE_CHANGED_MEDIA, self._origin)
             new_series: list[str] = []
@@ -116,7 +118,8 @@ class RegistryStore:
             )
             changed = await media_states(conn, sorted(created | touched | rewritten_rows))
             await append_entries(
-                conn, [*self._new_series_entries(new_series), *pending_media_entries(changed)]
+                conn,
+                [*self._new_series_entries(new_series), *pending_media_entries(changed, before)],
             )
         updated = len(touched | rewritten_rows)
         counts = SubmitCounts(

@@ -10,7 +10,7 @@ is exactly the state the transaction leaves.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -86,11 +86,26 @@ LEFT JOIN LATERAL (
 _MEDIA_STATES = MEDIA_SELECT + "WHERE m.id = ANY($1::bigint[]) ORDER BY m.media_id"
 
 
-def pending_media_entries(records: Sequence[MediaRecord]) -> list[PendingEntry]:
+def pending_media_entries(
+    records: Sequence[MediaRecord], before: Mapping[str, MediaRecord]
+) -> list[PendingEntry]:
+    """Media states to log; a media the node held before carries that earlier state too."""
+
     def encode(record: MediaRecord) -> Any:
         return lambda seq, moment: media_entry(seq, moment, record)
 
-    return [PendingEntry(EntryKind.MEDIA, encode(r)) for r in records]
+    return [
+        PendingEntry(
+            EntryKind.MEDIA,
+            encode(r),
+            media_before=(
+                media_to_proto(before[r.media_id]).SerializeToString()
+                if r.media_id in before
+                else None
+            ),
+        )
+        for r in records
+    ]
 
 
 def pending_retractions(records: Sequence[MediaRecord]) -> list[PendingEntry]:

@@ -37,6 +37,12 @@ RETURNING id
 """
 
 # `prior` is the row as the statement found it, so RETURNING can tell a revived media.
+# Media of the batch this node already holds: their state before the batch goes with each change
+# to the log, so a sender can withdraw a record from a peer once it may no longer see it.
+HELD_MEDIA = """
+SELECT m.id FROM registry_stage_media s JOIN media m ON m.origin = $1 AND m.media_id = s.media_id
+"""
+
 UPDATE_CHANGED_MEDIA = """
 UPDATE media m
 SET media_type = s.media_type, category_scheme = s.category_scheme,

@@ -49,7 +49,8 @@ class LogRow:
     seq: int
     kind: EntryKind
     entry: bytes
-    # Retractions: the media as it stood when retracted (for the policy filter only).
+    # The media as it stood before the change (retractions, changes of a held media); for the
+    # policy filter only, never sent.
     media_before: bytes | None = None
 
 

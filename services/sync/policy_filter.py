@@ -13,16 +13,18 @@ Two things leave a node for a peer: change-log entries (Federation.Pull) and loo
 - no policy at all for a peer means nothing is shared with it (but key rotations).
 
 A retraction is withheld when the media it retracts, as it stood, would have been: its media id
-may itself be a hash (`sha256:<hex>`) the peer was never allowed to learn. Key rotations always
-pass: peers need them to verify what follows. An entry the policy leaves untouched is returned as
-the very bytes stored, so what was written is what is signed.
+may itself be a hash (`sha256:<hex>`) the peer was never allowed to learn. A media change the
+policy withholds becomes a retraction when the media's earlier state was allowed, so a record
+moved into a withheld category or an embargoed series is withdrawn from the peer. Key rotations
+always pass: peers need them to verify what follows. An entry the policy leaves untouched is
+returned as the very bytes stored, so what was written is what is signed.
 
 Pure: no SQL, no gRPC.
 """
 
 from __future__ import annotations
 
-from hashex.v1 import common_pb2, registry_pb2
+from hashex.v1 import common_pb2, federation_pb2, registry_pb2
 from services.core.algorithms import ALGORITHMS, Algorithm
 from services.sync.changelog import EntryKind, LogRow, decode_entry
 from services.sync.policy import SharingPolicy
@@ -46,7 +48,27 @@ def filter_log_row(row: LogRow, policy: SharingPolicy | None) -> bytes | None:
         return row.entry
     if row.kind == EntryKind.SERIES and _passes_series_untouched(policy):
         return row.entry
-    return filter_entry(row.entry, policy)
+    filtered = filter_entry(row.entry, policy)
+    if filtered is None and row.kind == EntryKind.MEDIA and row.media_before is not None:
+        return _withdrawal(row, policy)
+    return filtered
+
+
+def _withdrawal(row: LogRow, policy: SharingPolicy) -> bytes | None:
+    """A media whose new state may not leave for the peer but whose earlier state did (moved
+    into a withheld category or an embargoed series): a retraction withdraws the peer's copy.
+    It tells the peer nothing new, as the peer was allowed the earlier state and its media id."""
+    before = common_pb2.Media()
+    before.ParseFromString(row.media_before or b"")
+    if filter_media(before, policy) is None:
+        return None
+    entry = decode_entry(row.entry)
+    withdrawal = federation_pb2.ChangeEntry(
+        seq=entry.seq,
+        changed_at=entry.changed_at,
+        retraction=federation_pb2.MediaRetraction(media_id=entry.media.media_id),
+    )
+    return withdrawal.SerializeToString()
 
 
 def filter_entry(data: bytes, policy: SharingPolicy) -> bytes | None:

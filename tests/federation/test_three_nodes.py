@@ -163,3 +163,28 @@ async def test_a_unit_asks_peers_live_for_what_its_store_does_not_hold(
         ]
         assert [(p.peer_id, p.asked, p.error) for p in live.peers] == [("us-hsi", 1, "")]
         assert await gb.media_ids("us-hsi") == set()  # asked live, not stored
+
+
+async def test_a_record_moved_out_of_what_a_peer_may_see_is_withdrawn_from_it(
+    pg_server: Any, tmp_path: Path
+) -> None:
+    async with federation(["gb-nca", "us-hsi"], tmp_path, pg_server) as fed:
+        gb, us = fed["gb-nca"], fed["us-hsi"]
+        gb.set_policy("us-hsi", SharingPolicy(embargoed_series=frozenset({"op-nightjar"})))
+        caid = common_pb2.CATEGORY_SCHEME_CAID_UK
+        await gb.submit(
+            categorised(submission("a", md5(b"a" * 16)), caid, "A"),
+            categorised(submission("b", md5(b"b" * 16)), caid, "B"),
+        )
+        await fed.converged()
+        assert await us.media_ids("gb-nca") == {"a", "b"}
+        # GB puts b into an embargoed operation: US's copy is withdrawn, a stays.
+        await gb.submit(
+            categorised(submission("b", md5(b"b" * 16), series=("op-nightjar",)), caid, "B")
+        )
+        await fed.converged()
+        assert await us.media_ids("gb-nca") == {"a"}
+        # Lifted again (the operation is over): b comes back.
+        await gb.submit(categorised(submission("b", md5(b"b" * 16)), caid, "B"))
+        await fed.converged()
+        assert await us.media_ids("gb-nca") == {"a", "b"}

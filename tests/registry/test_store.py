@@ -266,7 +266,7 @@ async def test_stats_count_victims_per_status(store: RegistryStore) -> None:
     assert stats.series_count == 1
     assert stats.victim_counts[IdentificationStatus.IDENTIFIED] == 2
     assert stats.victim_counts[IdentificationStatus.SAFEGUARDED] == 0
-    assert await store.schema_version() == 3  # 0001_initial, 0002_change_log, 0003_replica_follow
+    assert await store.schema_version() == 4  # 0001 initial … 0004 media_before_on_changes
 
 
 async def test_only_this_nodes_media_can_be_retracted(db_pool: Any, sealer: CaseSealer) -> None:

@@ -121,3 +121,24 @@ def test_lookup_answers_only_own_allowed_matches() -> None:
     assert kept.media.media_id == "m" and len(kept.media.signals) == 1
     assert list(answer.results[1].matches) == []  # matched on PDQ, which may not leave
     assert all(not r.matches for r in filter_lookup(response, None, origin=ORIGIN).results)
+
+
+def test_a_media_moved_out_of_what_the_peer_may_see_is_withdrawn() -> None:
+    only_a = SharingPolicy(categories=frozenset({"caid-uk:A"}))
+    before_a = convert.media_to_proto(media_record("m", category=CAID_A)).SerializeToString()
+    before_b = convert.media_to_proto(media_record("m", category=CAID_B)).SerializeToString()
+    moved = LogRow(7, EntryKind.MEDIA, media_at(7, media_record("m", category=CAID_B)), before_a)
+    entry = parsed(filter_log_row(moved, only_a))
+    assert entry.WhichOneof("change") == "retraction"
+    assert (entry.seq, entry.retraction.media_id) == (7, "m")
+    # Never allowed before, or never held: nothing at all (not even its media id) leaves.
+    hidden = LogRow(7, EntryKind.MEDIA, moved.entry, before_b)
+    assert filter_log_row(hidden, only_a) is None
+    assert filter_log_row(LogRow(7, EntryKind.MEDIA, moved.entry), only_a) is None
+    # Still allowed: the new state itself travels.
+    assert (
+        filter_log_row(
+            LogRow(7, EntryKind.MEDIA, media_row(7, category=CAID_A).entry, before_a), only_a
+        )
+        is not None
+    )
