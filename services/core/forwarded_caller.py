@@ -31,13 +31,14 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import Any, get_args
 
 import grpc
 
 from services.core.caller import Caller, CallerKind, Role, calling_as
 from services.core.errors import FailedPrecondition
 from services.core.secretfile import read_secret, write_secret
+from services.core.server import ServerInterceptor, rewrap_handler
 
 _log = logging.getLogger(__name__)
 
@@ -175,15 +176,10 @@ def _parse(value: str) -> tuple[Caller, int]:
     return caller, at_ms
 
 
-if TYPE_CHECKING:  # the stubs make it generic; the runtime class is not subscriptable
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
-
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class ForwardedCallerInterceptor(_ServerInterceptor):
+class ForwardedCallerInterceptor(ServerInterceptor):
     """For a service that runs apart from its gateway: runs each call as the caller its
     headers prove, or with no caller at all. Never refuses by itself: methods that need a caller
     refuse through `current_caller()`; those that need none (Admin on the internal port, Units,
@@ -224,22 +220,11 @@ def as_caller(
     handler: grpc.RpcMethodHandler[Any, Any], caller: Caller
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """`handler` with `caller` current while its behaviour runs, for every call shape."""
-    shapes = (
-        ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
-        ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
-        ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
-        ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
-    )
-    for attribute, factory, streaming in shapes:
-        behaviour = getattr(handler, attribute)
-        if behaviour is not None:
-            wrapped = _streaming(behaviour, caller) if streaming else _unary(behaviour, caller)
-            return factory(
-                wrapped,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-    return handler
+
+    def wrap(behaviour: Any, streaming: bool) -> Any:
+        return _streaming(behaviour, caller) if streaming else _unary(behaviour, caller)
+
+    return rewrap_handler(handler, wrap)
 
 
 def _unary(behaviour: Any, caller: Caller) -> Callable[[Any, Context], Awaitable[Any]]:

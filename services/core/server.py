@@ -31,12 +31,41 @@ class ServiceBinding:
 
 
 if TYPE_CHECKING:  # the stubs make it generic; the runtime class is not subscriptable
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+    ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
+    ServerInterceptor = grpc.aio.ServerInterceptor
+
+# The four call shapes: the handler attribute holding the behaviour, the factory that builds a
+# handler of that shape, and whether the response is streamed.
+_SHAPES = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+)
 
 
-class AccessLogInterceptor(_ServerInterceptor):
+def rewrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    wrap: Callable[[Any, bool], Any],
+    *,
+    keep_request_deserializer: bool = True,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` with its behaviour replaced by `wrap(behaviour, streaming_response)`, whatever
+    its call shape. Without `keep_request_deserializer` the new behaviour gets raw bytes."""
+    for attribute, factory, streaming_response in _SHAPES:
+        behaviour = getattr(handler, attribute)
+        if behaviour is not None:
+            deserializer = handler.request_deserializer if keep_request_deserializer else None
+            return factory(
+                wrap(behaviour, streaming_response),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    return handler
+
+
+class AccessLogInterceptor(ServerInterceptor):
     """One log line per call: method, status code, duration. Never request contents."""
 
     async def intercept_service(
@@ -86,21 +115,7 @@ def _wrap_handler(
 
         return unary
 
-    kinds = {
-        "unary_unary": (grpc.unary_unary_rpc_method_handler, False),
-        "unary_stream": (grpc.unary_stream_rpc_method_handler, True),
-        "stream_unary": (grpc.stream_unary_rpc_method_handler, False),
-        "stream_stream": (grpc.stream_stream_rpc_method_handler, True),
-    }
-    for attribute, (factory, streaming) in kinds.items():
-        behaviour = getattr(handler, attribute)
-        if behaviour is not None:
-            return factory(
-                logged(behaviour, streaming),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-    return handler
+    return rewrap_handler(handler, logged)
 
 
 def _tracing_interceptor(tracer_provider: TracerProvider) -> grpc.aio.ServerInterceptor[Any, Any]:

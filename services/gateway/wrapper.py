@@ -21,12 +21,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import Any, NoReturn, cast
 
 import grpc
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from the stubs
 
 from services.core.caller import Caller, calling_as
+from services.core.server import ServerInterceptor, rewrap_handler
 from services.gateway import authz
 from services.gateway.audit import AuditEntry, RequestDigest, clip
 from services.gateway.identity import CallerVerifier, Presented, Unauthenticated
@@ -40,11 +41,6 @@ LONG_STREAM_METHODS = frozenset({"/hashex.v1.Federation/Pull"})
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Deserializer = Callable[[bytes], Any] | None
-
-if TYPE_CHECKING:  # the stubs make it generic; the runtime class is not subscriptable
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
 
 
 @dataclass(frozen=True)
@@ -71,7 +67,7 @@ class _Call:
     recorded: bool = False
 
 
-class GatewayInterceptor(_ServerInterceptor):
+class GatewayInterceptor(ServerInterceptor):
     """Wraps every handler (and answers unknown methods) with the gateway's checks and audit."""
 
     def __init__(
@@ -107,27 +103,16 @@ class GatewayInterceptor(_ServerInterceptor):
     def _wrap(
         self, handler: grpc.RpcMethodHandler[Any, Any], method: str
     ) -> grpc.RpcMethodHandler[Any, Any]:
+        # The checks see the raw request bytes (size, digest) and parse them afterwards.
         parse_in = handler.request_deserializer
-        out = handler.response_serializer
-        if handler.unary_unary is not None:
-            behaviour = self._unary_response(handler.unary_unary, method, self._parse_one, parse_in)
-            return grpc.unary_unary_rpc_method_handler(behaviour, response_serializer=out)
-        if handler.unary_stream is not None:
-            streaming = self._streaming_response(
-                handler.unary_stream, method, self._parse_one, parse_in
-            )
-            return grpc.unary_stream_rpc_method_handler(streaming, response_serializer=out)
-        if handler.stream_unary is not None:
-            behaviour = self._unary_response(
-                handler.stream_unary, method, self._parse_stream, parse_in
-            )
-            return grpc.stream_unary_rpc_method_handler(behaviour, response_serializer=out)
-        if handler.stream_stream is not None:
-            streaming = self._streaming_response(
-                handler.stream_stream, method, self._parse_stream, parse_in
-            )
-            return grpc.stream_stream_rpc_method_handler(streaming, response_serializer=out)
-        return handler
+
+        def wrap(behaviour: Any, streaming_response: bool) -> Any:
+            parse = self._parse_stream if handler.request_streaming else self._parse_one
+            if streaming_response:
+                return self._streaming_response(behaviour, method, parse, parse_in)
+            return self._unary_response(behaviour, method, parse, parse_in)
+
+        return rewrap_handler(handler, wrap, keep_request_deserializer=False)
 
     def _unary_response(
         self, behaviour: Any, method: str, parse: Any, deserializer: Deserializer
