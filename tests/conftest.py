@@ -49,6 +49,22 @@ class PgServer:
         parts = urlsplit(self.admin_url)
         return urlunsplit(parts._replace(path="/" + database))
 
+    async def create_database(self) -> str:
+        """A new, empty database on the server; its name."""
+        name = f"test_{uuid.uuid4().hex[:16]}"
+        await self._admin(f'CREATE DATABASE "{name}"')
+        return name
+
+    async def drop_database(self, name: str) -> None:
+        await self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    async def _admin(self, statement: str) -> None:
+        admin = await asyncpg.connect(self.admin_url)
+        try:
+            await admin.execute(statement)
+        finally:
+            await admin.close()
+
 
 def _outside_pytest_tmp(purpose: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"hashex-{purpose}-"))
@@ -85,20 +101,11 @@ def node_data_dir() -> Iterator[Path]:
 @pytest.fixture
 async def empty_database(pg_server: PgServer) -> AsyncIterator[str]:
     """The URL of a new, empty database (no migrations), dropped after the test."""
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(pg_server.admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    name = await pg_server.create_database()
     try:
         yield pg_server.url_of(name)
     finally:
-        admin = await asyncpg.connect(pg_server.admin_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await pg_server.drop_database(name)
 
 
 @pytest.fixture

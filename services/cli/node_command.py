@@ -176,7 +176,7 @@ def _up(ns: argparse.Namespace, serve: Callable[[NodeConfig], Coroutine[Any, Any
 
 
 async def _serve_node(config: NodeConfig) -> None:
-    stop = _stop_on_signal()
+    stop = stop_on_signal()
     node = await start_node(config)
     print(
         f"node {config.node_id} serving on {node.address} (loopback) and gateway "
@@ -191,7 +191,7 @@ async def _serve_node(config: NodeConfig) -> None:
 
 
 async def _serve_registry(config: NodeConfig) -> None:
-    stop = _stop_on_signal()
+    stop = stop_on_signal()
     running = await start_registry(config, follow_replicas=True)
     print(
         f"registry of {config.node_id} serving on {running.address} (Ctrl-C to stop)",
@@ -205,7 +205,8 @@ async def _serve_registry(config: NodeConfig) -> None:
         config.address_file.unlink(missing_ok=True)
 
 
-def _stop_on_signal() -> asyncio.Event:
+def stop_on_signal() -> asyncio.Event:
+    """Set on Ctrl-C or SIGTERM: what every long-running service command waits for."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

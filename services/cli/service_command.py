@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 
 from services.cli import exit_codes
 from services.cli.node_client import add_data_dir_option, run_command
+from services.cli.node_command import stop_on_signal
 from services.core.config import NodeConfig, load_config
 from services.core.logs import configure_logging
 from services.gateway.standalone import RunningGatewayService, start_gateway_service
@@ -82,7 +82,7 @@ def _run_sync(ns: argparse.Namespace) -> int:
     config = _config(ns)
 
     async def serve() -> None:
-        stop = _stop_on_signal()
+        stop = stop_on_signal()
         running = await start_sync_service(config, registry_address=ns.registry, listen=ns.listen)
         await _until(stop, f"sync of {config.node_id} serving on {running.address}", running)
 
@@ -94,7 +94,7 @@ def _serve_gateway(ns: argparse.Namespace) -> int:
     config = _config(ns)
 
     async def serve() -> None:
-        stop = _stop_on_signal()
+        stop = stop_on_signal()
         running = await start_gateway_service(
             config, registry_address=ns.registry, sync_address=ns.sync
         )
@@ -109,14 +109,6 @@ def _config(ns: argparse.Namespace) -> NodeConfig:
     config = load_config(ns.data_dir.resolve())
     configure_logging(config.log_level)
     return config
-
-
-def _stop_on_signal() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    return stop
 
 
 async def _until(

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -306,24 +305,6 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout_s: float, failu
         await asyncio.sleep(0.05)
 
 
-async def _create_database(admin_url: str) -> str:
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return name
-
-
-async def _drop_database(admin_url: str, name: str) -> None:
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 def init_agency(data_dir: Path, node_id: str, *, extra_config: str = FAST_SYNC) -> None:
     cli(
         "node", "init", "--node-id", node_id, "--listen", "127.0.0.1:0",
@@ -359,7 +340,7 @@ async def federation(
     for node_id in node_ids:
         url = None
         if node_id not in embedded:
-            name = await _create_database(pg.admin_url)
+            name = await pg.create_database()
             databases.append(name)
             url = pg.url_of(name)
         data_dir = root / node_id
@@ -377,4 +358,4 @@ async def federation(
             with suppress(Exception):
                 await agency.stop()
         for name in databases:
-            await _drop_database(pg.admin_url, name)
+            await pg.drop_database(name)

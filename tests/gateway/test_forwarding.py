@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 
@@ -97,10 +95,7 @@ async def apart(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Asy
     init_agency(peer_dir, PEER)
     cli("peer", "card", "--out", root / "peer.card", "--data-dir", peer_dir)
     cli("peer", "add", root / "peer.card", "--data-dir", own_dir)
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(pg_server.admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
+    name = await pg_server.create_database()
     config = load_config(own_dir, env={"DATABASE_URL": pg_server.url_of(name)})
     registry = await start_registry(config)
     sync = await start_sync_service(
@@ -126,9 +121,7 @@ async def apart(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Asy
         await gateway.stop()
         await sync.stop()
         await registry.stop()
-        admin = await asyncpg.connect(pg_server.admin_url)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await pg_server.drop_database(name)
 
 
 async def test_a_units_registry_calls_of_every_shape_go_through(apart: Apart) -> None:

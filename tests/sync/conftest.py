@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,20 +28,11 @@ def sync_store(sync_pool: Any) -> SyncStore:
 @pytest.fixture
 async def second_pool(pg_server: Any) -> AsyncIterator[Any]:
     """Another fresh database with the registry's migrations: a second node's."""
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(pg_server.admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    name = await pg_server.create_database()
     pool = await asyncpg.create_pool(pg_server.url_of(name), min_size=1, max_size=4)
     try:
         await apply_migrations(pool, REGISTRY_MIGRATIONS)
         yield pool
     finally:
         await pool.close()
-        admin = await asyncpg.connect(pg_server.admin_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await pg_server.drop_database(name)
