@@ -81,7 +81,7 @@ async def start_node(config: NodeConfig) -> RunningNode:
         sync = await start_sync(
             config,
             pool=database.pool,
-            registry=registry,
+            index=registry,
             trust=trust,
             lookup=registry_servicer.answer_lookup,
             identity=lambda: _node_identity(config),

@@ -16,21 +16,17 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from services.core import tls
 from services.core.config import NodeConfig
-from services.core.db.pool import Database
 from services.core.server import ServiceBinding
 from services.core.signing import Keyring
-from services.registry.registry import Registry
-from services.registry.servicer import RegistryServicer
 from services.sync.audit_rejections import AuditAppender, audit_rejections
 from services.sync.batches import BatchRejected
 from services.sync.peer_client import PeerClients, PeerDirectory
 from services.sync.policy import SharingPolicy, load_policy
-from services.sync.puller import OnRejected, PeerPuller, PullDeps, PullSettings
+from services.sync.puller import IndexSink, OnRejected, PeerPuller, PullDeps, PullSettings
 from services.sync.sender import LogSender
 from services.sync.servicer import AdminServicer, FederationServicer, LocalLookup
 from services.sync.status import SyncStatus, combine
@@ -66,11 +62,6 @@ class RunningSync:
 
     def admin_binding(self) -> ServiceBinding:
         return self.admin.binding()
-
-    @property
-    def peer_clients(self) -> PeerClients:
-        """Live calls to peers: the PeerAsker of services.sync.federated_lookup."""
-        return self.clients
 
     def set_rejection_recorder(self, audit: AuditAppender) -> None:
         """Record every rejected batch in the gateway's audit chain from now on (the gateway
@@ -135,14 +126,13 @@ class RunningSync:
 async def start_sync(
     config: NodeConfig,
     *,
-    pool: Any = None,
-    database: Database | None = None,
-    registry: Registry,
+    pool: Any,
+    index: IndexSink,
+    lookup: LocalLookup,
     trust: PeerDirectory,
     on_rejected: OnRejected = _log_rejection,
-    lookup: LocalLookup | None = None,
     identity: Callable[[], tls.CertifiedKey] | None = None,
-    keyring: Keyring | Callable[[], Keyring] | None = None,
+    keyring: Callable[[], Keyring] | None = None,
     policy_for: Callable[[str], SharingPolicy | None] | None = None,
     run_pullers: bool = True,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -152,28 +142,21 @@ async def start_sync(
     directory: tls/node.pem+key (identity, re-read so a renewed certificate is used on the next
     channel), keys/signing (re-read each supervisor pass to log rotations), policy/<peer>.toml.
     `on_rejected(peer_id, rejection)` is awaited for every rejected batch (the node audits it).
-    `run_pullers=False` serves only (tests drive pullers themselves). Give `pool` or `database`.
-    A Keyring instance is only the starting point: the key directory is read again each pass,
-    so a key added by `hashex node rotate-key` is logged within `pull_interval_s`."""
-    if pool is None:
-        if database is None:
-            raise TypeError("start_sync needs a pool or a database")
-        pool = database.pool
+    `run_pullers=False` serves only (tests drive pullers themselves). `index` is the registry's
+    PDQ index to keep in step and `lookup` the node's own lookup (PeerLookup answers with it).
+    The key directory is read again each pass, so a key added by `hashex node rotate-key` is
+    logged within `pull_interval_s`."""
     await migrate(pool)
     store = SyncStore(pool)
-    if keyring is None or isinstance(keyring, Keyring):
+    if keyring is None:
         keys_dir = config.signing_keys_dir
-        keyring = _keyring_reader(keys_dir, keyring)
+        keyring = lambda: Keyring.load(keys_dir)  # noqa: E731
     identity = identity or (
         lambda: tls.load_certified_key(
             certificate_path=config.tls_dir / "node.pem", key_path=config.tls_dir / "node.key"
         )
     )
     policy_for = policy_for or (lambda peer_id: load_policy(config.policy_dir, peer_id))
-    if lookup is None:
-        lookup = RegistryServicer(
-            registry, default_max_distance=config.pdq_default_max_distance
-        ).answer_lookup
     clients = PeerClients(
         trust=trust, identity=identity, max_message_bytes=config.max_message_bytes
     )
@@ -188,7 +171,7 @@ async def start_sync(
     running._deps = PullDeps(
         node_id=config.node_id,
         store=store,
-        index=registry,
+        index=index,
         cards=trust,
         open_pull=lambda peer_id, request, timeout_s: clients.pull(
             peer_id, request, timeout_s=timeout_s
@@ -206,15 +189,6 @@ async def start_sync(
     if run_pullers:
         running._supervisor = asyncio.create_task(running._supervise(), name="sync-supervisor")
     return running
-
-
-def _keyring_reader(keys_dir: Path, initial: Keyring | None) -> Callable[[], Keyring]:
-    def read() -> Keyring:
-        if initial is not None and not keys_dir.is_dir():
-            return initial
-        return Keyring.load(keys_dir)
-
-    return read
 
 
 async def _finish(task: asyncio.Task[None], grace_s: float) -> None:

@@ -50,7 +50,6 @@ from services.gateway.store import MIGRATIONS_DIR as GATEWAY_MIGRATIONS
 from services.gateway.store import AuditStore
 from services.registry.app import MIGRATIONS as REGISTRY_MIGRATIONS
 from services.registry.model import PdqEntry
-from services.registry.registry import Registry
 from services.sync.app import RunningSync, start_sync
 from services.sync.audit_rejections import audit_rejections
 from services.sync.federated_lookup import FederatedLookup
@@ -171,8 +170,7 @@ async def start_sync_service(
         sync = await start_sync(
             config,
             pool=database.pool,
-            # Only its index_replicated is used when `lookup` is given.
-            registry=cast(Registry, _IndexInRegistryProcess()),
+            index=_IndexInRegistryProcess(),
             trust=trust,
             on_rejected=audit_rejections(AuditStore(database.pool), now=lambda: datetime.now(UTC)),
             lookup=lookup,

@@ -19,6 +19,7 @@ from services.gateway.app import RunningGateway, start_gateway
 from services.registry.cases import CaseSealer
 from services.registry.pdq_index import PdqIndex
 from services.registry.registry import Registry
+from services.registry.servicer import RegistryServicer
 from services.registry.store import RegistryStore
 from services.sync.app import RunningSync, start_sync
 from services.sync.batches import BatchRejected
@@ -82,7 +83,8 @@ async def started_node(
     sync = await start_sync(
         config,
         pool=pool,
-        registry=registry,
+        index=registry,
+        lookup=RegistryServicer(registry).answer_lookup,
         trust=trust,
         on_rejected=audit_rejection,
         identity=lambda: certificate,
