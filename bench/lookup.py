@@ -55,6 +55,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import grpc
 from _common import Result, emit, latency_summary, machine, progress
+from _corpus import PDQ_QUALITY, Corpus, load, media_id
 
 from hashex.v1 import registry_pb2, registry_pb2_grpc
 from services.core import tls
@@ -74,7 +75,6 @@ from services.registry.registry import Registry
 from services.registry.servicer import RegistryServicer
 
 NODE_ID = "bench-node"
-PDQ_QUALITY = 90
 MAX_DISTANCE = 31
 MAX_MATCHES = 100
 KINDS = ("exact", "near", "single")
@@ -85,40 +85,13 @@ RATE_LIMIT_BURST = 1_000_000
 AUDIT_PROBE_RECORDS = 400
 CALL_TIMEOUT_S = 120.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-# Bytes of one media in the corpus: md5, sha1, sha256, pdq.
-_LAYOUT = ((Algorithm.MD5, 16), (Algorithm.SHA1, 20), (Algorithm.SHA256, 32), (Algorithm.PDQ, 32))
-_MEDIA_BYTES = sum(size for _, size in _LAYOUT)
 
 
 # --- the workload -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Corpus:
-    """N media as one block of random bytes (100 per media), so 1M media cost 100 MB, not
-    four million Python objects held for the whole run."""
-
-    data: bytes
-    n: int
-
-    def value(self, i: int, algorithm: Algorithm) -> bytes:
-        offset = i * _MEDIA_BYTES
-        for candidate, size in _LAYOUT:
-            if candidate == algorithm:
-                return self.data[offset : offset + size]
-            offset += size
-        raise ValueError(algorithm)
-
-    def submission(self, i: int) -> MediaSubmission:
-        signals = tuple(
-            SignalValue(a, self.value(i, a), PDQ_QUALITY if a == Algorithm.PDQ else None)
-            for a, _ in _LAYOUT
-        )
-        return MediaSubmission(media_id=media_id(i), signals=signals)
-
-
-def media_id(i: int) -> str:
-    return f"bench-{i:08d}"
+def submission(corpus: Corpus, i: int) -> MediaSubmission:
+    return MediaSubmission(media_id=media_id(i), signals=corpus.signals(i))
 
 
 @dataclass(frozen=True)
@@ -439,27 +412,13 @@ class AuditCounter:
         return int(await self._pool.fetchval("SELECT count(*) FROM audit_log"))
 
 
-async def load(registry: Registry, corpus: Corpus, batch_size: int) -> dict[str, float]:
-    """Submit every media in batches; the wall time includes building the submissions."""
-    seconds: list[float] = []
-    started = time.perf_counter()
-    step = max(1, corpus.n // 10)
-    for first in range(0, corpus.n, batch_size):
-        batch = [corpus.submission(i) for i in range(first, min(first + batch_size, corpus.n))]
-        start = time.perf_counter()
-        counts = await registry.submit_batch(batch)
-        seconds.append(time.perf_counter() - start)
-        if counts.created != len(batch):
-            raise RuntimeError(f"batch at {first} created {counts.created} of {len(batch)} media")
-        if (first + len(batch)) // step != first // step:
-            progress(f"loaded {first + len(batch):,} media")
-    total = time.perf_counter() - started
-    summary = latency_summary(seconds)
+async def load_corpus(registry: Registry, corpus: Corpus, batch_size: int) -> dict[str, float]:
+    loaded = await load(registry, corpus.n, lambda i: submission(corpus, i), batch_size=batch_size)
     return {
-        "load_s": round(total, 2),
-        "per_s": round(corpus.n / total, 1),
-        "batch_median_ms": summary["median_ms"],
-        "batch_p99_ms": summary["p99_ms"],
+        "load_s": loaded.seconds,
+        "per_s": loaded.per_s,
+        "batch_median_ms": loaded.batch_median_ms,
+        "batch_p99_ms": loaded.batch_p99_ms,
     }
 
 
@@ -681,7 +640,7 @@ def make_workload(args: argparse.Namespace) -> tuple[Corpus, dict[str, list[Batc
         f"generating {args.n:,} media, {args.batches} exact and near batches, "
         f"{args.single_calls} single calls"
     )
-    corpus = Corpus(rng.randbytes(args.n * _MEDIA_BYTES), args.n)
+    corpus = Corpus.random(args.n, rng)
     batches = {
         "exact": [exact_batch(corpus, rng, args.batch_size) for _ in range(args.batches)],
         "near": [near_batch(corpus, rng, args.batch_size) for _ in range(args.batches)],
@@ -701,7 +660,7 @@ async def prepare_node(
     create_case_key(config.case_key_path)
     database = await stack.enter_async_context(opened_database(config))
     progress(f"database: {database.display_url}; loading {corpus.n:,} media")
-    facts = await load(await open_registry(config, database), corpus, args.load_batch_size)
+    facts = await load_corpus(await open_registry(config, database), corpus, args.load_batch_size)
     progress(f"loaded: {facts}")
     facts["vacuum_analyze_s"] = await vacuum_analyze(database)
     start = time.perf_counter()

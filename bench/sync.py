@@ -56,6 +56,7 @@ import asyncpg
 import grpc
 import nacl
 from _common import Result, emit, latency_summary, machine, progress
+from _corpus import PDQ_QUALITY, Corpus, load, media_id
 
 from hashex.v1 import registry_pb2, registry_pb2_grpc
 from services.cli.main import main as hashex_main
@@ -71,7 +72,6 @@ from services.registry.app import MIGRATIONS as REGISTRY_MIGRATIONS
 from services.registry.model import Category, CategoryScheme, MediaFlags, MediaSubmission
 
 ORIGIN, RECEIVER = "bench-origin", "bench-receiver"
-PDQ_QUALITY = 90
 SERIES = 100
 IN_SERIES_EVERY = 10
 PROBE_FLIPPED_BITS = 5
@@ -80,8 +80,6 @@ CATEGORIES = (
     *(Category(CategoryScheme.CAID_UK, c) for c in ("A", "B", "C")),
     None,  # uncategorised
 )
-_LAYOUT = ((Algorithm.MD5, 16), (Algorithm.SHA1, 20), (Algorithm.SHA256, 32), (Algorithm.PDQ, 32))
-_MEDIA_BYTES = sum(size for _, size in _LAYOUT)
 # Functions whose CPU time (cProfile cumulative, this process's main thread) is reported.
 RECEIVER_PARTS = {
     "verify_batch": ("services/sync/batches.py", "verify_batch"),
@@ -104,39 +102,17 @@ SENDER_PARTS = {
 # --- the workload -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Corpus:
-    """N media as one block of random bytes (100 per media); the other fields follow from the
+def submission(corpus: Corpus, i: int) -> MediaSubmission:
+    """Categorised (or not), flagged, every IN_SERIES_EVERY-th in a series: all follow from the
     media's number, so the receiver's process can name the last media without the block."""
-
-    data: bytes
-    n: int
-
-    def value(self, i: int, algorithm: Algorithm) -> bytes:
-        offset = i * _MEDIA_BYTES
-        for candidate, size in _LAYOUT:
-            if candidate == algorithm:
-                return self.data[offset : offset + size]
-            offset += size
-        raise ValueError(algorithm)
-
-    def submission(self, i: int) -> MediaSubmission:
-        signals = tuple(
-            SignalValue(a, self.value(i, a), PDQ_QUALITY if a == Algorithm.PDQ else None)
-            for a, _ in _LAYOUT
-        )
-        series = (series_id(i),) if i % IN_SERIES_EVERY == 0 else ()
-        return MediaSubmission(
-            media_id=media_id(i),
-            signals=signals,
-            category=CATEGORIES[i % len(CATEGORIES)],
-            flags=MediaFlags(victim_identified=i % 3 == 0, distributed=i % 4 == 0),
-            series_ids=series,
-        )
-
-
-def media_id(i: int) -> str:
-    return f"bench-{i:08d}"
+    series = (series_id(i),) if i % IN_SERIES_EVERY == 0 else ()
+    return MediaSubmission(
+        media_id=media_id(i),
+        signals=corpus.signals(i),
+        category=CATEGORIES[i % len(CATEGORIES)],
+        flags=MediaFlags(victim_identified=i % 3 == 0, distributed=i % 4 == 0),
+        series_ids=series,
+    )
 
 
 def series_id(i: int) -> str:
@@ -638,33 +614,26 @@ def init_nodes(root: Path) -> dict[str, Path]:
     return dirs
 
 
-async def load(node: RunningNode, corpus: Corpus, batch_size: int) -> dict[str, float]:
-    """Submit every media in batches through the node's registry (change log written)."""
-    seconds: list[float] = []
-    started = time.perf_counter()
-    step = max(1, corpus.n // 10)
-    for first in range(0, corpus.n, batch_size):
-        batch = [corpus.submission(i) for i in range(first, min(first + batch_size, corpus.n))]
-        start = time.perf_counter()
-        counts = await node.registry.submit_batch(batch)
-        seconds.append(time.perf_counter() - start)
-        if counts.created != len(batch):
-            raise RuntimeError(f"batch at {first} created {counts.created} of {len(batch)} media")
-        if (first + len(batch)) // step != first // step:
-            progress(f"origin: loaded {first + len(batch):,} media")
-    total = time.perf_counter() - started
-    summary = latency_summary(seconds)
+async def load_origin(node: RunningNode, corpus: Corpus, batch_size: int) -> dict[str, float]:
+    """Through the node's registry, so the change log is written as in production."""
+    loaded = await load(
+        node.registry,
+        corpus.n,
+        lambda i: submission(corpus, i),
+        batch_size=batch_size,
+        label="origin: ",
+    )
     return {
-        "load_s": round(total, 2),
-        "load_per_s": round(corpus.n / total, 1),
-        "load_batch_median_ms": summary["median_ms"],
+        "load_s": loaded.seconds,
+        "load_per_s": loaded.per_s,
+        "load_batch_median_ms": loaded.batch_median_ms,
     }
 
 
 def make_workload(args: argparse.Namespace) -> tuple[Corpus, Probe]:
     rng = random.Random(args.seed)
     progress(f"generating {args.n:,} media (seed {args.seed})")
-    corpus = Corpus(rng.randbytes(args.n * _MEDIA_BYTES), args.n)
+    corpus = Corpus.random(args.n, rng)
     last = args.n - 1
     probe = Probe(
         media_id(last),
@@ -690,7 +659,7 @@ async def run(
         origin = await start_node(node_config(dirs[ORIGIN], urls[ORIGIN]))
         stack.push_async_callback(origin.stop)
         progress(f"origin up ({origin.database.display_url}); loading {corpus.n:,} media")
-        facts |= await load(origin, corpus, args.load_batch_size)
+        facts |= await load_origin(origin, corpus, args.load_batch_size)
         head = await origin.sync.store.last_seq()
         facts["log_entries"] = head
         progress(f"origin loaded: {facts}")
