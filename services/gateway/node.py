@@ -23,6 +23,7 @@ from services.registry.app import open_registry
 from services.registry.registry import Registry
 from services.registry.servicer import RegistryServicer
 from services.sync.app import RunningSync, start_sync
+from services.sync.audit_rejections import audit_rejections_in
 from services.sync.federated_lookup import FederatedLookup
 from services.sync.units_servicer import UnitsServicer
 
@@ -78,9 +79,12 @@ async def start_node(config: NodeConfig) -> RunningNode:
         registry_servicer = RegistryServicer(
             registry, default_max_distance=config.pdq_default_max_distance
         )
+        # Batches the pullers reject go into the same audit chain as the gateway's calls, from
+        # the first pull on (the gateway itself starts last).
         sync = await start_sync(
             config,
             pool=database.pool,
+            on_rejected=await audit_rejections_in(database.pool),
             index=registry,
             trust=trust,
             lookup=registry_servicer.answer_lookup,
@@ -106,8 +110,6 @@ async def start_node(config: NodeConfig) -> RunningNode:
             own_ca_pem=own_ca_pem,
             tracer_provider=telemetry.tracer_provider,
         )
-        # Batches the pullers reject go into the same audit chain as the gateway's calls.
-        sync.set_rejection_recorder(gateway.audit)
     except BaseException:
         for part in reversed(started):
             await _stop(part, config)

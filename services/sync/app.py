@@ -22,7 +22,6 @@ from services.core import tls
 from services.core.config import NodeConfig
 from services.core.server import ServiceBinding
 from services.core.signing import Keyring
-from services.sync.audit_rejections import AuditAppender, audit_rejections
 from services.sync.batches import BatchRejected
 from services.sync.peer_client import PeerClients, PeerDirectory
 from services.sync.policy import SharingPolicy, load_policy
@@ -62,12 +61,6 @@ class RunningSync:
 
     def admin_binding(self) -> ServiceBinding:
         return self.admin.binding()
-
-    def set_rejection_recorder(self, audit: AuditAppender) -> None:
-        """Record every rejected batch in the gateway's audit chain from now on (the gateway
-        starts after sync, so the node hands its audit store over once it exists)."""
-        if self._deps is not None:
-            self._deps.on_rejected = audit_rejections(audit, now=self._deps.now)
 
     async def status(self) -> SyncStatus:
         return combine(

@@ -5,10 +5,13 @@ trace next to the calls the gateway records, with a digest of the batch, never i
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
+from services.core.db.migrations import apply_migrations
 from services.gateway.audit import AuditEntry, AuditRecord
+from services.gateway.store import MIGRATIONS_DIR as GATEWAY_MIGRATIONS
+from services.gateway.store import AuditStore
 from services.sync.batches import BatchRejected
 from services.sync.puller import OnRejected
 
@@ -39,3 +42,10 @@ def audit_rejections(audit: AuditAppender, *, now: Callable[[], datetime]) -> On
         )
 
     return record
+
+
+async def audit_rejections_in(pool: Any) -> OnRejected:
+    """Rejections recorded in the audit chain of the node's database (its gateway's table,
+    created here if the gateway has not started yet)."""
+    await apply_migrations(pool, GATEWAY_MIGRATIONS)
+    return audit_rejections(AuditStore(pool), now=lambda: datetime.now(UTC))

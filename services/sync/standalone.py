@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import grpc
@@ -46,12 +45,10 @@ from services.core.forwarded_caller import (
 from services.core.server import RunningServer, build_server, internal_channel
 from services.core.telemetry import Telemetry, setup_telemetry
 from services.core.trust import TrustStore
-from services.gateway.store import MIGRATIONS_DIR as GATEWAY_MIGRATIONS
-from services.gateway.store import AuditStore
 from services.registry.app import MIGRATIONS as REGISTRY_MIGRATIONS
 from services.registry.model import PdqEntry
 from services.sync.app import RunningSync, start_sync
-from services.sync.audit_rejections import audit_rejections
+from services.sync.audit_rejections import audit_rejections_in
 from services.sync.federated_lookup import FederatedLookup
 from services.sync.units_servicer import UnitsServicer
 
@@ -165,14 +162,13 @@ async def start_sync_service(
     sync: RunningSync | None = None
     try:
         await apply_migrations(database.pool, REGISTRY_MIGRATIONS)
-        await apply_migrations(database.pool, GATEWAY_MIGRATIONS)
         lookup = RegistryLookupOverChannel(registry_channel, timeout_s=config.call_deadline_s)
         sync = await start_sync(
             config,
             pool=database.pool,
             index=_IndexInRegistryProcess(),
             trust=trust,
-            on_rejected=audit_rejections(AuditStore(database.pool), now=lambda: datetime.now(UTC)),
+            on_rejected=await audit_rejections_in(database.pool),
             lookup=lookup,
             run_pullers=run_pullers,
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from services.core.server import build_server
 from services.core.signing import rotate
 from services.registry import convert
 from services.registry.model import IdentificationStatus, LookupResult, MediaSubmission
+from services.sync.audit_rejections import audit_rejections
 from services.sync.batches import BatchRejected
 from services.sync.policy import SharingPolicy
 from services.sync.puller import PeerPuller, PullDeps
@@ -244,7 +246,7 @@ async def test_a_rejected_batch_is_audited(nodes: tuple[SyncNode, SyncNode]) -> 
     origin.set_policy("de-bka", SharingPolicy())
     await origin.registry.submit_batch([media("m")])
     assert receiver.gateway is not None
-    receiver.sync.set_rejection_recorder(receiver.gateway.audit)
+    audited = audit_rejections(receiver.gateway.audit, now=lambda: datetime.now(UTC))
     misaddressed = origin.sync.federation._sender.batches_for(
         "de-bka", federation_pb2.PullRequest()
     )
@@ -255,7 +257,7 @@ async def test_a_rejected_batch_is_audited(nodes: tuple[SyncNode, SyncNode]) -> 
             yield response
 
     with pytest.raises(BatchRejected):
-        await puller(receiver, open_pull=replay).pull_once()
+        await puller(receiver, open_pull=replay, on_rejected=audited).pull_once()
     records = [r async for r in receiver.gateway.audit.records()]
     [record] = [r for r in records if r.entry.status.startswith("BATCH_REJECTED")]
     assert record.entry.status == "BATCH_REJECTED:wrong_recipient"
