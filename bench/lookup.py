@@ -60,19 +60,22 @@ from _corpus import PDQ_QUALITY, Corpus, load, media_id
 from hashex.v1 import registry_pb2, registry_pb2_grpc
 from services.core import tls
 from services.core.algorithms import Algorithm, SignalValue
+from services.core.audit.chain import AuditEntry, AuditRecord, seal_all
+from services.core.audit.store import AuditStore
 from services.core.config import NodeConfig
+from services.core.db.migrations import apply_migration_plan
 from services.core.db.pool import Database, ensure_database, open_database
 from services.core.server import RunningServer, build_server
 from services.core.telemetry import setup_telemetry
 from services.core.trust import TrustStore
 from services.gateway.app import RunningGateway, start_gateway
-from services.gateway.audit import AuditEntry, AuditRecord, seal_all
 from services.registry import convert
 from services.registry.app import open_registry
 from services.registry.cases import create_case_key
 from services.registry.model import MediaSubmission
 from services.registry.registry import Registry
 from services.registry.servicer import RegistryServicer
+from services.sync.store import MIGRATIONS as NODE_MIGRATIONS
 
 NODE_ID = "bench-node"
 MAX_DISTANCE = 31
@@ -339,8 +342,8 @@ async def serve(stack: AsyncExitStack, node: Node) -> tuple[dict[str, RunningSer
     gateway = await start_gateway(
         gateway_config(node.config),
         [servicer.binding()],
-        node.database.pool,
-        trust,
+        audit=AuditStore(node.database),
+        trust=trust,
         identity=tls.issue_node_certificate(node.ca),
         own_ca_pem=node.ca.certificate_pem,
         tracer_provider=telemetry.tracer_provider,
@@ -349,8 +352,8 @@ async def serve(stack: AsyncExitStack, node: Node) -> tuple[dict[str, RunningSer
     unaudited = await start_gateway(
         gateway_config(node.config),
         [servicer.binding()],
-        node.database.pool,
-        trust,
+        audit=AuditStore(node.database),
+        trust=trust,
         identity=tls.issue_node_certificate(node.ca),
         own_ca_pem=node.ca.certificate_pem,
         tracer_provider=telemetry.tracer_provider,
@@ -660,6 +663,7 @@ async def prepare_node(
     create_case_key(config.case_key_path)
     database = await stack.enter_async_context(opened_database(config))
     progress(f"database: {database.display_url}; loading {corpus.n:,} media")
+    await apply_migration_plan(database.pool, NODE_MIGRATIONS)
     facts = await load_corpus(await open_registry(config, database), corpus, args.load_batch_size)
     progress(f"loaded: {facts}")
     facts["vacuum_analyze_s"] = await vacuum_analyze(database)

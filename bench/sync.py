@@ -64,12 +64,12 @@ from services.core import tls
 from services.core.algorithms import Algorithm, SignalValue
 from services.core.config import NodeConfig, load_config
 from services.core.db.embedded import start_embedded
-from services.core.db.migrations import apply_migrations
+from services.core.db.migrations import apply_migration_plan
 from services.core.db.pool import ensure_database
-from services.gateway.node import RunningNode, start_node
+from services.gateway.composition import RunningNode, start_node
 from services.registry import convert
-from services.registry.app import MIGRATIONS as REGISTRY_MIGRATIONS
 from services.registry.model import Category, CategoryScheme, MediaFlags, MediaSubmission
+from services.registry.store import MIGRATIONS as REGISTRY_MIGRATIONS
 
 ORIGIN, RECEIVER = "bench-origin", "bench-receiver"
 SERIES = 100
@@ -85,7 +85,7 @@ RECEIVER_PARTS = {
     "verify_batch": ("services/sync/batches.py", "verify_batch"),
     "  signature (verify_bytes)": ("services/core/signing.py", "verify_bytes"),
     "  parse entries (_verified_entries)": ("services/sync/batches.py", "_verified_entries"),
-    "stage_changes": ("services/sync/apply_rows.py", "stage_changes"),
+    "stage_changes": ("services/registry/replicated.py", "stage_changes"),
     "SyncStore.apply_batch (client side)": ("services/sync/store.py", "apply_batch"),
     "  copy_records_to_table": ("asyncpg/connection.py", "copy_records_to_table"),
     "Registry.index_replicated": ("services/registry/registry.py", "index_replicated"),
@@ -435,7 +435,7 @@ async def copy_reference(node: RunningNode, setup: ReceiverSetup, batch_size: in
     try:
         pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
         try:
-            await apply_migrations(pool, REGISTRY_MIGRATIONS, component="registry")
+            await apply_migration_plan(pool, REGISTRY_MIGRATIONS)
             async with pool.acquire() as target:
                 return await _copy_batches(source, target, batch_size)
         finally:

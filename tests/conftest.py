@@ -27,8 +27,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from services.core.db.embedded import start_embedded
-from services.core.db.migrations import apply_migrations
-from services.registry.store import MIGRATIONS_DIR as REGISTRY_MIGRATIONS
+from services.core.db.migrations import apply_migration_plan
+from services.core.db.pool import Database
+from services.sync.store import MIGRATIONS as NODE_MIGRATIONS
+from tests.store_calls import database_of
 
 # The suite runs on shared 2-core machines, often beside other work: examples are judged by what
 # they find, never by how fast they were generated or ran.
@@ -110,10 +112,16 @@ async def empty_database(pg_server: PgServer) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def db_pool(empty_database: str) -> AsyncIterator[Any]:
-    """An asyncpg pool on a fresh database with the registry's migrations applied."""
+    """An asyncpg pool on a fresh database with every component's migrations applied."""
     pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=4)
     try:
-        await apply_migrations(pool, REGISTRY_MIGRATIONS)
+        await apply_migration_plan(pool, NODE_MIGRATIONS)
         yield pool
     finally:
         await pool.close()
+
+
+@pytest.fixture
+def database(db_pool: Any) -> Database:
+    """`db_pool` as the services hold it."""
+    return database_of(db_pool)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from services.cli import exit_codes
 from services.cli.node_client import add_data_dir_option, run_command
+from services.core.audit.chain import ChainBreak, ChainVerifier
+from services.core.audit.store import AuditStore
 from services.core.config import load_config
 from services.core.db.pool import open_database
-from services.gateway.audit import ChainBreak, ChainVerifier
-from services.gateway.store import AuditStore
 
 # The check ran and found the log altered (as `lookup` uses 1 for "ran, found nothing").
 LOG_ALTERED = 1
@@ -68,7 +68,7 @@ async def _check(
 ) -> tuple[ChainVerifier, ChainBreak | None]:
     database = await open_database(database_url=database_url, data_dir=data_dir, max_size=2)
     try:
-        store = AuditStore(database.pool)
+        store = AuditStore(database)
         verifier = ChainVerifier()
         if not await store.exists():
             return verifier, None

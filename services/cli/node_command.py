@@ -25,7 +25,7 @@ from services.core.config import (
 from services.core.logs import configure_logging
 from services.core.signing import rotate
 from services.core.trust import check_endpoint
-from services.gateway.node import start_node
+from services.gateway.composition import start_node
 from services.registry.app import start_registry
 
 

@@ -1,8 +1,8 @@
 """Assembles and runs a gateway: the servicers it is given, served in-process behind mutual TLS
 and the gateway's checks (services.gateway.wrapper), on the node's public address.
 
-The caller owns the database pool and the trust store (the node shares both with its other
-services); `start_gateway` applies the gateway's migrations on that pool and never closes it.
+The caller owns the database, its audit log (migrated: `services.core.audit.store`) and the trust
+store (the node shares them with its other services); `start_gateway` never closes them.
 """
 
 from __future__ import annotations
@@ -12,20 +12,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 
 from services.core import tls
+from services.core.audit.chain import AuditEntry, AuditRecord
+from services.core.audit.recorder import AuditRecorder
+from services.core.audit.store import AuditStore
 from services.core.config import NodeConfig
-from services.core.db.migrations import apply_migrations
 from services.core.server import RunningServer, ServiceBinding, build_server
-from services.gateway.audit import AuditEntry, AuditRecord
 from services.gateway.credentials import GatewayCredentials
 from services.gateway.identity import CallerVerifier, TrustSource
 from services.gateway.limits import RateLimiter
-from services.gateway.recorder import AuditRecorder
-from services.gateway.store import MIGRATIONS_DIR, AuditStore
 from services.gateway.wrapper import GatewayInterceptor, GatewayLimits
 
 _log = logging.getLogger(__name__)
@@ -73,9 +71,10 @@ def limits_of(config: NodeConfig) -> GatewayLimits:
 async def start_gateway(
     config: NodeConfig,
     bindings: Sequence[ServiceBinding],
-    pool: Any,
-    trust: TrustSource,
     *,
+    audit: AuditStore,
+    trust: TrustSource,
+    recorder: AuditRecorder | None = None,
     identity: tls.CertifiedKey | Callable[[], tls.CertifiedKey] | None = None,
     own_ca_pem: bytes | None = None,
     tracer_provider: TracerProvider | None = None,
@@ -87,18 +86,18 @@ async def start_gateway(
     `identity` is the gateway's certificate and key (default: tls/node.pem and tls/node.key of
     the data directory; a callable is asked again for each new connection, for rotation).
     `own_ca_pem` is the node's CA (default: tls/ca.pem); its certificates are the node's units
-    and operators. `clock` (monotonic seconds) drives the rate limits and `wall_clock` the audit
-    times; tests inject both.
+    and operators. `recorder` appends to `audit` (default: a new one); the node passes the one
+    its pullers also record rejected batches through, so all appends share one group commit.
+    `clock` (monotonic seconds) drives the rate limits and `wall_clock` the audit times; tests
+    inject both.
     """
-    await apply_migrations(pool, MIGRATIONS_DIR)
     if identity is None:
         identity = tls.load_certified_key(
             certificate_path=config.tls_dir / "node.pem", key_path=config.tls_dir / "node.key"
         )
     if own_ca_pem is None:
         own_ca_pem = (config.tls_dir / "ca.pem").read_bytes()
-    store = AuditStore(pool)
-    recorder = AuditRecorder(store)
+    recorder = recorder or AuditRecorder(audit)
     limits = limits_of(config)
     interceptor = GatewayInterceptor(
         verifier=CallerVerifier(
@@ -123,6 +122,6 @@ async def start_gateway(
         max_message_bytes=max(config.max_message_bytes, 2 * config.max_request_bytes),
         interceptors=[interceptor],
     )
-    running = RunningGateway(config, server, store, recorder)
+    running = RunningGateway(config, server, audit, recorder)
     _log.info("gateway of %s serving on %s", config.node_id, running.address)
     return running

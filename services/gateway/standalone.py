@@ -14,8 +14,10 @@ import grpc
 
 from hashex.v1 import federation_pb2, registry_pb2
 from services.core import tls
+from services.core.audit import store as audit_log
 from services.core.caller import current_caller
 from services.core.config import NodeConfig, require_node_material
+from services.core.db.migrations import apply_migration_plan
 from services.core.db.pool import Database, open_database
 from services.core.forwarded_caller import (
     caller_metadata,
@@ -89,11 +91,12 @@ async def start_gateway_service(
                 SYNC_SERVICES, channels[1], metadata_for=metadata_for, upstream_name="sync"
             ),
         ]
+        await apply_migration_plan(database.pool, [(audit_log.COMPONENT, audit_log.MIGRATIONS_DIR)])
         gateway = await start_gateway(
             config,
             bindings,
-            database.pool,
-            trust,
+            audit=audit_log.AuditStore(database),
+            trust=trust,
             identity=lambda: tls.load_certified_key(
                 certificate_path=config.tls_dir / "node.pem", key_path=config.tls_dir / "node.key"
             ),

@@ -26,13 +26,13 @@ from typing import Any, NoReturn, cast
 import grpc
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from the stubs
 
+from services.core.audit.chain import AuditEntry, RequestDigest, clip
+from services.core.audit.recorder import AuditRecorder
 from services.core.caller import Caller, calling_as
 from services.core.server import ServerInterceptor, rewrap_handler
 from services.gateway import authz
-from services.gateway.audit import AuditEntry, RequestDigest, clip
 from services.gateway.identity import CallerVerifier, Presented, Unauthenticated
 from services.gateway.limits import RateLimiter
-from services.gateway.recorder import AuditRecorder
 
 _log = logging.getLogger(__name__)
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from services.core.config import NodeConfig
-from services.core.db.migrations import apply_migrations
+from services.core.db.migrations import apply_migration_plan
 from services.core.db.pool import Database, open_database
 from services.core.server import RunningServer, build_server
 from services.core.telemetry import Telemetry, setup_telemetry
@@ -21,10 +20,9 @@ from services.registry.pdq_index import PdqIndex
 from services.registry.registry import Registry
 from services.registry.replica_follower import ReplicaFollower
 from services.registry.servicer import RegistryServicer
-from services.registry.store import RegistryStore
+from services.registry.store import MIGRATIONS, RegistryStore
 
 _log = logging.getLogger(__name__)
-MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 @dataclass
@@ -55,13 +53,12 @@ class RunningRegistry:
 
 
 async def open_registry(config: NodeConfig, database: Database) -> Registry:
-    """A Registry on an open database: migrated, with its PDQ index loaded."""
-    version = await apply_migrations(database.pool, MIGRATIONS)
+    """A Registry on an open, migrated database, with its PDQ index loaded."""
     sealer = CaseSealer(load_case_key(config.case_key_path))
-    store = RegistryStore(database.pool, node_id=config.node_id, sealer=sealer)
-    registry = Registry(store=store, index=PdqIndex(), node_id=config.node_id)
+    store = RegistryStore(node_id=config.node_id, sealer=sealer)
+    registry = Registry(database=database, store=store, index=PdqIndex(), node_id=config.node_id)
     await registry.load_index()
-    _log.info("registry of %s ready at schema version %d", config.node_id, version)
+    _log.info("registry of %s ready", config.node_id)
     return registry
 
 
@@ -71,6 +68,7 @@ async def start_registry(config: NodeConfig, *, follow_replicas: bool = False) -
     _log.info("starting registry with %s", config.masked())
     database = await open_database(database_url=config.database_url, data_dir=config.data_dir)
     try:
+        await apply_migration_plan(database.pool, MIGRATIONS)
         registry = await open_registry(config, database)
         telemetry = setup_telemetry(service="hashex-registry", node_id=config.node_id)
         servicer = RegistryServicer(registry, default_max_distance=config.pdq_default_max_distance)

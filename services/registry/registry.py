@@ -5,7 +5,8 @@ removed after their retraction commits, so a lookup never sees an uncommitted re
 serialised (database commit, then index change, under one lock) so that the index applies them in
 commit order: a retraction and a resubmission of the same media cannot swap. Index changes run in
 a worker thread because a merge can take seconds at tens of millions of hashes; lookups never
-wait for them. No gRPC and no SQL here: the store and the index arrive through the constructor.
+wait for them. No gRPC and no SQL here: the database (for transactions), the store (the
+statements) and the index arrive through the constructor.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from services.core.algorithms import SignalValue
+from services.core.db.pool import Database
 from services.registry.lookup import (
     NearCandidate,
     assemble_results,
@@ -43,7 +45,10 @@ _NEAR_QUERIES_INLINE = 32
 
 
 class Registry:
-    def __init__(self, *, store: RegistryStore, index: PdqIndex, node_id: str) -> None:
+    def __init__(
+        self, *, database: Database, store: RegistryStore, index: PdqIndex, node_id: str
+    ) -> None:
+        self._db = database
         self._store = store
         self._index = index
         self.node_id = node_id
@@ -53,21 +58,29 @@ class Registry:
         # (services/registry/replica_follower.py) starts from.
         self.index_loaded_as_of: datetime | None = None
 
+    @property
+    def store(self) -> RegistryStore:
+        """The registry's statements, for a caller that runs them in its own transaction (sync
+        applying replicated records)."""
+        return self._store
+
     async def load_index(self) -> int:
         """Fill the PDQ index from the database (at start) with one build; returns the count."""
-        self.index_loaded_as_of = await self._store.database_now()
         loader = self._index.loader()
         loaded = 0
-        async for entries in self._store.pdq_entries():
-            loader.add([e.row_id for e in entries], [e.value for e in entries])
-            loaded += len(entries)
+        async with self._db.transaction(readonly=True, isolation="repeatable_read") as conn:
+            self.index_loaded_as_of = await self._store.database_now(conn)
+            async for entries in self._store.pdq_entries(conn):
+                loader.add([e.row_id for e in entries], [e.value for e in entries])
+                loaded += len(entries)
         await asyncio.to_thread(loader.commit)
         _log.info("PDQ index loaded: %d hashes", loaded)
         return loaded
 
     async def submit_batch(self, batch: Sequence[MediaSubmission]) -> SubmitCounts:
         async with self._writes:
-            counts, entries = await self._store.submit_media_batch(batch)
+            async with self._db.transaction() as conn:
+                counts, entries = await self._store.submit_media_batch(conn, batch=batch)
             if entries:
                 rows, values = [e.row_id for e in entries], [e.value for e in entries]
                 await asyncio.to_thread(self._index.add, rows, values)
@@ -75,7 +88,8 @@ class Registry:
 
     async def retract(self, media_ids: Sequence[str]) -> RetractCounts:
         async with self._writes:
-            counts = await self._store.retract_media(media_ids)
+            async with self._db.transaction() as conn:
+                counts = await self._store.retract_media(conn, media_ids=media_ids)
             if counts.retracted_row_ids:
                 await asyncio.to_thread(self._index.remove_rows, counts.retracted_row_ids)
         return counts
@@ -96,12 +110,14 @@ class Registry:
     async def index_replicated_since(self, since: datetime) -> tuple[int, int, datetime | None]:
         """Index records of other origins changed at or after `since` by a sync service in
         another process: hashes added, rows dropped, and the latest change time seen."""
-        added, removed, latest = await self._store.replicated_changes(since=since)
+        async with self._db.transaction(readonly=True, isolation="repeatable_read") as conn:
+            added, removed, latest = await self._store.replicated_changes(conn, since=since)
         await self.index_replicated(added=added, removed_rows=removed)
         return len(added), len(removed), latest
 
     async def database_now(self) -> datetime:
-        return await self._store.database_now()
+        async with self._db.connection() as conn:
+            return await self._store.database_now(conn)
 
     async def lookup(
         self,
@@ -113,14 +129,15 @@ class Registry:
     ) -> list[LookupResult]:
         """Matches among every stored record, or only among `origin`'s (a peer's live lookup
         may see this node's own records only; the match limit applies after that choice)."""
-        exact = await self._store.exact_hits(signals)
-        near = await self._near_candidates(signals, max_distance)
-        rows = rows_to_fetch(exact, near)
-        media = await self._store.media_records(rows) if rows else {}
-        if origin is not None:
-            media = {row: record for row, record in media.items() if record.origin == origin}
-            rows = sorted(media)
-        series = await self._store.series_for_media(rows) if rows else {}
+        async with self._db.connection() as conn:
+            exact = await self._store.exact_hits(conn, signals=signals)
+            near = await self._near_candidates(signals, max_distance)
+            rows = rows_to_fetch(exact, near)
+            media = await self._store.media_records(conn, row_ids=rows) if rows else {}
+            if origin is not None:
+                media = {row: record for row, record in media.items() if record.origin == origin}
+                rows = sorted(media)
+            series = await self._store.series_for_media(conn, row_ids=rows) if rows else {}
         return assemble_results(
             signals, exact=exact, near=near, media=media, series=series, max_matches=max_matches
         )
@@ -143,10 +160,14 @@ class Registry:
         ]
 
     async def upsert_series(self, *, series_id: str, name: str) -> tuple[SeriesRecord, bool]:
-        return await self._store.upsert_series(series_id=series_id, name=name)
+        async with self._db.transaction() as conn:
+            return await self._store.upsert_series(conn, series_id=series_id, name=name)
 
     async def get_series(self, *, origin: str, series_id: str) -> SeriesRecord:
-        return await self._store.get_series(origin=origin or self.node_id, series_id=series_id)
+        async with self._db.connection() as conn:
+            return await self._store.get_series(
+                conn, origin=origin or self.node_id, series_id=series_id
+            )
 
     async def update_victim(
         self,
@@ -156,15 +177,19 @@ class Registry:
         status: IdentificationStatus,
         responsible_desk: str,
     ) -> tuple[VictimRecord, bool]:
-        return await self._store.update_victim(
-            series_id=series_id,
-            victim_id=victim_id,
-            status=status,
-            responsible_desk=responsible_desk,
-        )
+        async with self._db.transaction() as conn:
+            return await self._store.update_victim(
+                conn,
+                series_id=series_id,
+                victim_id=victim_id,
+                status=status,
+                responsible_desk=responsible_desk,
+            )
 
     async def stats(self) -> NodeStats:
-        counts = await self._store.stats()
+        async with self._db.transaction(readonly=True, isolation="repeatable_read") as conn:
+            counts = await self._store.stats(conn)
+            version = await self._store.schema_version(conn)
         return NodeStats(
             node_id=self.node_id,
             media_count=counts.media_count,
@@ -173,6 +198,6 @@ class Registry:
             series_count=counts.series_count,
             victim_counts=counts.victim_counts,
             pdq_index_size=len(self._index),
-            schema_version=await self._store.schema_version(),
+            schema_version=version,
             started_at=self.started_at,
         )

@@ -1,9 +1,13 @@
-"""The registry's named transactions (their SQL text is in store_sql.py), returning model
-dataclasses.
+"""The registry's named transactions (their SQL text is in store_sql.py and, for replicated
+records, store_replicated.py), returning model dataclasses. The only writer of the registry's
+tables: media, signals, series, media_series, victims, case_records.
 
-Only this node's records are written here (origin = node id); records of other origins arrive
-through the sync service. Batches are staged with COPY into per-connection temporary tables and
-merged with set-based statements, so a batch of 1,000 media costs about a dozen round trips.
+Every operation runs on a connection the caller passes in, inside the caller's transaction
+(services.core.db.pool.Database.transaction), so that a caller needing several owners' writes in
+one transaction — sync applying a peer's batch and advancing its cursor — owns it. Local writes
+(origin = this node) also append their change-log entries through the core change log on the
+same connection. Batches are staged with COPY into per-connection temporary tables and merged
+with set-based statements, so a batch of 1,000 media costs about a dozen round trips.
 
 What a resubmission means: signals accumulate (a hash once seen stays true, and keeps the quality
 it was first stored with, so the matchable set only grows); type, category, flags and series are
@@ -11,7 +15,7 @@ stated in full by each submission and replace the stored ones; case data accumul
 per distinct case, and is not a change of the media record (peers never see it).
 
 Every change of a record also appends its full new state to the change log in the same
-transaction (store_log.py); a write that changes nothing appends nothing.
+transaction (services.registry.change_entries); a write that changes nothing appends nothing.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from services.core.algorithms import SignalValue
+from services.core.changelog import store as changelog
+from services.core.changelog.store import append_entries, lock_change_log
 from services.core.db.migrations import schema_version
 from services.core.errors import NotFound
+from services.registry import change_entries
 from services.registry import store_sql as sql
 from services.registry.cases import CaseSealer
 from services.registry.model import (
@@ -38,15 +45,8 @@ from services.registry.model import (
     SubmitCounts,
     VictimRecord,
 )
-from services.registry.store_log import (
-    PendingEntry,
-    append_entries,
-    lock_change_log,
-    media_states,
-    pending_media_entries,
-    pending_retractions,
-    pending_series_entry,
-)
+from services.registry.replicated import ReplicatedApplied, ReplicatedChange
+from services.registry.store_replicated import apply_replicated
 from services.registry.store_rows import (
     PDQ_MIN_QUALITY,
     StagedBatch,
@@ -56,10 +56,15 @@ from services.registry.store_rows import (
     stage_batch,
     victim_record,
 )
-from services.sync.changelog import EntryKind, series_entry
 
 COMPONENT = "registry"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# What the registry's statements need, in the order they apply: its own tables, then the change
+# log it appends to (whose table the registry's own early migrations created).
+MIGRATIONS: tuple[tuple[str, Path], ...] = (
+    (COMPONENT, MIGRATIONS_DIR),
+    (changelog.COMPONENT, changelog.MIGRATIONS_DIR),
+)
 
 
 @dataclass(frozen=True)
@@ -74,53 +79,56 @@ class StoreStats:
 
 
 class RegistryStore:
-    """The registry's named transactions on a shared pool; writes are always this node's."""
+    """The registry's named operations, each on the caller's connection; writes of local records
+    are always this node's (origin = node id)."""
 
-    def __init__(self, pool: Any, *, node_id: str, sealer: CaseSealer) -> None:
-        self._pool = pool
+    def __init__(self, *, node_id: str, sealer: CaseSealer | None = None) -> None:
+        """`sealer`: the node's case key, needed to store case data with local submissions
+        (a store that only applies replicated records, in the sync service, goes without)."""
         self._origin = node_id
         self._sealer = sealer
 
     async def submit_media_batch(
-        self, batch: Sequence[MediaSubmission]
+        self, conn: Any, *, batch: Sequence[MediaSubmission]
     ) -> tuple[SubmitCounts, list[PdqEntry]]:
-        """Store a batch of this node's media in one transaction; return the counts and the PDQ
-        entries that became matchable. A media id repeated in the batch is merged: signals and
-        case data of every occurrence are kept, the other fields of the last one win."""
+        """Store a batch of this node's media; return the counts and the PDQ entries that became
+        matchable. A media id repeated in the batch is merged: signals and case data of every
+        occurrence are kept, the other fields of the last one win."""
         if not batch:
             return SubmitCounts(), []
         staged = stage_batch(batch, self._sealer)
-        async with self._pool.acquire() as conn, conn.transaction():
-            await lock_change_log(conn)
-            await conn.execute(sql.CREATE_STAGING)
-            await _copy_staged(conn, staged)
-            held = [r["id"] for r in await conn.fetch(sql.HELD_MEDIA, self._origin)]
-            before = {r.media_id: r for r in await media_states(conn, held)}
-            created = {r["id"] for r in await conn.fetch(sql.INSERT_NEW_MEDIA, self._origin)}
-            rewritten = await conn.fetch(sql.UPDATE_CHANGED_MEDIA, self._origin)
-            new_series: list[str] = []
-            if staged.series:
-                new_series = [
-                    r["series_id"]
-                    for r in await conn.fetch(sql.CREATE_MISSING_SERIES, self._origin)
-                ]
-            relinked = {r["media_row"] for r in await conn.fetch(sql.RELINK_SERIES, self._origin)}
-            new_signals = await conn.fetch(sql.INSERT_SIGNALS, self._origin)
-            if staged.cases:
-                await conn.execute(sql.INSERT_CASES, self._origin)
-            touched = (relinked | {r["media_row"] for r in new_signals}) - created
-            rewritten_rows = {r["id"] for r in rewritten}
-            if touched - rewritten_rows:
-                await conn.execute(sql.TOUCH_MEDIA, sorted(touched - rewritten_rows))
-            revived = sorted(r["id"] for r in rewritten if r["was_retracted"])
-            revived_pdq = (
-                await conn.fetch(sql.MATCHABLE_PDQ_OF, revived, PDQ_MIN_QUALITY) if revived else []
-            )
-            changed = await media_states(conn, sorted(created | touched | rewritten_rows))
-            await append_entries(
-                conn,
-                [*self._new_series_entries(new_series), *pending_media_entries(changed, before)],
-            )
+        await lock_change_log(conn)
+        await conn.execute(sql.CREATE_STAGING)
+        await _copy_staged(conn, staged)
+        held = [r["id"] for r in await conn.fetch(sql.HELD_MEDIA, self._origin)]
+        before = {r.media_id: r for r in await _media_states(conn, held)}
+        created = {r["id"] for r in await conn.fetch(sql.INSERT_NEW_MEDIA, self._origin)}
+        rewritten = await conn.fetch(sql.UPDATE_CHANGED_MEDIA, self._origin)
+        new_series: list[str] = []
+        if staged.series:
+            new_series = [
+                r["series_id"] for r in await conn.fetch(sql.CREATE_MISSING_SERIES, self._origin)
+            ]
+        relinked = {r["media_row"] for r in await conn.fetch(sql.RELINK_SERIES, self._origin)}
+        new_signals = await conn.fetch(sql.INSERT_SIGNALS, self._origin)
+        if staged.cases:
+            await conn.execute(sql.INSERT_CASES, self._origin)
+        touched = (relinked | {r["media_row"] for r in new_signals}) - created
+        rewritten_rows = {r["id"] for r in rewritten}
+        if touched - rewritten_rows:
+            await conn.execute(sql.TOUCH_MEDIA, sorted(touched - rewritten_rows))
+        revived = sorted(r["id"] for r in rewritten if r["was_retracted"])
+        revived_pdq = (
+            await conn.fetch(sql.MATCHABLE_PDQ_OF, revived, PDQ_MIN_QUALITY) if revived else []
+        )
+        changed = await _media_states(conn, sorted(created | touched | rewritten_rows))
+        await append_entries(
+            conn,
+            [
+                *change_entries.new_series(self._origin, new_series),
+                *change_entries.media_changes(changed, before),
+            ],
+        )
         updated = len(touched | rewritten_rows)
         counts = SubmitCounts(
             received=len(batch),
@@ -130,26 +138,14 @@ class RegistryStore:
         )
         return counts, matchable_entries(new_signals, revived_pdq)
 
-    def _new_series_entries(self, series_ids: Sequence[str]) -> list[PendingEntry]:
-        """Entries for series a submission created implicitly (unnamed, without victims)."""
-
-        def encode(series_id: str) -> Any:
-            def at(seq: int, moment: datetime) -> bytes:
-                record = SeriesRecord(self._origin, series_id, "", (), 0, moment)
-                return series_entry(seq, moment, record)
-
-            return at
-
-        return [PendingEntry(EntryKind.SERIES, encode(sid)) for sid in sorted(series_ids)]
-
     async def exact_hits(
-        self, signals: Sequence[SignalValue], *, limit_per_signal: int | None = None
+        self, conn: Any, *, signals: Sequence[SignalValue], limit_per_signal: int | None = None
     ) -> list[ExactHit]:
         """Stored media (not retracted) holding each signal, in query order, at most
         `limit_per_signal` per signal (pass the match limit + 1 to learn of truncation)."""
         if not signals:
             return []
-        rows = await self._pool.fetch(
+        rows = await conn.fetch(
             sql.EXACT_HITS,
             [int(s.algorithm) for s in signals],
             [s.value for s in signals],
@@ -157,65 +153,66 @@ class RegistryStore:
         )
         return [ExactHit(query_index=r["query_index"], row_id=r["media_row"]) for r in rows]
 
-    async def media_records(self, row_ids: Sequence[int]) -> dict[int, MediaRecord]:
+    async def media_records(self, conn: Any, *, row_ids: Sequence[int]) -> dict[int, MediaRecord]:
         """The media with these row ids, with all their signals and series ids, in one query.
         Retracted media are left out (a retraction may commit between a hit and this read)."""
         if not row_ids:
             return {}
-        rows = await self._pool.fetch(sql.MEDIA_RECORDS, list(row_ids))
+        rows = await conn.fetch(sql.MEDIA_RECORDS, list(row_ids))
         return {r["id"]: media_record(r) for r in rows}
 
-    async def series_for_media(self, row_ids: Sequence[int]) -> dict[int, tuple[SeriesRecord, ...]]:
+    async def series_for_media(
+        self, conn: Any, *, row_ids: Sequence[int]
+    ) -> dict[int, tuple[SeriesRecord, ...]]:
         """The series of each media (with victims and media counts), in one query; media without
         series are left out."""
         if not row_ids:
             return {}
-        rows = await self._pool.fetch(sql.SERIES_ROWS, list(row_ids), None, None)
+        rows = await conn.fetch(sql.SERIES_ROWS, list(row_ids), None, None)
         return group_series(rows)
 
-    async def retract_media(self, media_ids: Sequence[str]) -> RetractCounts:
+    async def retract_media(self, conn: Any, *, media_ids: Sequence[str]) -> RetractCounts:
         """Withdraw media of this node; unknown or already retracted ids count as not found."""
         if not media_ids:
             return RetractCounts(retracted=0, not_found=0)
-        async with self._pool.acquire() as conn, conn.transaction():
-            await lock_change_log(conn)
-            rows = await conn.fetch(sql.RETRACT_MEDIA, self._origin, list(media_ids))
-            row_ids = tuple(sorted(r["id"] for r in rows))
-            retracted = await media_states(conn, row_ids)
-            await append_entries(conn, pending_retractions(retracted))
+        await lock_change_log(conn)
+        rows = await conn.fetch(sql.RETRACT_MEDIA, self._origin, list(media_ids))
+        row_ids = tuple(sorted(r["id"] for r in rows))
+        retracted = await _media_states(conn, row_ids)
+        await append_entries(conn, change_entries.retractions(retracted))
         return RetractCounts(
             retracted=len(row_ids),
             not_found=len(media_ids) - len(row_ids),
             retracted_row_ids=row_ids,
         )
 
-    async def pdq_entries(self, batch_rows: int = 100_000) -> AsyncIterator[list[PdqEntry]]:
-        """Every matchable PDQ hash, streamed from one snapshot through a server-side cursor so
-        that loading the index at start never holds the whole table in memory."""
-        async with (
-            self._pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            cursor = await conn.cursor(sql.MATCHABLE_PDQ, PDQ_MIN_QUALITY)
-            while rows := await cursor.fetch(batch_rows):
-                yield [PdqEntry(row_id=r["media_row"], value=bytes(r["value"])) for r in rows]
+    async def pdq_entries(
+        self, conn: Any, *, batch_rows: int = 100_000
+    ) -> AsyncIterator[list[PdqEntry]]:
+        """Every matchable PDQ hash, streamed through a server-side cursor so that loading the
+        index at start never holds the whole table in memory. The caller's transaction (one
+        repeatable-read snapshot) is the cursor's."""
+        cursor = await conn.cursor(sql.MATCHABLE_PDQ, PDQ_MIN_QUALITY)
+        while rows := await cursor.fetch(batch_rows):
+            yield [PdqEntry(row_id=r["media_row"], value=bytes(r["value"])) for r in rows]
 
-    async def upsert_series(self, *, series_id: str, name: str) -> tuple[SeriesRecord, bool]:
+    async def upsert_series(
+        self, conn: Any, *, series_id: str, name: str
+    ) -> tuple[SeriesRecord, bool]:
         """Create or rename a series of this node; True when it was created."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await lock_change_log(conn)
-            row = await conn.fetchrow(sql.UPSERT_SERIES, self._origin, series_id, name)
-            record = await _read_series(conn, origin=self._origin, series_id=series_id)
-            if row["changed"]:
-                await append_entries(conn, [pending_series_entry(record)])
+        await lock_change_log(conn)
+        row = await conn.fetchrow(sql.UPSERT_SERIES, self._origin, series_id, name)
+        record = await _read_series(conn, origin=self._origin, series_id=series_id)
+        if row["changed"]:
+            await append_entries(conn, [change_entries.series_change(record)])
         return record, bool(row["created"])
 
-    async def get_series(self, *, origin: str, series_id: str) -> SeriesRecord:
-        async with self._pool.acquire() as conn:
-            return await _read_series(conn, origin=origin, series_id=series_id)
+    async def get_series(self, conn: Any, *, origin: str, series_id: str) -> SeriesRecord:
+        return await _read_series(conn, origin=origin, series_id=series_id)
 
     async def update_victim(
         self,
+        conn: Any,
         *,
         series_id: str,
         victim_id: str,
@@ -224,32 +221,23 @@ class RegistryStore:
     ) -> tuple[VictimRecord, bool]:
         """Create or change a victim of a series of this node (an empty desk keeps the current
         one); a change also marks the series updated, since peers see victims through it."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await lock_change_log(conn)
-            row = await conn.fetchrow(
-                sql.UPSERT_VICTIM,
-                self._origin,
-                series_id,
-                victim_id,
-                int(status),
-                responsible_desk,
-            )
-            if row is None:
-                raise NotFound(f"series {series_id!r} does not exist on this node")
-            if row["changed"]:
-                await conn.execute(sql.TOUCH_SERIES, row["series_row"])
-                record = await _read_series(conn, origin=self._origin, series_id=series_id)
-                await append_entries(conn, [pending_series_entry(record)])
+        await lock_change_log(conn)
+        row = await conn.fetchrow(
+            sql.UPSERT_VICTIM, self._origin, series_id, victim_id, int(status), responsible_desk
+        )
+        if row is None:
+            raise NotFound(f"series {series_id!r} does not exist on this node")
+        if row["changed"]:
+            await conn.execute(sql.TOUCH_SERIES, row["series_row"])
+            record = await _read_series(conn, origin=self._origin, series_id=series_id)
+            await append_entries(conn, [change_entries.series_change(record)])
         return victim_record(row), bool(row["created"])
 
-    async def stats(self) -> StoreStats:
-        async with (
-            self._pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            totals = await conn.fetchrow(sql.COUNT_TOTALS)
-            signal_rows = await conn.fetch(sql.COUNT_SIGNALS)
-            victim_rows = await conn.fetch(sql.COUNT_VICTIMS)
+    async def stats(self, conn: Any) -> StoreStats:
+        """Counts; run it in one repeatable-read transaction so they agree with each other."""
+        totals = await conn.fetchrow(sql.COUNT_TOTALS)
+        signal_rows = await conn.fetch(sql.COUNT_SIGNALS)
+        victim_rows = await conn.fetch(sql.COUNT_VICTIMS)
         victims = dict.fromkeys(IdentificationStatus, 0)
         victims.update({IdentificationStatus(r["status"]): r["count"] for r in victim_rows})
         return StoreStats(
@@ -260,38 +248,49 @@ class RegistryStore:
             victim_counts=victims,
         )
 
+    async def apply_replicated(
+        self, conn: Any, *, origin: str, changes: Sequence[ReplicatedChange]
+    ) -> ReplicatedApplied:
+        """Apply a peer's changes (validated, in seq order) on the caller's transaction, which
+        also advances the caller's cursor; each record only when its entry is newer."""
+        if origin == self._origin:
+            raise ValueError("records of this node are never applied as replicated")
+        return await apply_replicated(conn, origin=origin, changes=changes)
+
     async def replicated_changes(
-        self, *, since: datetime
+        self, conn: Any, *, since: datetime
     ) -> tuple[list[PdqEntry], list[int], datetime | None]:
         """Media of other origins changed at or after `since` (a moment of the database's own
         clock): the matchable PDQ hashes of those still live, the rows of those retracted, and
-        the latest change time seen (None: nothing changed)."""
-        async with (
-            self._pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            changed = await conn.fetch(sql.REPLICATED_SINCE, self._origin, since)
-            live = [r["id"] for r in changed if not r["retracted"]]
-            pdq = await conn.fetch(sql.MATCHABLE_PDQ_OF, live, PDQ_MIN_QUALITY) if live else []
+        the latest change time seen (None: nothing changed). Run it in one snapshot."""
+        changed = await conn.fetch(sql.REPLICATED_SINCE, self._origin, since)
+        live = [r["id"] for r in changed if not r["retracted"]]
+        pdq = await conn.fetch(sql.MATCHABLE_PDQ_OF, live, PDQ_MIN_QUALITY) if live else []
         retracted = [r["id"] for r in changed if r["retracted"]]
         latest = max((r["updated_at"] for r in changed), default=None)
         entries = [PdqEntry(row_id=r["media_row"], value=bytes(r["value"])) for r in pdq]
         return entries, retracted, latest
 
-    async def database_now(self) -> datetime:
-        moment: datetime = await self._pool.fetchval("SELECT now()")
+    async def database_now(self, conn: Any) -> datetime:
+        moment: datetime = await conn.fetchval("SELECT now()")
         return moment
 
-    async def schema_version(self) -> int:
-        async with self._pool.acquire() as conn:
-            return await schema_version(conn, COMPONENT)
+    async def schema_version(self, conn: Any) -> int:
+        return await schema_version(conn, COMPONENT)
 
-    async def sealed_case_records(self, media_id: str) -> list[bytes]:
+    async def sealed_case_records(self, conn: Any, *, media_id: str) -> list[bytes]:
         """The sealed case records of a media of this node, oldest first (for tests and audits)."""
-        rows = await self._pool.fetch(sql.SEALED_CASES, self._origin, media_id)
+        rows = await conn.fetch(sql.SEALED_CASES, self._origin, media_id)
         if not rows:
             raise NotFound(f"media {media_id!r} does not exist on this node")
         return [bytes(r["sealed"]) for r in rows if r["sealed"] is not None]
+
+
+async def _media_states(conn: Any, row_ids: Sequence[int]) -> list[MediaRecord]:
+    """Full state of these media (retracted or not), ordered by media id."""
+    if not row_ids:
+        return []
+    return [media_record(r) for r in await conn.fetch(sql.MEDIA_STATES, list(row_ids))]
 
 
 async def _copy_staged(conn: Any, staged: StagedBatch) -> None:

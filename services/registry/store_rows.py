@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.core.algorithms import ALGORITHMS, Algorithm, SignalValue
+from services.core.errors import FailedPrecondition
 from services.registry.cases import CaseSealer
 from services.registry.model import (
     Category,
@@ -45,7 +46,7 @@ class StagedBatch:
     repeats: int
 
 
-def stage_batch(batch: Sequence[MediaSubmission], sealer: CaseSealer) -> StagedBatch:
+def stage_batch(batch: Sequence[MediaSubmission], sealer: CaseSealer | None) -> StagedBatch:
     last: dict[str, MediaSubmission] = {}
     signals: dict[str, dict[tuple[int, bytes], int | None]] = {}
     cases: dict[str, dict[bytes, bytes]] = {}
@@ -56,6 +57,8 @@ def stage_batch(batch: Sequence[MediaSubmission], sealer: CaseSealer) -> StagedB
             # The first quality seen for a value stays, as it does once stored.
             known.setdefault((int(signal.algorithm), signal.value), signal.quality)
         if not item.case_data.is_empty():
+            if sealer is None:
+                raise FailedPrecondition("case data cannot be stored here: no case key")
             sealed = cases.setdefault(item.media_id, {})
             digest = sealer.digest(item.case_data)
             if digest not in sealed:

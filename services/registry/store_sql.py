@@ -6,7 +6,22 @@ not churn the catalogue. Inserts are ordered by key so that concurrent batches l
 same order.
 """
 
-from services.registry.store_log import MEDIA_SELECT
+MEDIA_SELECT = """
+SELECT m.id, m.origin, m.media_id, m.media_type, m.category_scheme, m.category_code, m.flags,
+       m.first_seen, sg.algorithms, sg.sig_values, sg.qualities,
+       ARRAY(SELECT se.series_id FROM media_series ms JOIN series se ON se.id = ms.series_row
+             WHERE ms.media_row = m.id ORDER BY se.series_id) AS series_ids
+FROM media m
+LEFT JOIN LATERAL (
+    SELECT array_agg(s.algorithm ORDER BY s.algorithm, s.value) AS algorithms,
+           array_agg(s.value ORDER BY s.algorithm, s.value) AS sig_values,
+           array_agg(s.quality ORDER BY s.algorithm, s.value) AS qualities
+    FROM signals s WHERE s.media_row = m.id
+) sg ON true
+"""
+
+# Full state of these media (retracted or not), ordered by media id: what the change log records.
+MEDIA_STATES = MEDIA_SELECT + "WHERE m.id = ANY($1::bigint[]) ORDER BY m.media_id"
 
 CREATE_STAGING = """
 SET LOCAL client_min_messages = warning;

@@ -1,10 +1,11 @@
-"""Assembles the sync service in-process: migrations, the log sender and its servicers, peer
-clients, and one puller task per pinned peer, kept in step with the pinned cards and the node's
-signing keys by a small supervisor loop.
+"""Assembles the sync service in-process: the log sender and its servicers, peer clients, and
+one puller task per pinned peer, kept in step with the pinned cards and the node's signing keys
+by a small supervisor loop.
 
-The node (`hashex node up`) calls `start_sync` with what it already owns (config, pool, registry,
-trust store) and serves `RunningSync.bindings()` on its gateway; `admin_binding()` also belongs on
-the loopback port, where `hashex sync status` asks.
+The node (`hashex node up`) calls `start_sync` with what it already owns (config, database,
+the registry's store and index, trust store) and serves `RunningSync.bindings()` on its
+gateway; `admin_binding()` also belongs on the loopback port, where `hashex sync status` asks.
+The database must be migrated already (`services.sync.store.MIGRATIONS`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from services.core import tls
 from services.core.config import NodeConfig
+from services.core.db.pool import Database
+from services.core.peer_card import PeerCard
 from services.core.server import ServiceBinding
 from services.core.signing import Keyring
+from services.registry.store import RegistryStore
 from services.sync.batches import BatchRejected
 from services.sync.peer_client import PeerClients, PeerDirectory
 from services.sync.policy import SharingPolicy, load_policy
@@ -29,13 +32,83 @@ from services.sync.puller import IndexSink, OnRejected, PeerPuller, PullDeps, Pu
 from services.sync.sender import LogSender
 from services.sync.servicer import AdminServicer, FederationServicer, LocalLookup
 from services.sync.status import SyncStatus, combine
-from services.sync.store import SyncStore, migrate
+from services.sync.store import SyncStore
 
 _log = logging.getLogger(__name__)
 
 
 async def _log_rejection(peer_id: str, rejected: BatchRejected) -> None:
     _log.warning("rejected a batch from %s (%s): %s", peer_id, rejected.reason, rejected)
+
+
+class PullerSupervisor:
+    """One puller task per pinned peer: started when a peer is pinned, stopped when it is
+    removed; also logs signing keys added to the key directory as rotations."""
+
+    def __init__(
+        self,
+        *,
+        deps: PullDeps,
+        cards: PeerDirectory,
+        keyring: Callable[[], Keyring],
+        interval_s: float,
+        grace_s: float,
+    ) -> None:
+        self.deps = deps
+        self._cards = cards
+        self._keyring = keyring
+        self._interval_s = interval_s
+        self._grace_s = grace_s
+        self.pullers: dict[str, PeerPuller] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._loop: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def cards(self) -> dict[str, PeerCard]:
+        return self._cards.peers()
+
+    async def reconcile(self) -> None:
+        """Log new signing keys; start pullers for newly pinned peers, stop removed ones."""
+        added = await self.deps.store.log_key_rotations(self._keyring())
+        if added:
+            _log.info("logged key rotation(s) %s", ", ".join(added))
+        pinned = set(self._cards.peers())
+        for peer_id in sorted(pinned - set(self._tasks)):
+            puller = self.pullers.setdefault(peer_id, PeerPuller(peer_id, self.deps))
+            self._tasks[peer_id] = asyncio.create_task(puller.run(), name=f"pull-{peer_id}")
+        for peer_id in sorted(set(self._tasks) - pinned):
+            self.pullers[peer_id].stop()
+            await _finish(self._tasks.pop(peer_id), self._grace_s)
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._supervise(), name="sync-supervisor")
+
+    def wake_pullers(self) -> None:
+        for puller in self.pullers.values():
+            puller.wake()
+
+    async def stop(self) -> None:
+        """Stop the loop, let each puller finish its batch in flight."""
+        self._stop.set()
+        if self._loop is not None:
+            await _finish(self._loop, self._grace_s)
+        for puller in self.pullers.values():
+            puller.stop()
+        for task in self._tasks.values():
+            await _finish(task, self._grace_s)
+
+    def running_peers(self) -> list[str]:
+        """The peers whose puller task has not ended."""
+        return sorted(peer_id for peer_id, task in self._tasks.items() if not task.done())
+
+    async def _supervise(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.reconcile()
+            except Exception:  # a bad card or key file must not stop replication
+                _log.exception("sync supervisor pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self._interval_s)
 
 
 @dataclass
@@ -45,12 +118,11 @@ class RunningSync:
     clients: PeerClients
     federation: FederationServicer
     admin: AdminServicer
-    pullers: dict[str, PeerPuller] = field(default_factory=dict)
-    _deps: PullDeps | None = None
-    _keyring: Callable[[], Keyring] | None = None
-    _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    _supervisor: asyncio.Task[None] | None = None
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    supervisor: PullerSupervisor
+
+    @property
+    def pullers(self) -> dict[str, PeerPuller]:
+        return self.supervisor.pullers
 
     def bindings(self) -> list[ServiceBinding]:
         """What the gateway serves for sync: Federation (peers) and Admin (operators)."""
@@ -63,63 +135,35 @@ class RunningSync:
         return self.admin.binding()
 
     async def status(self) -> SyncStatus:
-        return combine(
-            node_id=self.config.node_id,
-            local_last_seq=await self.store.last_seq(),
-            cards=self.clients_cards(),
-            cursors=await self.store.cursors(),
-            states={peer_id: p.state for peer_id, p in self.pullers.items()},
-        )
-
-    def clients_cards(self) -> dict[str, Any]:
-        return self._deps.cards.peers() if self._deps else {}
+        return await _status(self.config.node_id, self.store, self.supervisor)
 
     async def reconcile(self) -> None:
-        """Log new signing keys; start pullers for newly pinned peers, stop removed ones."""
-        if self._keyring is not None:
-            added = await self.store.log_key_rotations(self._keyring())
-            if added:
-                _log.info("logged key rotation(s) %s", ", ".join(added))
-        if self._deps is None:
-            return
-        pinned = set(self._deps.cards.peers())
-        for peer_id in sorted(pinned - set(self._tasks)):
-            puller = self.pullers.setdefault(peer_id, PeerPuller(peer_id, self._deps))
-            self._tasks[peer_id] = asyncio.create_task(puller.run(), name=f"pull-{peer_id}")
-        for peer_id in sorted(set(self._tasks) - pinned):
-            self.pullers[peer_id].stop()
-            await _finish(self._tasks.pop(peer_id), self.config.shutdown_grace_s)
+        await self.supervisor.reconcile()
 
     def wake_pullers(self) -> None:
-        for puller in self.pullers.values():
-            puller.wake()
+        self.supervisor.wake_pullers()
 
     async def stop(self) -> None:
-        """Stop the supervisor, let each puller finish its batch in flight, close channels."""
-        self._stop.set()
-        if self._supervisor is not None:
-            await _finish(self._supervisor, self.config.shutdown_grace_s)
-        for puller in self.pullers.values():
-            puller.stop()
-        for task in self._tasks.values():
-            await _finish(task, self.config.shutdown_grace_s)
-        self._tasks.clear()
+        """Stop the pullers (each finishes its batch in flight), close the peer channels."""
+        await self.supervisor.stop()
         await self.clients.close()
 
-    async def _supervise(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.reconcile()
-            except Exception:  # a bad card or key file must not stop replication
-                _log.exception("sync supervisor pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=self.config.pull_interval_s)
+
+async def _status(node_id: str, store: SyncStore, supervisor: PullerSupervisor) -> SyncStatus:
+    return combine(
+        node_id=node_id,
+        local_last_seq=await store.last_seq(),
+        cards=supervisor.cards(),
+        cursors=await store.cursors(),
+        states={peer_id: p.state for peer_id, p in supervisor.pullers.items()},
+    )
 
 
 async def start_sync(
     config: NodeConfig,
     *,
-    pool: Any,
+    database: Database,
+    records: RegistryStore,
     index: IndexSink,
     lookup: LocalLookup,
     trust: PeerDirectory,
@@ -131,16 +175,15 @@ async def start_sync(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     rng: random.Random | None = None,
 ) -> RunningSync:
-    """Start sync on an open pool whose registry migrations are applied. Defaults read the data
-    directory: tls/node.pem+key (identity, re-read so a renewed certificate is used on the next
-    channel), keys/signing (re-read each supervisor pass to log rotations), policy/<peer>.toml.
-    `on_rejected(peer_id, rejection)` is awaited for every rejected batch (the node audits it).
-    `run_pullers=False` serves only (tests drive pullers themselves). `index` is the registry's
-    PDQ index to keep in step and `lookup` the node's own lookup (PeerLookup answers with it).
-    The key directory is read again each pass, so a key added by `hashex node rotate-key` is
-    logged within `pull_interval_s`."""
-    await migrate(pool)
-    store = SyncStore(pool)
+    """Start sync on a migrated database. `records` is the registry's store (replicated records
+    are applied through it), `index` the registry's PDQ index to keep in step and `lookup` the
+    node's own lookup (PeerLookup answers with it). Defaults read the data directory:
+    tls/node.pem+key (identity, re-read so a renewed certificate is used on the next channel),
+    keys/signing (re-read each supervisor pass, so a key added by `hashex node rotate-key` is
+    logged within `pull_interval_s`), policy/<peer>.toml. `on_rejected(peer_id, rejection)` is
+    awaited for every rejected batch (the node audits it). `run_pullers=False` serves only
+    (tests drive pullers themselves)."""
+    store = SyncStore(database=database, records=records)
     if keyring is None:
         keys_dir = config.signing_keys_dir
         keyring = lambda: Keyring.load(keys_dir)  # noqa: E731
@@ -157,11 +200,7 @@ async def start_sync(
     federation = FederationServicer(
         node_id=config.node_id, sender=sender, lookup=lookup, policy_for=policy_for
     )
-    running = RunningSync(
-        config, store, clients, federation, AdminServicer(lambda: running.status())
-    )
-    running._keyring = keyring
-    running._deps = PullDeps(
+    deps = PullDeps(
         node_id=config.node_id,
         store=store,
         index=index,
@@ -178,10 +217,18 @@ async def start_sync(
         now=now,
         rng=rng or random.Random(),
     )
+    supervisor = PullerSupervisor(
+        deps=deps,
+        cards=trust,
+        keyring=keyring,
+        interval_s=config.pull_interval_s,
+        grace_s=config.shutdown_grace_s,
+    )
+    admin = AdminServicer(lambda: _status(config.node_id, store, supervisor))
     await store.log_key_rotations(keyring())
     if run_pullers:
-        running._supervisor = asyncio.create_task(running._supervise(), name="sync-supervisor")
-    return running
+        supervisor.start()
+    return RunningSync(config, store, clients, federation, admin, supervisor)
 
 
 async def _finish(task: asyncio.Task[None], grace_s: float) -> None:

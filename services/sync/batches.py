@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from hashex.v1 import federation_pb2
+from services.core.changelog.store import EntryKind, LogRow
 from services.core.errors import InvalidArgument
 from services.core.signing import (
     BATCH_DOMAIN,
@@ -36,7 +37,7 @@ from services.core.signing import (
     sign_bytes,
     verify_bytes,
 )
-from services.sync.changelog import Change, EntryKind, LogRow, RotatedKey, parse_entry
+from services.sync.entries import Change, RotatedKey, parse_entry
 from services.sync.policy import SharingPolicy
 from services.sync.policy_filter import filter_log_row
 

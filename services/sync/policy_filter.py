@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from hashex.v1 import common_pb2, federation_pb2, registry_pb2
 from services.core.algorithms import ALGORITHMS, Algorithm
-from services.sync.changelog import EntryKind, LogRow, decode_entry
+from services.core.changelog.store import EntryKind, LogRow
+from services.sync.entries import decode_entry
 from services.sync.policy import SharingPolicy
 
 _ALGORITHM_NAMES = {int(a): ALGORITHMS[a].name for a in Algorithm}

@@ -1,6 +1,6 @@
 """The sync service alone (`hashex sync run`, for Kubernetes): its own pool, the pullers, and
 Federation + Admin + Units on an internal port, next to `hashex registry serve` and `hashex gateway
-serve`. `hashex node up` runs the same parts in one process (services/gateway/node.py).
+serve`. `hashex node up` runs the same parts in one process (services/gateway/composition.py).
 
 Units lives with sync: a federated lookup asks the peers through sync's peer clients, and the
 local half of it (and of Federation.PeerLookup) is a Registry.Lookup call to the registry service,
@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import grpc
@@ -26,8 +27,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from hashex.v1 import registry_pb2, registry_pb2_grpc
+from services.core.audit.recorder import AuditRecorder
+from services.core.audit.store import AuditStore
 from services.core.config import NodeConfig, check_listen, require_node_material
-from services.core.db.migrations import apply_migrations
+from services.core.db.migrations import apply_migration_plan
 from services.core.db.pool import Database, open_database
 from services.core.errors import (
     FailedPrecondition,
@@ -45,11 +48,12 @@ from services.core.forwarded_caller import (
 from services.core.server import RunningServer, build_server, internal_channel
 from services.core.telemetry import Telemetry, setup_telemetry
 from services.core.trust import TrustStore
-from services.registry.app import MIGRATIONS as REGISTRY_MIGRATIONS
 from services.registry.model import PdqEntry
+from services.registry.store import RegistryStore
 from services.sync.app import RunningSync, start_sync
-from services.sync.audit_rejections import audit_rejections_in
+from services.sync.audit_rejections import audit_rejections
 from services.sync.federated_lookup import FederatedLookup
+from services.sync.store import MIGRATIONS
 from services.sync.units_servicer import UnitsServicer
 
 DEFAULT_SYNC_LISTEN = "127.0.0.1:7701"
@@ -161,14 +165,18 @@ async def start_sync_service(
     )
     sync: RunningSync | None = None
     try:
-        await apply_migrations(database.pool, REGISTRY_MIGRATIONS)
+        await apply_migration_plan(database.pool, MIGRATIONS)
         lookup = RegistryLookupOverChannel(registry_channel, timeout_s=config.call_deadline_s)
         sync = await start_sync(
             config,
-            pool=database.pool,
+            database=database,
+            # Replicated records carry no case data: this store never needs the case key.
+            records=RegistryStore(node_id=config.node_id),
             index=_IndexInRegistryProcess(),
             trust=trust,
-            on_rejected=await audit_rejections_in(database.pool),
+            on_rejected=audit_rejections(
+                AuditRecorder(AuditStore(database)).record, now=lambda: datetime.now(UTC)
+            ),
             lookup=lookup,
             run_pullers=run_pullers,
         )

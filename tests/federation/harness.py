@@ -36,7 +36,7 @@ from hashex.v1 import (
 from services.cli.main import main as hashex_main
 from services.core import tls
 from services.core.config import NodeConfig, load_config
-from services.gateway.node import RunningNode, start_node
+from services.gateway.composition import RunningNode, start_node
 from services.sync.policy import SharingPolicy, save_policy
 
 CONVERGE_TIMEOUT_S = 60.0

@@ -17,18 +17,20 @@ import grpc
 
 from hashex.v1 import federation_pb2, federation_pb2_grpc
 from services.core import tls
+from services.core.audit.chain import AuditRecord
+from services.core.audit.store import AuditStore
 from services.core.caller import Caller, current_caller
 from services.core.config import NodeConfig
 from services.core.server import ServiceBinding
 from services.core.signing import Keyring, create_first_key
 from services.core.trust import TrustStore, make_card, pin_card
 from services.gateway.app import RunningGateway, start_gateway
-from services.gateway.audit import AuditRecord
 from services.registry.cases import CaseSealer
 from services.registry.pdq_index import PdqIndex
 from services.registry.registry import Registry
 from services.registry.servicer import RegistryServicer
 from services.registry.store import RegistryStore
+from tests.store_calls import database_of
 
 OWN = "gb-nca"
 PEER = "us-fbi"
@@ -179,15 +181,16 @@ async def running_gateway(
     for ca in (pki.peer, pki.other_peer) if pinned is None else pinned:
         pin_peer(peers_dir, ca, work_dir / f"keys-{ca.node_id}")
     trust = TrustStore(peers_dir, pki.own.certificate_pem, own_node_id=OWN)
-    store = RegistryStore(pool, node_id=OWN, sealer=CaseSealer(bytes(range(32))))
-    registry = Registry(store=store, index=PdqIndex(), node_id=OWN)
+    database = database_of(pool)
+    store = RegistryStore(node_id=OWN, sealer=CaseSealer(bytes(range(32))))
+    registry = Registry(database=database, store=store, index=PdqIndex(), node_id=OWN)
     federation = FederationForTests()
     clock = FakeClock()
     running = await start_gateway(
         gateway_config(work_dir, **settings),
         [RegistryServicer(registry).binding(), federation.binding()],
-        pool,
-        trust,
+        audit=AuditStore(database),
+        trust=trust,
         identity=pki.gateway,
         own_ca_pem=pki.own.certificate_pem,
         clock=clock,

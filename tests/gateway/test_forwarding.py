@@ -17,10 +17,10 @@ import pytest
 
 from hashex.v1 import federation_pb2, federation_pb2_grpc, registry_pb2, registry_pb2_grpc
 from services.core import tls
+from services.core.audit.chain import AuditRecord
 from services.core.caller import Caller
 from services.core.config import NodeConfig, load_config
 from services.core.forwarded_caller import caller_metadata, load_internal_key
-from services.gateway.audit import AuditRecord
 from services.gateway.standalone import RunningGatewayService, start_gateway_service
 from services.registry.app import RunningRegistry, start_registry
 from services.sync.standalone import RunningSyncService, start_sync_service

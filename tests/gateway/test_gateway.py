@@ -19,8 +19,8 @@ from hashex.v1 import (
     registry_pb2_grpc,
 )
 from services.core import tls
+from services.core.audit.chain import ChainVerifier
 from services.core.trust import deny
-from services.gateway.audit import ChainVerifier
 from tests.gateway.harness import (
     CALL_TIMEOUT_S,
     OTHER_PEER,

@@ -27,6 +27,7 @@ from services.registry.model import (
     PdqEntry,
 )
 from services.registry.store import RegistryStore
+from tests.store_calls import InTransactions, database_of
 
 NODE = "gb-nca"
 KEY = bytes(range(32))
@@ -55,16 +56,16 @@ def sealer() -> CaseSealer:
 
 @pytest.fixture
 def store(db_pool: Any, sealer: CaseSealer) -> RegistryStore:
-    return RegistryStore(db_pool, node_id=NODE, sealer=sealer)
+    return InTransactions(RegistryStore(node_id=NODE, sealer=sealer), database_of(db_pool))
 
 
 async def test_resubmitting_the_same_batch_stores_it_once(store: RegistryStore) -> None:
     batch = [media("m1", md5("a"), pdq("a")), media("m2", sha1("b"), series_ids=("s1",))]
-    counts, entries = await store.submit_media_batch(batch)
+    counts, entries = await store.submit_media_batch(batch=batch)
     assert (counts.received, counts.created, counts.updated, counts.unchanged) == (2, 2, 0, 0)
     assert [e.value for e in entries] == [pdq("a").value]
 
-    counts, entries = await store.submit_media_batch(batch)
+    counts, entries = await store.submit_media_batch(batch=batch)
     assert (counts.received, counts.created, counts.updated, counts.unchanged) == (2, 0, 0, 2)
     assert entries == []
     stats = await store.stats()
@@ -90,22 +91,22 @@ async def test_a_changed_record_counts_as_updated(
     original = media(
         "m", md5("m"), series_ids=("s1",), category=Category(CategoryScheme.VICS_US, "1")
     )
-    await store.submit_media_batch([original])
-    counts, _ = await store.submit_media_batch([replace(original, **change)])
+    await store.submit_media_batch(batch=[original])
+    counts, _ = await store.submit_media_batch(batch=[replace(original, **change)])
     assert (counts.created, counts.updated, counts.unchanged) == (0, 1, 0)
-    counts, _ = await store.submit_media_batch([replace(original, **change)])
+    counts, _ = await store.submit_media_batch(batch=[replace(original, **change)])
     assert (counts.created, counts.updated, counts.unchanged) == (0, 0, 1)
 
 
 async def test_signals_are_the_union_of_submissions(store: RegistryStore) -> None:
-    await store.submit_media_batch([media("m", md5("m"), pdq("m"))])
-    counts, entries = await store.submit_media_batch([media("m", sha1("m"))])
+    await store.submit_media_batch(batch=[media("m", md5("m"), pdq("m"))])
+    counts, entries = await store.submit_media_batch(batch=[media("m", sha1("m"))])
     assert counts.updated == 1
     assert entries == []  # the PDQ hash was already matchable
-    hits = await store.exact_hits([md5("m"), sha1("m"), pdq("m")])
+    hits = await store.exact_hits(signals=[md5("m"), sha1("m"), pdq("m")])
     row = hits[0].row_id
     assert [(h.query_index, h.row_id) for h in hits] == [(0, row), (1, row), (2, row)]
-    record = (await store.media_records([row]))[row]
+    record = (await store.media_records(row_ids=[row]))[row]
     assert {s.algorithm for s in record.signals} == {Algorithm.MD5, Algorithm.SHA1, Algorithm.PDQ}
 
 
@@ -114,60 +115,62 @@ async def test_a_repeated_media_id_in_one_batch_is_merged(
 ) -> None:
     first = media("m", md5("m"), flags=MediaFlags(distributed=True), case_data=CaseData("C-1"))
     last = media("m", sha1("m"), media_type=MediaType.VIDEO, case_data=CaseData("C-2"))
-    counts, _ = await store.submit_media_batch([first, last])
+    counts, _ = await store.submit_media_batch(batch=[first, last])
     assert (counts.received, counts.created, counts.updated, counts.unchanged) == (2, 1, 0, 1)
-    [hit] = await store.exact_hits([md5("m")])
-    record = (await store.media_records([hit.row_id]))[hit.row_id]
+    [hit] = await store.exact_hits(signals=[md5("m")])
+    record = (await store.media_records(row_ids=[hit.row_id]))[hit.row_id]
     assert len(record.signals) == 2
     assert record.media_type == MediaType.VIDEO
     assert record.flags == MediaFlags()  # the last occurrence's fields win
-    sealed = await store.sealed_case_records("m")
+    sealed = await store.sealed_case_records(media_id="m")
     assert sorted(sealer.open(s).case_reference for s in sealed) == ["C-1", "C-2"]
 
 
 async def test_retracted_media_stop_matching(store: RegistryStore) -> None:
-    _, entries = await store.submit_media_batch([media("gone", md5("g"), pdq("g")), media("kept")])
+    _, entries = await store.submit_media_batch(
+        batch=[media("gone", md5("g"), pdq("g")), media("kept")]
+    )
     gone_row = entries[0].row_id
-    counts = await store.retract_media(["gone", "gone", "unknown"])
+    counts = await store.retract_media(media_ids=["gone", "gone", "unknown"])
     assert (counts.retracted, counts.not_found, counts.retracted_row_ids) == (1, 2, (gone_row,))
-    assert await store.exact_hits([md5("g"), pdq("g")]) == []
+    assert await store.exact_hits(signals=[md5("g"), pdq("g")]) == []
     assert await _all_pdq(store) == []
-    assert await store.media_records([gone_row]) == {}
+    assert await store.media_records(row_ids=[gone_row]) == {}
     stats = await store.stats()
     assert (stats.media_count, stats.retracted_count) == (1, 1)
     assert stats.signal_counts == {Algorithm.MD5: 1}
 
 
 async def test_resubmitting_a_retracted_media_revives_it(store: RegistryStore) -> None:
-    await store.submit_media_batch([media("m", md5("m"), pdq("m"), pdq("low", quality=10))])
-    await store.retract_media(["m"])
-    counts, entries = await store.submit_media_batch([media("m", md5("m"))])
+    await store.submit_media_batch(batch=[media("m", md5("m"), pdq("m"), pdq("low", quality=10))])
+    await store.retract_media(media_ids=["m"])
+    counts, entries = await store.submit_media_batch(batch=[media("m", md5("m"))])
     assert (counts.created, counts.updated, counts.unchanged) == (0, 1, 0)
-    [hit] = await store.exact_hits([md5("m")])
+    [hit] = await store.exact_hits(signals=[md5("m")])
     assert entries == [PdqEntry(hit.row_id, pdq("m").value)]
     assert await _all_pdq(store) == entries
 
 
 async def test_only_usable_pdq_hashes_are_matchable(store: RegistryStore) -> None:
     signals = (pdq("unknown", None), pdq("good", 50), pdq("poor", 49))
-    _, entries = await store.submit_media_batch([media("m", *signals)])
+    _, entries = await store.submit_media_batch(batch=[media("m", *signals)])
     usable = {pdq("unknown", None).value, pdq("good").value}
     assert {e.value for e in entries} == usable
     assert {e.value for e in await _all_pdq(store)} == usable
 
 
 async def test_pdq_entries_are_streamed_in_batches(store: RegistryStore) -> None:
-    await store.submit_media_batch([media(f"m{i}", pdq(f"m{i}")) for i in range(5)])
+    await store.submit_media_batch(batch=[media(f"m{i}", pdq(f"m{i}")) for i in range(5)])
     sizes = [len(batch) async for batch in store.pdq_entries(batch_rows=2)]
     assert sizes == [2, 2, 1]
 
 
 async def test_exact_hits_follow_query_order_and_limit(store: RegistryStore) -> None:
     shared = md5("shared")
-    await store.submit_media_batch([media(f"m{i}", shared) for i in range(3)])
-    hits = await store.exact_hits([md5("none"), shared])
+    await store.submit_media_batch(batch=[media(f"m{i}", shared) for i in range(3)])
+    hits = await store.exact_hits(signals=[md5("none"), shared])
     assert [h.query_index for h in hits] == [1, 1, 1]
-    limited = await store.exact_hits([shared, shared], limit_per_signal=2)
+    limited = await store.exact_hits(signals=[shared, shared], limit_per_signal=2)
     assert [h.query_index for h in limited] == [0, 0, 1, 1]
 
 
@@ -181,9 +184,9 @@ async def test_media_records_carry_everything_stored(store: RegistryStore) -> No
         flags=MediaFlags(victim_identified=True, self_generated=True),
         series_ids=("s2", "s1"),
     )
-    await store.submit_media_batch([submitted])
-    [hit] = await store.exact_hits([sha1("m")])
-    record = (await store.media_records([hit.row_id, 999_999]))[hit.row_id]
+    await store.submit_media_batch(batch=[submitted])
+    [hit] = await store.exact_hits(signals=[sha1("m")])
+    record = (await store.media_records(row_ids=[hit.row_id, 999_999]))[hit.row_id]
     assert (record.origin, record.media_id, record.media_type) == (NODE, "m", MediaType.VIDEO)
     assert record.category == submitted.category
     assert record.flags == submitted.flags
@@ -194,7 +197,7 @@ async def test_media_records_carry_everything_stored(store: RegistryStore) -> No
 
 async def test_series_victims_and_media_counts(store: RegistryStore) -> None:
     await store.submit_media_batch(
-        [media("a", series_ids=("s1",)), media("b", series_ids=("s1", "s2")), media("c")]
+        batch=[media("a", series_ids=("s1",)), media("b", series_ids=("s1", "s2")), media("c")]
     )
     series, created = await store.upsert_series(series_id="s1", name="Cathedral")
     assert (created, series.name, series.media_count) == (False, "Cathedral", 2)
@@ -217,15 +220,18 @@ async def test_series_victims_and_media_counts(store: RegistryStore) -> None:
         "GB-NCA victim-ID desk",
     )
 
-    rows = {h.query_index: h.row_id for h in await store.exact_hits([md5("a"), md5("b"), md5("c")])}
-    by_media = await store.series_for_media(list(rows.values()))
+    rows = {
+        h.query_index: h.row_id
+        for h in await store.exact_hits(signals=[md5("a"), md5("b"), md5("c")])
+    }
+    by_media = await store.series_for_media(row_ids=list(rows.values()))
     assert rows[2] not in by_media
     assert [s.series_id for s in by_media[rows[1]]] == ["s1", "s2"]
     [s1] = by_media[rows[0]]
     assert [(v.victim_id, v.status) for v in s1.victims] == [
         ("v1", IdentificationStatus.IDENTIFIED)
     ]
-    await store.retract_media(["a"])
+    await store.retract_media(media_ids=["a"])
     assert (await store.get_series(origin=NODE, series_id="s1")).media_count == 1
 
 
@@ -250,7 +256,7 @@ async def test_unknown_records_raise_not_found(store: RegistryStore) -> None:
             responsible_desk="",
         )
     with pytest.raises(NotFound, match="media 'nope'"):
-        await store.sealed_case_records("nope")
+        await store.sealed_case_records(media_id="nope")
 
 
 async def test_stats_count_victims_per_status(store: RegistryStore) -> None:
@@ -270,23 +276,23 @@ async def test_stats_count_victims_per_status(store: RegistryStore) -> None:
 
 
 async def test_only_this_nodes_media_can_be_retracted(db_pool: Any, sealer: CaseSealer) -> None:
-    ours = RegistryStore(db_pool, node_id=NODE, sealer=sealer)
-    theirs = RegistryStore(db_pool, node_id="de-bka", sealer=sealer)
-    await theirs.submit_media_batch([media("x", md5("x"))])
-    counts = await ours.retract_media(["x"])
+    ours = InTransactions(RegistryStore(node_id=NODE, sealer=sealer), database_of(db_pool))
+    theirs = InTransactions(RegistryStore(node_id="de-bka", sealer=sealer), database_of(db_pool))
+    await theirs.submit_media_batch(batch=[media("x", md5("x"))])
+    counts = await ours.retract_media(media_ids=["x"])
     assert (counts.retracted, counts.not_found) == (0, 1)
-    [hit] = await ours.exact_hits([md5("x")])
-    assert (await ours.media_records([hit.row_id]))[hit.row_id].origin == "de-bka"
+    [hit] = await ours.exact_hits(signals=[md5("x")])
+    assert (await ours.media_records(row_ids=[hit.row_id]))[hit.row_id].origin == "de-bka"
 
 
 async def test_case_data_is_stored_sealed_once_per_distinct_case(
     store: RegistryStore, sealer: CaseSealer, db_pool: Any
 ) -> None:
     case = CaseData("OP-CATHEDRAL-77", "EXHIBIT-4711", "/seized/disk1/holiday.jpg")
-    await store.submit_media_batch([media("m", md5("m"), case_data=case)])
-    await store.submit_media_batch([media("m", md5("m"), case_data=case)])
-    await store.submit_media_batch([media("m", md5("m"))])
-    [sealed] = await store.sealed_case_records("m")
+    await store.submit_media_batch(batch=[media("m", md5("m"), case_data=case)])
+    await store.submit_media_batch(batch=[media("m", md5("m"), case_data=case)])
+    await store.submit_media_batch(batch=[media("m", md5("m"))])
+    [sealed] = await store.sealed_case_records(media_id="m")
     assert sealer.open(sealed) == case
     async with db_pool.acquire() as conn:
         rows = await conn.fetch("SELECT digest, sealed, media_row::text FROM case_records")
@@ -308,20 +314,20 @@ async def test_a_failing_batch_leaves_nothing(store: RegistryStore, db_pool: Any
         media("bad", bad_md5),
     ]
     with pytest.raises(asyncpg.CheckViolationError):
-        await store.submit_media_batch(batch)
+        await store.submit_media_batch(batch=batch)
     for table in ("media", "signals", "series", "media_series", "case_records"):
         assert await db_pool.fetchval(f"SELECT count(*) FROM {table}") == 0, table
-    counts, _ = await store.submit_media_batch(batch[:1])  # the connection is still usable
+    counts, _ = await store.submit_media_batch(batch=batch[:1])  # the connection is still usable
     assert counts.created == 1
 
 
 async def test_concurrent_batches_of_the_same_media_store_it_once(store: RegistryStore) -> None:
     batch = [media(f"m{i}", md5(f"m{i}"), case_data=CaseData(f"C-{i}")) for i in range(50)]
-    results = await asyncio.gather(*(store.submit_media_batch(batch) for _ in range(3)))
+    results = await asyncio.gather(*(store.submit_media_batch(batch=batch) for _ in range(3)))
     assert sum(counts.created for counts, _ in results) == 50
     assert sum(counts.unchanged for counts, _ in results) == 100
     assert (await store.stats()).media_count == 50
-    assert len(await store.sealed_case_records("m7")) == 1
+    assert len(await store.sealed_case_records(media_id="m7")) == 1
 
 
 async def test_a_full_batch_goes_through_copy(store: RegistryStore) -> None:
@@ -336,11 +342,11 @@ async def test_a_full_batch_goes_through_copy(store: RegistryStore) -> None:
         )
         for i in range(1000)
     ]
-    counts, entries = await store.submit_media_batch(batch)
+    counts, entries = await store.submit_media_batch(batch=batch)
     assert (counts.created, len(entries)) == (1000, 1000)
-    counts, entries = await store.submit_media_batch(batch)
+    counts, entries = await store.submit_media_batch(batch=batch)
     assert (counts.unchanged, entries) == (1000, [])
-    hits = await store.exact_hits([sha1(str(i)) for i in range(0, 1000, 100)])
+    hits = await store.exact_hits(signals=[sha1(str(i)) for i in range(0, 1000, 100)])
     assert len(hits) == 10
     stats = await store.stats()
     assert (stats.media_count, stats.series_count) == (1000, 7)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from services.core import tls
+from services.core.audit.store import AuditStore
 from services.core.config import NodeConfig
 from services.core.signing import Keyring, create_first_key
 from services.core.trust import TrustStore, make_card, pin_card
@@ -24,6 +25,7 @@ from services.registry.store import RegistryStore
 from services.sync.app import RunningSync, start_sync
 from services.sync.batches import BatchRejected
 from services.sync.policy import SharingPolicy, save_policy
+from tests.store_calls import database_of
 
 
 @dataclass
@@ -73,8 +75,9 @@ async def started_node(
     )
     ca, certificate = await asyncio.to_thread(_node_files, config)
     trust = TrustStore(config.peers_dir, ca.certificate_pem, own_node_id=node_id)
-    store = RegistryStore(pool, node_id=node_id, sealer=CaseSealer(bytes(32)))
-    registry = Registry(store=store, index=PdqIndex(), node_id=node_id)
+    database = database_of(pool)
+    store = RegistryStore(node_id=node_id, sealer=CaseSealer(bytes(32)))
+    registry = Registry(database=database, store=store, index=PdqIndex(), node_id=node_id)
     rejections: list[tuple[str, BatchRejected]] = []
 
     async def audit_rejection(peer_id: str, rejected: BatchRejected) -> None:
@@ -82,7 +85,8 @@ async def started_node(
 
     sync = await start_sync(
         config,
-        pool=pool,
+        database=database,
+        records=store,
         index=registry,
         lookup=RegistryServicer(registry).answer_lookup,
         trust=trust,
@@ -95,8 +99,8 @@ async def started_node(
         node.gateway = await start_gateway(
             config,
             sync.bindings(),
-            pool,
-            trust,
+            audit=AuditStore(database),
+            trust=trust,
             identity=certificate,
             own_ca_pem=ca.certificate_pem,
         )

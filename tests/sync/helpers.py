@@ -6,6 +6,7 @@ import hashlib
 from datetime import UTC, datetime
 
 from services.core.algorithms import Algorithm, SignalValue
+from services.registry.change_entries import media_entry, retraction_entry, series_entry
 from services.registry.model import (
     Category,
     CategoryScheme,
@@ -17,12 +18,7 @@ from services.registry.model import (
     VictimRecord,
 )
 from services.sync.batches import Cursor, VerifiedBatch, digest_of
-from services.sync.changelog import (
-    media_entry,
-    parse_entry,
-    retraction_entry,
-    series_entry,
-)
+from services.sync.entries import parse_entry
 
 NO_FLAGS = MediaFlags()
 ORIGIN = "gb-nca"

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from services.core.errors import FailedPrecondition
-from services.registry.cases import CaseSealer
 from services.registry.model import IdentificationStatus, MediaRecord
 from services.registry.store import RegistryStore
 from services.sync.batches import Cursor
 from services.sync.store import SyncStore
+from tests.store_calls import InTransactions, database_of
 from tests.sync.helpers import (
     CAID_A,
     CAID_B,
@@ -31,14 +31,14 @@ from tests.sync.helpers import (
 @pytest.fixture
 def local(sync_pool: Any) -> RegistryStore:
     """The receiving node's registry store (it reads replicated records like its own)."""
-    return RegistryStore(sync_pool, node_id="us-fbi", sealer=CaseSealer(bytes(32)))
+    return InTransactions(RegistryStore(node_id="us-fbi"), database_of(sync_pool))
 
 
 async def _record(local: RegistryStore, media_id: str) -> MediaRecord | None:
-    hits = await local.exact_hits([md5(media_id)])
+    hits = await local.exact_hits(signals=[md5(media_id)])
     if not hits:
         return None
-    return (await local.media_records([hits[0].row_id]))[hits[0].row_id]
+    return (await local.media_records(row_ids=[hits[0].row_id]))[hits[0].row_id]
 
 
 async def test_a_batch_applies_records_and_advances_the_cursor(

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from hashex.v1 import federation_pb2
+from services.core.changelog.store import EntryKind, LogRow
 from services.core.signing import (
     BATCH_DOMAIN,
     KEY_ROTATION_DOMAIN,
@@ -26,7 +27,7 @@ from services.sync.batches import (
     VerifiedBatch,
     verify_batch,
 )
-from services.sync.changelog import EntryKind, LogRow, key_rotation_entry
+from services.sync.entries import key_rotation_entry
 from services.sync.policy import SharingPolicy
 from tests.sync.helpers import CAID_A, CAID_B, MOMENT, ORIGIN, RECIPIENT, media_at, media_record
 

@@ -11,11 +11,12 @@ import pytest
 
 from hashex.v1 import common_pb2, federation_pb2
 from services.core.algorithms import Algorithm, SignalValue
+from services.core.changelog.store import EntryKind
 from services.registry.cases import CaseSealer
 from services.registry.model import IdentificationStatus, MediaSubmission
 from services.registry.store import RegistryStore
-from services.sync.changelog import EntryKind
 from services.sync.store import SyncStore
+from tests.store_calls import InTransactions, database_of
 from tests.sync.helpers import CAID_A, md5, pdq, sha1
 
 NODE = "gb-nca"
@@ -27,7 +28,8 @@ def media(media_id: str, *signals: SignalValue, **fields: Any) -> MediaSubmissio
 
 @pytest.fixture
 def store(sync_pool: Any) -> RegistryStore:
-    return RegistryStore(sync_pool, node_id=NODE, sealer=CaseSealer(bytes(32)))
+    store = RegistryStore(node_id=NODE, sealer=CaseSealer(bytes(32)))
+    return InTransactions(store, database_of(sync_pool))
 
 
 async def _log(sync_store: SyncStore) -> list[tuple[int, EntryKind, federation_pb2.ChangeEntry]]:
@@ -45,7 +47,7 @@ async def test_a_submission_logs_new_series_then_full_media_state(
     store: RegistryStore, sync_store: SyncStore
 ) -> None:
     await store.submit_media_batch(
-        [media("m2", md5("m2"), pdq("m2"), series_ids=("s1",), category=CAID_A), media("m1")]
+        batch=[media("m2", md5("m2"), pdq("m2"), series_ids=("s1",), category=CAID_A), media("m1")]
     )
     log = await _log(sync_store)
     assert [(seq, kind) for seq, kind, _ in log] == [
@@ -68,18 +70,18 @@ async def test_a_resubmission_that_changes_nothing_logs_nothing(
     store: RegistryStore, sync_store: SyncStore
 ) -> None:
     batch = [media("m1", md5("m1"), series_ids=("s1",)), media("m2")]
-    await store.submit_media_batch(batch)
+    await store.submit_media_batch(batch=batch)
     before = await sync_store.last_seq()
-    await store.submit_media_batch(batch)
-    await store.submit_media_batch(batch[:1])
+    await store.submit_media_batch(batch=batch)
+    await store.submit_media_batch(batch=batch[:1])
     assert await sync_store.last_seq() == before
 
 
 async def test_a_change_logs_the_whole_new_state(
     store: RegistryStore, sync_store: SyncStore
 ) -> None:
-    await store.submit_media_batch([media("m", md5("m"))])
-    await store.submit_media_batch([media("m", sha1("m"), category=CAID_A)])
+    await store.submit_media_batch(batch=[media("m", md5("m"))])
+    await store.submit_media_batch(batch=[media("m", sha1("m"), category=CAID_A)])
     *_, (seq, kind, entry) = await _log(sync_store)
     assert (seq, kind) == (2, EntryKind.MEDIA)
     assert len(entry.media.signals) == 2  # signals accumulate: the union is the state
@@ -89,10 +91,10 @@ async def test_a_change_logs_the_whole_new_state(
 async def test_retraction_and_revival_are_logged_once(
     store: RegistryStore, sync_store: SyncStore
 ) -> None:
-    await store.submit_media_batch([media("m", md5("m"), category=CAID_A)])
-    await store.retract_media(["m", "unknown"])
-    await store.retract_media(["m"])
-    await store.submit_media_batch([media("m", md5("m"), category=CAID_A)])
+    await store.submit_media_batch(batch=[media("m", md5("m"), category=CAID_A)])
+    await store.retract_media(media_ids=["m", "unknown"])
+    await store.retract_media(media_ids=["m"])
+    await store.submit_media_batch(batch=[media("m", md5("m"), category=CAID_A)])
     rows = await sync_store.read_log(after_seq=0, limit=100)
     assert [r.kind for r in rows] == [EntryKind.MEDIA, EntryKind.RETRACTION, EntryKind.MEDIA]
     before = common_pb2.Media()
@@ -131,7 +133,7 @@ async def test_series_and_victim_changes_are_logged_with_the_victims(
 async def test_a_failing_write_logs_nothing(store: RegistryStore, sync_store: SyncStore) -> None:
     bad = media("bad", SignalValue(Algorithm.MD5, b"short"), series_ids=("s1",))
     with pytest.raises(asyncpg.CheckViolationError):
-        await store.submit_media_batch([media("ok"), bad])
+        await store.submit_media_batch(batch=[media("ok"), bad])
     assert await sync_store.last_seq() == 0
 
 
@@ -140,9 +142,9 @@ async def test_concurrent_writers_get_dense_unique_seqs(
 ) -> None:
     batches = [[media(f"b{b}-m{i}") for i in range(20)] for b in range(4)]
     await asyncio.gather(
-        *(store.submit_media_batch(batch) for batch in batches),
+        *(store.submit_media_batch(batch=batch) for batch in batches),
         store.upsert_series(series_id="s", name="x"),
-        store.retract_media(["b0-m0"]),
+        store.retract_media(media_ids=["b0-m0"]),
     )
     log = await _log(sync_store)
     assert [seq for seq, _, _ in log] == list(range(1, len(log) + 1))

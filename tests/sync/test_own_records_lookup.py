@@ -12,6 +12,7 @@ from services.registry.registry import Registry
 from services.registry.store import RegistryStore
 from services.sync.batches import Cursor
 from services.sync.store import SyncStore
+from tests.store_calls import database_of
 from tests.sync.helpers import ORIGIN, md5, media_at, media_record, verified
 
 OWN = "us-fbi"
@@ -20,8 +21,8 @@ OWN = "us-fbi"
 async def test_the_limit_applies_after_keeping_own_records(
     sync_store: SyncStore, sync_pool: Any
 ) -> None:
-    store = RegistryStore(sync_pool, node_id=OWN, sealer=CaseSealer(bytes(32)))
-    registry = Registry(store=store, index=PdqIndex(), node_id=OWN)
+    store = RegistryStore(node_id=OWN, sealer=CaseSealer(bytes(32)))
+    registry = Registry(database=database_of(sync_pool), store=store, index=PdqIndex(), node_id=OWN)
     replicated = [media_at(i, media_record(f"r{i}", md5("shared"))) for i in range(1, 4)]
     await sync_store.apply_batch(
         peer_id=ORIGIN, batch=verified(replicated, first=1, last=3), expected=Cursor()

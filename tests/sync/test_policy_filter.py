@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from hashex.v1 import common_pb2, federation_pb2, registry_pb2
+from services.core.changelog.store import EntryKind, LogRow
 from services.registry import convert
 from services.registry.model import MediaFlags
-from services.sync.changelog import EntryKind, LogRow
 from services.sync.policy import SharingPolicy
 from services.sync.policy_filter import filter_log_row, filter_lookup
 from tests.sync.helpers import (

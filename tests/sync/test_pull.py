@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from services.registry.model import IdentificationStatus, LookupResult, MediaSub
 from services.sync.audit_rejections import audit_rejections
 from services.sync.batches import BatchRejected
 from services.sync.policy import SharingPolicy
-from services.sync.puller import PeerPuller, PullDeps
+from services.sync.puller import PeerPuller
 from tests.sync.federation_harness import SyncNode, two_nodes
 from tests.sync.helpers import CAID_A, CAID_B, md5, pdq
 
@@ -39,9 +40,7 @@ async def lookup(node: SyncNode, *signals: SignalValue) -> list[LookupResult]:
 
 
 def puller(receiver: SyncNode, **overrides: Any) -> PeerPuller:
-    deps = receiver.sync._deps
-    assert deps is not None
-    return PeerPuller("gb-nca", PullDeps(**{**deps.__dict__, **overrides}))
+    return PeerPuller("gb-nca", replace(receiver.sync.supervisor.deps, **overrides))
 
 
 @pytest.fixture
@@ -114,7 +113,7 @@ async def test_a_forged_batch_is_rejected_reported_and_applies_nothing(
     origin, receiver = nodes
     origin.set_policy("us-fbi", SharingPolicy())
     await origin.registry.submit_batch([media(f"m{i}") for i in range(5)])
-    real_open = receiver.sync._deps.open_pull  # type: ignore[union-attr]
+    real_open = receiver.sync.supervisor.deps.open_pull
 
     async def tampered(peer_id: str, request: federation_pb2.PullRequest, deadline_s: float) -> Any:
         async for response in real_open(peer_id, request, deadline_s):
@@ -143,8 +142,8 @@ async def test_an_interrupted_pull_resumes_from_the_cursor(
     origin, receiver = nodes
     origin.set_policy("us-fbi", SharingPolicy())
     await origin.registry.submit_batch([media(f"m{i}") for i in range(30)])
-    settings = receiver.sync._deps.settings  # type: ignore[union-attr]
-    real_open = receiver.sync._deps.open_pull  # type: ignore[union-attr]
+    settings = receiver.sync.supervisor.deps.settings
+    real_open = receiver.sync.supervisor.deps.open_pull
 
     async def cut_after_two(
         peer_id: str, request: federation_pb2.PullRequest, deadline_s: float
@@ -156,7 +155,7 @@ async def test_an_interrupted_pull_resumes_from_the_cursor(
             if count == 2:
                 raise ConnectionResetError("connection cut by a proxy")
 
-    small = type(settings)(**{**settings.__dict__, "max_entries": 7})
+    small = replace(settings, max_entries=7)
     with pytest.raises(ConnectionResetError):
         await puller(receiver, open_pull=cut_after_two, settings=small).pull_once()
     assert (await receiver.sync.store.cursor("gb-nca")).seq == 14
@@ -194,7 +193,7 @@ async def test_pullers_run_continuously_and_stop_cleanly(
             assert loop.time() < deadline, "the record never arrived"
             await asyncio.sleep(0.05)  # polling the database: there is nothing to wait on
         await receiver.sync.stop()
-        assert all(task.done() for task in receiver.sync._tasks.values())
+        assert receiver.sync.supervisor.running_peers() == []
 
 
 async def test_peer_lookup_answers_own_records_under_policy(
@@ -246,7 +245,7 @@ async def test_a_rejected_batch_is_audited(nodes: tuple[SyncNode, SyncNode]) -> 
     origin.set_policy("de-bka", SharingPolicy())
     await origin.registry.submit_batch([media("m")])
     assert receiver.gateway is not None
-    audited = audit_rejections(receiver.gateway.audit, now=lambda: datetime.now(UTC))
+    audited = audit_rejections(receiver.gateway.record, now=lambda: datetime.now(UTC))
     misaddressed = origin.sync.federation._sender.batches_for(
         "de-bka", federation_pb2.PullRequest()
     )

@@ -15,6 +15,7 @@ from services.registry.store import RegistryStore
 from services.sync.batches import Cursor
 from services.sync.store import SyncStore
 from tests.registry.node_harness import flip_bits
+from tests.store_calls import database_of
 from tests.sync.helpers import ORIGIN, md5, media_at, media_record, pdq, retraction_at, verified
 
 
@@ -29,8 +30,10 @@ async def near_matches(registry: Registry, media_id: str) -> list[str]:
 async def test_the_registry_indexes_what_a_separate_sync_applied(
     sync_store: SyncStore, sync_pool: Any
 ) -> None:
-    store = RegistryStore(sync_pool, node_id="us-fbi", sealer=CaseSealer(bytes(32)))
-    registry = Registry(store=store, index=PdqIndex(), node_id="us-fbi")
+    store = RegistryStore(node_id="us-fbi", sealer=CaseSealer(bytes(32)))
+    registry = Registry(
+        database=database_of(sync_pool), store=store, index=PdqIndex(), node_id="us-fbi"
+    )
     await registry.load_index()
     assert registry.index_loaded_as_of is not None
     follower = ReplicaFollower(registry=registry, since=registry.index_loaded_as_of)

@@ -11,13 +11,9 @@ from hypothesis import strategies as st
 
 from hashex.v1 import common_pb2, federation_pb2
 from services.core.errors import InvalidArgument
-from services.sync.changelog import (
-    ReplicatedMedia,
-    _checked_media,
-    _valid_media,
-    media_entry,
-    parse_entry,
-)
+from services.registry.change_entries import media_entry
+from services.registry.replicated import ReplicatedMedia
+from services.sync.entries import _checked_media, _valid_media, parse_entry
 from tests.sync.helpers import CAID_A, ORIGIN, md5, media_record, pdq, sha1
 
 MOMENT = datetime(2026, 11, 2, tzinfo=UTC)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,16 @@ async def apply_migrations(pool: Any, directory: Path, *, component: str | None 
             if not connection.is_closed():
                 await connection.execute("SELECT pg_advisory_unlock($1)", _ADVISORY_LOCK_KEY)
     return len(migrations)
+
+
+async def apply_migration_plan(pool: Any, sources: Sequence[tuple[str, Path]]) -> int:
+    """Apply the migrations of every (component, directory) in order; the version of the
+    first."""
+    versions = [
+        await apply_migrations(pool, directory, component=component)
+        for component, directory in sources
+    ]
+    return versions[0]
 
 
 async def schema_version(connection: Any, component: str) -> int:

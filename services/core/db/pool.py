@@ -1,5 +1,8 @@
 """Opening a node's database: an asyncpg pool on DATABASE_URL, or on the embedded PostgreSQL in the
-node's data directory when no URL is configured.
+node's data directory when no URL is configured; and the one way the services' logic runs its
+stores' statements, `Database.transaction()` / `Database.connection()`, so that a store never
+opens a transaction of its own and a caller that needs several owners' writes in one
+transaction (sync applying a batch) passes the same connection to each.
 """
 
 from __future__ import annotations
@@ -7,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,25 @@ class Database:
     # Where the pool points, safe to log: the password is masked.
     display_url: str
     embedded: EmbeddedServer | None = field(default=None, repr=False)
+
+    @asynccontextmanager
+    async def transaction(
+        self, *, readonly: bool = False, isolation: str | None = None
+    ) -> AsyncIterator[Any]:
+        """A connection inside one transaction, committed when the block ends normally and rolled
+        back when it raises. `isolation` is asyncpg's name ("repeatable_read", ...; None: the
+        server's default, read committed)."""
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation=isolation, readonly=readonly),
+        ):
+            yield conn
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A connection for statements that each stand alone (reads that need no snapshot)."""
+        async with self.pool.acquire() as conn:
+            yield conn
 
     async def close(self) -> None:
         """Close the pool (forcibly if connections stay busy), then stop the embedded server."""

@@ -1,8 +1,8 @@
-"""Every SQL statement of the gateway: appending to the audit log and reading it back.
+"""Every SQL statement on the audit log: appending to it and reading it back.
 
-Appends from every gateway process sharing the database serialise on one transaction-scoped
-advisory lock, so each new record reads the true last record and extends the chain from it; two
-appenders can never both claim the same seq or fork the chain.
+Appends from every process sharing the database (gateways, pullers recording rejected batches)
+serialise on one transaction-scoped advisory lock, so each new record reads the true last record
+and extends the chain from it; two appenders can never both claim the same seq or fork the chain.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from services.gateway.audit import AuditEntry, AuditRecord, seal_all
+from services.core.audit.chain import AuditEntry, AuditRecord, seal_all
+from services.core.db.pool import Database
 
-COMPONENT = "gateway"
+COMPONENT = "audit"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any fixed number shared by every appender ("hxaudit" in ASCII).
 _APPEND_LOCK_KEY = 0x68786175646974
@@ -32,16 +33,16 @@ _PAGE_AFTER = f"SELECT {_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIM
 
 
 class AuditStore:
-    """The audit log's named transactions on a shared pool."""
+    """The audit log's named transactions on the node's database."""
 
-    def __init__(self, pool: Any) -> None:
-        self._pool = pool
+    def __init__(self, database: Database) -> None:
+        self._db = database
 
     async def append(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
         """Chain `entries` after the current last record and store them, in one transaction."""
         if not entries:
             return []
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._db.transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _APPEND_LOCK_KEY)
             last = await conn.fetchrow(_LAST_RECORD)
             records = seal_all(list(entries), after=_record(last) if last else None)
@@ -51,7 +52,8 @@ class AuditStore:
     async def records(self, *, after_seq: int = 0) -> AsyncIterator[AuditRecord]:
         """Every record after `after_seq` in order, a page at a time (the log may be large)."""
         while True:
-            rows = await self._pool.fetch(_PAGE_AFTER, after_seq, _PAGE)
+            async with self._db.connection() as conn:
+                rows = await conn.fetch(_PAGE_AFTER, after_seq, _PAGE)
             for row in rows:
                 yield _record(row)
             if len(rows) < _PAGE:
@@ -59,8 +61,9 @@ class AuditStore:
             after_seq = int(rows[-1]["seq"])
 
     async def exists(self) -> bool:
-        """False when the gateway never ran on this database (no audit table yet)."""
-        found = await self._pool.fetchval("SELECT to_regclass('audit_log') IS NOT NULL")
+        """False when nothing was ever audited on this database (no audit table yet)."""
+        async with self._db.connection() as conn:
+            found = await conn.fetchval("SELECT to_regclass('audit_log') IS NOT NULL")
         return bool(found)
 
 

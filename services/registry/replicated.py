@@ -1,4 +1,6 @@
-"""A verified batch flattened into the rows COPY sends to the apply staging tables.
+"""Records replicated from a peer, as the registry applies them: the changes a verified batch
+carries (parsed and validated by services.sync.entries) and their flattening into the rows COPY
+sends to the apply staging tables (services/registry/store_replicated.py).
 
 Within a batch only the newest entry of each record matters (entries carry full state), so
 entries are folded per media id and per series id first; the store then applies each staged
@@ -15,13 +17,54 @@ from operator import itemgetter
 from typing import Any
 
 from services.core.algorithms import ALGORITHMS, Algorithm, SignalValue
+from services.registry import model
 from services.registry.model import PdqEntry
-from services.sync.changelog import (
-    Change,
-    ReplicatedMedia,
-    ReplicatedRetraction,
-    ReplicatedSeries,
-)
+
+
+@dataclass(frozen=True)
+class ReplicatedMedia:
+    """A peer's media record as of entry `seq` of its log (full state)."""
+
+    seq: int
+    changed_at: datetime
+    media_id: str
+    signals: tuple[SignalValue, ...]
+    media_type: model.MediaType
+    category: model.Category | None
+    flags: model.MediaFlags
+    series_ids: tuple[str, ...]
+    first_seen: datetime
+
+
+@dataclass(frozen=True)
+class ReplicatedRetraction:
+    seq: int
+    changed_at: datetime
+    media_id: str
+
+
+@dataclass(frozen=True)
+class ReplicatedSeries:
+    """A peer's series with all its victims as of entry `seq`."""
+
+    seq: int
+    changed_at: datetime
+    series_id: str
+    name: str
+    victims: tuple[model.VictimRecord, ...]
+    updated_at: datetime
+
+
+ReplicatedChange = ReplicatedMedia | ReplicatedRetraction | ReplicatedSeries
+
+
+@dataclass(frozen=True)
+class ReplicatedApplied:
+    """What applying one batch of a peer's changes did to the PDQ index's input: hashes that
+    became matchable and media rows that stopped matching."""
+
+    added: list[PdqEntry]
+    removed_rows: list[int]
 
 
 @dataclass
@@ -40,14 +83,14 @@ class StagedApply:
     def tables(self) -> list[tuple[str, Sequence[tuple[Any, ...]]]]:
         """The staging tables filled before anything is applied (signals wait for media rows)."""
         return [
-            ("sync_stage_media", self.media),
-            ("sync_stage_links", self.links),
-            ("sync_stage_series", self.series),
-            ("sync_stage_victims", self.victims),
+            ("replica_stage_media", self.media),
+            ("replica_stage_links", self.links),
+            ("replica_stage_series", self.series),
+            ("replica_stage_victims", self.victims),
         ]
 
 
-def stage_changes(changes: Sequence[Change]) -> StagedApply:
+def stage_changes(changes: Sequence[ReplicatedChange]) -> StagedApply:
     media: dict[str, ReplicatedMedia | ReplicatedRetraction] = {}
     series: dict[str, ReplicatedSeries] = {}
     for change in changes:  # in seq order: the last one of each record wins

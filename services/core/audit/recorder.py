@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from services.gateway.audit import AuditEntry, AuditRecord
+from services.core.audit.chain import AuditEntry, AuditRecord
 
 _MAX_BATCH = 500
 

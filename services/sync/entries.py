@@ -1,10 +1,11 @@
-"""Change-log entries ⇄ domain types.
+"""What a receiver reads from a peer's change-log entries, and the entries sync itself writes
+(signing-key rotations).
 
 The origin writes each change as a serialized `ChangeEntry` carrying the full state of the record
-after the change (registry store, same transaction as the change). A receiver parses entries
-only after the batch carrying them verified, and validates them as strictly as the registry
-validates a submission: a peer's bytes are input like any other, and a record claiming another
-origin than the batch's is refused (only the origin ever writes its records).
+after the change (services.registry.change_entries, in the transaction of the change). A receiver
+parses entries only after the batch carrying them verified, and validates them as strictly as the
+registry validates a submission: a peer's bytes are input like any other, and a record claiming
+another origin than the batch's is refused (only the origin ever writes its records).
 
 Pure: no SQL, no gRPC.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import IntEnum
 from functools import partial
 
 from google.protobuf.message import DecodeError
@@ -21,18 +21,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from hashex.v1 import common_pb2, federation_pb2
 from services.core.algorithms import ALGORITHMS, AlgorithmSpec, SignalValue
+from services.core.changelog.store import EntryKind
 from services.core.errors import InvalidArgument
 from services.registry import convert, model
-
-
-class EntryKind(IntEnum):
-    """The `kind` column of change_log: which member of ChangeEntry.change is set."""
-
-    MEDIA = 1
-    RETRACTION = 2
-    SERIES = 3
-    KEY_ROTATION = 4
-
+from services.registry.replicated import (
+    ReplicatedChange,
+    ReplicatedMedia,
+    ReplicatedRetraction,
+    ReplicatedSeries,
+)
 
 KIND_OF_FIELD = {
     "media": EntryKind.MEDIA,
@@ -42,41 +39,7 @@ KIND_OF_FIELD = {
 }
 
 
-@dataclass(frozen=True)
-class LogRow:
-    """One row of the origin's change log as the sender reads it."""
-
-    seq: int
-    kind: EntryKind
-    entry: bytes
-    # The media as it stood before the change (retractions, changes of a held media); for the
-    # policy filter only, never sent.
-    media_before: bytes | None = None
-
-
-# --- writing (the origin) -------------------------------------------------------------------
-
-
-def media_entry(seq: int, changed_at: datetime, media: model.MediaRecord) -> bytes:
-    return federation_pb2.ChangeEntry(
-        seq=seq, changed_at=convert.timestamp(changed_at), media=convert.media_to_proto(media)
-    ).SerializeToString()
-
-
-def retraction_entry(seq: int, changed_at: datetime, media_id: str) -> bytes:
-    return federation_pb2.ChangeEntry(
-        seq=seq,
-        changed_at=convert.timestamp(changed_at),
-        retraction=federation_pb2.MediaRetraction(media_id=media_id),
-    ).SerializeToString()
-
-
-def series_entry(seq: int, changed_at: datetime, series: model.SeriesRecord) -> bytes:
-    message = convert.series_to_proto(series)
-    message.ClearField("media_count")  # a count of the origin's store; meaningless elsewhere
-    return federation_pb2.ChangeEntry(
-        seq=seq, changed_at=convert.timestamp(changed_at), series=message
-    ).SerializeToString()
+# --- writing (the origin's key rotations; its records' entries are the registry's) ----------
 
 
 def key_rotation_entry(
@@ -104,36 +67,6 @@ def key_rotation_entry(
 
 
 @dataclass(frozen=True)
-class ReplicatedMedia:
-    seq: int
-    changed_at: datetime
-    media_id: str
-    signals: tuple[SignalValue, ...]
-    media_type: model.MediaType
-    category: model.Category | None
-    flags: model.MediaFlags
-    series_ids: tuple[str, ...]
-    first_seen: datetime
-
-
-@dataclass(frozen=True)
-class ReplicatedRetraction:
-    seq: int
-    changed_at: datetime
-    media_id: str
-
-
-@dataclass(frozen=True)
-class ReplicatedSeries:
-    seq: int
-    changed_at: datetime
-    series_id: str
-    name: str
-    victims: tuple[model.VictimRecord, ...]
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
 class RotatedKey:
     """A new key of the origin; the caller checks `signature` by `signed_by_key_id`."""
 
@@ -144,7 +77,7 @@ class RotatedKey:
     signature: bytes
 
 
-Change = ReplicatedMedia | ReplicatedRetraction | ReplicatedSeries | RotatedKey
+Change = ReplicatedChange | RotatedKey
 
 
 def decode_entry(data: bytes) -> federation_pb2.ChangeEntry:

@@ -1,19 +1,25 @@
-"""A whole node in one process (`hashex node up`): the registry, the sync service and the gateway
-on one database, for a small agency or a laptop.
+"""The composition root of a whole node in one process (`hashex node up`): the registry, the sync
+service and the gateway on one database, for a small agency or a laptop. Every part is built
+complete through its constructor here, and only here.
 
 Two ports: the gateway (mutual TLS, `gateway_listen`), the only one peers and units reach, and the
 loopback port (`listen`, plaintext, loopback only) that the operator's own `hashex` commands use
-on the node's machine. Start order: database, registry (migrations, PDQ index), sync (pullers),
-gateway; stop in reverse, so no call arrives at a service that is already gone.
+on the node's machine. Start order: database, every component's migrations (checked as one plan),
+registry (PDQ index), sync (pullers), gateway; stop in reverse, so no call arrives at a service
+that is already gone.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from services.core import tls
+from services.core.audit.recorder import AuditRecorder
+from services.core.audit.store import AuditStore
 from services.core.config import NodeConfig, require_node_material
+from services.core.db.migrations import apply_migration_plan
 from services.core.db.pool import Database, open_database
 from services.core.server import RunningServer, build_server
 from services.core.telemetry import Telemetry, setup_telemetry
@@ -23,8 +29,9 @@ from services.registry.app import open_registry
 from services.registry.registry import Registry
 from services.registry.servicer import RegistryServicer
 from services.sync.app import RunningSync, start_sync
-from services.sync.audit_rejections import audit_rejections_in
+from services.sync.audit_rejections import audit_rejections
 from services.sync.federated_lookup import FederatedLookup
+from services.sync.store import MIGRATIONS
 from services.sync.units_servicer import UnitsServicer
 
 _log = logging.getLogger(__name__)
@@ -74,17 +81,21 @@ async def start_node(config: NodeConfig) -> RunningNode:
     database = await open_database(database_url=config.database_url, data_dir=config.data_dir)
     started: list[RunningServer | RunningGateway | RunningSync] = []
     try:
+        await apply_migration_plan(database.pool, MIGRATIONS)
         registry = await open_registry(config, database)
         telemetry = setup_telemetry(service="hashex-node", node_id=config.node_id)
         registry_servicer = RegistryServicer(
             registry, default_max_distance=config.pdq_default_max_distance
         )
+        audit = AuditStore(database)
+        recorder = AuditRecorder(audit)
         # Batches the pullers reject go into the same audit chain as the gateway's calls, from
         # the first pull on (the gateway itself starts last).
         sync = await start_sync(
             config,
-            pool=database.pool,
-            on_rejected=await audit_rejections_in(database.pool),
+            database=database,
+            records=registry.store,
+            on_rejected=audit_rejections(recorder.record, now=lambda: datetime.now(UTC)),
             index=registry,
             trust=trust,
             lookup=registry_servicer.answer_lookup,
@@ -104,8 +115,9 @@ async def start_node(config: NodeConfig) -> RunningNode:
         gateway = await start_gateway(
             config,
             [registry_servicer.binding(), units.binding(), *sync.bindings()],
-            database.pool,
-            trust,
+            audit=audit,
+            recorder=recorder,
+            trust=trust,
             identity=lambda: _node_identity(config),
             own_ca_pem=own_ca_pem,
             tracer_provider=telemetry.tracer_provider,

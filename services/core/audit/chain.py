@@ -1,4 +1,5 @@
-"""The audit record of one gateway call and the hash chain that makes the log tamper-evident.
+"""The audit record of one gateway call (or of an event such as a rejected batch) and the hash
+chain that makes the log tamper-evident.
 
 A record says who called (identity URI, certificate fingerprint, role), what (method), how much
 (request and response message counts), a SHA-256 digest of the request bytes — never the hashes

@@ -1,5 +1,6 @@
-"""The audit log: the hash chain (pure), the store on real PostgreSQL, and `hashex audit verify`
-finding the first tampered record."""
+"""The audit log: the hash chain (pure), the store on real PostgreSQL, its migration taking over
+the table an earlier release created, and `hashex audit verify` finding the first tampered
+record."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ import asyncpg
 import pytest
 
 from services.cli.main import main as hashex_main
+from services.core.audit.chain import AuditEntry, ChainVerifier, seal_all
+from services.core.audit.recorder import AuditRecorder
+from services.core.audit.store import MIGRATIONS_DIR, AuditStore
 from services.core.config import write_config
 from services.core.db.migrations import apply_migrations
 from services.core.db.pool import open_database
-from services.gateway.audit import AuditEntry, ChainVerifier, seal_all
-from services.gateway.recorder import AuditRecorder
-from services.gateway.store import MIGRATIONS_DIR, AuditStore
+from tests.store_calls import database_of
 
 T0 = datetime(2026, 11, 2, 9, 30, 0, 123456, tzinfo=UTC)
 
@@ -59,8 +61,7 @@ def test_chain_verifies_and_names_the_first_altered_record() -> None:
 
 
 async def test_store_appends_a_chain_that_reads_back_identically(db_pool: Any) -> None:
-    await apply_migrations(db_pool, MIGRATIONS_DIR)
-    store = AuditStore(db_pool)
+    store = AuditStore(database_of(db_pool))
     recorder = AuditRecorder(store)
     stored = await asyncio.gather(*(recorder.record(_entry(n)) for n in range(50)))
     assert sorted(r.seq for r in stored) == list(range(1, 51))
@@ -74,11 +75,35 @@ async def test_store_appends_a_chain_that_reads_back_identically(db_pool: Any) -
         await db_pool.execute("DELETE FROM audit_log")
 
 
+async def test_the_audit_migration_takes_over_the_log_an_earlier_release_created(
+    empty_database: str,
+) -> None:
+    """Releases before 0.2 created audit_log as migration 1 of the `gateway` component: the
+    audit component's first migration finds it, keeps every record and the triggers."""
+    pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
+    try:
+        await apply_migrations(pool, MIGRATIONS_DIR, component="gateway")  # as then
+        await AuditStore(database_of(pool)).append([_entry(n) for n in range(3)])
+        await apply_migrations(pool, MIGRATIONS_DIR)
+        versions = await pool.fetch("SELECT component, version FROM schema_version ORDER BY 1")
+        assert [tuple(v) for v in versions] == [("audit", 1), ("gateway", 1)]
+        assert [r.seq async for r in AuditStore(database_of(pool)).records()] == [1, 2, 3]
+        with pytest.raises(asyncpg.RaiseError, match="append-only"):
+            await pool.execute("DELETE FROM audit_log")
+        triggers = await pool.fetchval(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'audit_log'::regclass"
+            " AND NOT tgisinternal"
+        )
+        assert triggers == 2
+    finally:
+        await pool.close()
+
+
 async def _fill_log(url: str, count: int) -> None:
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     try:
         await apply_migrations(pool, MIGRATIONS_DIR)
-        await AuditStore(pool).append([_entry(n) for n in range(count)])
+        await AuditStore(database_of(pool)).append([_entry(n) for n in range(count)])
     finally:
         await pool.close()
 
@@ -125,7 +150,7 @@ async def test_audit_verify_shares_the_embedded_database_of_a_running_node(
     database = await open_database(database_url=None, data_dir=node_data_dir)
     try:
         await apply_migrations(database.pool, MIGRATIONS_DIR)
-        await AuditStore(database.pool).append([_entry(n) for n in range(3)])
+        await AuditStore(database).append([_entry(n) for n in range(3)])
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         verify = await asyncio.create_subprocess_exec(
             sys.executable,

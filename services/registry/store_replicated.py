@@ -1,0 +1,208 @@
+"""Applying a peer's records to the registry's tables: the statements behind
+`RegistryStore.apply_replicated`, run on the caller's connection inside its transaction (sync
+applies a verified batch and advances its cursor in one transaction).
+
+Applying is idempotent on (origin, seq): a replicated row keeps the seq of the entry that last
+set it, and an entry applies only when newer, so a re-offered older entry never overwrites newer
+state. Staged with COPY and merged set-wise, like a local submission.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from services.registry.model import PdqEntry
+from services.registry.replicated import (
+    ReplicatedApplied,
+    ReplicatedChange,
+    StagedApply,
+    matchable,
+    signal_rows,
+    stage_changes,
+)
+from services.registry.store_rows import PDQ_MIN_QUALITY, matchable_entries
+from services.registry.store_sql import MATCHABLE_PDQ_OF
+
+
+async def apply_replicated(
+    conn: Any, *, origin: str, changes: Sequence[ReplicatedChange]
+) -> ReplicatedApplied:
+    staged = stage_changes(changes)
+    await conn.execute(_CREATE_STAGING)
+    for table, records in staged.tables():
+        if records:
+            await conn.copy_records_to_table(table, records=records)
+    if staged.series:
+        await _apply_series(conn, origin)
+    added: list[PdqEntry] = []
+    if staged.media:
+        added = await _apply_media(conn, origin, staged)
+    removed: list[int] = []
+    if staged.retractions:
+        media_ids, seqs, moments = zip(*staged.retractions, strict=True)
+        rows = await conn.fetch(_RETRACT, origin, list(media_ids), list(seqs), list(moments))
+        removed = sorted(r["id"] for r in rows)
+    return ReplicatedApplied(added=added, removed_rows=removed)
+
+
+async def _apply_series(conn: Any, origin: str) -> None:
+    applied = await conn.fetch(_UPSERT_SERIES, origin)
+    if applied:
+        rows = [r["id"] for r in applied]
+        names = [r["series_id"] for r in applied]
+        await conn.execute(_DROP_OLD_VICTIMS, rows, names)
+        await conn.execute(_UPSERT_VICTIMS, rows, names)
+
+
+async def _apply_media(conn: Any, origin: str, staged: StagedApply) -> list[PdqEntry]:
+    before = await conn.fetch(_MEDIA_HELD, origin)
+    applied = {r["media_id"]: r["id"] for r in await conn.fetch(_UPSERT_MEDIA, origin)}
+    if not applied:
+        return []
+    rows = list(applied.values())
+    await conn.execute(_CREATE_LINKED_SERIES, origin, rows)
+    await conn.execute(_RELINK, origin, rows)
+    created, known = signal_rows(staged, applied, {r["id"] for r in before})
+    if created:  # nothing to conflict with: straight into the table
+        await conn.copy_records_to_table("signals", records=created, columns=_SIGNAL_COLUMNS)
+    added_known: list[Any] = []
+    if known:
+        await conn.copy_records_to_table("replica_stage_signals", records=known)
+        added_known = await conn.fetch(_INSERT_SIGNALS)
+    revived = [r["id"] for r in before if r["revived"]]
+    revived_pdq = await conn.fetch(MATCHABLE_PDQ_OF, revived, PDQ_MIN_QUALITY) if revived else []
+    return sorted(
+        matchable(created) + matchable_entries(added_known, revived_pdq),
+        key=lambda e: (e.row_id, e.value),
+    )
+
+
+_CREATE_STAGING = """
+SET LOCAL client_min_messages = warning;
+CREATE TEMP TABLE IF NOT EXISTS replica_stage_media (
+    media_id text NOT NULL, media_type smallint NOT NULL, category_scheme smallint,
+    category_code text, flags smallint NOT NULL, first_seen timestamptz NOT NULL,
+    origin_seq bigint NOT NULL
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS replica_stage_signals (
+    media_row bigint NOT NULL, algorithm smallint NOT NULL, value bytea NOT NULL, quality smallint
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS replica_stage_links (
+    media_id text NOT NULL, series_id text NOT NULL
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS replica_stage_series (
+    series_id text NOT NULL, name text NOT NULL, updated_at timestamptz NOT NULL,
+    origin_seq bigint NOT NULL
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS replica_stage_victims (
+    series_id text NOT NULL, victim_id text NOT NULL, status smallint NOT NULL,
+    responsible_desk text NOT NULL, updated_at timestamptz NOT NULL
+) ON COMMIT DELETE ROWS;
+"""
+
+_UPSERT_SERIES = """
+INSERT INTO series (origin, series_id, name, updated_at, origin_seq)
+SELECT $1, s.series_id, s.name, s.updated_at, s.origin_seq FROM replica_stage_series s
+ORDER BY s.series_id
+ON CONFLICT (origin, series_id) DO UPDATE
+SET name = EXCLUDED.name, updated_at = EXCLUDED.updated_at, origin_seq = EXCLUDED.origin_seq
+WHERE series.origin_seq IS NULL OR series.origin_seq < EXCLUDED.origin_seq
+RETURNING id, series_id
+"""
+
+# A series entry states its victims in full.
+_DROP_OLD_VICTIMS = """
+DELETE FROM victims v
+USING unnest($1::bigint[], $2::text[]) AS a(id, series_id)
+WHERE v.series_row = a.id AND NOT EXISTS (
+    SELECT 1 FROM replica_stage_victims sv
+    WHERE sv.series_id = a.series_id AND sv.victim_id = v.victim_id)
+"""
+
+_UPSERT_VICTIMS = """
+INSERT INTO victims (series_row, victim_id, status, responsible_desk, updated_at)
+SELECT a.id, sv.victim_id, sv.status, sv.responsible_desk, sv.updated_at
+FROM replica_stage_victims sv JOIN unnest($1::bigint[], $2::text[]) AS a(id, series_id)
+     ON a.series_id = sv.series_id
+ORDER BY 1, 2
+ON CONFLICT (series_row, victim_id) DO UPDATE
+SET status = EXCLUDED.status, responsible_desk = EXCLUDED.responsible_desk,
+    updated_at = EXCLUDED.updated_at
+"""
+
+# The staged media this node holds already, and which of them are retracted and revived by the
+# staged (newer) state: their PDQ hashes match again.
+_MEDIA_HELD = """
+SELECT m.id,
+       m.retracted_at IS NOT NULL AND (m.origin_seq IS NULL OR m.origin_seq < s.origin_seq)
+           AS revived
+FROM replica_stage_media s
+JOIN media m ON m.origin = $1 AND m.media_id = s.media_id
+"""
+
+_UPSERT_MEDIA = """
+INSERT INTO media (origin, media_id, media_type, category_scheme, category_code, flags,
+                   first_seen, origin_seq)
+SELECT $1, s.media_id, s.media_type, s.category_scheme, s.category_code, s.flags, s.first_seen,
+       s.origin_seq
+FROM replica_stage_media s
+ORDER BY s.media_id
+ON CONFLICT (origin, media_id) DO UPDATE
+SET media_type = EXCLUDED.media_type, category_scheme = EXCLUDED.category_scheme,
+    category_code = EXCLUDED.category_code, flags = EXCLUDED.flags,
+    first_seen = EXCLUDED.first_seen, origin_seq = EXCLUDED.origin_seq, retracted_at = NULL,
+    updated_at = now()
+WHERE media.origin_seq IS NULL OR media.origin_seq < EXCLUDED.origin_seq
+RETURNING id, media_id
+"""
+
+# Series a media names before their own entry arrived: created bare (origin_seq NULL), so the
+# series entry applies whenever it comes.
+_CREATE_LINKED_SERIES = """
+INSERT INTO series (origin, series_id)
+SELECT DISTINCT $1, l.series_id
+FROM replica_stage_links l JOIN media m ON m.origin = $1 AND m.media_id = l.media_id
+WHERE m.id = ANY($2::bigint[])
+ORDER BY 2
+ON CONFLICT (origin, series_id) DO NOTHING
+"""
+
+# A media entry states its series in full: links it no longer names go.
+_RELINK = """
+WITH desired AS (
+    SELECT m.id AS media_row, se.id AS series_row
+    FROM replica_stage_links l
+    JOIN media m ON m.origin = $1 AND m.media_id = l.media_id
+    JOIN series se ON se.origin = $1 AND se.series_id = l.series_id
+    WHERE m.id = ANY($2::bigint[])
+), removed AS (
+    DELETE FROM media_series ms
+    WHERE ms.media_row = ANY($2::bigint[]) AND NOT EXISTS (
+        SELECT 1 FROM desired d WHERE d.media_row = ms.media_row AND d.series_row = ms.series_row)
+)
+INSERT INTO media_series (media_row, series_row)
+SELECT media_row, series_row FROM desired ORDER BY 1, 2
+ON CONFLICT DO NOTHING
+"""
+
+_SIGNAL_COLUMNS = ("media_row", "algorithm", "value", "quality")
+
+# Signals accumulate, as at the origin: a hash once true of a media stays true. (Staged: only
+# those of media held before this batch, which may have some of them already.)
+_INSERT_SIGNALS = """
+INSERT INTO signals (media_row, algorithm, value, quality)
+SELECT media_row, algorithm, value, quality FROM replica_stage_signals
+ORDER BY algorithm, value, media_row
+ON CONFLICT (algorithm, value, media_row) DO NOTHING
+RETURNING media_row, algorithm, value, quality
+"""
+
+_RETRACT = """
+UPDATE media m
+SET retracted_at = r.changed_at, origin_seq = r.origin_seq, updated_at = now()
+FROM unnest($2::text[], $3::bigint[], $4::timestamptz[]) AS r(media_id, origin_seq, changed_at)
+WHERE m.origin = $1 AND m.media_id = r.media_id
+  AND (m.origin_seq IS NULL OR m.origin_seq < r.origin_seq)
+RETURNING m.id
+"""
