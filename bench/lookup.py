@@ -18,7 +18,11 @@ PDQ hashes (1-31 bits flipped) and half random PDQ hashes. `in_process` is `Regi
 domain signals plus the conversion of its results to protobuf: what a gRPC call adds on top of
 that (validation, serialisation, HTTP/2, TLS, interceptors, the gateway, the client) is the
 overhead. `single` calls ask one stored md5 each: their latency is almost all fixed per-call cost,
-so `hashex_single` - `registry_mtls_single` is the gateway's cost per call. The audit log's
+so `hashex_single` - `registry_mtls_single` is the gateway's cost per call. With `--series-size S`
+the first S media belong to one series (what `hashex submit --series` makes of a seizure):
+`exact_series` batches then ask hashes of those, `exact` batches hashes of the others, so
+`series_cost` (exact_series median / exact median, per transport) is what a large series adds
+to a lookup (target <= 1.3). The audit log's
 append is also timed on its own (one at a time and `--in-flight` at once), and the bench counts
 the audit transactions the gateway makes per call, and checks at the end that the log holds one
 record for every call made through the gateway.
@@ -29,6 +33,7 @@ finds PostgreSQL's cache equally warm; variants then take turns, a round of batc
 
     .venv/bin/python bench/lookup.py --n 100000
     .venv/bin/python bench/lookup.py            # 1,000,000 media
+    .venv/bin/python bench/lookup.py --series-size 200000
 """
 
 from __future__ import annotations
@@ -93,8 +98,12 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # --- the workload -----------------------------------------------------------------------------
 
 
-def submission(corpus: Corpus, i: int) -> MediaSubmission:
-    return MediaSubmission(media_id=media_id(i), signals=corpus.signals(i))
+SERIES_ID = "bench-series"
+
+
+def submission(corpus: Corpus, i: int, series_size: int) -> MediaSubmission:
+    series = (SERIES_ID,) if i < series_size else ()
+    return MediaSubmission(media_id=media_id(i), signals=corpus.signals(i), series_ids=series)
 
 
 @dataclass(frozen=True)
@@ -112,9 +121,10 @@ def make_batch(signals: list[SignalValue], expected: dict[int, str]) -> Batch:
     return Batch(tuple(signals), request.SerializeToString(), expected)
 
 
-def exact_batch(corpus: Corpus, rng: random.Random, size: int) -> Batch:
-    """Half stored md5/sha256 hashes of distinct media, half unknown ones, shuffled."""
-    hits = rng.sample(range(corpus.n), size // 2)
+def exact_batch(corpus: Corpus, rng: random.Random, size: int, media: range) -> Batch:
+    """Half stored md5/sha256 hashes of distinct media among `media`, half unknown ones,
+    shuffled."""
+    hits = rng.sample(media, size // 2)
     queries: list[tuple[SignalValue, str | None]] = []
     for i in hits:
         algorithm = rng.choice((Algorithm.MD5, Algorithm.SHA256))
@@ -415,8 +425,12 @@ class AuditCounter:
         return int(await self._pool.fetchval("SELECT count(*) FROM audit_log"))
 
 
-async def load_corpus(registry: Registry, corpus: Corpus, batch_size: int) -> dict[str, float]:
-    loaded = await load(registry, corpus.n, lambda i: submission(corpus, i), batch_size=batch_size)
+async def load_corpus(
+    registry: Registry, corpus: Corpus, batch_size: int, series_size: int
+) -> dict[str, float]:
+    loaded = await load(
+        registry, corpus.n, lambda i: submission(corpus, i, series_size), batch_size=batch_size
+    )
     return {
         "load_s": loaded.seconds,
         "per_s": loaded.per_s,
@@ -567,6 +581,20 @@ def add_overheads(results: dict[str, Result]) -> None:
                 )
 
 
+def series_costs(results: dict[str, Result]) -> dict[str, float]:
+    """Per transport, the median of a lookup whose hits all lie in one large series over the
+    same lookup of media in no series (target <= 1.3); empty without --series-size."""
+    return {
+        transport: round(
+            results[f"{transport}_exact_series"]["median_ms"]
+            / results[f"{transport}_exact"]["median_ms"],
+            3,
+        )
+        for transport in TRANSPORTS
+        if f"{transport}_exact_series" in results
+    }
+
+
 async def audit_probe(audit: AuditCounter, in_flight: int, count: int) -> dict[str, float]:
     """The audit log's append alone, as the gateway makes it (`RunningGateway.record`, the same
     recorder and chain): `count` records one at a time, then `count` with `in_flight` at once."""
@@ -624,6 +652,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--in-flight", type=int, default=4, help="calls at once in the throughput runs (1: none)"
     )
+    parser.add_argument(
+        "--series-size", type=int, default=0, help="media 0..S-1 in one series (0: none)"
+    )
     parser.add_argument("--seed", type=int, default=20261101)
     parser.add_argument(
         "--database-url",
@@ -634,6 +665,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.n < args.batch_size // 2 or min(args.batches, args.single_calls, args.rounds) < 1:
         parser.error("need --n >= --batch-size / 2 and --batches, --single-calls, --rounds >= 1")
+    half = args.batch_size // 2
+    if args.series_size and not (half <= args.series_size <= args.n - half):
+        parser.error("--series-size must leave --batch-size / 2 media in and out of the series")
     return args
 
 
@@ -644,11 +678,17 @@ def make_workload(args: argparse.Namespace) -> tuple[Corpus, dict[str, list[Batc
         f"{args.single_calls} single calls"
     )
     corpus = Corpus.random(args.n, rng)
+    outside = range(args.series_size, args.n)
     batches = {
-        "exact": [exact_batch(corpus, rng, args.batch_size) for _ in range(args.batches)],
+        "exact": [exact_batch(corpus, rng, args.batch_size, outside) for _ in range(args.batches)],
         "near": [near_batch(corpus, rng, args.batch_size) for _ in range(args.batches)],
         "single": [single_batch(corpus, rng) for _ in range(args.single_calls)],
     }
+    if args.series_size:
+        inside = range(args.series_size)
+        batches["exact_series"] = [
+            exact_batch(corpus, rng, args.batch_size, inside) for _ in range(args.batches)
+        ]
     return corpus, batches
 
 
@@ -664,7 +704,9 @@ async def prepare_node(
     database = await stack.enter_async_context(opened_database(config))
     progress(f"database: {database.display_url}; loading {corpus.n:,} media")
     await apply_migration_plan(database.pool, NODE_MIGRATIONS)
-    facts = await load_corpus(await open_registry(config, database), corpus, args.load_batch_size)
+    facts = await load_corpus(
+        await open_registry(config, database), corpus, args.load_batch_size, args.series_size
+    )
     progress(f"loaded: {facts}")
     facts["vacuum_analyze_s"] = await vacuum_analyze(database)
     start = time.perf_counter()
@@ -696,8 +738,8 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Result], dict[str, ob
         stack.callback(client.stop)
         bench = Bench(node.registry, client, audit)
         results: dict[str, Result] = {}
-        for kind in KINDS:
-            results |= await measure(kind, batches[kind], bench, args)
+        for kind, kind_batches in batches.items():
+            results |= await measure(kind, kind_batches, bench, args)
         progress(
             f"audit: timing {AUDIT_PROBE_RECORDS} appends alone, then {args.in_flight} at once"
         )
@@ -713,6 +755,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Result], dict[str, ob
         progress("stopping")
     add_overheads(results)
     facts: dict[str, object] = {
+        "series_cost": series_costs(results),
         "load": load_facts,
         "audit_append": probe,
         "audit_records_checked": stored,
@@ -737,6 +780,8 @@ def report(results: dict[str, Result], in_flight: int) -> None:
                 f"{many['throughput_overhead_pct']} % more time per hash than in process"
             )
         progress(line)
+    if costs := series_costs(results):
+        progress(f"one large series over none (median ratio, target <= 1.3): {costs}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

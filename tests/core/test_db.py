@@ -145,7 +145,7 @@ def test_database_urls_are_masked(url: str, masked: str) -> None:
 
 
 async def test_migrations_apply_to_an_empty_database(pool: Any) -> None:
-    assert await apply_migrations(pool, REGISTRY_MIGRATIONS) == 4
+    assert await apply_migrations(pool, REGISTRY_MIGRATIONS) == 5
     tables = {
         r["tablename"]
         for r in await pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
@@ -161,7 +161,7 @@ async def test_migrations_apply_to_an_empty_database(pool: Any) -> None:
 async def test_rerunning_migrations_changes_nothing(pool: Any) -> None:
     await apply_migrations(pool, REGISTRY_MIGRATIONS)
     before = await pool.fetch("SELECT * FROM schema_version")
-    assert await apply_migrations(pool, REGISTRY_MIGRATIONS) == 4
+    assert await apply_migrations(pool, REGISTRY_MIGRATIONS) == 5
     assert await pool.fetch("SELECT * FROM schema_version") == before
 
 

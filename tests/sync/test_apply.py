@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from services.core.errors import FailedPrecondition
+from services.core.errors import FailedPrecondition, NotFound
 from services.registry.model import IdentificationStatus, MediaRecord
 from services.registry.store import RegistryStore
 from services.sync.batches import Cursor
@@ -191,3 +191,30 @@ async def test_a_failing_apply_leaves_nothing(sync_store: SyncStore, local: Regi
         await sync_store.apply_batch(peer_id=ORIGIN, batch=batch, expected=Cursor())
     assert await _record(local, "m1") is None
     assert await sync_store.cursor(ORIGIN) == Cursor()
+
+
+async def test_series_media_counts_follow_replicated_links_retractions_and_revivals(
+    sync_store: SyncStore, local: RegistryStore
+) -> None:
+    async def count(series_id: str) -> int:
+        try:
+            return (await local.get_series(origin=ORIGIN, series_id=series_id)).media_count
+        except NotFound:
+            return 0
+
+    async def counts() -> tuple[int, int]:
+        return await count("s1"), await count("s2")
+
+    steps = [
+        ([media_at(1, media_record("a", series_ids=("s1",)))], (1, 0)),
+        ([media_at(2, media_record("b", series_ids=("s1", "s2")))], (2, 1)),
+        ([media_at(3, media_record("b", series_ids=("s2",)))], (1, 1)),  # b leaves s1
+        ([retraction_at(4, "a")], (0, 1)),
+        ([media_at(5, media_record("a", series_ids=("s1", "s2")))], (1, 2)),  # a revived
+    ]
+    cursor = Cursor()
+    for seq, (changes, expected) in enumerate(steps, start=1):
+        batch = verified(changes, first=seq, last=seq)
+        await sync_store.apply_batch(peer_id=ORIGIN, batch=batch, expected=cursor)
+        cursor = batch.cursor
+        assert await counts() == expected, f"after entry {seq}"
