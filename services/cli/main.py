@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         audit_command,
         hash_command,
         lookup_command,
+        media_command,
         node_command,
         records_command,
         service_command,
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit_command.register(sub)
     lookup_command.register(sub)
     records_command.register(sub)
+    media_command.register(sub)
     audit_command.register(sub)
     trust_command.register(sub)
     sync_command.register(sub)

@@ -22,6 +22,7 @@ STATUS_BY_NAME = {
     "identified": common_pb2.IDENTIFICATION_STATUS_IDENTIFIED,
     "safeguarded": common_pb2.IDENTIFICATION_STATUS_SAFEGUARDED,
 }
+STATUS_NAMES = {number: name for name, number in STATUS_BY_NAME.items()}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,7 +45,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     series_sub = series.add_subparsers(dest="series_command", metavar="COMMAND", required=True)
     series_set = series_sub.add_parser("set", help="create or rename a series of this node")
     series_set.add_argument("series_id")
-    series_set.add_argument("--name", default="", help="working name")
+    naming = series_set.add_mutually_exclusive_group()
+    naming.add_argument("--name", help="working name (without it the name stays as it is)")
+    naming.add_argument("--clear-name", action="store_true", help="remove the working name")
     add_node_options(series_set)
     series_set.set_defaults(func=lambda ns: run_command(_series_set, ns))
     series_show = series_sub.add_parser("show", help="show a series with its victims (JSON)")
@@ -55,13 +58,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     victim = sub.add_parser(
         "victim",
-        help="set a victim's identification status in a series of this node",
+        help="set a victim's identification status or desk in a series of this node",
+        description=(
+            "Create a victim of a series of this node, or change its status or responsible desk. "
+            "What is not given stays as it is."
+        ),
         epilog="example: hashex victim op-lantern v1 identified --desk 'GB-NCA victim-ID desk'",
     )
     victim.add_argument("series_id")
     victim.add_argument("victim_id", help="pseudonymous id within the series, e.g. v1")
-    victim.add_argument("status", choices=tuple(STATUS_BY_NAME))
-    victim.add_argument("--desk", default="", help="responsible desk (a role contact)")
+    victim.add_argument(
+        "status", nargs="?", choices=tuple(STATUS_BY_NAME), help="required for a new victim"
+    )
+    desk = victim.add_mutually_exclusive_group()
+    desk.add_argument("--desk", help="responsible desk (a role contact)")
+    desk.add_argument("--clear-desk", action="store_true", help="remove the responsible desk")
     add_node_options(victim)
     victim.set_defaults(func=lambda ns: run_command(_victim, ns))
 
@@ -77,7 +88,8 @@ def _stats(ns: argparse.Namespace) -> int:
     return exit_codes.OK
 
 
-def _retract(ns: argparse.Namespace) -> int:
+def media_ids_given(ns: argparse.Namespace) -> list[str]:
+    """The media ids on the command line and in `--file` (one per line), checked, each once."""
     ids = list(ns.media_ids)
     if ns.file is not None:
         if not ns.file.is_file():
@@ -88,6 +100,11 @@ def _retract(ns: argparse.Namespace) -> int:
         raise InvalidArgument("no media ids given")
     for media_id in ids:
         check_id("media id", media_id)
+    return list(dict.fromkeys(ids))
+
+
+def _retract(ns: argparse.Namespace) -> int:
+    ids = media_ids_given(ns)
     retracted = not_found = 0
     with registry_stub(ns) as stub:
         for start in range(0, len(ids), 10_000):
@@ -100,8 +117,10 @@ def _retract(ns: argparse.Namespace) -> int:
 
 
 def _series_set(ns: argparse.Namespace) -> int:
+    request = registry_pb2.UpsertSeriesRequest(series_id=ns.series_id, name=ns.name or "")
+    if ns.name is not None or ns.clear_name:
+        request.update_mask.paths.append("name")
     with registry_stub(ns) as stub:
-        request = registry_pb2.UpsertSeriesRequest(series_id=ns.series_id, name=ns.name)
         response = stub.UpsertSeries(request, timeout=ns.timeout)
     print(f"series {ns.series_id} {'created' if response.created else 'updated'}")
     return exit_codes.OK
@@ -115,14 +134,21 @@ def _series_show(ns: argparse.Namespace) -> int:
 
 
 def _victim(ns: argparse.Namespace) -> int:
+    request = registry_pb2.UpdateVictimRequest(
+        series_id=ns.series_id, victim_id=ns.victim_id, responsible_desk=ns.desk or ""
+    )
+    request.update_mask.SetInParent()
+    if ns.status:
+        request.status = STATUS_BY_NAME[ns.status]
+        request.update_mask.paths.append("status")
+    if ns.desk is not None or ns.clear_desk:
+        request.update_mask.paths.append("responsible_desk")
+    if not request.update_mask.paths:
+        raise InvalidArgument("nothing to change: give a status, --desk or --clear-desk")
     with registry_stub(ns) as stub:
-        request = registry_pb2.UpdateVictimRequest(
-            series_id=ns.series_id,
-            victim_id=ns.victim_id,
-            status=STATUS_BY_NAME[ns.status],
-            responsible_desk=ns.desk,
-        )
         response = stub.UpdateVictim(request, timeout=ns.timeout)
     created = "created" if response.created else "updated"
-    print(f"victim {ns.victim_id} of {ns.series_id} {created}: {ns.status}")
+    status = STATUS_NAMES[response.victim.status]
+    desk = response.victim.responsible_desk or "no desk"
+    print(f"victim {ns.victim_id} of {ns.series_id} {created}: {status} ({desk})")
     return exit_codes.OK

@@ -29,7 +29,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=(
             "Submit every record of a hash file written by `hashex hash` (JSON Lines or CSV) to "
             "your node. The case and exhibit references and the file paths stay on the node, "
-            "encrypted; they are never shared. Submitting the same file again stores nothing new."
+            "encrypted; they are never shared. Submitting the same file again stores nothing new. "
+            "Media already stored are merged, never erased: their hashes and series are added "
+            "to, --category and --flag set only when given (`hashex media` clears them, moves "
+            "media out of a series and restores retracted media)."
         ),
         epilog=(
             "example:\n  hashex submit seizure.jsonl --category vics-us:1 --series op-lantern "
@@ -75,6 +78,12 @@ def _submit(ns: argparse.Namespace) -> int:
         f"{response.updated} updated, {response.unchanged} already stored",
         file=sys.stderr,
     )
+    if response.retracted:
+        print(
+            f"{response.retracted} of them had been retracted and were left as they are; "
+            "`hashex media restore MEDIA_ID...` brings a media back",
+            file=sys.stderr,
+        )
     return exit_codes.OK
 
 

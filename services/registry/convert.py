@@ -7,30 +7,29 @@ tells the caller everything to fix; a request with any problem is rejected whole
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import TypeVar
 
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hashex.v1 import common_pb2, registry_pb2
-from services.core.algorithms import (
-    ALGORITHMS,
-    Algorithm,
-    SignalValue,
-    derived_media_id,
-    spec_for_number,
-)
+from services.core.algorithms import SignalValue, derived_media_id, spec_for_number
 from services.core.errors import FieldProblem, InvalidArgument
 from services.registry import model
-
-MAX_MEDIA_PER_BATCH = 1000
-MAX_SIGNALS_PER_MEDIA = 16
-MAX_PDQ_PER_MEDIA = 8
-MAX_LOOKUP_SIGNALS = 10_000
-MAX_RETRACT_IDS = 10_000
-MAX_PDQ_DISTANCE = 64
-DEFAULT_MAX_MATCHES = 100
+from services.registry.contract import (
+    DEFAULT_MAX_MATCHES,
+    MAX_LOOKUP_SIGNALS,
+    MAX_MEDIA_PER_BATCH,
+    MAX_PDQ_DISTANCE,
+    MAX_RETRACT_IDS,
+    MAX_SERIES_PER_MEDIA,
+    MAX_SIGNALS_PER_MEDIA,
+    MAX_UPDATE_IDS,
+    signal_set_problems,
+)
 
 T = TypeVar("T")
 
@@ -95,16 +94,8 @@ def _signals(
 
 
 def _check_signal_set(problems: Problems, field: str, signals: list[SignalValue]) -> None:
-    if not signals:
-        return
-    counts: dict[Algorithm, int] = {}
-    for signal in signals:
-        counts[signal.algorithm] = counts.get(signal.algorithm, 0) + 1
-    for algorithm, count in counts.items():
-        spec = ALGORITHMS[algorithm]
-        limit = MAX_PDQ_PER_MEDIA if spec.perceptual else 1
-        if count > limit:
-            problems.add(field, f"{count} {spec.name} signals; at most {limit} per media")
+    for problem in signal_set_problems(distinct_signals(signals)):
+        problems.add(field, problem)
 
 
 def submission_from_proto(message: registry_pb2.MediaSubmission) -> model.MediaSubmission:
@@ -126,7 +117,9 @@ def submission_from_proto(message: registry_pb2.MediaSubmission) -> model.MediaS
     if message.HasField("category"):
         category = problems.check("category", lambda: category_from_proto(message.category))
     series_ids = tuple(message.series_ids)
-    for i, series_id in enumerate(series_ids):
+    if len(set(series_ids)) > MAX_SERIES_PER_MEDIA:
+        problems.add("series_ids", f"{len(set(series_ids))} series; at most {MAX_SERIES_PER_MEDIA}")
+    for i, series_id in enumerate(series_ids[:MAX_SERIES_PER_MEDIA]):
         problems.check(f"series_ids[{i}]", partial(model.check_id, "series id", series_id))
     case = message.case_data
     problems.check("case_data.case_reference", lambda: _text("case reference", case.case_reference))
@@ -138,7 +131,7 @@ def submission_from_proto(message: registry_pb2.MediaSubmission) -> model.MediaS
         lambda: model.check_text("file path", case.file_path, model.MAX_PATH_CHARS),
     )
     problems.raise_if_any()
-    assert media_id is not None and media_type is not None
+    assert media_id is not None
     return model.MediaSubmission(
         media_id=media_id,
         signals=distinct_signals(signals),
@@ -169,8 +162,9 @@ def _text(kind: str, value: str) -> str:
 
 
 def _media_type(problems: Problems, number: int) -> model.MediaType | None:
+    """The type given, or None when unspecified (or unknown: then a problem is recorded)."""
     if number == 0:
-        return model.MediaType.IMAGE
+        return None
     try:
         return model.MediaType(number)
     except ValueError:
@@ -347,3 +341,131 @@ def status_from_proto(number: int) -> model.IdentificationStatus:
         return model.IdentificationStatus(number)
     except ValueError:
         raise InvalidArgument(FieldProblem("status", f"unknown status number {number}")) from None
+
+
+FLAG_PATHS = {
+    "flags.victim_identified": model.MediaFlags(victim_identified=True).to_bits(),
+    "flags.offender_identified": model.MediaFlags(offender_identified=True).to_bits(),
+    "flags.distributed": model.MediaFlags(distributed=True).to_bits(),
+    "flags.self_generated": model.MediaFlags(self_generated=True).to_bits(),
+}
+MEDIA_UPDATE_PATHS = ("category", "media_type", "flags", *FLAG_PATHS)
+
+
+def media_change_from_proto(
+    request: registry_pb2.UpdateMediaRequest,
+) -> tuple[list[str], model.MediaChange]:
+    """The media ids and the change an UpdateMedia request asks for; InvalidArgument names
+    every problem, including a request that changes nothing."""
+    _check_batch_size(
+        "media_ids",
+        len(request.media_ids),
+        limit=MAX_UPDATE_IDS,
+        noun="media ids",
+        empty="at least one media id is required",
+    )
+    problems = Problems()
+    media_ids = _distinct_ids(problems, "media_ids", "media id", request.media_ids)
+    paths = _mask_paths(problems, request.update_mask, MEDIA_UPDATE_PATHS)
+    values = request.values
+    change = model.MediaChange(restore=request.restore)
+    if "category" in paths:
+        category = None
+        if values.HasField("category"):
+            category = problems.check(
+                "values.category", lambda: category_from_proto(values.category)
+            )
+        change = replace(change, set_category=True, category=category)
+    if "media_type" in paths:
+        if values.media_type == 0:
+            problems.add("values.media_type", "a media type is required with this path")
+        change = replace(change, media_type=_media_type(problems, values.media_type))
+    bits = flags_from_proto(values.flags).to_bits()
+    named = sum(
+        (bit for path, bit in FLAG_PATHS.items() if path in paths or "flags" in paths), start=0
+    )
+    change = replace(change, flags_on=bits & named, flags_off=~bits & named & 0xF)
+    if len(request.leave_series_ids) > MAX_SERIES_PER_MEDIA:
+        problems.add(
+            "leave_series_ids",
+            f"{len(request.leave_series_ids)} series ids; at most {MAX_SERIES_PER_MEDIA}",
+        )
+    leave = _distinct_ids(problems, "leave_series_ids", "series id", request.leave_series_ids)
+    change = replace(change, leave_series=tuple(leave))
+    if not problems.items and change.is_empty():
+        problems.add("update_mask", "the request changes nothing: name a path, series or restore")
+    problems.raise_if_any()
+    return media_ids, change
+
+
+def series_name_from_proto(request: registry_pb2.UpsertSeriesRequest) -> str | None:
+    """The name to set: None keeps the current one (no mask and an empty name)."""
+    problems = Problems()
+    paths = _mask_paths(problems, request.update_mask, ("name",))
+    problems.check("name", lambda: model.check_text("name", request.name))
+    problems.raise_if_any()
+    if "name" in paths or request.name:
+        return request.name
+    return None
+
+
+def victim_update_from_proto(
+    request: registry_pb2.UpdateVictimRequest,
+) -> tuple[model.IdentificationStatus | None, str | None]:
+    """The status and desk to write; None keeps the field as it is."""
+    problems = Problems()
+    problems.check(
+        "responsible_desk",
+        lambda: model.check_text("responsible desk", request.responsible_desk),
+    )
+    if not request.HasField("update_mask"):  # the form of earlier releases
+        status = _status(problems, request.status)
+        problems.raise_if_any()
+        return status, request.responsible_desk or None
+    paths = _mask_paths(problems, request.update_mask, ("status", "responsible_desk"))
+    status = None
+    if "status" in paths:
+        status = _status(problems, request.status)
+    if not paths:
+        problems.add("update_mask", "name at least one path: status, responsible_desk")
+    problems.raise_if_any()
+    return status, request.responsible_desk if "responsible_desk" in paths else None
+
+
+def _status(problems: Problems, number: int) -> model.IdentificationStatus | None:
+    try:
+        return status_from_proto(number)
+    except InvalidArgument as error:  # its problems already name the `status` field
+        problems.items.extend(error.problems)
+        return None
+
+
+def _mask_paths(problems: Problems, mask: FieldMask, allowed: Sequence[str]) -> set[str]:
+    paths = set()
+    for i, path in enumerate(mask.paths):
+        if path not in allowed:
+            problems.add(
+                f"update_mask.paths[{i}]", f"unknown path {path!r}; allowed: {', '.join(allowed)}"
+            )
+        paths.add(path)
+    return paths
+
+
+def _distinct_ids(problems: Problems, field: str, kind: str, values: Sequence[str]) -> list[str]:
+    """Valid ids of `values`, in order and each once (a repeat is a problem)."""
+    seen: dict[str, int] = {}
+    for i, value in enumerate(values):
+        if problems.check(f"{field}[{i}]", partial(model.check_id, kind, value)) is None:
+            continue
+        if value in seen:
+            problems.add(f"{field}[{i}]", f"{kind} {value!r} also at {field}[{seen[value]}]")
+        seen.setdefault(value, i)
+    return list(seen)
+
+
+def media_changed_to_proto(outcome: model.MediaChanged) -> registry_pb2.UpdateMediaResponse:
+    return registry_pb2.UpdateMediaResponse(
+        changed=outcome.changed,
+        unchanged=outcome.unchanged,
+        media=[media_to_proto(m) for m in outcome.media],
+    )

@@ -120,11 +120,13 @@ class CaseData:
 
 @dataclass(frozen=True)
 class MediaSubmission:
-    """A validated media to store at this node (origin = this node)."""
+    """A validated media to store at this node (origin = this node). Merged into a stored one:
+    signals and series are added, `media_type` and `category` set when given (None: not given),
+    the flags given true set."""
 
     media_id: str
     signals: tuple[SignalValue, ...]
-    media_type: MediaType = MediaType.IMAGE
+    media_type: MediaType | None = None
     category: Category | None = None
     flags: MediaFlags = MediaFlags()
     series_ids: tuple[str, ...] = ()
@@ -165,11 +167,47 @@ class SeriesRecord:
 
 
 @dataclass(frozen=True)
+class MediaChange:
+    """An explicit change of media of this node (UpdateMedia); what it does not set stays."""
+
+    # When True the category becomes `category`, None clearing it.
+    set_category: bool = False
+    category: Category | None = None
+    media_type: MediaType | None = None
+    # Flag bits (MediaFlags.to_bits) to set and to clear.
+    flags_on: int = 0
+    flags_off: int = 0
+    leave_series: tuple[str, ...] = ()
+    restore: bool = False
+
+    def is_empty(self) -> bool:
+        return not (
+            self.set_category
+            or self.media_type is not None
+            or self.flags_on
+            or self.flags_off
+            or self.leave_series
+            or self.restore
+        )
+
+
+@dataclass(frozen=True)
+class MediaChanged:
+    """What UpdateMedia did: counts, and every media named as it now stands (in request
+    order)."""
+
+    changed: int
+    unchanged: int
+    media: tuple[MediaRecord, ...]
+
+
+@dataclass(frozen=True)
 class SubmitCounts:
     received: int = 0
     created: int = 0
     updated: int = 0
     unchanged: int = 0
+    retracted: int = 0
 
     def __add__(self, other: SubmitCounts) -> SubmitCounts:
         return SubmitCounts(
@@ -177,6 +215,7 @@ class SubmitCounts:
             self.created + other.created,
             self.updated + other.updated,
             self.unchanged + other.unchanged,
+            self.retracted + other.retracted,
         )
 
 
@@ -246,6 +285,14 @@ def check_id(kind: str, value: str) -> str:
 
 
 def check_text(kind: str, value: str, limit: int = MAX_NAME_CHARS) -> str:
+    """`value` if it is at most `limit` characters of storable text: PostgreSQL text holds no
+    NUL character (and a lone surrogate is no UTF-8)."""
     if len(value) > limit:
         raise InvalidArgument(f"{kind} is {len(value)} characters; the limit is {limit}")
+    if "\x00" in value:
+        raise InvalidArgument(f"{kind} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{kind} is not valid UTF-8 text") from None
     return value

@@ -27,6 +27,8 @@ from services.registry.lookup import (
 from services.registry.model import (
     IdentificationStatus,
     LookupResult,
+    MediaChange,
+    MediaChanged,
     MediaSubmission,
     NodeStats,
     PdqEntry,
@@ -94,6 +96,18 @@ class Registry:
                 await asyncio.to_thread(self._index.remove_rows, counts.retracted_row_ids)
         return counts
 
+    async def update_media(self, media_ids: Sequence[str], change: MediaChange) -> MediaChanged:
+        """An explicit change of media of this node; restored media match again at once."""
+        async with self._writes:
+            async with self._db.transaction() as conn:
+                outcome, restored = await self._store.update_media(
+                    conn, media_ids=media_ids, change=change
+                )
+            if restored:
+                rows, values = [e.row_id for e in restored], [e.value for e in restored]
+                await asyncio.to_thread(self._index.add, rows, values)
+        return outcome
+
     async def index_replicated(
         self, *, added: Sequence[PdqEntry], removed_rows: Sequence[int]
     ) -> None:
@@ -159,7 +173,7 @@ class Registry:
             for hit in found
         ]
 
-    async def upsert_series(self, *, series_id: str, name: str) -> tuple[SeriesRecord, bool]:
+    async def upsert_series(self, *, series_id: str, name: str | None) -> tuple[SeriesRecord, bool]:
         async with self._db.transaction() as conn:
             return await self._store.upsert_series(conn, series_id=series_id, name=name)
 
@@ -174,8 +188,8 @@ class Registry:
         *,
         series_id: str,
         victim_id: str,
-        status: IdentificationStatus,
-        responsible_desk: str,
+        status: IdentificationStatus | None,
+        responsible_desk: str | None,
     ) -> tuple[VictimRecord, bool]:
         async with self._db.transaction() as conn:
             return await self._store.update_victim(

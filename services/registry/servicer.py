@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from hashex.v1 import common_pb2, registry_pb2, registry_pb2_grpc
-from services.core.errors import FieldProblem, InvalidArgument
+from services.core.errors import FieldProblem, HashexError, InvalidArgument
 from services.core.rpc_status import handles_errors, handles_stream_errors
 from services.core.server import ServiceBinding
 from services.registry import convert
@@ -39,15 +39,18 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         async for request in request_iterator:
             try:
                 batch = convert.submit_batch_from_proto(request)
+                total += await self._registry.submit_batch(batch)
             except InvalidArgument as error:
                 raise _rejected_batch(error, batch_number, total) from None
-            total += await self._registry.submit_batch(batch)
+            except HashexError as error:
+                raise _failed_batch(error, batch_number, total) from None
             batch_number += 1
         return registry_pb2.SubmitMediaResponse(
             received=total.received,
             created=total.created,
             updated=total.updated,
             unchanged=total.unchanged,
+            retracted=total.retracted,
         )
 
     @handles_errors
@@ -93,6 +96,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         )
 
     @handles_errors
+    async def UpdateMedia(
+        self, request: registry_pb2.UpdateMediaRequest, context: Context
+    ) -> registry_pb2.UpdateMediaResponse:
+        media_ids, change = convert.media_change_from_proto(request)
+        outcome = await self._registry.update_media(media_ids, change)
+        return convert.media_changed_to_proto(outcome)
+
+    @handles_errors
     async def GetSeries(
         self, request: registry_pb2.GetSeriesRequest, context: Context
     ) -> registry_pb2.GetSeriesResponse:
@@ -107,10 +118,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         self, request: registry_pb2.UpsertSeriesRequest, context: Context
     ) -> registry_pb2.UpsertSeriesResponse:
         _checked("series_id", check_id, "series id", request.series_id)
-        _checked("name", check_text, "name", request.name)
-        series, created = await self._registry.upsert_series(
-            series_id=request.series_id, name=request.name
-        )
+        name = convert.series_name_from_proto(request)
+        series, created = await self._registry.upsert_series(series_id=request.series_id, name=name)
         return registry_pb2.UpsertSeriesResponse(
             series=convert.series_to_proto(series), created=created
         )
@@ -121,13 +130,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     ) -> registry_pb2.UpdateVictimResponse:
         _checked("series_id", check_id, "series id", request.series_id)
         _checked("victim_id", check_id, "victim id", request.victim_id)
-        _checked("responsible_desk", check_text, "responsible desk", request.responsible_desk)
-        status = convert.status_from_proto(request.status)
+        status, desk = convert.victim_update_from_proto(request)
         victim, created = await self._registry.update_victim(
             series_id=request.series_id,
             victim_id=request.victim_id,
             status=status,
-            responsible_desk=request.responsible_desk,
+            responsible_desk=desk,
         )
         return registry_pb2.UpdateVictimResponse(
             victim=convert.victim_to_proto(victim), created=created
@@ -166,6 +174,17 @@ def _checked(field: str, check: Callable[..., object], *args: str) -> None:
         check(*args)
     except InvalidArgument as error:
         raise error.within(field) from None
+
+
+def _failed_batch(error: HashexError, number: int, stored: SubmitCounts) -> HashexError:
+    """The same error, saying that batch `number` stored nothing and what the ones before did
+    (a client whose stream failed must know what to send again)."""
+    done = (
+        f"the {number} batches before it were stored ({stored.received} media)"
+        if number
+        else "no batch of this stream was stored"
+    )
+    return type(error)(f"{error}; batch {number} stored nothing and {done}")
 
 
 def _rejected_batch(error: InvalidArgument, number: int, stored: SubmitCounts) -> InvalidArgument:

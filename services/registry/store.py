@@ -21,7 +21,7 @@ transaction (services.registry.change_entries); a write that changes nothing app
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,16 @@ from services.core.algorithms import SignalValue
 from services.core.changelog import store as changelog
 from services.core.changelog.store import append_entries, lock_change_log
 from services.core.db.migrations import schema_version
-from services.core.errors import NotFound
+from services.core.errors import FailedPrecondition, FieldProblem, InvalidArgument, NotFound
 from services.registry import change_entries
 from services.registry import store_sql as sql
 from services.registry.cases import CaseSealer
+from services.registry.contract import MAX_VICTIMS_PER_SERIES, merge_problems
 from services.registry.model import (
     ExactHit,
     IdentificationStatus,
+    MediaChange,
+    MediaChanged,
     MediaRecord,
     MediaSubmission,
     PdqEntry,
@@ -49,7 +52,9 @@ from services.registry.replicated import ReplicatedApplied, ReplicatedChange
 from services.registry.store_replicated import apply_replicated
 from services.registry.store_rows import (
     PDQ_MIN_QUALITY,
+    FoldedBatch,
     StagedBatch,
+    fold_batch,
     group_series,
     matchable_entries,
     media_record,
@@ -91,52 +96,137 @@ class RegistryStore:
     async def submit_media_batch(
         self, conn: Any, *, batch: Sequence[MediaSubmission]
     ) -> tuple[SubmitCounts, list[PdqEntry]]:
-        """Store a batch of this node's media; return the counts and the PDQ entries that became
-        matchable. A media id repeated in the batch is merged: signals and case data of every
-        occurrence are kept, the other fields of the last one win."""
+        """Merge a batch of this node's media into what is stored; return the counts and the PDQ
+        entries that became matchable. Nothing a submission leaves out is erased: signals and
+        series are added, type and category set where given, flags set where given true. A
+        retracted media is left as it is and counted. InvalidArgument, naming `media[i]`, when
+        the batch would take a stored media past the contract's limits (nothing is stored).
+        A media id repeated in the batch counts as successive submissions."""
         if not batch:
             return SubmitCounts(), []
-        staged = stage_batch(batch, self._sealer)
+        folded = fold_batch(batch)
         await lock_change_log(conn)
+        held_rows = await conn.fetch(sql.HELD_MEDIA, self._origin, list(folded.media))
+        before = {r["media_id"]: media_record(r) for r in held_rows}
+        retracted = {r["media_id"] for r in held_rows if r["retracted"]}
+        _check_merged_limits(folded, before, retracted)
+        live = [m for media_id, m in folded.media.items() if media_id not in retracted]
+        created: set[int] = set()
+        changed: set[int] = set()
+        entries: list[PdqEntry] = []
+        if live:
+            created, changed, entries = await self._merge(conn, live, folded, before)
+        counts = SubmitCounts(
+            received=len(batch),
+            created=len(created),
+            updated=len(changed - created),
+            retracted=sum(folded.occurrences[media_id] for media_id in retracted),
+        )
+        unchanged = counts.received - counts.created - counts.updated - counts.retracted
+        return replace(counts, unchanged=unchanged), entries
+
+    async def _merge(
+        self,
+        conn: Any,
+        media: Sequence[MediaSubmission],
+        folded: FoldedBatch,
+        before: dict[str, MediaRecord],
+    ) -> tuple[set[int], set[int], list[PdqEntry]]:
+        """Stage and merge `media` (none retracted); log every media created or changed.
+        Returns the rows created, the rows created or changed, and the newly matchable PDQ."""
+        staged = stage_batch(media, folded.cases, self._sealer)
         await conn.execute(sql.CREATE_STAGING)
         await _copy_staged(conn, staged)
-        held = [r["id"] for r in await conn.fetch(sql.HELD_MEDIA, self._origin)]
-        before = {r.media_id: r for r in await _media_states(conn, held)}
         created = {r["id"] for r in await conn.fetch(sql.INSERT_NEW_MEDIA, self._origin)}
-        rewritten = await conn.fetch(sql.UPDATE_CHANGED_MEDIA, self._origin)
+        merged = {r["id"] for r in await conn.fetch(sql.MERGE_MEDIA, self._origin)}
         new_series: list[str] = []
         if staged.series:
             new_series = [
                 r["series_id"] for r in await conn.fetch(sql.CREATE_MISSING_SERIES, self._origin)
             ]
-        relinked = {r["media_row"] for r in await conn.fetch(sql.RELINK_SERIES, self._origin)}
+        linked = {r["media_row"] for r in await conn.fetch(sql.ADD_SERIES_LINKS, self._origin)}
         new_signals = await conn.fetch(sql.INSERT_SIGNALS, self._origin)
         if staged.cases:
             await conn.execute(sql.INSERT_CASES, self._origin)
-        touched = (relinked | {r["media_row"] for r in new_signals}) - created
-        rewritten_rows = {r["id"] for r in rewritten}
-        if touched - rewritten_rows:
-            await conn.execute(sql.TOUCH_MEDIA, sorted(touched - rewritten_rows))
-        revived = sorted(r["id"] for r in rewritten if r["was_retracted"])
-        revived_pdq = (
-            await conn.fetch(sql.MATCHABLE_PDQ_OF, revived, PDQ_MIN_QUALITY) if revived else []
-        )
-        changed = await _media_states(conn, sorted(created | touched | rewritten_rows))
+        changed = created | merged | linked | {r["media_row"] for r in new_signals}
+        if untouched := sorted(changed - created - merged):
+            await conn.execute(sql.TOUCH_MEDIA, untouched)
+        states = await _media_states(conn, sorted(changed))
         await append_entries(
             conn,
             [
                 *change_entries.new_series(self._origin, new_series),
-                *change_entries.media_changes(changed, before),
+                *change_entries.media_changes(states, before),
             ],
         )
-        updated = len(touched | rewritten_rows)
-        counts = SubmitCounts(
-            received=len(batch),
-            created=len(created),
-            updated=updated,
-            unchanged=len(staged.media) - len(created) - updated + staged.repeats,
+        return created, changed, matchable_entries(new_signals, [])
+
+    async def update_media(
+        self, conn: Any, *, media_ids: Sequence[str], change: MediaChange
+    ) -> tuple[MediaChanged, list[PdqEntry]]:
+        """Apply an explicit change to media of this node, all or none: NotFound names ids not
+        held, FailedPrecondition retracted media changed without `restore`. Returns what
+        changed and the PDQ entries of restored media (they match again)."""
+        await lock_change_log(conn)
+        rows = await conn.fetch(sql.HELD_MEDIA, self._origin, list(media_ids))
+        before = {r["media_id"]: media_record(r) for r in rows}
+        if missing := [m for m in media_ids if m not in before]:
+            raise NotFound(f"no media {_listed(missing)} on this node")
+        retracted = [r for r in rows if r["retracted"]]
+        if retracted and not change.restore:
+            raise FailedPrecondition(
+                f"media {_listed([r['media_id'] for r in retracted])} retracted: restore them "
+                "first (`restore` in the request, `hashex media restore`)"
+            )
+        row_ids = [r["id"] for r in rows]
+        touched: set[int] = set()
+        restored: list[int] = []
+        if retracted:
+            restored = [
+                r["id"] for r in await conn.fetch(sql.RESTORE_MEDIA, [r["id"] for r in retracted])
+            ]
+            touched.update(restored)
+        if (
+            change.set_category
+            or change.media_type is not None
+            or change.flags_on
+            or change.flags_off
+        ):
+            category = change.category if change.set_category else None
+            updated = await conn.fetch(
+                sql.UPDATE_MEDIA,
+                row_ids,
+                int(change.media_type) if change.media_type is not None else None,
+                change.set_category,
+                int(category.scheme) if category else None,
+                category.code if category else None,
+                change.flags_on,
+                change.flags_off,
+            )
+            touched.update(r["id"] for r in updated)
+        if change.leave_series:
+            left = await conn.fetch(
+                sql.LEAVE_SERIES, row_ids, self._origin, list(change.leave_series)
+            )
+            if only_left := sorted({r["media_row"] for r in left} - touched):
+                await conn.execute(sql.TOUCH_MEDIA, only_left)
+            touched.update(r["media_row"] for r in left)
+        states = {r.media_id: r for r in await _media_states(conn, row_ids)}
+        await append_entries(
+            conn,
+            change_entries.media_changes(
+                [r for r in states.values() if r.row_id in touched], before
+            ),
         )
-        return counts, matchable_entries(new_signals, revived_pdq)
+        matchable = (
+            await conn.fetch(sql.MATCHABLE_PDQ_OF, restored, PDQ_MIN_QUALITY) if restored else []
+        )
+        outcome = MediaChanged(
+            changed=len(touched),
+            unchanged=len(row_ids) - len(touched),
+            media=tuple(states[m] for m in media_ids),
+        )
+        return outcome, matchable_entries([], matchable)
 
     async def exact_hits(
         self, conn: Any, *, signals: Sequence[SignalValue], limit_per_signal: int | None = None
@@ -197,9 +287,10 @@ class RegistryStore:
             yield [PdqEntry(row_id=r["media_row"], value=bytes(r["value"])) for r in rows]
 
     async def upsert_series(
-        self, conn: Any, *, series_id: str, name: str
+        self, conn: Any, *, series_id: str, name: str | None
     ) -> tuple[SeriesRecord, bool]:
-        """Create or rename a series of this node; True when it was created."""
+        """Create a series of this node or rename it (`name` None keeps the current name, a new
+        series starting unnamed); True when it was created."""
         await lock_change_log(conn)
         row = await conn.fetchrow(sql.UPSERT_SERIES, self._origin, series_id, name)
         record = await _read_series(conn, origin=self._origin, series_id=series_id)
@@ -216,17 +307,34 @@ class RegistryStore:
         *,
         series_id: str,
         victim_id: str,
-        status: IdentificationStatus,
-        responsible_desk: str,
+        status: IdentificationStatus | None,
+        responsible_desk: str | None,
     ) -> tuple[VictimRecord, bool]:
-        """Create or change a victim of a series of this node (an empty desk keeps the current
-        one); a change also marks the series updated, since peers see victims through it."""
+        """Create or change a victim of a series of this node; None keeps a field as it is (a
+        new victim needs a status, and starts without a desk). A change also marks the series
+        updated, since peers see victims through it."""
         await lock_change_log(conn)
-        row = await conn.fetchrow(
-            sql.UPSERT_VICTIM, self._origin, series_id, victim_id, int(status), responsible_desk
-        )
-        if row is None:
+        found = await conn.fetchrow(sql.VICTIM_OF_SERIES, self._origin, series_id, victim_id)
+        if found is None:
             raise NotFound(f"series {series_id!r} does not exist on this node")
+        if found["victim_id"] is not None:
+            status_number = int(status) if status is not None else None
+            args = (found["series_row"], victim_id, status_number, responsible_desk)
+            row = await conn.fetchrow(sql.UPDATE_VICTIM, *args)
+        else:
+            if status is None:
+                raise InvalidArgument(
+                    FieldProblem("status", f"required to create victim {victim_id!r}")
+                )
+            if found["victims"] >= MAX_VICTIMS_PER_SERIES:
+                raise InvalidArgument(
+                    FieldProblem(
+                        "victim_id",
+                        f"series {series_id!r} already has {found['victims']} victims, the limit",
+                    )
+                )
+            args = (found["series_row"], victim_id, int(status), responsible_desk or "")
+            row = await conn.fetchrow(sql.INSERT_VICTIM, *args)
         if row["changed"]:
             await conn.execute(sql.TOUCH_SERIES, row["series_row"])
             record = await _read_series(conn, origin=self._origin, series_id=series_id)
@@ -284,6 +392,31 @@ class RegistryStore:
         if not rows:
             raise NotFound(f"media {media_id!r} does not exist on this node")
         return [bytes(r["sealed"]) for r in rows if r["sealed"] is not None]
+
+
+def _check_merged_limits(
+    folded: FoldedBatch, before: dict[str, MediaRecord], retracted: set[str]
+) -> None:
+    """InvalidArgument naming each `media[i]` that merging would take past the limits."""
+    problems = [
+        FieldProblem(f"media[{folded.positions[media_id]}].{field}", description)
+        for media_id, item in folded.media.items()
+        if media_id in before and media_id not in retracted
+        for field, description in merge_problems(
+            media_id,
+            stored_signals=before[media_id].signals,
+            added_signals=item.signals,
+            stored_series=before[media_id].series_ids,
+            added_series=item.series_ids,
+        )
+    ]
+    if problems:
+        raise InvalidArgument(sorted(problems, key=lambda p: p.field))
+
+
+def _listed(media_ids: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(m) for m in media_ids[:limit])
+    return shown + (f" and {len(media_ids) - limit} more" if len(media_ids) > limit else "")
 
 
 async def _media_states(conn: Any, row_ids: Sequence[int]) -> list[MediaRecord]:

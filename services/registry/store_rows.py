@@ -13,6 +13,7 @@ from services.core.algorithms import ALGORITHMS, Algorithm, SignalValue
 from services.core.errors import FailedPrecondition
 from services.registry.cases import CaseSealer
 from services.registry.model import (
+    CaseData,
     Category,
     CategoryScheme,
     IdentificationStatus,
@@ -34,48 +35,81 @@ _SCHEME_OF = {int(s): s for s in CategoryScheme}
 _STATUS_OF = {int(s): s for s in IdentificationStatus}
 
 
-@dataclass
-class StagedBatch:
-    """A batch merged per media id and flattened into the rows COPY sends to the staging tables."""
+@dataclass(frozen=True)
+class FoldedBatch:
+    """A batch with each media id once: its occurrences merged as successive submissions would
+    be, and the position of its first occurrence (to name it in an error)."""
 
-    media: list[tuple[str, int, int | None, str | None, int]]
-    signals: list[tuple[str, int, bytes, int | None]]
-    series: list[tuple[str, str]]
-    cases: list[tuple[str, bytes, bytes]]
-    # Occurrences beyond the first of a media id in the batch (counted as unchanged).
-    repeats: int
+    media: dict[str, MediaSubmission]
+    positions: dict[str, int]
+    # How many submissions each media id had in the batch.
+    occurrences: dict[str, int]
+    # The case data of every occurrence (each distinct case is stored once).
+    cases: dict[str, list[CaseData]]
 
 
-def stage_batch(batch: Sequence[MediaSubmission], sealer: CaseSealer | None) -> StagedBatch:
-    last: dict[str, MediaSubmission] = {}
-    signals: dict[str, dict[tuple[int, bytes], int | None]] = {}
-    cases: dict[str, dict[bytes, bytes]] = {}
-    for item in batch:
-        last[item.media_id] = item
-        known = signals.setdefault(item.media_id, {})
-        for signal in item.signals:
-            # The first quality seen for a value stays, as it does once stored.
-            known.setdefault((int(signal.algorithm), signal.value), signal.quality)
+def fold_batch(batch: Sequence[MediaSubmission]) -> FoldedBatch:
+    folded = FoldedBatch({}, {}, {}, {})
+    for position, item in enumerate(batch):
+        earlier = folded.media.get(item.media_id)
+        folded.media[item.media_id] = item if earlier is None else _merged(earlier, item)
+        folded.positions.setdefault(item.media_id, position)
+        folded.occurrences[item.media_id] = folded.occurrences.get(item.media_id, 0) + 1
         if not item.case_data.is_empty():
-            if sealer is None:
-                raise FailedPrecondition("case data cannot be stored here: no case key")
-            sealed = cases.setdefault(item.media_id, {})
-            digest = sealer.digest(item.case_data)
-            if digest not in sealed:
-                sealed[digest] = sealer.seal(item.case_data)
-    return StagedBatch(
-        media=[_media_row(item) for item in last.values()],
-        signals=[(m, a, v, q) for m, known in signals.items() for (a, v), q in known.items()],
-        series=[(m, s) for m, item in last.items() for s in dict.fromkeys(item.series_ids)],
-        cases=[(m, d, s) for m, sealed in cases.items() for d, s in sealed.items()],
-        repeats=len(batch) - len(last),
+            folded.cases.setdefault(item.media_id, []).append(item.case_data)
+    return folded
+
+
+def _merged(earlier: MediaSubmission, later: MediaSubmission) -> MediaSubmission:
+    """Two submissions of one media as one: signals, series and case data of both; type and
+    category of the later where given; flags set by either. The first quality seen for a signal
+    value stays, as it does once stored."""
+    signals = {(s.algorithm, s.value): s for s in later.signals}
+    signals.update({(s.algorithm, s.value): s for s in earlier.signals})
+    return MediaSubmission(
+        media_id=earlier.media_id,
+        signals=tuple(signals[key] for key in sorted(signals)),
+        media_type=later.media_type if later.media_type is not None else earlier.media_type,
+        category=later.category if later.category is not None else earlier.category,
+        flags=MediaFlags.from_bits(earlier.flags.to_bits() | later.flags.to_bits()),
+        series_ids=tuple(dict.fromkeys((*earlier.series_ids, *later.series_ids))),
     )
 
 
-def _media_row(item: MediaSubmission) -> tuple[str, int, int | None, str | None, int]:
-    scheme = int(item.category.scheme) if item.category else None
-    code = item.category.code if item.category else None
-    return (item.media_id, int(item.media_type), scheme, code, item.flags.to_bits())
+@dataclass
+class StagedBatch:
+    """Submissions flattened into the rows COPY sends to the staging tables."""
+
+    media: list[tuple[str, int | None, int | None, str | None, int]]
+    signals: list[tuple[str, int, bytes, int | None]]
+    series: list[tuple[str, str]]
+    cases: list[tuple[str, bytes, bytes]]
+
+
+def stage_batch(
+    media: Sequence[MediaSubmission], cases: dict[str, list[CaseData]], sealer: CaseSealer | None
+) -> StagedBatch:
+    """The staging rows of `media` (each id once) and of their case data (`cases`, per media
+    id), sealed, each distinct case once."""
+    staged = StagedBatch([], [], [], [])
+    for item in media:
+        scheme = int(item.category.scheme) if item.category else None
+        code = item.category.code if item.category else None
+        media_type = int(item.media_type) if item.media_type is not None else None
+        staged.media.append((item.media_id, media_type, scheme, code, item.flags.to_bits()))
+        staged.signals.extend(
+            (item.media_id, int(s.algorithm), s.value, s.quality) for s in item.signals
+        )
+        staged.series.extend((item.media_id, s) for s in dict.fromkeys(item.series_ids))
+        sealed: dict[bytes, bytes] = {}
+        for case in cases.get(item.media_id, ()):
+            if sealer is None:
+                raise FailedPrecondition("case data cannot be stored here: no case key")
+            digest = sealer.digest(case)
+            if digest not in sealed:
+                sealed[digest] = sealer.seal(case)
+        staged.cases.extend((item.media_id, d, box) for d, box in sealed.items())
+    return staged
 
 
 def matchable_entries(new_signals: Sequence[Any], revived: Sequence[Any]) -> list[PdqEntry]:

@@ -8,7 +8,8 @@ same order.
 
 MEDIA_SELECT = """
 SELECT m.id, m.origin, m.media_id, m.media_type, m.category_scheme, m.category_code, m.flags,
-       m.first_seen, sg.algorithms, sg.sig_values, sg.qualities,
+       m.first_seen, m.retracted_at IS NOT NULL AS retracted,
+       sg.algorithms, sg.sig_values, sg.qualities,
        ARRAY(SELECT se.series_id FROM media_series ms JOIN series se ON se.id = ms.series_row
              WHERE ms.media_row = m.id ORDER BY se.series_id) AS series_ids
 FROM media m
@@ -26,7 +27,7 @@ MEDIA_STATES = MEDIA_SELECT + "WHERE m.id = ANY($1::bigint[]) ORDER BY m.media_i
 CREATE_STAGING = """
 SET LOCAL client_min_messages = warning;
 CREATE TEMP TABLE IF NOT EXISTS registry_stage_media (
-    media_id text NOT NULL, media_type smallint NOT NULL, category_scheme smallint,
+    media_id text NOT NULL, media_type smallint, category_scheme smallint,
     category_code text, flags smallint NOT NULL
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS registry_stage_signals (
@@ -40,10 +41,18 @@ CREATE TEMP TABLE IF NOT EXISTS registry_stage_cases (
 ) ON COMMIT DELETE ROWS;
 """
 
-# Only ids not stored yet, so that resubmissions do not consume identity values.
+# The media of a batch this node holds already, retracted or not, with their full state: what
+# a submission merges into (and checks its limits against), and the state before each change
+# that goes to the log with it.
+HELD_MEDIA = (
+    MEDIA_SELECT + "WHERE m.origin = $1 AND m.media_id = ANY($2::text[]) ORDER BY m.media_id"
+)
+
+# Only ids not stored yet, so that resubmissions do not consume identity values. A type not
+# given is an image.
 INSERT_NEW_MEDIA = """
 INSERT INTO media (origin, media_id, media_type, category_scheme, category_code, flags)
-SELECT $1, s.media_id, s.media_type, s.category_scheme, s.category_code, s.flags
+SELECT $1, s.media_id, coalesce(s.media_type, 1), s.category_scheme, s.category_code, s.flags
 FROM registry_stage_media s
 WHERE NOT EXISTS (SELECT 1 FROM media m WHERE m.origin = $1 AND m.media_id = s.media_id)
 ORDER BY s.media_id
@@ -51,23 +60,24 @@ ON CONFLICT (origin, media_id) DO NOTHING
 RETURNING id
 """
 
-# `prior` is the row as the statement found it, so RETURNING can tell a revived media.
-# Media of the batch this node already holds: their state before the batch goes with each change
-# to the log, so a sender can withdraw a record from a peer once it may no longer see it.
-HELD_MEDIA = """
-SELECT m.id FROM registry_stage_media s JOIN media m ON m.origin = $1 AND m.media_id = s.media_id
-"""
-
-UPDATE_CHANGED_MEDIA = """
+# A submission merges into a stored media: the type and the category only where given (staged
+# non-NULL), flags only set, never cleared. Retracted media are never staged.
+MERGE_MEDIA = """
 UPDATE media m
-SET media_type = s.media_type, category_scheme = s.category_scheme,
-    category_code = s.category_code, flags = s.flags, retracted_at = NULL, updated_at = now()
-FROM registry_stage_media s, media prior
-WHERE m.origin = $1 AND m.media_id = s.media_id AND prior.id = m.id
-  AND (m.retracted_at IS NOT NULL
-       OR (m.media_type, m.category_scheme, m.category_code, m.flags)
-          IS DISTINCT FROM (s.media_type, s.category_scheme, s.category_code, s.flags))
-RETURNING m.id, prior.retracted_at IS NOT NULL AS was_retracted
+SET media_type = coalesce(s.media_type, m.media_type),
+    category_scheme = coalesce(s.category_scheme, m.category_scheme),
+    category_code = CASE WHEN s.category_scheme IS NULL THEN m.category_code
+                         ELSE s.category_code END,
+    flags = m.flags | s.flags,
+    updated_at = now()
+FROM registry_stage_media s
+WHERE m.origin = $1 AND m.media_id = s.media_id
+  AND (m.media_type <> coalesce(s.media_type, m.media_type)
+       OR (s.category_scheme IS NOT NULL
+           AND (m.category_scheme, m.category_code)
+               IS DISTINCT FROM (s.category_scheme, s.category_code))
+       OR m.flags | s.flags <> m.flags)
+RETURNING m.id
 """
 
 CREATE_MISSING_SERIES = """
@@ -79,28 +89,16 @@ ON CONFLICT (origin, series_id) DO NOTHING
 RETURNING series_id
 """
 
-# A submission states the media's series in full: links not named any more are removed.
-RELINK_SERIES = """
-WITH batch AS (
-    SELECT m.id AS media_row, s.media_id
-    FROM registry_stage_media s JOIN media m ON m.origin = $1 AND m.media_id = s.media_id
-), desired AS (
-    SELECT b.media_row, se.id AS series_row
-    FROM registry_stage_series ss
-    JOIN batch b ON b.media_id = ss.media_id
-    JOIN series se ON se.origin = $1 AND se.series_id = ss.series_id
-), removed AS (
-    DELETE FROM media_series ms USING batch b
-    WHERE ms.media_row = b.media_row AND NOT EXISTS (
-        SELECT 1 FROM desired d WHERE d.media_row = ms.media_row AND d.series_row = ms.series_row)
-    RETURNING ms.media_row
-), added AS (
-    INSERT INTO media_series (media_row, series_row)
-    SELECT media_row, series_row FROM desired ORDER BY 1, 2
-    ON CONFLICT DO NOTHING
-    RETURNING media_row
-)
-SELECT media_row FROM removed UNION SELECT media_row FROM added
+# A submission adds series memberships; leaving a series is an explicit update (LEAVE_SERIES).
+ADD_SERIES_LINKS = """
+INSERT INTO media_series (media_row, series_row)
+SELECT m.id, se.id
+FROM registry_stage_series ss
+JOIN media m ON m.origin = $1 AND m.media_id = ss.media_id
+JOIN series se ON se.origin = $1 AND se.series_id = ss.series_id
+ORDER BY 1, 2
+ON CONFLICT DO NOTHING
+RETURNING media_row
 """
 
 INSERT_SIGNALS = """
@@ -172,33 +170,78 @@ LEFT JOIN victims v ON v.series_row = se.id
 ORDER BY w.key, se.origin, se.series_id, v.victim_id
 """
 
+# An explicit change (UpdateMedia): $2 the type (NULL keeps it), $3 whether the category is set
+# to ($4, $5) (NULL, NULL: cleared), $6 flag bits to set and $7 to clear.
+UPDATE_MEDIA = """
+UPDATE media m
+SET media_type = coalesce($2, m.media_type),
+    category_scheme = CASE WHEN $3 THEN $4::smallint ELSE m.category_scheme END,
+    category_code = CASE WHEN $3 THEN $5::text ELSE m.category_code END,
+    flags = (m.flags | $6::smallint) & ~$7::smallint,
+    updated_at = now()
+WHERE m.id = ANY($1::bigint[])
+  AND (m.media_type <> coalesce($2, m.media_type)
+       OR ($3 AND (m.category_scheme, m.category_code) IS DISTINCT FROM ($4, $5))
+       OR (m.flags | $6::smallint) & ~$7::smallint <> m.flags)
+RETURNING m.id
+"""
+
+LEAVE_SERIES = """
+DELETE FROM media_series ms
+USING series se
+WHERE ms.media_row = ANY($1::bigint[]) AND se.id = ms.series_row
+  AND se.origin = $2 AND se.series_id = ANY($3::text[])
+RETURNING ms.media_row
+"""
+
+RESTORE_MEDIA = """
+UPDATE media SET retracted_at = NULL, updated_at = now()
+WHERE id = ANY($1::bigint[]) AND retracted_at IS NOT NULL
+RETURNING id
+"""
+
 RETRACT_MEDIA = """
 UPDATE media SET retracted_at = now(), updated_at = now()
 WHERE origin = $1 AND media_id = ANY($2::text[]) AND retracted_at IS NULL
 RETURNING id
 """
 
-# `xmax = 0` holds for a freshly inserted row, not for one updated on conflict.
+# `xmax = 0` holds for a freshly inserted row, not for one updated on conflict. A NULL name
+# keeps the current one (a new series starts unnamed).
 UPSERT_SERIES = """
-INSERT INTO series (origin, series_id, name) VALUES ($1, $2, $3)
+INSERT INTO series (origin, series_id, name) VALUES ($1, $2, coalesce($3, ''))
 ON CONFLICT (origin, series_id) DO UPDATE
-SET name = EXCLUDED.name,
-    updated_at = CASE WHEN series.name = EXCLUDED.name THEN series.updated_at ELSE now() END
+SET name = coalesce($3, series.name),
+    updated_at = CASE WHEN series.name = coalesce($3, series.name) THEN series.updated_at
+                      ELSE now() END
 RETURNING xmax = 0 AS created, updated_at = now() AS changed
 """
 
-UPSERT_VICTIM = """
-INSERT INTO victims (series_row, victim_id, status, responsible_desk)
-SELECT se.id, $3, $4, $5 FROM series se WHERE se.origin = $1 AND se.series_id = $2
-ON CONFLICT (series_row, victim_id) DO UPDATE
-SET status = EXCLUDED.status,
-    responsible_desk = coalesce(nullif(EXCLUDED.responsible_desk, ''), victims.responsible_desk),
-    updated_at = CASE
-        WHEN victims.status = EXCLUDED.status
-             AND EXCLUDED.responsible_desk IN ('', victims.responsible_desk)
-        THEN victims.updated_at ELSE now() END
+# The series of this node named $2 (NULL when it does not exist), its victim $3 (victim_id NULL
+# when it does not exist) and how many victims it has.
+VICTIM_OF_SERIES = """
+SELECT se.id AS series_row, v.victim_id, v.status, v.responsible_desk,
+       (SELECT count(*) FROM victims c WHERE c.series_row = se.id) AS victims
+FROM series se LEFT JOIN victims v ON v.series_row = se.id AND v.victim_id = $3
+WHERE se.origin = $1 AND se.series_id = $2
+"""
+
+# NULL status or desk ($3, $4) keeps the current one.
+UPDATE_VICTIM = """
+UPDATE victims
+SET status = coalesce($3, status), responsible_desk = coalesce($4, responsible_desk),
+    updated_at = CASE WHEN (status, responsible_desk)
+                           = (coalesce($3, status), coalesce($4, responsible_desk))
+                      THEN updated_at ELSE now() END
+WHERE series_row = $1 AND victim_id = $2
 RETURNING series_row, victim_id, status, responsible_desk, updated_at AS victim_updated_at,
-          xmax = 0 AS created, updated_at = now() AS changed
+          false AS created, updated_at = now() AS changed
+"""
+
+INSERT_VICTIM = """
+INSERT INTO victims (series_row, victim_id, status, responsible_desk) VALUES ($1, $2, $3, $4)
+RETURNING series_row, victim_id, status, responsible_desk, updated_at AS victim_updated_at,
+          true AS created, true AS changed
 """
 
 TOUCH_SERIES = "UPDATE series SET updated_at = now() WHERE id = $1"

@@ -24,6 +24,7 @@ from services.core.algorithms import ALGORITHMS, AlgorithmSpec, SignalValue
 from services.core.changelog.store import EntryKind
 from services.core.errors import InvalidArgument
 from services.registry import convert, model
+from services.registry.contract import MAX_SIGNALS_PER_MEDIA
 from services.registry.replicated import (
     ReplicatedChange,
     ReplicatedMedia,
@@ -147,7 +148,7 @@ def _valid_media(seq: int, changed_at: datetime, media: common_pb2.Media) -> Rep
         media_type is None
         or (has_category and category is None)
         or not model.ID_PATTERN.fullmatch(media.media_id)
-        or not 1 <= len(media.signals) <= convert.MAX_SIGNALS_PER_MEDIA
+        or not 1 <= len(media.signals) <= MAX_SIGNALS_PER_MEDIA
         or not all(model.ID_PATTERN.fullmatch(series_id) for series_id in media.series_ids)
     ):
         return None
@@ -186,7 +187,7 @@ def _checked_media(seq: int, changed_at: datetime, media: common_pb2.Media) -> R
     """The record, validated field by field; InvalidArgument names every problem."""
     problems = convert.Problems()
     problems.check("media_id", partial(model.check_id, "media id", media.media_id))
-    if not media.signals or len(media.signals) > convert.MAX_SIGNALS_PER_MEDIA:
+    if not media.signals or len(media.signals) > MAX_SIGNALS_PER_MEDIA:
         problems.add("signals", f"{len(media.signals)} signals; 1 to 16 are allowed")
     signals: list[SignalValue] = []
     for i, message in enumerate(media.signals):

@@ -7,68 +7,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
-import pytest
-
 from services.cli.demo_images import cropped, resized, synthetic_image
-
-HASHEX = [sys.executable, "-m", "services.cli.main"]
-
-
-def hashex(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*HASHEX, *map(str, args)], text=True, capture_output=True, timeout=120, check=False
-    )
-
-
-def postgres_processes(pgdata: Path) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["name", "cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if process.info["name"] == "postgres" and str(pgdata) in " ".join(cmdline):
-            found.append(process)
-    return found
-
-
-class NodeProcess:
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.process = subprocess.Popen(
-            [*HASHEX, "node", "up", "--data-dir", str(data_dir)],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stderr is not None
-        self.log: list[str] = []
-        for line in self.process.stderr:
-            self.log.append(line)
-            if "serving on" in line:
-                return
-        raise AssertionError("node exited before serving:\n" + "".join(self.log))
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        self.process.send_signal(signum)
-        _, rest = self.process.communicate(timeout=60)
-        self.log.append(rest)
-        return self.process.returncode
-
-
-@pytest.fixture
-def node_dir(node_data_dir: Path) -> Iterator[Path]:
-    """A node's data directory outside pytest's temporary root (see conftest.node_data_dir)."""
-    data_dir = node_data_dir / "node"
-    done = hashex(
-        "node", "init", "--node-id", "cli-test", "--listen", "127.0.0.1:0", "--data-dir", data_dir
-    )
-    assert done.returncode == 0, done.stderr
-    yield data_dir
-    for leftover in postgres_processes(data_dir / "pg"):
-        leftover.kill()
+from tests.cli.node_process import NodeProcess, hashex, postgres_processes
 
 
 def test_node_init_is_rerunnable_and_keys_are_private(node_dir: Path) -> None:

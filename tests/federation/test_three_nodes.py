@@ -184,7 +184,10 @@ async def test_a_record_moved_out_of_what_a_peer_may_see_is_withdrawn_from_it(
         )
         await fed.converged()
         assert await us.media_ids("gb-nca") == {"a"}
-        # Lifted again (the operation is over): b comes back.
-        await gb.submit(categorised(submission("b", md5(b"b" * 16)), caid, "B"))
+        # Out of the operation again (an explicit unlink: a submission never removes a
+        # series): b comes back.
+        await gb.registry().UpdateMedia(
+            registry_pb2.UpdateMediaRequest(media_ids=["b"], leave_series_ids=["op-nightjar"])
+        )
         await fed.converged()
         assert await us.media_ids("gb-nca") == {"a", "b"}

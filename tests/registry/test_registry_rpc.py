@@ -222,8 +222,15 @@ async def test_retraction_removes_from_exact_and_near_results(node: Node) -> Non
     assert (response.retracted, response.not_found) == (1, 1)
     exact, near = await lookup(node, hash_md5, pdq(flip_bits(value, 4, rng)))
     assert list(exact.matches) == [] and list(near.matches) == []
+    # Submitting it again leaves it retracted (and says so); restoring it is explicit.
     again = await submit(node.stub, [submission("gone", hash_md5, pdq(value))])
-    assert again.updated == 1
+    assert (again.updated, again.retracted) == (0, 1)
+    exact, near = await lookup(node, hash_md5, pdq(flip_bits(value, 4, rng)))
+    assert list(exact.matches) == [] and list(near.matches) == []
+    restored = await node.stub.UpdateMedia(
+        registry_pb2.UpdateMediaRequest(media_ids=["gone"], restore=True)
+    )
+    assert restored.changed == 1
     exact, near = await lookup(node, hash_md5, pdq(flip_bits(value, 4, rng)))
     assert len(exact.matches) == 1 and len(near.matches) == 1
 

@@ -23,6 +23,7 @@ from services.registry.model import (
     Category,
     CategoryScheme,
     IdentificationStatus,
+    MediaChange,
     MediaFlags,
     MediaSubmission,
     MediaType,
@@ -82,10 +83,9 @@ async def test_resubmitting_the_same_batch_stores_it_once(store: RegistryStore) 
         {"flags": MediaFlags(distributed=True)},
         {"media_type": MediaType.VIDEO},
         {"series_ids": ("s1", "s2")},
-        {"series_ids": ()},
         {"signals": (md5("m"), sha1("m"))},
     ],
-    ids=["category", "flags", "type", "more-series", "no-series", "new-signal"],
+    ids=["category", "flags", "type", "more-series", "new-signal"],
 )
 async def test_a_changed_record_counts_as_updated(
     store: RegistryStore, change: dict[str, Any]
@@ -122,8 +122,8 @@ async def test_a_repeated_media_id_in_one_batch_is_merged(
     [hit] = await store.exact_hits(signals=[md5("m")])
     record = (await store.media_records(row_ids=[hit.row_id]))[hit.row_id]
     assert len(record.signals) == 2
-    assert record.media_type == MediaType.VIDEO
-    assert record.flags == MediaFlags()  # the last occurrence's fields win
+    assert record.media_type == MediaType.VIDEO  # given by the last occurrence only
+    assert record.flags == MediaFlags(distributed=True)  # set by the first, kept by the last
     sealed = await store.sealed_case_records(media_id="m")
     assert sorted(sealer.open(s).case_reference for s in sealed) == ["C-1", "C-2"]
 
@@ -143,14 +143,18 @@ async def test_retracted_media_stop_matching(store: RegistryStore) -> None:
     assert stats.signal_counts == {Algorithm.MD5: 1}
 
 
-async def test_resubmitting_a_retracted_media_revives_it(store: RegistryStore) -> None:
+async def test_a_retracted_media_stays_retracted_until_restored(store: RegistryStore) -> None:
     await store.submit_media_batch(batch=[media("m", md5("m"), pdq("m"), pdq("low", quality=10))])
     await store.retract_media(media_ids=["m"])
-    counts, entries = await store.submit_media_batch(batch=[media("m", md5("m"))])
-    assert (counts.created, counts.updated, counts.unchanged) == (0, 1, 0)
+    counts, entries = await store.submit_media_batch(batch=[media("m", md5("m"), sha1("m"))])
+    assert (counts.created, counts.updated, counts.unchanged, counts.retracted) == (0, 0, 0, 1)
+    assert entries == [] and await store.exact_hits(signals=[md5("m")]) == []
+    outcome, entries = await store.update_media(media_ids=["m"], change=MediaChange(restore=True))
+    assert (outcome.changed, outcome.unchanged) == (1, 0)
     [hit] = await store.exact_hits(signals=[md5("m")])
     assert entries == [PdqEntry(hit.row_id, pdq("m").value)]
     assert await _all_pdq(store) == entries
+    assert len(outcome.media[0].signals) == 3  # the retracted submission added nothing
 
 
 async def test_only_usable_pdq_hashes_are_matchable(store: RegistryStore) -> None:
@@ -214,7 +218,7 @@ async def test_series_victims_and_media_counts(store: RegistryStore) -> None:
         series_id="s1",
         victim_id="v1",
         status=IdentificationStatus.IDENTIFIED,
-        responsible_desk="",
+        responsible_desk=None,
     )
     assert not created
     assert (victim.status, victim.responsible_desk) == (

@@ -13,7 +13,7 @@ from hashex.v1 import common_pb2, federation_pb2
 from services.core.algorithms import Algorithm, SignalValue
 from services.core.changelog.store import EntryKind
 from services.registry.cases import CaseSealer
-from services.registry.model import IdentificationStatus, MediaSubmission
+from services.registry.model import IdentificationStatus, MediaChange, MediaSubmission
 from services.registry.store import RegistryStore
 from services.sync.store import SyncStore
 from tests.store_calls import InTransactions, database_of
@@ -94,7 +94,9 @@ async def test_retraction_and_revival_are_logged_once(
     await store.submit_media_batch(batch=[media("m", md5("m"), category=CAID_A)])
     await store.retract_media(media_ids=["m", "unknown"])
     await store.retract_media(media_ids=["m"])
-    await store.submit_media_batch(batch=[media("m", md5("m"), category=CAID_A)])
+    await store.submit_media_batch(batch=[media("m", md5("m"), category=CAID_A)])  # stays
+    await store.update_media(media_ids=["m"], change=MediaChange(restore=True))
+    await store.update_media(media_ids=["m"], change=MediaChange(restore=True))  # no change
     rows = await sync_store.read_log(after_seq=0, limit=100)
     assert [r.kind for r in rows] == [EntryKind.MEDIA, EntryKind.RETRACTION, EntryKind.MEDIA]
     before = common_pb2.Media()
@@ -116,7 +118,10 @@ async def test_series_and_victim_changes_are_logged_with_the_victims(
         series_id="s", victim_id="v1", status=IdentificationStatus.IN_PROGRESS, responsible_desk="D"
     )
     await store.update_victim(
-        series_id="s", victim_id="v1", status=IdentificationStatus.IN_PROGRESS, responsible_desk=""
+        series_id="s",
+        victim_id="v1",
+        status=IdentificationStatus.IN_PROGRESS,
+        responsible_desk=None,
     )
     await store.upsert_series(series_id="s", name="Renamed")
     log = await _log(sync_store)

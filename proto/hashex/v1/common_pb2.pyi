@@ -259,7 +259,7 @@ class Media(_message.Message):
     def flags(self) -> Global___MediaFlags: ...
     @_builtins.property
     def series_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Series of the origin this item belongs to (origin-local series ids)."""
+        """Series of the origin this item belongs to (origin-local series ids), at most 16."""
 
     @_builtins.property
     def first_seen(self) -> _timestamp_pb2.Timestamp:
@@ -339,7 +339,9 @@ class Series(_message.Message):
     media_count: _builtins.int
     """Media of this series currently stored on the answering node (not retracted)."""
     @_builtins.property
-    def victims(self) -> _containers.RepeatedCompositeFieldContainer[Global___Victim]: ...
+    def victims(self) -> _containers.RepeatedCompositeFieldContainer[Global___Victim]:
+        """At most 100."""
+
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(

@@ -10,15 +10,25 @@ trailer, one FieldViolation per problem (at most 20). A request that fails valid
 nothing. Unknown records answer NOT_FOUND; anything unexpected answers INTERNAL with a
 message that reveals nothing of the node.
 
+Never erase by omission: a request that does not mention a field leaves it as it is.
+SubmitMedia adds (signals, series memberships) and sets only what it gives; clearing a
+category or a flag, leaving a series, restoring a retracted media and clearing a name or a desk
+are explicit (UpdateMedia, and the update_mask of UpsertSeries and UpdateVictim). Every change
+of a record is one entry of the node's change log, replicated to peers under their policy.
+
 Limits (larger requests are rejected whole with INVALID_ARGUMENT):
 - a message is at most 16 MiB;
-- SubmitMediaRequest: at most 1,000 media; a media at most 16 signals;
+- SubmitMediaRequest: at most 1,000 media; a media at most 16 signals and 16 series ids;
+- a stored media holds at most 16 signals (at most one per algorithm, except PDQ: at most 8)
+  and belongs to at most 16 series: a submission that would take it past them is rejected
+  naming the media; a series holds at most 100 victims;
 - LookupRequest: at most 10,000 signals; `pdq_max_distance` at most 64;
-- RetractMediaRequest: at most 10,000 media ids.
+- RetractMediaRequest: at most 10,000 media ids; UpdateMediaRequest: at most 1,000.
 """
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -108,20 +118,24 @@ class MediaSubmission(_message.Message):
     so that resubmitting the same file is idempotent. A media with only PDQ signals needs one.
     """
     media_type: _common_pb2.MediaType.ValueType
-    """Defaults to MEDIA_TYPE_IMAGE when unspecified."""
+    """Unspecified: MEDIA_TYPE_IMAGE for a new media, unchanged for one already stored."""
     @_builtins.property
     def signals(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Signal]:
-        """At least one signal; see Media.signals for the limits."""
+        """At least one signal; see Media.signals for the limits. Added to those already stored."""
 
     @_builtins.property
     def category(self) -> _common_pb2.Category:
-        """Optional."""
+        """Optional: absent leaves a stored media's category as it is."""
 
     @_builtins.property
-    def flags(self) -> _common_pb2.MediaFlags: ...
+    def flags(self) -> _common_pb2.MediaFlags:
+        """Flags given true are set; a flag given false changes nothing (UpdateMedia clears flags)."""
+
     @_builtins.property
     def series_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Series of this node the item belongs to; created (unnamed) when unknown."""
+        """Series of this node the item belongs to, added to those it already belongs to (at most 16
+        in all); created (unnamed) when unknown.
+        """
 
     @_builtins.property
     def case_data(self) -> Global___CaseData:
@@ -176,6 +190,7 @@ class SubmitMediaResponse(_message.Message):
     CREATED_FIELD_NUMBER: _builtins.int
     UPDATED_FIELD_NUMBER: _builtins.int
     UNCHANGED_FIELD_NUMBER: _builtins.int
+    RETRACTED_FIELD_NUMBER: _builtins.int
     received: _builtins.int
     """Media received over the whole stream."""
     created: _builtins.int
@@ -183,7 +198,11 @@ class SubmitMediaResponse(_message.Message):
     updated: _builtins.int
     """Media already stored whose record changed (including a retracted media submitted again)."""
     unchanged: _builtins.int
-    """Media already stored exactly as submitted."""
+    """Media already stored that the submission did not change."""
+    retracted: _builtins.int
+    """Media already stored and retracted: left retracted and unchanged (UpdateMedia with
+    `restore` brings them back).
+    """
     def __init__(
         self,
         *,
@@ -191,10 +210,11 @@ class SubmitMediaResponse(_message.Message):
         created: _builtins.int = ...,
         updated: _builtins.int = ...,
         unchanged: _builtins.int = ...,
+        retracted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "received", b"received", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "received", b"received", "retracted", b"retracted", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -432,6 +452,112 @@ class RetractMediaResponse(_message.Message):
 Global___RetractMediaResponse: _TypeAlias = RetractMediaResponse  # noqa: Y015
 
 @_typing.final
+class UpdateMediaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEDIA_IDS_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    LEAVE_SERIES_IDS_FIELD_NUMBER: _builtins.int
+    RESTORE_FIELD_NUMBER: _builtins.int
+    restore: _builtins.bool
+    """Restore retracted media first: they match again. A media not retracted is unchanged."""
+    @_builtins.property
+    def media_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Media ids of this node, 1 to 1,000, each at most once."""
+
+    @_builtins.property
+    def values(self) -> Global___MediaUpdate:
+        """Values for the fields named in update_mask; fields it does not name are ignored."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Paths of `values` to write: "category" (absent in `values`: cleared), "media_type" (not
+        MEDIA_TYPE_UNSPECIFIED), "flags" (all four) or "flags.victim_identified",
+        "flags.offender_identified", "flags.distributed", "flags.self_generated" (false clears).
+        """
+
+    @_builtins.property
+    def leave_series_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Series of this node the media leave (at most 16 ids); a media not in one is unchanged."""
+
+    def __init__(
+        self,
+        *,
+        media_ids: _abc.Iterable[_builtins.str] | None = ...,
+        values: Global___MediaUpdate | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        leave_series_ids: _abc.Iterable[_builtins.str] | None = ...,
+        restore: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_mask", b"update_mask", "values", b"values"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leave_series_ids", b"leave_series_ids", "media_ids", b"media_ids", "restore", b"restore", "update_mask", b"update_mask", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMediaRequest: _TypeAlias = UpdateMediaRequest  # noqa: Y015
+
+@_typing.final
+class MediaUpdate(_message.Message):
+    """What UpdateMedia can write (see UpdateMediaRequest.update_mask)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    FLAGS_FIELD_NUMBER: _builtins.int
+    media_type: _common_pb2.MediaType.ValueType
+    @_builtins.property
+    def category(self) -> _common_pb2.Category: ...
+    @_builtins.property
+    def flags(self) -> _common_pb2.MediaFlags: ...
+    def __init__(
+        self,
+        *,
+        category: _common_pb2.Category | None = ...,
+        media_type: _common_pb2.MediaType.ValueType = ...,
+        flags: _common_pb2.MediaFlags | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "flags", b"flags"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "flags", b"flags", "media_type", b"media_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MediaUpdate: _TypeAlias = MediaUpdate  # noqa: Y015
+
+@_typing.final
+class UpdateMediaResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGED_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
+    MEDIA_FIELD_NUMBER: _builtins.int
+    changed: _builtins.int
+    """Media whose record changed: one change-log entry each."""
+    unchanged: _builtins.int
+    """Media that were already as asked."""
+    @_builtins.property
+    def media(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Media]:
+        """Every media named, after the change, in the order of media_ids."""
+
+    def __init__(
+        self,
+        *,
+        changed: _builtins.int = ...,
+        unchanged: _builtins.int = ...,
+        media: _abc.Iterable[_common_pb2.Media] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "media", b"media", "unchanged", b"unchanged"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMediaResponse: _TypeAlias = UpdateMediaResponse  # noqa: Y015
+
+@_typing.final
 class GetSeriesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -480,18 +606,26 @@ class UpsertSeriesRequest(_message.Message):
 
     SERIES_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
     series_id: _builtins.str
     name: _builtins.str
-    """At most 200 characters."""
+    """At most 200 characters. Without update_mask an empty name leaves the current name as it is
+    (a new series starts unnamed).
+    """
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """"name": set the name exactly as given, an empty one clearing it."""
+
     def __init__(
         self,
         *,
         series_id: _builtins.str = ...,
         name: _builtins.str = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "series_id", b"series_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "series_id", b"series_id", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -529,13 +663,22 @@ class UpdateVictimRequest(_message.Message):
     VICTIM_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     RESPONSIBLE_DESK_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
     series_id: _builtins.str
     """A series of this node; NOT_FOUND when it does not exist."""
     victim_id: _builtins.str
     status: _common_pb2.IdentificationStatus.ValueType
-    """Required."""
+    """Required without update_mask, and to create a victim."""
     responsible_desk: _builtins.str
-    """A role contact, at most 200 characters; empty keeps the current one."""
+    """A role contact, at most 200 characters. Without update_mask an empty desk keeps the current
+    one.
+    """
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """When set, exactly the named fields are written: "status", "responsible_desk" (an empty desk
+        clears it). A field it does not name keeps its value.
+        """
+
     def __init__(
         self,
         *,
@@ -543,10 +686,11 @@ class UpdateVictimRequest(_message.Message):
         victim_id: _builtins.str = ...,
         status: _common_pb2.IdentificationStatus.ValueType = ...,
         responsible_desk: _builtins.str = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["responsible_desk", b"responsible_desk", "series_id", b"series_id", "status", b"status", "victim_id", b"victim_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["responsible_desk", b"responsible_desk", "series_id", b"series_id", "status", b"status", "update_mask", b"update_mask", "victim_id", b"victim_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

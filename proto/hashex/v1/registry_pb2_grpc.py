@@ -54,6 +54,11 @@ class RegistryStub:
                 request_serializer=hashex_dot_v1_dot_registry__pb2.RetractMediaRequest.SerializeToString,
                 response_deserializer=hashex_dot_v1_dot_registry__pb2.RetractMediaResponse.FromString,
                 _registered_method=True)
+        self.UpdateMedia = channel.unary_unary(
+                '/hashex.v1.Registry/UpdateMedia',
+                request_serializer=hashex_dot_v1_dot_registry__pb2.UpdateMediaRequest.SerializeToString,
+                response_deserializer=hashex_dot_v1_dot_registry__pb2.UpdateMediaResponse.FromString,
+                _registered_method=True)
         self.GetSeries = channel.unary_unary(
                 '/hashex.v1.Registry/GetSeries',
                 request_serializer=hashex_dot_v1_dot_registry__pb2.GetSeriesRequest.SerializeToString,
@@ -82,7 +87,10 @@ class RegistryServicer:
     def SubmitMedia(self, request_iterator, context):
         """Stores media of this node. Each request message is one batch, validated whole and stored in
         one transaction; a rejected batch ends the stream with INVALID_ARGUMENT and stores nothing of
-        that batch (batches before it stay stored; the message says how many). Idempotent:
+        that batch (batches before it stay stored; the message says how many). A media already
+        stored is merged, never erased: its signals and series memberships are added to, its type
+        and category set only when given, its flags set where given true (clearing is UpdateMedia).
+        A retracted media stays retracted and unchanged, and is counted as `retracted`. Idempotent:
         submitting the same (media_id, content) again stores it once and counts it as unchanged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -113,6 +121,16 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateMedia(self, request, context):
+        """Changes media of this node explicitly: sets or clears the category, sets the media type,
+        sets or clears flags, leaves series, restores retracted media. Only what the request names
+        changes. The media change together in one transaction or not at all: NOT_FOUND names media
+        ids this node does not hold, FAILED_PRECONDITION a retracted media changed without `restore`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSeries(self, request, context):
         """Reads a series with its victims.
         """
@@ -128,7 +146,8 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateVictim(self, request, context):
-        """Creates a victim in a series of this node or changes its status and responsible desk.
+        """Creates a victim in a series of this node or changes its status and responsible desk
+        (INVALID_ARGUMENT for a 101st victim of a series).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -163,6 +182,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.RetractMedia,
                     request_deserializer=hashex_dot_v1_dot_registry__pb2.RetractMediaRequest.FromString,
                     response_serializer=hashex_dot_v1_dot_registry__pb2.RetractMediaResponse.SerializeToString,
+            ),
+            'UpdateMedia': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMedia,
+                    request_deserializer=hashex_dot_v1_dot_registry__pb2.UpdateMediaRequest.FromString,
+                    response_serializer=hashex_dot_v1_dot_registry__pb2.UpdateMediaResponse.SerializeToString,
             ),
             'GetSeries': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSeries,
@@ -293,6 +317,33 @@ class Registry:
             '/hashex.v1.Registry/RetractMedia',
             hashex_dot_v1_dot_registry__pb2.RetractMediaRequest.SerializeToString,
             hashex_dot_v1_dot_registry__pb2.RetractMediaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMedia(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashex.v1.Registry/UpdateMedia',
+            hashex_dot_v1_dot_registry__pb2.UpdateMediaRequest.SerializeToString,
+            hashex_dot_v1_dot_registry__pb2.UpdateMediaResponse.FromString,
             options,
             channel_credentials,
             insecure,

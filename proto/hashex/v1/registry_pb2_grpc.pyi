@@ -10,11 +10,20 @@ trailer, one FieldViolation per problem (at most 20). A request that fails valid
 nothing. Unknown records answer NOT_FOUND; anything unexpected answers INTERNAL with a
 message that reveals nothing of the node.
 
+Never erase by omission: a request that does not mention a field leaves it as it is.
+SubmitMedia adds (signals, series memberships) and sets only what it gives; clearing a
+category or a flag, leaving a series, restoring a retracted media and clearing a name or a desk
+are explicit (UpdateMedia, and the update_mask of UpsertSeries and UpdateVictim). Every change
+of a record is one entry of the node's change log, replicated to peers under their policy.
+
 Limits (larger requests are rejected whole with INVALID_ARGUMENT):
 - a message is at most 16 MiB;
-- SubmitMediaRequest: at most 1,000 media; a media at most 16 signals;
+- SubmitMediaRequest: at most 1,000 media; a media at most 16 signals and 16 series ids;
+- a stored media holds at most 16 signals (at most one per algorithm, except PDQ: at most 8)
+  and belongs to at most 16 series: a submission that would take it past them is rejected
+  naming the media; a series holds at most 100 victims;
 - LookupRequest: at most 10,000 signals; `pdq_max_distance` at most 64;
-- RetractMediaRequest: at most 10,000 media ids.
+- RetractMediaRequest: at most 10,000 media ids; UpdateMediaRequest: at most 1,000.
 """
 
 from collections import abc as _abc
@@ -48,7 +57,10 @@ class RegistryStub:
     SubmitMedia: _grpc.StreamUnaryMultiCallable[_registry_pb2.SubmitMediaRequest, _registry_pb2.SubmitMediaResponse]
     """Stores media of this node. Each request message is one batch, validated whole and stored in
     one transaction; a rejected batch ends the stream with INVALID_ARGUMENT and stores nothing of
-    that batch (batches before it stay stored; the message says how many). Idempotent:
+    that batch (batches before it stay stored; the message says how many). A media already
+    stored is merged, never erased: its signals and series memberships are added to, its type
+    and category set only when given, its flags set where given true (clearing is UpdateMedia).
+    A retracted media stays retracted and unchanged, and is counted as `retracted`. Idempotent:
     submitting the same (media_id, content) again stores it once and counts it as unchanged.
     """
     Lookup: _grpc.UnaryUnaryMultiCallable[_registry_pb2.LookupRequest, _registry_pb2.LookupResponse]
@@ -62,12 +74,20 @@ class RegistryStub:
     """Withdraws media of this node: they stop matching at once. Retracting an unknown or already
     retracted media id is not an error; it is counted.
     """
+    UpdateMedia: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateMediaRequest, _registry_pb2.UpdateMediaResponse]
+    """Changes media of this node explicitly: sets or clears the category, sets the media type,
+    sets or clears flags, leaves series, restores retracted media. Only what the request names
+    changes. The media change together in one transaction or not at all: NOT_FOUND names media
+    ids this node does not hold, FAILED_PRECONDITION a retracted media changed without `restore`.
+    """
     GetSeries: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetSeriesRequest, _registry_pb2.GetSeriesResponse]
     """Reads a series with its victims."""
     UpsertSeries: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpsertSeriesRequest, _registry_pb2.UpsertSeriesResponse]
     """Creates or renames a series of this node."""
     UpdateVictim: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateVictimRequest, _registry_pb2.UpdateVictimResponse]
-    """Creates a victim in a series of this node or changes its status and responsible desk."""
+    """Creates a victim in a series of this node or changes its status and responsible desk
+    (INVALID_ARGUMENT for a 101st victim of a series).
+    """
     GetStats: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetStatsRequest, _registry_pb2.GetStatsResponse]
     """Counts of what this node holds."""
 
@@ -77,7 +97,10 @@ class RegistryAsyncStub(RegistryStub):
     SubmitMedia: _aio.StreamUnaryMultiCallable[_registry_pb2.SubmitMediaRequest, _registry_pb2.SubmitMediaResponse]  # type: ignore[assignment]
     """Stores media of this node. Each request message is one batch, validated whole and stored in
     one transaction; a rejected batch ends the stream with INVALID_ARGUMENT and stores nothing of
-    that batch (batches before it stay stored; the message says how many). Idempotent:
+    that batch (batches before it stay stored; the message says how many). A media already
+    stored is merged, never erased: its signals and series memberships are added to, its type
+    and category set only when given, its flags set where given true (clearing is UpdateMedia).
+    A retracted media stays retracted and unchanged, and is counted as `retracted`. Idempotent:
     submitting the same (media_id, content) again stores it once and counts it as unchanged.
     """
     Lookup: _aio.UnaryUnaryMultiCallable[_registry_pb2.LookupRequest, _registry_pb2.LookupResponse]  # type: ignore[assignment]
@@ -91,12 +114,20 @@ class RegistryAsyncStub(RegistryStub):
     """Withdraws media of this node: they stop matching at once. Retracting an unknown or already
     retracted media id is not an error; it is counted.
     """
+    UpdateMedia: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateMediaRequest, _registry_pb2.UpdateMediaResponse]  # type: ignore[assignment]
+    """Changes media of this node explicitly: sets or clears the category, sets the media type,
+    sets or clears flags, leaves series, restores retracted media. Only what the request names
+    changes. The media change together in one transaction or not at all: NOT_FOUND names media
+    ids this node does not hold, FAILED_PRECONDITION a retracted media changed without `restore`.
+    """
     GetSeries: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetSeriesRequest, _registry_pb2.GetSeriesResponse]  # type: ignore[assignment]
     """Reads a series with its victims."""
     UpsertSeries: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpsertSeriesRequest, _registry_pb2.UpsertSeriesResponse]  # type: ignore[assignment]
     """Creates or renames a series of this node."""
     UpdateVictim: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateVictimRequest, _registry_pb2.UpdateVictimResponse]  # type: ignore[assignment]
-    """Creates a victim in a series of this node or changes its status and responsible desk."""
+    """Creates a victim in a series of this node or changes its status and responsible desk
+    (INVALID_ARGUMENT for a 101st victim of a series).
+    """
     GetStats: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetStatsRequest, _registry_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Counts of what this node holds."""
 
@@ -109,7 +140,10 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.SubmitMediaResponse, _abc.Awaitable[_registry_pb2.SubmitMediaResponse]]:
         """Stores media of this node. Each request message is one batch, validated whole and stored in
         one transaction; a rejected batch ends the stream with INVALID_ARGUMENT and stores nothing of
-        that batch (batches before it stay stored; the message says how many). Idempotent:
+        that batch (batches before it stay stored; the message says how many). A media already
+        stored is merged, never erased: its signals and series memberships are added to, its type
+        and category set only when given, its flags set where given true (clearing is UpdateMedia).
+        A retracted media stays retracted and unchanged, and is counted as `retracted`. Idempotent:
         submitting the same (media_id, content) again stores it once and counts it as unchanged.
         """
 
@@ -143,6 +177,18 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def UpdateMedia(
+        self,
+        request: _registry_pb2.UpdateMediaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.UpdateMediaResponse, _abc.Awaitable[_registry_pb2.UpdateMediaResponse]]:
+        """Changes media of this node explicitly: sets or clears the category, sets the media type,
+        sets or clears flags, leaves series, restores retracted media. Only what the request names
+        changes. The media change together in one transaction or not at all: NOT_FOUND names media
+        ids this node does not hold, FAILED_PRECONDITION a retracted media changed without `restore`.
+        """
+
+    @_abc_1.abstractmethod
     def GetSeries(
         self,
         request: _registry_pb2.GetSeriesRequest,
@@ -164,7 +210,9 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.UpdateVictimRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.UpdateVictimResponse, _abc.Awaitable[_registry_pb2.UpdateVictimResponse]]:
-        """Creates a victim in a series of this node or changes its status and responsible desk."""
+        """Creates a victim in a series of this node or changes its status and responsible desk
+        (INVALID_ARGUMENT for a 101st victim of a series).
+        """
 
     @_abc_1.abstractmethod
     def GetStats(
