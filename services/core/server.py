@@ -4,13 +4,16 @@ message limits and graceful shutdown (NOT_SERVING, drain, stop).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
+from google.protobuf.message import Message
+from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from the stubs
 from grpc_health.v1 import _async as health_aio  # the documented `health.aio`
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -18,6 +21,10 @@ from opentelemetry.instrumentation.grpc import (
     aio_server_interceptor as _untyped_aio_server_interceptor,
 )
 from opentelemetry.sdk.trace import TracerProvider
+
+from services.core.errors import InvalidArgument
+from services.core.request_decoding import decode_request, request_class_of
+from services.core.rpc_status import abort_with
 
 _log = logging.getLogger(__name__)
 
@@ -34,6 +41,8 @@ if TYPE_CHECKING:  # the stubs make it generic; the runtime class is not subscri
     ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
     ServerInterceptor = grpc.aio.ServerInterceptor
+
+Context = grpc.aio.ServicerContext[Any, Any]
 
 # The four call shapes: the handler attribute holding the behaviour, the factory that builds a
 # handler of that shape, and whether the response is streamed.
@@ -118,6 +127,111 @@ def _wrap_handler(
     return rewrap_handler(handler, logged)
 
 
+class RequestDecodingInterceptor(ServerInterceptor):
+    """Parses the requests of every handler that still carries a protobuf deserializer with
+    `decode_request`, so that an undecodable message answers INVALID_ARGUMENT naming the field
+    (and a BadRequest detail) instead of grpc's UNKNOWN. Handlers without a deserializer are
+    left as they are: the gateway's, which parse the exact bytes themselves, and forwarding
+    handlers, which never parse. Each message is parsed once, here instead of in grpc."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        message_class = request_class_of(handler.request_deserializer)
+        if message_class is None:
+            return handler
+        return _decoding_requests(handler, message_class)
+
+
+def _decoding_requests(
+    handler: grpc.RpcMethodHandler[Any, Any], message_class: type[Message]
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` taking raw request bytes and decoding them itself, for every call shape."""
+    streaming_request = handler.request_streaming
+
+    async def requests(raw: Any, context: Context) -> tuple[Any, Context]:
+        """The request (or request iterator) and context to hand the behaviour."""
+        if streaming_request:
+            stream = _RequestStream(message_class, context)
+            return stream.decoded(raw), cast(Context, _DecodingContext(context, stream))
+        try:
+            return decode_request(message_class, raw), context
+        except InvalidArgument as error:
+            await abort_with(context, error)
+
+    def decoding(behaviour: Any, streaming_response: bool) -> Any:
+        if streaming_response:
+
+            async def stream(raw: Any, context: Context) -> AsyncIterator[Any]:
+                request, served = await requests(raw, context)
+                result = behaviour(request, served)
+                if inspect.isawaitable(result):  # a writer-style servicer (context.write)
+                    await result
+                    return
+                try:
+                    async for item in result:
+                        yield item
+                finally:  # close the servicer's generator now, not later in GC
+                    if hasattr(result, "aclose"):
+                        await result.aclose()
+
+            return stream
+
+        async def unary(raw: Any, context: Context) -> Any:
+            request, served = await requests(raw, context)
+            return await behaviour(request, served)
+
+        return unary
+
+    return rewrap_handler(handler, decoding, keep_request_deserializer=False)
+
+
+class _RequestStream:
+    """The request messages of one call, decoded in order and numbered from 0 whichever way
+    the servicer takes them (the iterator or `context.read()`); the first undecodable one ends
+    the call, named `message[n]`."""
+
+    def __init__(self, message_class: type[Message], context: Context) -> None:
+        self._message_class = message_class
+        self._context = context
+        self._received = 0
+
+    async def decoded(self, raw: AsyncIterator[bytes]) -> AsyncIterator[Message]:
+        async for message in raw:
+            yield await self.decode(message)
+
+    async def decode(self, raw: bytes) -> Message:
+        index, self._received = self._received, self._received + 1
+        try:
+            return decode_request(self._message_class, raw, stream_index=index)
+        except InvalidArgument as error:
+            await abort_with(self._context, error)
+
+
+class _DecodingContext:
+    """The call's context, except that `read()` returns decoded messages."""
+
+    def __init__(self, context: Context, stream: _RequestStream) -> None:
+        self._context = context
+        self._stream = stream
+
+    async def read(self) -> Any:
+        raw = await self._context.read()
+        if raw is EOF:
+            return raw
+        return await self._stream.decode(raw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
 def _tracing_interceptor(tracer_provider: TracerProvider) -> grpc.aio.ServerInterceptor[Any, Any]:
     interceptor: grpc.aio.ServerInterceptor[Any, Any] = _untyped_aio_server_interceptor(
         tracer_provider=tracer_provider
@@ -150,12 +264,19 @@ async def build_server(
     """Start a server on `listen` (port 0 picks a free one) and return it with its bound port.
 
     Interceptor order, outermost first: tracing (so every call has a span, even refused ones),
-    then the access log, then `interceptors` in the order given (the gateway's checks).
+    then the access log, then request decoding, then `interceptors` in the order given (the
+    gateway's checks). Request decoding sits outside `interceptors` so that it sees the handlers
+    they return: those still carrying a deserializer (the registry's own port, a service behind
+    the forwarded-caller interceptor) get their requests decoded by it, before the inner
+    interceptors run; the gateway's, which take raw bytes for their size check and audit digest
+    and parse them themselves, and forwarding handlers carry none and are left alone, so
+    nothing is parsed twice. Decoding refusals are still traced and logged.
     """
     server = grpc.aio.server(
         interceptors=[
             _tracing_interceptor(tracer_provider),
             AccessLogInterceptor(),
+            RequestDecodingInterceptor(),
             *interceptors,
         ],
         options=[
