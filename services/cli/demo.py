@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from services.cli.demo_images import cropped, resized, synthetic_image
+from services.core.db.system_user_access import untraversable_directory
 
 CONVERGE_TIMEOUT_S = 120.0
 
@@ -249,12 +250,32 @@ def run_demo(root: Path) -> None:
         hashex("audit", "verify", "--data-dir", data_dir)
 
 
+def make_demo_folder() -> Path:
+    """A new folder for the three nodes' data directories. As root, each node's PostgreSQL runs
+    as the user embedded_postgres, which must traverse every directory above a data directory,
+    and a node never widens one it does not own: so the folder is made where that user can get
+    to (the system temp directory, else /tmp or /var/tmp) and opened to traversal, not listing
+    (0711)."""
+    places = [Path(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp")]  # noqa: S108
+    base = next((p for p in places if p.is_dir() and untraversable_directory(p) is None), None)
+    if base is None:
+        raise SystemExit(
+            "demo failed: as root, the demo needs a temporary directory the user "
+            "embedded_postgres can traverse; set TMPDIR to one"
+        )
+    root = Path(tempfile.mkdtemp(prefix="hashex-demo-", dir=base))
+    if os.geteuid() == 0:
+        root.chmod(0o711)
+    return root
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keep", action="store_true", help="keep the demo folder afterwards")
     ns = parser.parse_args()
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="hashex-run-"))
-    root = Path(tempfile.mkdtemp(prefix="hashex-demo-"))
+    root = make_demo_folder()
+    print(f"demo folder: {root}")
     try:
         run_demo(root)
         print("\ndemo finished: three federated nodes, exact and near matches across borders.")

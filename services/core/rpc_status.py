@@ -1,7 +1,10 @@
 """The one table from domain errors to gRPC status codes, and rich error details.
 
 Anything not in the table becomes INTERNAL with a message that reveals nothing; the original is
-logged on the node (without request contents).
+logged on the node (without request contents). The exception is an error that says the database
+connection is gone (`services.core.db.health.is_connection_failure`): that is an outage, not a
+bug, so it answers UNAVAILABLE (the caller may retry) and logs nothing per call; the node's
+`DatabaseHealth` logs the outage once.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from services.core.db.health import is_connection_failure
 from services.core.errors import (
     FailedPrecondition,
     HashexError,
@@ -40,6 +44,7 @@ STATUS_OF: dict[type[HashexError], grpc.StatusCode] = {
 }
 
 INTERNAL_MESSAGE = "internal error on the node; the operator can find it in the node's log"
+DATABASE_UNREACHABLE_MESSAGE = "the node's database is unreachable right now; retry later"
 
 
 def status_code_of(error: HashexError) -> grpc.StatusCode:
@@ -52,6 +57,10 @@ def status_code_of(error: HashexError) -> grpc.StatusCode:
 def to_rpc_status(error: BaseException) -> status_pb2.Status:
     """A google.rpc.Status for `error`; InvalidArgument carries a BadRequest detail."""
     if not isinstance(error, HashexError):
+        if is_connection_failure(error):
+            return status_pb2.Status(
+                code=code_pb2.UNAVAILABLE, message=DATABASE_UNREACHABLE_MESSAGE
+            )
         return status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE)
     code = status_code_of(error)
     status = status_pb2.Status(code=code.value[0], message=str(error))
@@ -73,7 +82,7 @@ def to_rpc_status(error: BaseException) -> status_pb2.Status:
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: BaseException) -> NoReturn:
     """End the call with the status for `error`."""
-    if not isinstance(error, HashexError):
+    if not isinstance(error, HashexError) and not is_connection_failure(error):
         _log.error("unexpected error in RPC handler", exc_info=error)
     status = rpc_status.to_status(to_rpc_status(error))
     await context.abort(status.code, status.details, status.trailing_metadata)

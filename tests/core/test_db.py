@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +36,6 @@ server = start_embedded(Path(sys.argv[1]), runtime_dir=Path(sys.argv[2]))
 print(server.postmaster_pid, flush=True)
 sys.stdin.read()
 """
-
-
-@pytest.fixture
-async def pool(empty_database: str) -> AsyncIterator[Any]:
-    pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=3)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 def write_migrations(directory: Path, files: dict[str, str]) -> Path:
@@ -195,7 +185,9 @@ async def test_an_applied_file_that_changed_is_refused(pool: Any, tmp_path: Path
     assert await pool.fetchval("SELECT max(version) FROM schema_version") == 1
 
 
-async def test_a_failing_migration_is_rolled_back_alone(pool: Any, tmp_path: Path) -> None:
+async def test_a_failing_migration_applies_nothing_and_names_its_file(
+    pool: Any, tmp_path: Path
+) -> None:
     directory = write_migrations(
         tmp_path / "svc" / "migrations",
         {
@@ -203,11 +195,15 @@ async def test_a_failing_migration_is_rolled_back_alone(pool: Any, tmp_path: Pat
             "0002_b.sql": "CREATE TABLE b (x int); SELECT no_such_function();",
         },
     )
-    with pytest.raises(asyncpg.UndefinedFunctionError):
+    with pytest.raises(FailedPrecondition) as refused:
         await apply_migrations(pool, directory)
-    assert await pool.fetchval("SELECT max(version) FROM schema_version") == 1
-    assert await pool.fetchval("SELECT to_regclass('b')") is None
-    assert await pool.fetchval("SELECT to_regclass('a')") == "a"
+    assert str(refused.value) == (
+        "svc migration 0002_b.sql failed on this database (function no_such_function() does "
+        "not exist); nothing was applied"
+    )
+    assert isinstance(refused.value.__cause__, asyncpg.UndefinedFunctionError)
+    assert await pool.fetchval("SELECT to_regclass('schema_version')") is None
+    assert await pool.fetchval("SELECT to_regclass('a')") is None
 
 
 async def test_components_are_numbered_independently(pool: Any, tmp_path: Path) -> None:
