@@ -12,6 +12,12 @@ hash is re-indexed a handful of times over its life and a query visits only a fe
 `rebuild()` merges everything into one segment, the fastest layout to query. To fill an index
 from many batches at start, `loader()` packs them and indexes them with a single build.
 
+Answers are bounded: `limit` keeps the nearest hits per query, chosen on numpy arrays in each
+segment and again across segments, so only what is returned becomes Python objects; and the
+queries searched together shrink with the distance so that one block's probe and candidate
+arrays stay within `pdq_segment.BLOCK_BYTES` (64 MiB). `query_cost` prices a query in units of
+one hash scanned, for callers that budget work before they start it.
+
 Threads: every mutation publishes a new immutable `_State`, so `query` reads one reference and
 never locks. Writers hold `_write_lock` only to compute and swap the next state. A merge builds
 outside that lock and, when it swaps its result in, re-applies the tombstones that arrived
@@ -30,21 +36,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.core.errors import InvalidArgument
+from services.registry.pdq_hits import Mask, Matches, Rows, Words
+from services.registry.pdq_layout import scan_cost
 from services.registry.pdq_segment import (
     HASH_BYTES,
     MAX_QUERY_DISTANCE,
     Entries,
-    Hits,
-    Mask,
-    Rows,
     Segment,
-    Words,
+    queries_per_block,
     sorted_by_row,
 )
 
-# Queries searched together: big enough that numpy's per-call cost fades, small enough that
-# a block's candidates (~7k per query at 10M) stay within a few tens of MiB.
-_QUERY_BLOCK = 128
+# What a query costs outside the segments (packing, merging, building the answer), in units
+# of one hash scanned, as the segments' costs are (see pdq_layout.SearchEstimate).
+QUERY_CALL_UNITS = 5_000.0
 # A segment is merged into the one before it once it reaches 1/_GROWTH of that one's size.
 _GROWTH = 4
 # A segment whose tombstoned share passes 1/_DEAD_SHARE is rebuilt without them.
@@ -91,16 +96,10 @@ class _Part:
         entries = self.segment.entries
         if not self.dead_count:
             return entries
-        keep = ~np.isin(entries.rows, self.dead_rows)
-        return Entries(entries.rows[keep], entries.lo[keep], entries.hi[keep])
+        return entries.without_rows(self.dead_rows)
 
-    def search(self, queries: Words, max_distance: int) -> list[list[NearHit]]:
-        hits = self.segment.search(queries, max_distance)
-        rows = self.segment.entries.rows[hits.position]
-        if self.dead_rows.size and rows.size:
-            alive = ~np.isin(rows, self.dead_rows)
-            hits, rows = hits.where(alive), rows[alive]
-        return _near_hits(hits, rows, self.segment.entries, queries.shape[0])
+    def search(self, queries: Words, max_distance: int, limit: int | None) -> Matches:
+        return self.segment.search(queries, max_distance, dead_rows=self.dead_rows, limit=limit)
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,6 +109,17 @@ class _State:
 
     def __len__(self) -> int:
         return sum(p.live for p in self.parts) + len(self.delta)
+
+    def cost(self, max_distance: int) -> float:
+        """One query's expected cost here, in units of one hash scanned."""
+        segments = sum(p.segment.cost(max_distance) for p in self.parts)
+        delta = scan_cost(len(self.delta)) if len(self.delta) else 0.0
+        return QUERY_CALL_UNITS + segments + delta
+
+    def block_size(self, max_distance: int) -> int:
+        """Queries to search together so that a block's arrays stay within BLOCK_BYTES."""
+        per_query = max((p.segment.query_bytes(max_distance) for p in self.parts), default=0)
+        return queries_per_block(per_query)
 
     def stored(self, rows: Rows, words: Words) -> Mask:
         """Which pairs are already live anywhere, so that adding them again changes nothing."""
@@ -201,24 +211,43 @@ class PdqIndex:
             if plan is not None:
                 self._merge(plan)
 
-    def query(self, value: bytes, max_distance: int) -> list[NearHit]:
-        """Every live entry within `max_distance`, sorted by (distance, row_id, value)."""
+    def query(self, value: bytes, max_distance: int, *, limit: int | None = None) -> list[NearHit]:
+        """The live entries within `max_distance` (inclusive), sorted by (distance, row_id,
+        value); only the first `limit` of them when a limit is given."""
         _check_distance(max_distance)
-        return _search(self._state, _pack_one(value)[None, :], max_distance)[0]
+        _check_limit(limit)
+        return _search(self._state, _pack_one(value)[None, :], max_distance, limit)[0]
 
-    def query_many(self, values: Sequence[bytes], max_distance: int) -> list[list[NearHit]]:
+    def query_many(
+        self, values: Sequence[bytes], max_distance: int, *, limit: int | None = None
+    ) -> list[list[NearHit]]:
         """`query` for each value, all answered from the same consistent snapshot."""
         _check_distance(max_distance)
+        _check_limit(limit)
         state = self._state
         words = _pack_values(values)
-        blocks = np.array_split(words, max(1, -(-len(values) // _QUERY_BLOCK)))
+        block = state.block_size(max_distance)
+        blocks = np.array_split(words, max(1, -(-len(values) // block)))
         threads = min(self._query_threads, len(blocks))
+
+        def search(queries: Words) -> list[list[NearHit]]:
+            return _search(state, queries, max_distance, limit)
+
         if threads <= 1:
-            return [hits for block in blocks for hits in _search(state, block, max_distance)]
-        # Gathers and sorts release the GIL, so a second thread overlaps their cache misses.
+            return [hits for queries in blocks for hits in search(queries)]
+        # Gathers, sorts and FAISS scans release the GIL, so a second thread overlaps them.
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            answers = pool.map(lambda block: _search(state, block, max_distance), blocks)
-            return [hits for block in answers for hits in block]
+            return [hits for answers in pool.map(search, blocks) for hits in answers]
+
+    def query_cost(self, max_distance: int) -> float:
+        """Expected cost of one query at `max_distance` against the current state, in units
+        of one hash scanned from memory (pdq_layout.UNIT_NS, about 1 ns of one core here): the
+        sum over segments of the cheaper of probing and scanning, plus the delta's scan and a
+        per-query constant (QUERY_CALL_UNITS, and SCAN_CALL_UNITS per segment). Never more
+        than scanning every entry held plus those constants; cheap (arithmetic over a few
+        segments, the plan shapes behind it cached per layout and distance)."""
+        _check_distance(max_distance)
+        return self._state.cost(max_distance)
 
     def _merge_while_needed(self) -> None:
         """Run due merges here unless another thread is merging (its loop will see our work)."""
@@ -324,29 +353,25 @@ def _full_merge_start(parts: tuple[_Part, ...]) -> int | None:
     return 0
 
 
-def _search(state: _State, queries: Words, max_distance: int) -> list[list[NearHit]]:
-    """Answers for a batch of queries, each sorted by (distance, row_id, value)."""
-    answers: list[list[NearHit]] = [[] for _ in range(queries.shape[0])]
-    found = [part.search(queries, max_distance) for part in state.parts]
+def _search(
+    state: _State, queries: Words, max_distance: int, limit: int | None
+) -> list[list[NearHit]]:
+    """Answers for a batch of queries, each sorted by (distance, row_id, value) and cut to
+    `limit` before any NearHit is made."""
+    found = [part.search(queries, max_distance, limit) for part in state.parts]
     if len(state.delta):
-        hits = state.delta.scan(queries, max_distance)
-        rows = state.delta.rows[hits.position]
-        found.append(_near_hits(hits, rows, state.delta, queries.shape[0]))
-    for per_query in found:
-        for answer, near in zip(answers, per_query, strict=True):
-            answer.extend(near)
-    for answer in answers:
-        answer.sort(key=lambda h: (h.distance, h.row_id, h.value))
-    return answers
+        found.append(state.delta.scan(queries, max_distance, np.empty(0, np.int64), limit))
+    return _near_hits(Matches.concatenate(found).nearest(limit), queries.shape[0])
 
 
-def _near_hits(hits: Hits, rows: Rows, entries: Entries, queries: int) -> list[list[NearHit]]:
+def _near_hits(matches: Matches, queries: int) -> list[list[NearHit]]:
+    """Matches sorted by query, as one list of NearHit per query."""
     grouped: list[list[NearHit]] = [[] for _ in range(queries)]
-    values = entries.words(hits.position)
-    for i, row, dist, value in zip(
-        hits.query.tolist(), rows.tolist(), hits.distance.tolist(), values, strict=True
+    raw = matches.hashes.tobytes()
+    for i, (query, row, dist) in enumerate(
+        zip(matches.query.tolist(), matches.row.tolist(), matches.distance.tolist(), strict=True)
     ):
-        grouped[i].append(NearHit(row, value.tobytes(), dist))
+        grouped[query].append(NearHit(row, raw[i * HASH_BYTES : (i + 1) * HASH_BYTES], dist))
     return grouped
 
 
@@ -355,6 +380,11 @@ def _check_distance(max_distance: int) -> None:
         raise InvalidArgument(
             f"PDQ max distance must be between 0 and {MAX_QUERY_DISTANCE}, not {max_distance}"
         )
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise ValueError(f"a PDQ query limit is at least 1, not {limit}")
 
 
 def _pack(row_ids: Sequence[int], values: Sequence[bytes]) -> tuple[Rows, Words]:

@@ -3,93 +3,114 @@
 Nothing here changes after it is built, so a query thread can read a segment while a writer
 builds its replacement; `services.registry.pdq_index` owns the mutable state and the locks.
 
-A hash is kept as four native-endian uint64 words split into two (n, 2) arrays: the low half
-alone rejects almost every false candidate (two random 128-bit halves are within 31 bits with
-probability ~1e-9), so the high half is read only for the few survivors. At 10M hashes a
-candidate's cost is its random memory read, hence the split and the 16-byte record view used
-for gathers (numpy releases the GIL for 1-D takes, not for row takes of 2-D arrays).
+A hash is kept as one 32-byte record (four native-endian uint64 words) in a single contiguous,
+64-byte aligned (n, 4) array. FAISS scans that array in place as (n, 32) binary codes, and a
+candidate check gathers the whole record, which then lies in one cache line. Measured at 10M
+hashes against the former split into two (n, 2) halves (the low half alone rejecting almost
+every candidate, the high half read for survivors only): the same query time within noise,
+since a random read costs its cache line, not its bytes.
 
-Which chunk keys to probe is `services.registry.pdq_layout`'s business; recall is exact.
+Which chunk keys to probe, and whether to probe at all, is `services.registry.pdq_layout`'s
+business; recall is exact either way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
+import faiss
 import numpy as np
 import numpy.typing as npt
 
-from services.registry.pdq_layout import ChunkLayout, layout_for
+from services.registry.pdq_hits import (
+    Hits,
+    Mask,
+    Matches,
+    Positions,
+    Rows,
+    Words,
+    expand_ranges,
+    repeat_each,
+)
+from services.registry.pdq_layout import (
+    ChunkLayout,
+    SearchEstimate,
+    estimate_search,
+    layout_for,
+    scan_cost,
+)
 
 HASH_BYTES = 32
 MAX_QUERY_DISTANCE = 64
-# Above this share of a segment's size the candidate list costs more than a linear scan.
-SCAN_SHARE = 0.25
-_RECORD = np.dtype((np.void, 16))
 _HASH_RECORD = np.dtype((np.void, HASH_BYTES))
+_ALIGN_BYTES = 64
+# Memory one probed candidate takes while its block is verified (its position, owner, record,
+# distances and the temporaries between them), and one probe per query (key, start, count).
+CANDIDATE_BYTES = 96
+PROBE_BYTES = 40
+# What one block's probe and candidate arrays may take at once, and the most queries per block.
+BLOCK_BYTES = 64 << 20
+QUERY_BLOCK = 128
+# Codes a batch of queries scans together: 1 MiB stays in cache while every query of the
+# batch passes over it, 1.7x faster than each query streaming all codes from memory.
+_SCAN_TILE = 1 << 15
+# The type stubs shipped with faiss-cpu 1.15.1 leave this function out.
+_hamming_range_search: Callable[..., None] = faiss.hamming_range_search  # type: ignore[attr-defined]
 
-Rows = npt.NDArray[np.int64]
-Words = npt.NDArray[np.uint64]
-Positions = npt.NDArray[np.intp]
-Distances = npt.NDArray[np.int64]
-Mask = npt.NDArray[np.bool_]
 
+def scan_codes(codes: Words, queries: Words, max_distance: int) -> Iterator[Hits]:
+    """Every code within `max_distance` of each query (FAISS's popcount over 32-byte codes),
+    one tile of codes at a time so that a caller can trim each tile's hits as they come.
 
-@dataclass(frozen=True)
-class Hits:
-    """Parallel arrays: which query (index in the batch), which entry position, what distance."""
-
-    query: Positions
-    position: Positions
-    distance: Distances
-
-    @staticmethod
-    def none() -> Hits:
-        return Hits(np.empty(0, np.intp), np.empty(0, np.intp), np.empty(0, np.int64))
-
-    @staticmethod
-    def concatenate(parts: list[Hits]) -> Hits:
-        if len(parts) == 1:
-            return parts[0]
-        return Hits(
-            np.concatenate([Hits.none().query, *(p.query for p in parts)]),
-            np.concatenate([Hits.none().position, *(p.position for p in parts)]),
-            np.concatenate([Hits.none().distance, *(p.distance for p in parts)]),
+    Checked on faiss-cpu 1.15.1: `hamming_range_search` keeps distances strictly below its
+    radius (hence + 1), releases the GIL, and runs an OpenMP region over the queries whose
+    thread count is per calling thread; one thread avoids a lone query waiting at a barrier
+    for a core that is busy elsewhere (parallelism comes from `PdqIndex`'s query threads).
+    """
+    count, asked = codes.shape[0], queries.shape[0]
+    if not count or not asked:
+        return
+    faiss.omp_set_num_threads(1)
+    mine = np.ascontiguousarray(queries).view(np.uint8)
+    tile = count if asked == 1 else _SCAN_TILE
+    for start in range(0, count, tile):
+        part = codes[start : start + tile]
+        result = faiss.RangeSearchResult(asked)
+        _hamming_range_search(
+            faiss.swig_ptr(mine),
+            faiss.swig_ptr(part.view(np.uint8)),
+            asked,
+            part.shape[0],
+            max_distance + 1,
+            HASH_BYTES,
+            result,
         )
-
-    def for_queries(self, numbers: Positions) -> Hits:
-        """Renumber queries of a sub-batch back to the batch they were taken from."""
-        return Hits(numbers[self.query], self.position, self.distance)
-
-    def where(self, keep: Mask) -> Hits:
-        return Hits(self.query[keep], self.position[keep], self.distance[keep])
-
-
-def expand_ranges(starts: npt.NDArray[np.int64], counts: npt.NDArray[np.int64]) -> Positions:
-    """Concatenate `range(s, s + c)` for every pair without a Python loop."""
-    return _runs(starts, counts, step=1)
-
-
-def repeat_each(values: npt.NDArray[np.int64], counts: npt.NDArray[np.int64]) -> Positions:
-    """`np.repeat(values, counts)`, built from GIL-free steps (np.repeat holds the GIL)."""
-    return _runs(values, counts, step=0)
+        limits = faiss.rev_swig_ptr(result.lims, asked + 1).astype(np.int64)
+        total = int(limits[-1])
+        if not total:
+            continue
+        labels = faiss.rev_swig_ptr(result.labels, total).astype(np.intp)
+        distances = faiss.rev_swig_ptr(result.distances, total).astype(np.int64)
+        if asked == 1:
+            owner = np.zeros(total, dtype=np.intp)
+        else:
+            owner = repeat_each(np.arange(asked, dtype=np.int64), np.diff(limits))
+        yield Hits(owner, labels + start, distances)
 
 
-def _runs(firsts: npt.NDArray[np.int64], counts: npt.NDArray[np.int64], step: int) -> Positions:
-    """Runs `first, first + step, ...` of each length, as a cumulative sum of increments: one
-    scatter and one cumsum, both of which let a second query thread run meanwhile."""
-    nonempty = counts > 0
-    if not nonempty.all():
-        firsts, counts = firsts[nonempty], counts[nonempty]
-    if not counts.size:
-        return np.empty(0, dtype=np.intp)
-    ends = np.cumsum(counts)
-    increments = np.full(int(ends[-1]), step, dtype=np.intp)
-    increments[0] = firsts[0]
-    increments[ends[:-1]] = firsts[1:] - firsts[:-1] - step * (counts[:-1] - 1)
-    return np.cumsum(increments)
+def aligned(words: Words) -> Words:
+    """`words` as a C-contiguous (n, 4) uint64 array starting on a cache line (copied if not)."""
+    if words.flags.c_contiguous and words.ctypes.data % _ALIGN_BYTES == 0:
+        return words
+    count = words.shape[0]
+    buffer = np.empty(count * 4 + _ALIGN_BYTES // 8, dtype=np.uint64)
+    skip = (-buffer.ctypes.data % _ALIGN_BYTES) // 8
+    out = buffer[skip : skip + count * 4].reshape(count, 4)
+    out[...] = words
+    return out
 
 
 def sorted_by_row(rows: Rows, words: Words) -> tuple[Rows, Words]:
@@ -103,44 +124,37 @@ def sorted_by_row(rows: Rows, words: Words) -> tuple[Rows, Words]:
 
 @dataclass(frozen=True, eq=False)
 class Entries:
-    """(row, hash) pairs sorted by row, so each row's entries are one slice found by bisection."""
+    """(row, hash) pairs sorted by row, so each row's entries are one slice found by bisection.
+    `hashes` is (n, 4) uint64, C-contiguous and aligned (build with `from_words` or `of`)."""
 
     rows: Rows
-    lo: Words
-    hi: Words
+    hashes: Words
 
     @staticmethod
     def empty() -> Entries:
-        return Entries(
-            np.empty(0, np.int64), np.empty((0, 2), np.uint64), np.empty((0, 2), np.uint64)
-        )
+        return Entries(np.empty(0, np.int64), aligned(np.empty((0, 4), np.uint64)))
+
+    @staticmethod
+    def of(rows: Rows, words: Words) -> Entries:
+        """Entries from pairs already sorted by row."""
+        return Entries(np.ascontiguousarray(rows), aligned(words))
 
     @staticmethod
     def from_words(rows: Rows, words: Words) -> Entries:
-        rows, words = sorted_by_row(rows, words)
-        return Entries(
-            np.ascontiguousarray(rows),
-            np.ascontiguousarray(words[:, :2]),
-            np.ascontiguousarray(words[:, 2:]),
-        )
+        return Entries.of(*sorted_by_row(rows, words))
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
     @cached_property
-    def lo_records(self) -> npt.NDArray[np.void]:
-        """`lo` as one 16-byte record per hash, for GIL-free 1-D gathers."""
-        return self.lo.view(_RECORD).reshape(-1)
+    def records(self) -> npt.NDArray[np.void]:
+        """One 32-byte record per hash, for GIL-free 1-D gathers (numpy holds the GIL for row
+        takes of 2-D arrays)."""
+        return self.hashes.view(_HASH_RECORD).reshape(-1)
 
     @property
     def nbytes(self) -> int:
-        return int(self.rows.nbytes + self.lo.nbytes + self.hi.nbytes)
-
-    def words(self, positions: Positions | None = None) -> Words:
-        """Rebuild full (k, 4) hashes; only done for hits and merges, never per candidate."""
-        if positions is None:
-            return np.hstack((self.lo, self.hi))
-        return np.hstack((self.lo[positions], self.hi[positions]))
+        return int(self.rows.nbytes + self.hashes.nbytes)
 
     def row_ranges(self, rows: Rows) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """Start and count of each given row's slice (count 0 where the row is absent)."""
@@ -158,7 +172,7 @@ class Entries:
             return found
         owner = repeat_each(np.arange(rows.shape[0], dtype=np.int64), counts)
         at = expand_ranges(starts, counts)
-        same = (self.words(at) == words[owner]).all(axis=1)
+        same = (self.hashes[at] == words[owner]).all(axis=1)
         found[owner[same]] = True
         return found
 
@@ -168,7 +182,7 @@ class Entries:
         keep = ~np.isin(self.rows, rows)
         if keep.all():
             return self
-        return Entries(self.rows[keep], self.lo[keep], self.hi[keep])
+        return Entries.of(self.rows[keep], self.hashes[keep])
 
     def merged(self, others: list[Entries]) -> Entries:
         """One row-sorted set holding this and `others`; the caller guarantees no duplicates."""
@@ -176,38 +190,46 @@ class Entries:
         if len(parts) <= 1:
             return parts[0] if parts else self
         rows = np.concatenate([p.rows for p in parts])
-        words = np.concatenate([p.words() for p in parts])
+        words = np.concatenate([p.hashes for p in parts])
         return Entries.from_words(rows, words)
 
-    def scan(self, queries: Words, max_distance: int) -> Hits:
-        """Brute force: for the small delta, and for radii where probing would touch most rows."""
-        found = []
-        for i, query in enumerate(queries):
-            dist = np.bitwise_count(self.lo[:, 0] ^ query[0]).astype(np.int64)
-            dist += np.bitwise_count(self.lo[:, 1] ^ query[1])
-            dist += np.bitwise_count(self.hi[:, 0] ^ query[2])
-            dist += np.bitwise_count(self.hi[:, 1] ^ query[3])
-            at = np.flatnonzero(dist <= max_distance)
-            found.append(Hits(np.full(at.shape[0], i, dtype=np.intp), at, dist[at]))
-        return Hits.concatenate(found)
+    def matches(self, hits: Hits, dead_rows: Rows, limit: int | None) -> Matches:
+        """Hits as rows and values, tombstoned rows left out, at most `limit` per query."""
+        rows = self.rows[hits.position]
+        if dead_rows.size and rows.size:
+            alive = ~np.isin(rows, dead_rows)
+            hits, rows = hits.where(alive), rows[alive]
+        found = Matches(hits.query, rows, hits.distance, self.hashes[hits.position])
+        # The caller orders what it gathers; only trimming needs an order here.
+        return found if limit is None or len(found) <= limit else found.nearest(limit)
+
+    def scan(
+        self, queries: Words, max_distance: int, dead_rows: Rows, limit: int | None
+    ) -> Matches:
+        """Brute force: for the delta, and wherever probing would cost more."""
+        if not len(self):
+            return Matches.none()
+        return Matches.concatenate(
+            [
+                self.matches(hits, dead_rows, limit)
+                for hits in scan_codes(self.hashes, queries, max_distance)
+            ]
+        )
 
     def verify(self, probed: Hits, queries: Words, max_distance: int) -> Hits:
         """Exact distances of candidates (repeats included); the unique ones in range remain."""
         owner, candidates = probed.query, probed.position
-        low = self.lo_records.take(candidates).view(np.uint64).reshape(-1, 2)
-        # A lone query is XORed as a scalar: two gathers fewer on its hot path.
-        single = queries.shape[0] == 1
-        near = np.bitwise_count(low[:, 0] ^ (queries[0, 0] if single else queries[owner, 0]))
-        near += np.bitwise_count(low[:, 1] ^ (queries[0, 1] if single else queries[owner, 1]))
-        kept = np.flatnonzero(near <= max_distance)
+        got = self.records.take(candidates).view(np.uint64).reshape(-1, 4)
+        # A lone query is XORed as scalars: four gathers fewer on its hot path.
+        mine = queries[0] if queries.shape[0] == 1 else None
+        dist = np.zeros(candidates.shape[0], dtype=np.uint16)
+        for word in range(4):
+            theirs = mine[word] if mine is not None else queries[owner, word]
+            dist += np.bitwise_count(got[:, word] ^ theirs)
+        kept = np.flatnonzero(dist <= max_distance)
         pairs, first = np.unique(owner[kept] * len(self) + candidates[kept], return_index=True)
         owner, positions = np.divmod(pairs, len(self))
-        high = self.hi[positions]
-        dist = near[kept[first]].astype(np.int64)
-        dist += np.bitwise_count(high[:, 0] ^ queries[owner, 2])
-        dist += np.bitwise_count(high[:, 1] ^ queries[owner, 3])
-        within = dist <= max_distance
-        return Hits(owner[within], positions[within], dist[within])
+        return Hits(owner, positions, dist[kept[first]].astype(np.int64))
 
 
 @dataclass(frozen=True, eq=False)
@@ -235,7 +257,7 @@ class ChunkTables:
         layout = layout if layout is not None else layout_for(n)
         perm = np.empty(len(layout.widths) * n, dtype=np.uint32)
         bounds = np.zeros(layout.key_count + 1, dtype=np.uint32)
-        word_columns = [entries.lo[:, 0], entries.lo[:, 1], entries.hi[:, 0], entries.hi[:, 1]]
+        word_columns = [entries.hashes[:, word] for word in range(4)]
         positions = np.arange(n, dtype=np.uint64)
 
         def build_chunk(chunk: int) -> None:
@@ -255,25 +277,26 @@ class ChunkTables:
     def nbytes(self) -> int:
         return int(self.perm.nbytes + self.bounds.nbytes)
 
-    def probe(self, queries: Words, max_distance: int, limit: int) -> tuple[Hits, Mask]:
-        """Every position in every probed bucket (repeats included, distance unknown) and
-        which queries were probed: past `limit` candidates a query is left to a linear scan."""
+    def buckets(
+        self, queries: Words, max_distance: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Start and size in `perm` of every bucket each query probes: two (q, probes) arrays."""
         plan = self.layout.probe_plan(max_distance)
-        if plan is None or plan.masks.shape[0] > limit:
-            return Hits.none(), np.zeros(queries.shape[0], dtype=np.bool_)
         keys = plan.keys(self.layout.query_chunks(queries))
         starts = self.bounds[keys].astype(np.int64)
-        counts = self.bounds[keys + 1] - starts
-        totals = counts.sum(axis=1)
-        probed = totals <= limit
-        if not probed.all():
-            starts, counts, totals = starts[probed], counts[probed], totals[probed]
-        candidates = self.perm[expand_ranges(starts.ravel(), counts.ravel())].astype(np.intp)
-        if queries.shape[0] == 1:
-            owner = np.zeros(candidates.shape[0], dtype=np.intp)
+        return starts, self.bounds[keys + 1] - starts
+
+    def candidates(
+        self, owners: Positions, starts: npt.NDArray[np.int64], counts: npt.NDArray[np.int64]
+    ) -> Hits:
+        """Every position in the given buckets (repeats included, distance unknown), each
+        tagged with the query (`owners`, one per row of `starts`) that probed it."""
+        found = self.perm[expand_ranges(starts.ravel(), counts.ravel())].astype(np.intp)
+        if owners.shape[0] == 1:
+            owner = np.full(found.shape[0], owners[0], dtype=np.intp)
         else:
-            owner = repeat_each(np.flatnonzero(probed).astype(np.int64), totals)
-        return Hits(owner, candidates, np.empty(0, np.int64)), probed
+            owner = repeat_each(owners.astype(np.int64), counts.sum(axis=1))
+        return Hits(owner, found, np.empty(0, np.int64))
 
 
 @dataclass(frozen=True, eq=False)
@@ -293,15 +316,85 @@ class Segment:
     def nbytes(self) -> int:
         return self.entries.nbytes + (self.tables.nbytes if self.tables is not None else 0)
 
-    def search(self, queries: Words, max_distance: int) -> Hits:
-        """Every entry within `max_distance` of each query, once per query."""
+    def estimate(self, max_distance: int) -> SearchEstimate | None:
+        """The probe-or-scan estimate for one query, or None when there is nothing to probe."""
         if self.tables is None:
-            return self.entries.scan(queries, max_distance)
-        limit = int(len(self.entries) * SCAN_SHARE)
-        probed, done = self.tables.probe(queries, max_distance, limit)
-        found = self.entries.verify(probed, queries, max_distance)
-        if done.all():
-            return found
-        rest = np.flatnonzero(~done)
-        scanned = self.entries.scan(queries[rest], max_distance)
-        return Hits.concatenate([found, scanned.for_queries(rest)])
+            return None
+        return estimate_search(self.tables.layout, len(self.entries), max_distance)
+
+    def cost(self, max_distance: int) -> float:
+        """Expected cost of one query here, in units of one hash scanned (see SearchEstimate)."""
+        estimate = self.estimate(max_distance)
+        if estimate is None:
+            return scan_cost(len(self.entries))
+        return estimate.cost
+
+    def query_bytes(self, max_distance: int) -> int:
+        """Memory one query's probe and (expected) candidate arrays take here."""
+        estimate = self.estimate(max_distance)
+        if estimate is None or not estimate.probe:
+            return 0
+        return int(estimate.probes * PROBE_BYTES + estimate.candidates * CANDIDATE_BYTES)
+
+    def search(
+        self, queries: Words, max_distance: int, *, dead_rows: Rows, limit: int | None
+    ) -> Matches:
+        """The live entries within `max_distance` of each query, at most `limit` (the nearest)
+        per query: probed or scanned, whichever the estimate says is cheaper."""
+        estimate = self.estimate(max_distance)
+        if estimate is None or not estimate.probe:
+            return self.entries.scan(queries, max_distance, dead_rows, limit)
+        return self.probe(queries, max_distance, dead_rows=dead_rows, limit=limit)
+
+    def probe(
+        self,
+        queries: Words,
+        max_distance: int,
+        *,
+        dead_rows: Rows,
+        limit: int | None,
+        fall_back: bool = True,
+    ) -> Matches:
+        """`search` through the chunk tables. A query whose buckets hold more than a scan's
+        worth of candidates (clustered data) is scanned instead, unless `fall_back` is False
+        (for tests and calibration). Candidates are verified in groups of queries that fit
+        BLOCK_BYTES (a query alone may exceed it, but never by more than a scan's worth)."""
+        estimate = self.estimate(max_distance)
+        if self.tables is None or estimate is None:
+            raise ValueError("an unindexed segment can only be scanned")
+        starts, counts = self.tables.buckets(queries, max_distance)
+        totals = counts.sum(axis=1)
+        probed = estimate.probing_pays(totals) | (not fall_back)
+        found = []
+        most = BLOCK_BYTES // CANDIDATE_BYTES
+        for group in groups_within(np.flatnonzero(probed), totals, most):
+            candidates = self.tables.candidates(group, starts[group], counts[group])
+            hits = self.entries.verify(candidates, queries, max_distance)
+            found.append(self.entries.matches(hits, dead_rows, limit))
+        if not probed.all():
+            rest = np.flatnonzero(~probed)
+            scanned = self.entries.scan(queries[rest], max_distance, dead_rows, limit)
+            found.append(scanned.for_queries(rest))
+        return Matches.concatenate(found)
+
+
+def queries_per_block(bytes_per_query: int) -> int:
+    """How many queries to search together so that their probe and candidate arrays stay
+    within BLOCK_BYTES: up to QUERY_BLOCK (enough that numpy's per-call cost fades), at least 1."""
+    return max(1, min(QUERY_BLOCK, BLOCK_BYTES // max(1, bytes_per_query)))
+
+
+def groups_within(queries: Positions, totals: npt.NDArray[np.int64], most: int) -> list[Positions]:
+    """Consecutive runs of `queries` whose candidate totals add up to at most `most` each (a
+    query alone over `most` makes a group of its own)."""
+    groups: list[Positions] = []
+    start, held = 0, 0
+    sizes = totals[queries].tolist()
+    for i, size in enumerate(sizes):
+        if i > start and held + size > most:
+            groups.append(queries[start:i])
+            start, held = i, 0
+        held += size
+    if start < len(sizes):
+        groups.append(queries[start:])
+    return groups

@@ -1,8 +1,11 @@
 """The PDQ near-match index answers exactly what a brute-force scan answers, whatever its shape.
 
 Every result is checked against a plain numpy popcount over the entries the test believes are
-live, at thresholds on both sides of each 16-bit chunk boundary, with the delta non-empty, after
-merges and rebuilds, and while another thread rebuilds.
+live, at thresholds on both sides of each 16-bit chunk boundary and up to the largest allowed,
+on random and on clustered data (many near duplicates, rows holding several values), with the
+delta non-empty, with tombstones, after merges and rebuilds, and while another thread rebuilds.
+Each search path (probe, probe falling back to a scan per query, scan) is checked on its own,
+since which one runs depends on measured prices. No test measures time.
 """
 
 from __future__ import annotations
@@ -12,17 +15,34 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from services.core.errors import InvalidArgument
-from services.registry.pdq_index import NearHit, PdqIndex
-from services.registry.pdq_layout import NARROW, WIDE, ChunkLayout, allocate_radii
-from services.registry.pdq_segment import Entries, Segment
+from services.registry.pdq_hits import Matches
+from services.registry.pdq_index import QUERY_CALL_UNITS, NearHit, PdqIndex
+from services.registry.pdq_layout import (
+    NARROW,
+    SCAN_CALL_UNITS,
+    WIDE,
+    ChunkLayout,
+    allocate_radii,
+    estimate_search,
+)
+from services.registry.pdq_segment import (
+    BLOCK_BYTES,
+    QUERY_BLOCK,
+    Entries,
+    Segment,
+    groups_within,
+    queries_per_block,
+)
 
-THRESHOLDS = (0, 1, 15, 16, 31, 32, 47, 64)
+THRESHOLDS = (0, 1, 15, 16, 31, 32, 47, 48, 64)
+CHECKED = (0, 31, 48, 64)
 Pairs = set[tuple[int, bytes]]
+NO_ROWS = np.empty(0, np.int64)
 
 
 def random_values(rng: np.random.Generator, count: int) -> list[bytes]:
@@ -75,6 +95,40 @@ def planted_corpus(seed: int, count: int) -> tuple[list[int], list[bytes], list[
     return rows, values, queries
 
 
+def clustered_corpus(seed: int, count: int) -> tuple[list[int], list[bytes], list[bytes]]:
+    """A few centres with hundreds of near duplicates each (0-40 bits away), some rows holding
+    several values at one distance from a centre (so that values break ties), plus random
+    hashes; queries are the centres, near copies of them and random values."""
+    rng = np.random.default_rng(seed)
+    centres = random_values(rng, 4)
+    values = random_values(rng, count)
+    rows = list(range(count))
+    for c, centre in enumerate(centres):
+        for i in range(300):
+            values.append(flip_bits(centre, rng, int(rng.integers(0, 41))))
+            rows.append(count + c * 1000 + i)
+        for i in range(5):  # one row, three values, all 6 bits from the centre
+            for _ in range(3):
+                values.append(flip_bits(centre, rng, 6))
+                rows.append(count + c * 1000 + 500 + i)
+    queries = centres + [flip_bits(c, rng, 4) for c in centres] + random_values(rng, 4)
+    return rows, values, queries
+
+
+def as_words(values: list[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(values), dtype=np.uint64).reshape(-1, 4)
+
+
+def per_query(matches: Matches, queries: int) -> list[list[NearHit]]:
+    """Matches as the index returns them: per query, sorted by (distance, row, value)."""
+    answers: list[list[NearHit]] = [[] for _ in range(queries)]
+    ordered = matches.nearest(None)
+    for i in range(len(ordered)):
+        hit = NearHit(int(ordered.row[i]), ordered.hashes[i].tobytes(), int(ordered.distance[i]))
+        answers[int(ordered.query[i])].append(hit)
+    return answers
+
+
 def assert_matches_brute_force(index: PdqIndex, pairs: Pairs, queries: list[bytes]) -> None:
     found_any = False
     reference = BruteForce(pairs)
@@ -87,15 +141,20 @@ def assert_matches_brute_force(index: PdqIndex, pairs: Pairs, queries: list[byte
     assert found_any, "the planted near duplicates should give multi-hit answers"
 
 
+CORPORA = {
+    "random": lambda: planted_corpus(seed=11, count=2000),
+    "clustered": lambda: clustered_corpus(seed=13, count=1500),
+}
+
+
 @pytest.fixture
 def corpus() -> tuple[list[int], list[bytes], list[bytes]]:
     return planted_corpus(seed=7, count=3000)
 
 
-def test_static_segment_matches_brute_force(
-    corpus: tuple[list[int], list[bytes], list[bytes]],
-) -> None:
-    rows, values, queries = corpus
+@pytest.mark.parametrize("kind", sorted(CORPORA))
+def test_static_segment_matches_brute_force(kind: str) -> None:
+    rows, values, queries = CORPORA[kind]()
     index = PdqIndex(delta_limit=10)
     index.add(rows, values)
     index.rebuild()
@@ -104,13 +163,12 @@ def test_static_segment_matches_brute_force(
     assert_matches_brute_force(index, set(zip(rows, values, strict=True)), queries)
 
 
-def test_segments_and_delta_together_match_brute_force(
-    corpus: tuple[list[int], list[bytes], list[bytes]],
-) -> None:
-    rows, values, queries = corpus
+@pytest.mark.parametrize("kind", sorted(CORPORA))
+def test_segments_and_delta_together_match_brute_force(kind: str) -> None:
+    rows, values, queries = CORPORA[kind]()
     index = PdqIndex(delta_limit=100)
-    for start in range(0, len(values), 150):
-        index.add(rows[start : start + 150], values[start : start + 150])
+    for start in range(0, len(values), 170):
+        index.add(rows[start : start + 170], values[start : start + 170])
     assert index.segment_count >= 2
     assert index.pending_count > 0
     pairs = set(zip(rows, values, strict=True))
@@ -120,20 +178,120 @@ def test_segments_and_delta_together_match_brute_force(
     assert_matches_brute_force(index, pairs, queries)
 
 
-def test_wide_layout_matches_brute_force() -> None:
-    """The 12-chunk layout is only chosen from 2M hashes on; check it on a small set directly."""
-    rows, values, queries = planted_corpus(seed=11, count=2000)
-    words = np.frombuffer(b"".join(values), dtype=np.uint64).reshape(-1, 4)
-    segment = Segment.indexed(
-        Entries.from_words(np.array(rows, dtype=np.int64), words), layout=WIDE
-    )
-    query_words = np.frombuffer(b"".join(queries), dtype=np.uint64).reshape(-1, 4)
+@pytest.mark.parametrize("layout", [NARROW, WIDE], ids=["narrow", "wide"])
+@pytest.mark.parametrize("kind", sorted(CORPORA))
+@pytest.mark.parametrize("tombstones", [False, True], ids=["live", "tombstones"])
+def test_every_search_path_matches_brute_force(
+    layout: ChunkLayout, kind: str, tombstones: bool
+) -> None:
+    """Probing every query, probing with the per-query fall-back to a scan, scanning, and
+    whichever `search` picks; WIDE (chosen from 2M hashes on) is forced on a small segment."""
+    rows, values, queries = CORPORA[kind]()
+    entries = Entries.from_words(np.array(rows, dtype=np.int64), as_words(values))
+    segment = Segment.indexed(entries, layout=layout)
+    dead = np.unique(np.array(rows[::7], dtype=np.int64)) if tombstones else NO_ROWS
+    gone = set(dead.tolist())
+    reference = BruteForce({(r, v) for r, v in zip(rows, values, strict=True) if r not in gone})
+    words = as_words(queries)
+    for d in CHECKED:
+        expected = [reference.query(q, d) for q in queries]
+        paths = {
+            "search": segment.search(words, d, dead_rows=dead, limit=None),
+            "probe": segment.probe(words, d, dead_rows=dead, limit=None, fall_back=False),
+            "fall back": segment.probe(words, d, dead_rows=dead, limit=None),
+            "scan": segment.entries.scan(words, d, dead, None),
+        }
+        for name, found in paths.items():
+            assert per_query(found, len(queries)) == expected, (name, d)
+        assert any(len(e) > 50 for e in expected) or kind == "random" or d < 31
+
+
+def test_clustered_queries_fall_back_to_a_scan_and_the_rest_are_probed() -> None:
+    """A query among thousands of near duplicates finds its buckets full; scanning it and
+    probing the others in one block still answers each exactly."""
+    rng = np.random.default_rng(21)
+    centre = random_values(rng, 1)[0]
+    values = random_values(rng, 200_000) + [flip_bits(centre, rng, 12) for _ in range(3000)]
+    rows = list(range(len(values)))
+    segment = Segment.indexed(Entries.from_words(np.array(rows), as_words(values)))
+    queries = [centre, *random_values(rng, 5), flip_bits(centre, rng, 3)]
+    words = as_words(queries)
+    estimate = segment.estimate(31)
+    assert segment.tables is not None and estimate is not None and estimate.probe
+    paid = estimate.probing_pays(segment.tables.buckets(words, 31)[1].sum(axis=1))
+    assert paid.tolist() == [False, True, True, True, True, True, False]
     reference = BruteForce(set(zip(rows, values, strict=True)))
-    for max_distance in THRESHOLDS:
-        hits = segment.search(query_words, max_distance)
-        for i, query in enumerate(queries):
-            got = sorted(hits.position[hits.query == i].tolist())
-            assert got == sorted(h.row_id for h in reference.query(query, max_distance))
+    found = per_query(segment.search(words, 31, dead_rows=NO_ROWS, limit=None), len(queries))
+    assert found == [reference.query(q, 31) for q in queries]
+    assert len(found[0]) == 3000
+
+
+@pytest.mark.parametrize("limit", [1, 2, 7])
+def test_limit_keeps_the_nearest_in_order(limit: int) -> None:
+    """Segments, the delta and tombstones together; ties on distance broken by row, then by
+    value (rows holding several values at one distance)."""
+    rows, values, queries = clustered_corpus(seed=17, count=1000)
+    index = PdqIndex(delta_limit=500)
+    index.add(rows[:-400], values[:-400])
+    index.rebuild()
+    index.add(rows[-400:], values[-400:])
+    assert index.pending_count == 400
+    index.remove_rows(rows[::11])
+    gone = set(rows[::11])
+    reference = BruteForce({(r, v) for r, v in zip(rows, values, strict=True) if r not in gone})
+    for d in CHECKED:
+        expected = [reference.query(q, d)[:limit] for q in queries]
+        assert index.query_many(queries, d, limit=limit) == expected, d
+        assert [index.query(q, d, limit=limit) for q in queries] == expected, d
+    assert any(len(reference.query(q, 64)) > limit for q in queries)
+
+
+def test_a_million_hashes_are_scanned_at_64_and_probed_at_31() -> None:
+    assert not estimate_search(NARROW, 1_000_000, 64).probe
+    assert estimate_search(NARROW, 1_000_000, 31).probe
+    assert estimate_search(WIDE, 10_000_000, 31).probe
+    assert not estimate_search(NARROW, 1000, 31).probe
+
+
+@given(size=st.integers(0, 50_000_000), layout=st.sampled_from([NARROW, WIDE]))
+def test_estimated_cost_grows_with_distance_and_never_passes_a_scan(
+    size: int, layout: ChunkLayout
+) -> None:
+    costs = [estimate_search(layout, size, d).cost for d in range(65)]
+    assert costs == sorted(costs)
+    assert max(costs) <= SCAN_CALL_UNITS + size
+
+
+def test_query_cost_is_monotone_and_capped_by_a_scan_of_everything_held() -> None:
+    rows, values, _ = clustered_corpus(seed=19, count=3000)
+    index = PdqIndex(delta_limit=300)
+    assert index.query_cost(64) == QUERY_CALL_UNITS
+    for start in range(0, len(values), 400):
+        index.add(rows[start : start + 400], values[start : start + 400])
+    index.remove_rows(rows[::5])
+    assert index.segment_count >= 2 and index.pending_count > 0
+    costs = [index.query_cost(d) for d in range(65)]
+    assert costs == sorted(costs)
+    constants = QUERY_CALL_UNITS + SCAN_CALL_UNITS * (index.segment_count + 1)
+    assert costs[-1] <= constants + len(values)
+    with pytest.raises(InvalidArgument):
+        index.query_cost(65)
+
+
+@given(st.lists(st.integers(0, 10_000), max_size=40), st.integers(1, 20_000), st.booleans())
+def test_candidate_groups_keep_order_and_budget(sizes: list[int], most: int, odd: bool) -> None:
+    totals = np.array(sizes, dtype=np.int64)
+    queries = np.arange(len(sizes))[1::2] if odd else np.arange(len(sizes))
+    groups = groups_within(queries, totals, most)
+    assert [int(q) for g in groups for q in g] == queries.tolist()
+    assert all(len(g) == 1 or totals[g].sum() <= most for g in groups)
+
+
+@given(st.integers(0, 1 << 40))
+def test_a_block_holds_what_the_memory_budget_allows(bytes_per_query: int) -> None:
+    block = queries_per_block(bytes_per_query)
+    assert 1 <= block <= QUERY_BLOCK
+    assert block == 1 or block * bytes_per_query <= BLOCK_BYTES
 
 
 @pytest.mark.parametrize("layout", [NARROW, WIDE], ids=["narrow", "wide"])
@@ -284,15 +442,19 @@ def test_bad_values_and_distances_are_refused() -> None:
         index.query(bytes(33), 31)
     with pytest.raises(InvalidArgument):
         index.query_many([bytes(32), bytes(16)], 31)
+    with pytest.raises(ValueError, match="limit"):
+        index.query(bytes(32), 31, limit=0)
     assert len(index) == 0
 
 
-def test_query_many_in_threads_equals_single_queries() -> None:
+@pytest.mark.parametrize("max_distance", [31, 64])
+def test_query_many_in_threads_equals_single_queries(max_distance: int) -> None:
     rows, values, queries = planted_corpus(seed=5, count=2000)
     index = PdqIndex(query_threads=2)
     index.add(rows, values)
     many = (queries * 6)[:300]
-    assert index.query_many(many, 31) == [index.query(q, 31) for q in many]
+    expected = [index.query(q, max_distance, limit=3) for q in many]
+    assert index.query_many(many, max_distance, limit=3) == expected
 
 
 @pytest.fixture
@@ -415,11 +577,17 @@ class IndexAgainstModel(RuleBasedStateMachine):
         self.index.rebuild()
 
     @precondition(lambda self: bool(self.pairs))
-    @rule(data=st.data(), max_distance=st.sampled_from(THRESHOLDS), bits=st.integers(0, 40))
-    def query(self, data: st.DataObject, max_distance: int, bits: int) -> None:
+    @rule(
+        data=st.data(),
+        max_distance=st.sampled_from(THRESHOLDS),
+        bits=st.integers(0, 40),
+        limit=st.none() | st.integers(1, 4),
+    )
+    def query(self, data: st.DataObject, max_distance: int, bits: int, limit: int | None) -> None:
         _, value = data.draw(st.sampled_from(sorted(self.pairs)))
         query = flip_bits(value, self.rng, bits)
-        assert self.index.query(query, max_distance) == brute_force(self.pairs, query, max_distance)
+        expected = brute_force(self.pairs, query, max_distance)[:limit]
+        assert self.index.query(query, max_distance, limit=limit) == expected
 
     @invariant()
     def counts_agree(self) -> None:
