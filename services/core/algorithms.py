@@ -134,9 +134,13 @@ class SignalValue:
         """The canonical `algo:hex` form."""
         return f"{self.spec.name}:{self.value.hex()}"
 
+    def matchable(self) -> bool:
+        """False for a perceptual hash whose quality is below its algorithm's threshold (every
+        flat or black image hashes alike): kept as a signal, never matched, exactly or near."""
+        return self.quality is None or self.quality >= self.spec.min_match_quality
+
     def usable_for_near_match(self) -> bool:
-        spec = self.spec
-        return spec.perceptual and (self.quality is None or self.quality >= spec.min_match_quality)
+        return self.spec.perceptual and self.matchable()
 
 
 def make_signal(spec: AlgorithmSpec, hex_text: str, quality: int | None = None) -> SignalValue:

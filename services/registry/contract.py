@@ -24,6 +24,10 @@ MAX_RETRACT_IDS = 10_000
 MAX_UPDATE_IDS = 1_000
 MAX_PDQ_DISTANCE = 64
 DEFAULT_MAX_MATCHES = 100
+MAX_MATCHES_PER_SIGNAL = 1_000
+# A lookup answer fits the 4 MiB that gRPC clients accept by default, whatever the language:
+# past this many bytes of matches, results are cut and say so (`truncated`, `response_full`).
+MAX_RESPONSE_BYTES = 3 * 1024 * 1024
 
 
 def per_algorithm_limit(algorithm: Algorithm) -> int:

@@ -22,8 +22,10 @@ from services.registry import model
 from services.registry.contract import (
     DEFAULT_MAX_MATCHES,
     MAX_LOOKUP_SIGNALS,
+    MAX_MATCHES_PER_SIGNAL,
     MAX_MEDIA_PER_BATCH,
     MAX_PDQ_DISTANCE,
+    MAX_RESPONSE_BYTES,
     MAX_RETRACT_IDS,
     MAX_SERIES_PER_MEDIA,
     MAX_SIGNALS_PER_MEDIA,
@@ -241,6 +243,11 @@ def lookup_from_proto(
         distance = request.pdq_max_distance
         if distance > MAX_PDQ_DISTANCE:
             problems.add("pdq_max_distance", f"{distance} is above the limit of 64")
+    if request.max_matches_per_signal > MAX_MATCHES_PER_SIGNAL:
+        problems.add(
+            "max_matches_per_signal",
+            f"{request.max_matches_per_signal} is above the limit of {MAX_MATCHES_PER_SIGNAL}",
+        )
     problems.raise_if_any()
     return signals, distance, request.max_matches_per_signal or DEFAULT_MAX_MATCHES
 
@@ -315,23 +322,51 @@ def series_to_proto(series: model.SeriesRecord) -> common_pb2.Series:
     )
 
 
-def lookup_result_to_proto(result: model.LookupResult) -> registry_pb2.LookupResult:
-    return registry_pb2.LookupResult(
-        index=result.index,
-        signal=signal_to_proto(result.signal),
-        matches=[
-            registry_pb2.Match(
+def lookup_response_to_proto(
+    results: Sequence[model.LookupResult], *, max_bytes: int = MAX_RESPONSE_BYTES
+) -> registry_pb2.LookupResponse:
+    """The answer, every result present, its matches cut once they reach `max_bytes` (each
+    such result says so). A media matched by several results is converted once."""
+    response = registry_pb2.LookupResponse()
+    media: dict[int, common_pb2.Media] = {}
+    series: dict[tuple[str, str], common_pb2.Series] = {}
+    spent = 0
+    for result in results:
+        item = response.results.add(
+            index=result.index,
+            signal=signal_to_proto(result.signal),
+            low_quality=result.low_quality,
+            truncated=result.truncated,
+        )
+        for m in result.matches:
+            match = registry_pb2.Match(
                 kind=registry_pb2.MATCH_KIND_EXACT if m.exact else registry_pb2.MATCH_KIND_NEAR,
                 distance=m.distance,
                 matched_signal=signal_to_proto(m.matched_signal),
-                media=media_to_proto(m.media),
-                series=[series_to_proto(s) for s in m.series],
+                media=_cached(media, m.media.row_id, partial(media_to_proto, m.media)),
+                series=[
+                    _cached(series, (s.origin, s.series_id), partial(series_to_proto, s))
+                    for s in m.series
+                ],
             )
-            for m in result.matches
-        ],
-        low_quality=result.low_quality,
-        truncated=result.truncated,
-    )
+            size = match.ByteSize()
+            if spent + size > max_bytes:
+                item.truncated = item.response_full = True
+                break
+            spent += size
+            item.matches.append(match)
+    return response
+
+
+K = TypeVar("K")
+M = TypeVar("M")
+
+
+def _cached(cache: dict[K, M], key: K, make: Callable[[], M]) -> M:
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = make()
+    return found
 
 
 def status_from_proto(number: int) -> model.IdentificationStatus:

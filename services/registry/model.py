@@ -228,14 +228,6 @@ class RetractCounts:
 
 
 @dataclass(frozen=True)
-class ExactHit:
-    """Signal number `query_index` of a lookup equals a stored signal of media `row_id`."""
-
-    query_index: int
-    row_id: int
-
-
-@dataclass(frozen=True)
 class PdqEntry:
     """One PDQ hash in the near-match index: the stored value and its media row."""
 

@@ -15,14 +15,18 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import partial
 
 from services.core.algorithms import SignalValue
 from services.core.db.pool import Database
 from services.registry.lookup import (
-    NearCandidate,
+    NearHit,
+    Queries,
     assemble_results,
-    near_match_queries,
-    rows_to_fetch,
+    check_near_budget,
+    distinct_queries,
+    fetch_bounded,
+    positions_of,
 )
 from services.registry.model import (
     IdentificationStatus,
@@ -37,7 +41,7 @@ from services.registry.model import (
     SubmitCounts,
     VictimRecord,
 )
-from services.registry.pdq_index import PdqIndex
+from services.registry.pdq_indexes import PdqIndexes
 from services.registry.store import RegistryStore
 
 _log = logging.getLogger(__name__)
@@ -48,7 +52,7 @@ _NEAR_QUERIES_INLINE = 32
 
 class Registry:
     def __init__(
-        self, *, database: Database, store: RegistryStore, index: PdqIndex, node_id: str
+        self, *, database: Database, store: RegistryStore, index: PdqIndexes, node_id: str
     ) -> None:
         self._db = database
         self._store = store
@@ -68,14 +72,16 @@ class Registry:
 
     async def load_index(self) -> int:
         """Fill the PDQ index from the database (at start) with one build; returns the count."""
-        loader = self._index.loader()
+        loaders = self._index.loaders()
         loaded = 0
         async with self._db.transaction(readonly=True, isolation="repeatable_read") as conn:
             self.index_loaded_as_of = await self._store.database_now(conn)
-            async for entries in self._store.pdq_entries(conn):
-                loader.add([e.row_id for e in entries], [e.value for e in entries])
-                loaded += len(entries)
-        await asyncio.to_thread(loader.commit)
+            async for parts in self._store.pdq_entries(conn):
+                for loader, entries in zip(loaders, parts, strict=True):
+                    loader.add([e.row_id for e in entries], [e.value for e in entries])
+                    loaded += len(entries)
+        for loader in loaders:
+            await asyncio.to_thread(loader.commit)
         _log.info("PDQ index loaded: %d hashes", loaded)
         return loaded
 
@@ -85,7 +91,7 @@ class Registry:
                 counts, entries = await self._store.submit_media_batch(conn, batch=batch)
             if entries:
                 rows, values = [e.row_id for e in entries], [e.value for e in entries]
-                await asyncio.to_thread(self._index.add, rows, values)
+                await asyncio.to_thread(self._index.own.add, rows, values)
         return counts
 
     async def retract(self, media_ids: Sequence[str]) -> RetractCounts:
@@ -93,7 +99,7 @@ class Registry:
             async with self._db.transaction() as conn:
                 counts = await self._store.retract_media(conn, media_ids=media_ids)
             if counts.retracted_row_ids:
-                await asyncio.to_thread(self._index.remove_rows, counts.retracted_row_ids)
+                await asyncio.to_thread(self._index.own.remove_rows, counts.retracted_row_ids)
         return counts
 
     async def update_media(self, media_ids: Sequence[str], change: MediaChange) -> MediaChanged:
@@ -105,7 +111,7 @@ class Registry:
                 )
             if restored:
                 rows, values = [e.row_id for e in restored], [e.value for e in restored]
-                await asyncio.to_thread(self._index.add, rows, values)
+                await asyncio.to_thread(self._index.own.add, rows, values)
         return outcome
 
     async def index_replicated(
@@ -116,10 +122,10 @@ class Registry:
         those rows, so this need not wait for them; the sync service calls it once per applied
         batch, in commit order."""
         if removed_rows:
-            await asyncio.to_thread(self._index.remove_rows, list(removed_rows))
+            await asyncio.to_thread(self._index.replicated.remove_rows, list(removed_rows))
         if added:
             rows, values = [e.row_id for e in added], [e.value for e in added]
-            await asyncio.to_thread(self._index.add, rows, values)
+            await asyncio.to_thread(self._index.replicated.add, rows, values)
 
     async def index_replicated_since(self, since: datetime) -> tuple[int, int, datetime | None]:
         """Index records of other origins changed at or after `since` by a sync service in
@@ -142,36 +148,70 @@ class Registry:
         origin: str | None = None,
     ) -> list[LookupResult]:
         """Matches among every stored record, or only among `origin`'s (a peer's live lookup
-        may see this node's own records only; the match limit applies after that choice)."""
+        may see this node's own records only; that choice is made before the match limit),
+        within the bounds of services.registry.lookup."""
+        exact = distinct_queries(signals, lambda s: s.matchable())
+        near = distinct_queries(signals, lambda s: s.usable_for_near_match())
+        own_only = origin == self.node_id
+        cost = self._index.query_cost(max_distance, own_only=own_only)
+        check_near_budget(len(near.values), cost, max_distance)
+        near_hits, near_cut = await fetch_bounded(
+            len(near.values),
+            max_matches,
+            lambda numbers, limit: self._near_hits(near, numbers, max_distance, limit, own_only),
+        )
         async with self._db.connection() as conn:
-            exact = await self._store.exact_hits(conn, signals=signals)
-            near = await self._near_candidates(signals, max_distance)
-            rows = rows_to_fetch(exact, near)
+
+            async def exact_rows(numbers: Sequence[int], limit: int) -> list[list[int]]:
+                asked = [exact.values[n] for n in numbers]
+                return await self._store.exact_hits(
+                    conn, signals=asked, limit_per_signal=limit, origin=origin
+                )
+
+            rows_per_query, exact_cut = await fetch_bounded(
+                len(exact.values), max_matches, exact_rows
+            )
+            rows = sorted(
+                {row for per_query in rows_per_query for row in per_query}
+                | {hit.row_id for per_query in near_hits for hit in per_query}
+            )
             media = await self._store.media_records(conn, row_ids=rows) if rows else {}
             if origin is not None:
                 media = {row: record for row, record in media.items() if record.origin == origin}
-                rows = sorted(media)
-            series = await self._store.series_for_media(conn, row_ids=rows) if rows else {}
+            series = await self._store.series_for_media(conn, row_ids=sorted(media))
         return assemble_results(
-            signals, exact=exact, near=near, media=media, series=series, max_matches=max_matches
+            signals,
+            exact=exact,
+            exact_rows=rows_per_query,
+            near=near,
+            near_hits=near_hits,
+            cut=positions_of(exact, exact_cut) | positions_of(near, near_cut),
+            media=media,
+            series=series,
+            max_matches=max_matches,
         )
 
-    async def _near_candidates(
-        self, signals: Sequence[SignalValue], max_distance: int
-    ) -> list[NearCandidate]:
-        positions = near_match_queries(signals)
-        if not positions:
+    async def _near_hits(
+        self,
+        near: Queries,
+        numbers: Sequence[int],
+        max_distance: int,
+        limit: int,
+        own_only: bool,
+    ) -> list[list[NearHit]]:
+        """The nearest `limit` stored PDQ hashes of each of these distinct queries (among this
+        node's own records only when `own_only`)."""
+        values = [near.values[n].value for n in numbers]
+        if not values:
             return []
-        values = [signals[i].value for i in positions]
+        search = partial(
+            self._index.query_many, values, max_distance, limit=limit, own_only=own_only
+        )
         if len(values) > _NEAR_QUERIES_INLINE:
-            hits = await asyncio.to_thread(self._index.query_many, values, max_distance)
+            found = await asyncio.to_thread(search)
         else:
-            hits = self._index.query_many(values, max_distance)
-        return [
-            NearCandidate(position, hit.row_id, hit.value, hit.distance)
-            for position, found in zip(positions, hits, strict=True)
-            for hit in found
-        ]
+            found = search()
+        return [[NearHit(h.row_id, h.value, h.distance) for h in hits] for hits in found]
 
     async def upsert_series(self, *, series_id: str, name: str | None) -> tuple[SeriesRecord, bool]:
         async with self._db.transaction() as conn:

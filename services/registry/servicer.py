@@ -70,9 +70,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         results = await self._registry.lookup(
             signals, max_distance=distance, max_matches=max_matches, origin=origin
         )
-        return registry_pb2.LookupResponse(
-            results=[convert.lookup_result_to_proto(r) for r in results]
-        )
+        return convert.lookup_response_to_proto(results)
 
     @handles_stream_errors
     async def LookupStream(

@@ -36,7 +36,6 @@ from services.registry import store_sql as sql
 from services.registry.cases import CaseSealer
 from services.registry.contract import MAX_VICTIMS_PER_SERIES, merge_problems
 from services.registry.model import (
-    ExactHit,
     IdentificationStatus,
     MediaChange,
     MediaChanged,
@@ -229,19 +228,30 @@ class RegistryStore:
         return outcome, matchable_entries([], matchable)
 
     async def exact_hits(
-        self, conn: Any, *, signals: Sequence[SignalValue], limit_per_signal: int | None = None
-    ) -> list[ExactHit]:
-        """Stored media (not retracted) holding each signal, in query order, at most
-        `limit_per_signal` per signal (pass the match limit + 1 to learn of truncation)."""
+        self,
+        conn: Any,
+        *,
+        signals: Sequence[SignalValue],
+        limit_per_signal: int | None = None,
+        origin: str | None = None,
+    ) -> list[list[int]]:
+        """Per signal, the rows of stored media holding it (not retracted; a stored PDQ hash of
+        too low a quality never matches), at most `limit_per_signal` each, of `origin` only
+        when given."""
+        found: list[list[int]] = [[] for _ in signals]
         if not signals:
-            return []
+            return found
         rows = await conn.fetch(
             sql.EXACT_HITS,
             [int(s.algorithm) for s in signals],
             [s.value for s in signals],
             limit_per_signal,
+            PDQ_MIN_QUALITY,
+            origin,
         )
-        return [ExactHit(query_index=r["query_index"], row_id=r["media_row"]) for r in rows]
+        for r in rows:
+            found[r["query_index"]].append(r["media_row"])
+        return found
 
     async def media_records(self, conn: Any, *, row_ids: Sequence[int]) -> dict[int, MediaRecord]:
         """The media with these row ids, with all their signals and series ids, in one query.
@@ -278,13 +288,19 @@ class RegistryStore:
 
     async def pdq_entries(
         self, conn: Any, *, batch_rows: int = 100_000
-    ) -> AsyncIterator[list[PdqEntry]]:
-        """Every matchable PDQ hash, streamed through a server-side cursor so that loading the
-        index at start never holds the whole table in memory. The caller's transaction (one
-        repeatable-read snapshot) is the cursor's."""
-        cursor = await conn.cursor(sql.MATCHABLE_PDQ, PDQ_MIN_QUALITY)
+    ) -> AsyncIterator[tuple[list[PdqEntry], list[PdqEntry]]]:
+        """Every matchable PDQ hash, this node's own and replicated ones apart, streamed through
+        a server-side cursor so that loading the index at start never holds the whole table in
+        memory. The caller's transaction (one repeatable-read snapshot) is the cursor's."""
+        cursor = await conn.cursor(sql.MATCHABLE_PDQ, PDQ_MIN_QUALITY, self._origin)
         while rows := await cursor.fetch(batch_rows):
-            yield [PdqEntry(row_id=r["media_row"], value=bytes(r["value"])) for r in rows]
+            own: list[PdqEntry] = []
+            replicated: list[PdqEntry] = []
+            for r in rows:
+                (own if r["own"] else replicated).append(
+                    PdqEntry(r["media_row"], bytes(r["value"]))
+                )
+            yield own, replicated
 
     async def upsert_series(
         self, conn: Any, *, series_id: str, name: str | None

@@ -132,11 +132,15 @@ WHERE media_row = ANY($1::bigint[]) AND algorithm = 4 AND (quality IS NULL OR qu
 """
 
 MATCHABLE_PDQ = """
-SELECT s.media_row, s.value
+SELECT s.media_row, s.value, m.origin = $2 AS own
 FROM signals s JOIN media m ON m.id = s.media_row AND m.retracted_at IS NULL
 WHERE s.algorithm = 4 AND (s.quality IS NULL OR s.quality >= $1)
 """
 
+# Per queried value ($1 algorithms, $2 values), the stored media holding it (not retracted), at
+# most $3 each; a stored PDQ hash below quality $4 never matches; $5 (when not NULL) keeps only
+# that origin's media (a peer's live lookup sees this node's own records only, chosen here
+# before the limit so that replicated records cannot crowd them out).
 EXACT_HITS = """
 SELECT (q.ord - 1)::int AS query_index, hit.media_row
 FROM unnest($1::smallint[], $2::bytea[]) WITH ORDINALITY AS q(algorithm, value, ord)
@@ -144,6 +148,8 @@ CROSS JOIN LATERAL (
     SELECT s.media_row
     FROM signals s JOIN media m ON m.id = s.media_row AND m.retracted_at IS NULL
     WHERE s.algorithm = q.algorithm AND s.value = q.value
+      AND (s.algorithm <> 4 OR s.quality IS NULL OR s.quality >= $4)
+      AND ($5::text IS NULL OR m.origin = $5)
     ORDER BY s.media_row
     LIMIT $3::bigint
 ) hit

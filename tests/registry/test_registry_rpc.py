@@ -113,18 +113,25 @@ async def test_near_matches_equal_brute_force_on_random_data(node: Node) -> None
             assert [d for d, _ in got] == sorted(d for d, _ in got)
 
 
-async def test_low_quality_pdq_is_stored_but_not_near_matched(node: Node) -> None:
+async def test_low_quality_pdq_is_stored_but_never_matched(node: Node) -> None:
+    """Every flat or black image hashes to the same PDQ value at quality 0: blank images once
+    matched each other exactly."""
     rng = random.Random(3)
     value = rng.randbytes(32)
-    await submit(node.stub, [submission("weak", pdq(value, quality=20))])
+    weak_md5 = md5(rng.randbytes(16))
+    await submit(node.stub, [submission("weak", weak_md5, pdq(value, quality=20))])
     near = flip_bits(value, 3, rng)
     [result] = await lookup(node, pdq(near))
     assert list(result.matches) == []
-    [exact] = await lookup(node, pdq(value))
-    assert [m.kind for m in exact.matches] == [registry_pb2.MATCH_KIND_EXACT]
+    [exact] = await lookup(node, pdq(value))  # the stored side is below 50: no exact match
+    assert list(exact.matches) == [] and not exact.low_quality
     await submit(node.stub, [submission("strong", pdq(near, quality=90))])
-    [flagged] = await lookup(node, pdq(flip_bits(near, 2, rng), quality=10))
+    [flagged] = await lookup(node, pdq(near, quality=10))  # the asked side is below 50
     assert flagged.low_quality and list(flagged.matches) == []
+    # Still stored and returned as a signal of its media.
+    [by_md5] = await lookup(node, weak_md5)
+    [match] = by_md5.matches
+    assert [(s.value, s.quality) for s in match.media.signals if s.quality] == [(value.hex(), 20)]
 
 
 @pytest.mark.parametrize(

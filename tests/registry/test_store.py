@@ -106,8 +106,8 @@ async def test_signals_are_the_union_of_submissions(store: RegistryStore) -> Non
     assert counts.updated == 1
     assert entries == []  # the PDQ hash was already matchable
     hits = await store.exact_hits(signals=[md5("m"), sha1("m"), pdq("m")])
-    row = hits[0].row_id
-    assert [(h.query_index, h.row_id) for h in hits] == [(0, row), (1, row), (2, row)]
+    [row] = hits[0]
+    assert hits == [[row], [row], [row]]
     record = (await store.media_records(row_ids=[row]))[row]
     assert {s.algorithm for s in record.signals} == {Algorithm.MD5, Algorithm.SHA1, Algorithm.PDQ}
 
@@ -119,8 +119,8 @@ async def test_a_repeated_media_id_in_one_batch_is_merged(
     last = media("m", sha1("m"), media_type=MediaType.VIDEO, case_data=CaseData("C-2"))
     counts, _ = await store.submit_media_batch(batch=[first, last])
     assert (counts.received, counts.created, counts.updated, counts.unchanged) == (2, 1, 0, 1)
-    [hit] = await store.exact_hits(signals=[md5("m")])
-    record = (await store.media_records(row_ids=[hit.row_id]))[hit.row_id]
+    [[row]] = await store.exact_hits(signals=[md5("m")])
+    record = (await store.media_records(row_ids=[row]))[row]
     assert len(record.signals) == 2
     assert record.media_type == MediaType.VIDEO  # given by the last occurrence only
     assert record.flags == MediaFlags(distributed=True)  # set by the first, kept by the last
@@ -135,7 +135,7 @@ async def test_retracted_media_stop_matching(store: RegistryStore) -> None:
     gone_row = entries[0].row_id
     counts = await store.retract_media(media_ids=["gone", "gone", "unknown"])
     assert (counts.retracted, counts.not_found, counts.retracted_row_ids) == (1, 2, (gone_row,))
-    assert await store.exact_hits(signals=[md5("g"), pdq("g")]) == []
+    assert await store.exact_hits(signals=[md5("g"), pdq("g")]) == [[], []]
     assert await _all_pdq(store) == []
     assert await store.media_records(row_ids=[gone_row]) == {}
     stats = await store.stats()
@@ -148,11 +148,11 @@ async def test_a_retracted_media_stays_retracted_until_restored(store: RegistryS
     await store.retract_media(media_ids=["m"])
     counts, entries = await store.submit_media_batch(batch=[media("m", md5("m"), sha1("m"))])
     assert (counts.created, counts.updated, counts.unchanged, counts.retracted) == (0, 0, 0, 1)
-    assert entries == [] and await store.exact_hits(signals=[md5("m")]) == []
+    assert entries == [] and await store.exact_hits(signals=[md5("m")]) == [[]]
     outcome, entries = await store.update_media(media_ids=["m"], change=MediaChange(restore=True))
     assert (outcome.changed, outcome.unchanged) == (1, 0)
-    [hit] = await store.exact_hits(signals=[md5("m")])
-    assert entries == [PdqEntry(hit.row_id, pdq("m").value)]
+    [[row]] = await store.exact_hits(signals=[md5("m")])
+    assert entries == [PdqEntry(row, pdq("m").value)]
     assert await _all_pdq(store) == entries
     assert len(outcome.media[0].signals) == 3  # the retracted submission added nothing
 
@@ -167,17 +167,19 @@ async def test_only_usable_pdq_hashes_are_matchable(store: RegistryStore) -> Non
 
 async def test_pdq_entries_are_streamed_in_batches(store: RegistryStore) -> None:
     await store.submit_media_batch(batch=[media(f"m{i}", pdq(f"m{i}")) for i in range(5)])
-    sizes = [len(batch) async for batch in store.pdq_entries(batch_rows=2)]
-    assert sizes == [2, 2, 1]
+    sizes = [
+        (len(own), len(replicated)) async for own, replicated in store.pdq_entries(batch_rows=2)
+    ]
+    assert sizes == [(2, 0), (2, 0), (1, 0)]
 
 
 async def test_exact_hits_follow_query_order_and_limit(store: RegistryStore) -> None:
     shared = md5("shared")
     await store.submit_media_batch(batch=[media(f"m{i}", shared) for i in range(3)])
     hits = await store.exact_hits(signals=[md5("none"), shared])
-    assert [h.query_index for h in hits] == [1, 1, 1]
+    assert [len(h) for h in hits] == [0, 3]
     limited = await store.exact_hits(signals=[shared, shared], limit_per_signal=2)
-    assert [h.query_index for h in limited] == [0, 0, 1, 1]
+    assert [len(h) for h in limited] == [2, 2]
 
 
 async def test_media_records_carry_everything_stored(store: RegistryStore) -> None:
@@ -191,8 +193,8 @@ async def test_media_records_carry_everything_stored(store: RegistryStore) -> No
         series_ids=("s2", "s1"),
     )
     await store.submit_media_batch(batch=[submitted])
-    [hit] = await store.exact_hits(signals=[sha1("m")])
-    record = (await store.media_records(row_ids=[hit.row_id, 999_999]))[hit.row_id]
+    [[row]] = await store.exact_hits(signals=[sha1("m")])
+    record = (await store.media_records(row_ids=[row, 999_999]))[row]
     assert (record.origin, record.media_id, record.media_type) == (NODE, "m", MediaType.VIDEO)
     assert record.category == submitted.category
     assert record.flags == submitted.flags
@@ -226,10 +228,8 @@ async def test_series_victims_and_media_counts(store: RegistryStore) -> None:
         "GB-NCA victim-ID desk",
     )
 
-    rows = {
-        h.query_index: h.row_id
-        for h in await store.exact_hits(signals=[md5("a"), md5("b"), md5("c")])
-    }
+    found = await store.exact_hits(signals=[md5("a"), md5("b"), md5("c")])
+    rows = {number: row for number, per_signal in enumerate(found) for row in per_signal}
     by_media = await store.series_for_media(row_ids=list(rows.values()))
     assert rows[2] not in by_media
     assert [s.series_id for s in by_media[rows[1]]] == ["s1", "s2"]
@@ -257,11 +257,11 @@ async def test_reading_the_series_of_a_match_costs_the_same_whatever_the_series_
         await store.submit_media_batch(
             batch=[media(f"{part}{i}", series_ids=("big",)) for i in range(1000)]
         )
-    [hit] = await store.exact_hits(signals=[md5("m1")])
-    [series] = (await store.series_for_media(row_ids=[hit.row_id]))[hit.row_id]
+    [[row]] = await store.exact_hits(signals=[md5("m1")])
+    [series] = (await store.series_for_media(row_ids=[row]))[row]
     assert series.media_count == 2000
     explained = await db_pool.fetchval(
-        "EXPLAIN (ANALYZE, FORMAT JSON) " + store_sql.SERIES_ROWS, [hit.row_id], None, None
+        "EXPLAIN (ANALYZE, FORMAT JSON) " + store_sql.SERIES_ROWS, [row], None, None
     )
     assert _rows_read(json.loads(explained)[0]["Plan"]) < 20
 
@@ -312,8 +312,8 @@ async def test_only_this_nodes_media_can_be_retracted(db_pool: Any, sealer: Case
     await theirs.submit_media_batch(batch=[media("x", md5("x"))])
     counts = await ours.retract_media(media_ids=["x"])
     assert (counts.retracted, counts.not_found) == (0, 1)
-    [hit] = await ours.exact_hits(signals=[md5("x")])
-    assert (await ours.media_records(row_ids=[hit.row_id]))[hit.row_id].origin == "de-bka"
+    [[row]] = await ours.exact_hits(signals=[md5("x")])
+    assert (await ours.media_records(row_ids=[row]))[row].origin == "de-bka"
 
 
 async def test_case_data_is_stored_sealed_once_per_distinct_case(
@@ -378,14 +378,19 @@ async def test_a_full_batch_goes_through_copy(store: RegistryStore) -> None:
     counts, entries = await store.submit_media_batch(batch=batch)
     assert (counts.unchanged, entries) == (1000, [])
     hits = await store.exact_hits(signals=[sha1(str(i)) for i in range(0, 1000, 100)])
-    assert len(hits) == 10
+    assert all(len(h) == 1 for h in hits) and len(hits) == 10
     stats = await store.stats()
     assert (stats.media_count, stats.series_count) == (1000, 7)
     assert stats.signal_counts == {Algorithm.MD5: 1000, Algorithm.SHA1: 1000, Algorithm.PDQ: 1000}
 
 
 async def _all_pdq(store: RegistryStore) -> list[PdqEntry]:
-    return [entry async for batch in store.pdq_entries() for entry in batch]
+    """Every matchable PDQ hash; this store's node owns all the test's records."""
+    entries = []
+    async for own, replicated in store.pdq_entries():
+        assert replicated == []
+        entries.extend(own)
+    return entries
 
 
 async def _table_file_bytes(conn: Any, table: str) -> bytes | None:

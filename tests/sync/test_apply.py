@@ -35,10 +35,10 @@ def local(sync_pool: Any) -> RegistryStore:
 
 
 async def _record(local: RegistryStore, media_id: str) -> MediaRecord | None:
-    hits = await local.exact_hits(signals=[md5(media_id)])
-    if not hits:
+    [rows] = await local.exact_hits(signals=[md5(media_id)])
+    if not rows:
         return None
-    return (await local.media_records(row_ids=[hits[0].row_id]))[hits[0].row_id]
+    return (await local.media_records(row_ids=rows))[rows[0]]
 
 
 async def test_a_batch_applies_records_and_advances_the_cursor(

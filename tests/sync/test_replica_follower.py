@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from services.registry.cases import CaseSealer
-from services.registry.pdq_index import PdqIndex
+from services.registry.pdq_indexes import PdqIndexes
 from services.registry.registry import Registry
 from services.registry.replica_follower import ReplicaFollower
 from services.registry.store import RegistryStore
@@ -32,7 +32,7 @@ async def test_the_registry_indexes_what_a_separate_sync_applied(
 ) -> None:
     store = RegistryStore(node_id="us-fbi", sealer=CaseSealer(bytes(32)))
     registry = Registry(
-        database=database_of(sync_pool), store=store, index=PdqIndex(), node_id="us-fbi"
+        database=database_of(sync_pool), store=store, index=PdqIndexes(), node_id="us-fbi"
     )
     await registry.load_index()
     assert registry.index_loaded_as_of is not None

@@ -222,6 +222,16 @@ Global___SubmitMediaResponse: _TypeAlias = SubmitMediaResponse  # noqa: Y015
 
 @_typing.final
 class LookupRequest(_message.Message):
+    """The cost of a lookup is bounded whatever the data: a hash asked several times is looked up
+    once; at most 20,000 hits per kind (exact, near) are fetched per request, each hash getting
+    an equal share and hashes that fill theirs a second share of what the others left; the answer
+    is at most 3 MiB (under the 4 MiB gRPC clients accept by default). Near matching is refused
+    with INVALID_ARGUMENT (naming pdq_max_distance and how many PDQ hashes the node answers at
+    that distance) when its estimated cost exceeds 2.5 billion hash comparisons: at distance 64
+    that is one full scan of the node's PDQ hashes per hash asked. Results cut by these bounds
+    say so (`truncated`).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SIGNALS_FIELD_NUMBER: _builtins.int
@@ -230,11 +240,12 @@ class LookupRequest(_message.Message):
     pdq_max_distance: _builtins.int
     """Largest Hamming distance reported as a PDQ near match, 0-64; absent means 31."""
     max_matches_per_signal: _builtins.int
-    """At most this many matches per queried hash, nearest first; absent or 0 means 100."""
+    """At most this many matches per queried hash, nearest first: 1-1,000; 0 means 100."""
     @_builtins.property
     def signals(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Signal]:
         """At most 10,000 hashes. PDQ hashes are matched exactly and by distance; a PDQ hash with
-        quality below 50 is matched exactly only.
+        quality below 50 is not matched at all, nor is any stored one (every flat image hashes
+        alike); its result says `low_quality`.
         """
 
     def __init__(
@@ -306,12 +317,19 @@ class LookupResult(_message.Message):
     MATCHES_FIELD_NUMBER: _builtins.int
     LOW_QUALITY_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
+    RESPONSE_FULL_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Position of the hash in LookupRequest.signals."""
     low_quality: _builtins.bool
-    """True when a PDQ hash was not used for near matching because its quality is below 50."""
+    """True when a PDQ hash was not matched (exactly or near) because its quality is below 50."""
     truncated: _builtins.bool
-    """True when more matches existed than max_matches_per_signal."""
+    """True when more matches may exist than this result holds: more than max_matches_per_signal,
+    more than this hash's share of the node's per-request limit of 20,000 hits per kind
+    (exact, near), or more than fit the response (`response_full`). Ask for fewer hashes at
+    once to get more per hash.
+    """
+    response_full: _builtins.bool
+    """True when matches of this hash were left out because the response reached 3 MiB."""
     @_builtins.property
     def signal(self) -> _common_pb2.Signal:
         """The hash as asked, in canonical form."""
@@ -328,10 +346,11 @@ class LookupResult(_message.Message):
         matches: _abc.Iterable[Global___Match] | None = ...,
         low_quality: _builtins.bool = ...,
         truncated: _builtins.bool = ...,
+        response_full: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "low_quality", b"low_quality", "matches", b"matches", "signal", b"signal", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "low_quality", b"low_quality", "matches", b"matches", "response_full", b"response_full", "signal", b"signal", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
