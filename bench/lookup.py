@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import random
 import shutil
 import signal
@@ -288,6 +289,7 @@ async def scratch_dir() -> AsyncIterator[Path]:
     """Outside pytest's temporary root: as root, the embedded server's user must traverse every
     parent of its data directory, and pytest resets its root to 0700 when a run starts."""
     path = Path(tempfile.mkdtemp(prefix="hashex-bench-lookup-"))
+    os.chmod(path, 0o711)  # traversable by the embedded server's user (as root), not listable
     try:
         yield path
     finally:
@@ -395,8 +397,8 @@ def gateway_config(config: NodeConfig) -> NodeConfig:
     return replace(
         config,
         gateway_listen="127.0.0.1:0",
-        rate_limit_per_s=RATE_LIMIT_PER_S,
-        rate_limit_burst=RATE_LIMIT_BURST,
+        rate_limit_hashes_per_s=RATE_LIMIT_PER_S,
+        rate_limit_hashes_burst=RATE_LIMIT_BURST,
         max_message_bytes=MAX_MESSAGE_BYTES,
     )
 
@@ -461,9 +463,7 @@ async def in_process(registry: Registry, batches: Sequence[Batch], in_flight: in
             results = await registry.lookup(
                 batch.signals, max_distance=MAX_DISTANCE, max_matches=MAX_MATCHES
             )
-            response = registry_pb2.LookupResponse(
-                results=[convert.lookup_result_to_proto(r) for r in results]
-            )
+            response = convert.lookup_response_to_proto(results)
             return time.perf_counter() - start, found(response, batch.expected)
 
     if in_flight <= 1:

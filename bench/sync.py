@@ -567,6 +567,7 @@ async def scratch_dir() -> AsyncIterator[Path]:
     Removed once more at exit: the embedded server's exit handler, registered later (so run
     earlier), recreates its lock file in the first node's runtime directory."""
     path = Path(tempfile.mkdtemp(prefix="hashex-bench-sync-"))
+    os.chmod(path, 0o711)  # traversable by the embedded server's user (as root), not listable
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     try:
         yield path

@@ -22,6 +22,7 @@ from services.core.config import (
     load_config,
     write_config,
 )
+from services.core.db.pool import Database
 from services.core.logs import configure_logging
 from services.core.signing import rotate
 from services.core.trust import check_endpoint
@@ -185,7 +186,7 @@ async def _serve_node(config: NodeConfig) -> None:
         flush=True,
     )
     try:
-        await stop.wait()
+        await until_stopped(stop, node.database)
     finally:
         await node.stop()
 
@@ -199,10 +200,26 @@ async def _serve_registry(config: NodeConfig) -> None:
         flush=True,
     )
     try:
-        await stop.wait()
+        await until_stopped(stop, running.database)
     finally:
         await running.stop()
         config.address_file.unlink(missing_ok=True)
+
+
+async def until_stopped(stop: asyncio.Event, database: Database) -> None:
+    """Return on Ctrl-C or SIGTERM; raise when the node's database is lost for good (its
+    embedded PostgreSQL cannot be restarted), so the service stops and exits non-zero and its
+    service manager starts it again."""
+    stopping = asyncio.ensure_future(stop.wait())
+    watching = asyncio.ensure_future(database.watched_until_lost())
+    try:
+        done, _ = await asyncio.wait({stopping, watching}, return_when=asyncio.FIRST_COMPLETED)
+        if watching in done and not stopping.done():
+            watching.result()  # raises what ended the watch
+            await stopping  # nothing watches this database: wait for the signal alone
+    finally:
+        stopping.cancel()
+        watching.cancel()
 
 
 def stop_on_signal() -> asyncio.Event:

@@ -20,7 +20,7 @@ import sys
 
 from services.cli import exit_codes
 from services.cli.node_client import add_data_dir_option, run_command
-from services.cli.node_command import stop_on_signal
+from services.cli.node_command import stop_on_signal, until_stopped
 from services.core.config import NodeConfig, load_config
 from services.core.logs import configure_logging
 from services.gateway.standalone import RunningGatewayService, start_gateway_service
@@ -116,6 +116,6 @@ async def _until(
 ) -> None:
     print(f"{banner} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
-        await stop.wait()
+        await until_stopped(stop, running.database)
     finally:
         await running.stop()

@@ -246,6 +246,18 @@ class RunningServer:
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped package)
     service_names: tuple[str, ...]
 
+    async def set_serving(self, serving: bool) -> None:
+        """SERVING or NOT_SERVING for the server and each of its services (the node follows its
+        database with it). Ignored once a graceful stop began: a stopping server stays
+        NOT_SERVING."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING so balancers stop sending, let calls in flight finish, stop."""
         await self.health.enter_graceful_shutdown()

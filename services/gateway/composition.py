@@ -127,6 +127,7 @@ async def start_node(config: NodeConfig) -> RunningNode:
             await _stop(part, config)
         await database.close()
         raise
+    database.watch([local.set_serving, gateway.server.set_serving])
     node = RunningNode(config, database, registry, sync, local, gateway, telemetry)
     config.address_file.parent.mkdir(parents=True, exist_ok=True)
     config.address_file.write_text(node.address + "\n", encoding="utf-8")

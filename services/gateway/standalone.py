@@ -108,6 +108,7 @@ async def start_gateway_service(
             await channel.close(None)
         await database.close()
         raise
+    database.watch([gateway.server.set_serving])
     running = RunningGatewayService(config, database, gateway, channels, telemetry)
     config.gateway_address_file.parent.mkdir(parents=True, exist_ok=True)
     config.gateway_address_file.write_text(running.address + "\n", encoding="utf-8")

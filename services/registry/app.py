@@ -16,7 +16,7 @@ from services.core.db.pool import Database, open_database
 from services.core.server import RunningServer, build_server
 from services.core.telemetry import Telemetry, setup_telemetry
 from services.registry.cases import CaseSealer, load_case_key
-from services.registry.pdq_index import PdqIndex
+from services.registry.pdq_indexes import PdqIndexes
 from services.registry.registry import Registry
 from services.registry.replica_follower import ReplicaFollower
 from services.registry.servicer import RegistryServicer
@@ -56,7 +56,7 @@ async def open_registry(config: NodeConfig, database: Database) -> Registry:
     """A Registry on an open, migrated database, with its PDQ index loaded."""
     sealer = CaseSealer(load_case_key(config.case_key_path))
     store = RegistryStore(node_id=config.node_id, sealer=sealer)
-    registry = Registry(database=database, store=store, index=PdqIndex(), node_id=config.node_id)
+    registry = Registry(database=database, store=store, index=PdqIndexes(), node_id=config.node_id)
     await registry.load_index()
     _log.info("registry of %s ready", config.node_id)
     return registry
@@ -81,6 +81,7 @@ async def start_registry(config: NodeConfig, *, follow_replicas: bool = False) -
     except BaseException:
         await database.close()
         raise
+    database.watch([server.set_serving])
     running = RunningRegistry(config, database, registry, server, telemetry)
     if follow_replicas and registry.index_loaded_as_of is not None:
         running.follower = ReplicaFollower(registry=registry, since=registry.index_loaded_as_of)

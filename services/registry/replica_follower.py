@@ -38,6 +38,7 @@ class ReplicaFollower:
         self._interval_s = interval_s
         self._overlap = timedelta(seconds=overlap_s)
         self._stop = asyncio.Event()
+        self._failing = False
 
     async def poll_once(self) -> tuple[int, int]:
         """Index what changed since the last look; the numbers of hashes added, rows dropped."""
@@ -49,12 +50,23 @@ class ReplicaFollower:
         return added, removed
 
     async def run(self) -> None:
-        """Poll until stopped; a failed poll is logged and retried at the next interval."""
+        """Poll until stopped; failed polls are retried at the next interval, logged once when
+        they start failing and once when they work again."""
         while not self._stop.is_set():
             try:
                 await self.poll_once()
             except Exception as error:  # the database may be restarting: keep following
-                _log.warning("following replicated records failed: %s", type(error).__name__)
+                if not self._failing:
+                    _log.warning(
+                        "following replicated records failed: %s; retrying every %g s",
+                        error or type(error).__name__,
+                        self._interval_s,
+                    )
+                self._failing = True
+            else:
+                if self._failing:
+                    _log.info("following replicated records works again")
+                self._failing = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=self._interval_s)
 

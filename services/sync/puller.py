@@ -130,6 +130,8 @@ class PeerPuller:
             cancel = getattr(stream, "cancel", None)
             if callable(cancel):
                 cancel()
+        if self.state.failures:
+            _log.info("pull from %s works again", self.peer_id)
         self.state.last_success_at = deps.now()
         self.state.last_error = ""
         self.state.failures = 0
@@ -193,10 +195,14 @@ class PeerPuller:
         self._wake.clear()
 
     def _record_failure(self, error: Exception) -> None:
+        """Count and keep the failure; log it when pulls start failing or fail differently, not
+        at every retry."""
+        described = _describe(error)
+        if self.state.failures == 0 or described != self.state.last_error:
+            _log.warning("pull from %s failed: %s (retrying with backoff)", self.peer_id, described)
         self.state.failures += 1
-        self.state.last_error = _describe(error)
+        self.state.last_error = described
         self.state.last_error_at = self._deps.now()
-        _log.warning("pull from %s failed: %s", self.peer_id, self.state.last_error)
 
 
 class _InOrder:

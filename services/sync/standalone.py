@@ -196,4 +196,5 @@ async def start_sync_service(
         await database.close()
         raise
     host = listen.rpartition(":")[0]
+    database.watch([server.set_serving])
     return RunningSyncService(config, database, sync, server, registry_channel, telemetry, host)

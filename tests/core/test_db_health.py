@@ -31,8 +31,9 @@ from services.core.db.health import (
 from services.core.db.system_user_access import SYSTEM_USER
 from services.core.rpc_status import handles_errors
 from services.core.server import RunningServer, ServiceBinding, build_server
-from tests.federation.harness import postgres_processes, wait_for
+from tests.federation.harness import postgres_processes
 from tests.gateway.harness import FakeClock
+from tests.waiting import wait_for
 
 STEP_TIMEOUT_S = 60.0
 # What asyncpg says of an idle pooled connection that received the server's goodbye.

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,7 @@ from services.core import tls
 from services.core.config import NodeConfig, load_config
 from services.gateway.composition import RunningNode, start_node
 from services.sync.policy import SharingPolicy, save_policy
+from tests.waiting import wait_for
 
 CONVERGE_TIMEOUT_S = 60.0
 FAST_SYNC = "pull_interval_s = 0.1\npull_backoff_max_s = 0.5\nshutdown_grace_s = 1.0\n"
@@ -295,14 +296,6 @@ def postgres_processes(pgdata: Path) -> list[psutil.Process]:
         if process.info["name"] == "postgres" and where in " ".join(cmdline):
             found.append(process)
     return found
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout_s: float, failure: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{failure} within {timeout_s:.0f} s")
-        await asyncio.sleep(0.05)
 
 
 def init_agency(data_dir: Path, node_id: str, *, extra_config: str = FAST_SYNC) -> None:

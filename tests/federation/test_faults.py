@@ -21,8 +21,9 @@ from hashex.v1 import federation_pb2, registry_pb2
 from services.core.peer_card import make_card
 from services.core.signing import Keyring
 from services.core.trust import pin_card
-from tests.federation.harness import Agency, Federation, federation, postgres_processes, wait_for
+from tests.federation.harness import Agency, Federation, federation, postgres_processes
 from tests.registry.node_harness import md5, pdq, submission
+from tests.waiting import wait_for
 
 SUBMIT_BATCH = 1_000
 DUPLICATES = "SELECT count(*) - count(DISTINCT (origin, media_id)) FROM media"

@@ -10,8 +10,9 @@ from typing import Any
 
 from hashex.v1 import common_pb2, federation_pb2, federation_pb2_grpc, registry_pb2
 from services.sync.policy import SharingPolicy
-from tests.federation.harness import federation, wait_for
+from tests.federation.harness import federation
 from tests.registry.node_harness import flip_bits, md5, pdq, signal, submission
+from tests.waiting import wait_for
 
 IDENTIFIED = common_pb2.IDENTIFICATION_STATUS_IDENTIFIED
 SAFEGUARDED = common_pb2.IDENTIFICATION_STATUS_SAFEGUARDED

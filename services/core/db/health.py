@@ -155,6 +155,15 @@ class DatabaseHealth:
         """How often the embedded server was restarted since this object was made."""
         return self._restarts
 
+    def add_listener(self, listener: Listener) -> None:
+        """Also tell `listener` of every later change (a server built after the database)."""
+        self._listeners = (*self._listeners, listener)
+
+    def report_success(self) -> None:
+        """A statement worked: while unavailable, probe now so the recovery is told at once."""
+        if not self._available:
+            self._wake.set()
+
     def report_failure(self, error: BaseException) -> None:
         """A statement failed for a connection reason: unavailable from now, and probe soon.
         Reporting again while unavailable does nothing (one line per outage, not per call)."""

@@ -115,16 +115,6 @@ async def apply_migrations(pool: Any, directory: Path, *, component: str | None 
     return (await apply_migration_plan(pool, [(name, directory)]))[name]
 
 
-async def apply_migration_plan(pool: Any, sources: Sequence[tuple[str, Path]]) -> int:
-    """Apply the migrations of every (component, directory) in order; the version of the
-    first."""
-    versions = [
-        await apply_migrations(pool, directory, component=component)
-        for component, directory in sources
-    ]
-    return versions[0]
-
-
 async def schema_version(connection: Any, component: str) -> int:
     """The newest version of `component` applied to the database (0 for none)."""
     version = await connection.fetchval(

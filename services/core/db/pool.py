@@ -8,9 +8,10 @@ transaction (sync applying a batch) passes the same connection to each.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,12 @@ from urllib.parse import unquote
 import asyncpg
 
 from services.core.db.embedded import EmbeddedServer, start_embedded
+from services.core.db.health import (
+    DatabaseHealth,
+    Listener,
+    is_connection_failure,
+    probe_by_connecting,
+)
 from services.core.errors import FailedPrecondition, Unavailable
 
 _log = logging.getLogger(__name__)
@@ -31,14 +38,61 @@ _KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I
 _QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
 
 
+UNREACHABLE = "the node's database is unreachable right now; retry later"
+_PROBE_TIMEOUT_S = 5.0
+_PROBE_INTERVAL_S = 5.0
+
+
 @dataclass
 class Database:
-    """The pool the stores share, and the embedded server to stop with it (if one was started)."""
+    """The pool the stores share, the embedded server to stop with it (if one was started), and
+    whether it can be reached (`health`): a statement that fails for a connection reason is
+    reported there and raised as Unavailable, so every caller answers UNAVAILABLE, never a
+    server error, and the outage is logged once."""
 
     pool: Any
     # Where the pool points, safe to log: the password is masked.
     display_url: str
     embedded: EmbeddedServer | None = field(default=None, repr=False)
+    # The unmasked URL, for the health probe's own connections; None: probe through the pool.
+    url: str | None = field(default=None, repr=False)
+    health: DatabaseHealth = field(init=False, repr=False)
+    _watch: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        embedded = self.embedded
+        self.health = DatabaseHealth(
+            probe=(
+                probe_by_connecting(self.url, timeout_s=_PROBE_TIMEOUT_S)
+                if self.url
+                else self._probe_through_pool
+            ),
+            interval_s=_PROBE_INTERVAL_S,
+            restart=(
+                (lambda: asyncio.to_thread(embedded.restart_if_stopped))
+                if embedded is not None
+                else None
+            ),
+        )
+
+    def watch(self, listeners: Sequence[Listener]) -> asyncio.Task[None]:
+        """Start probing the database (restarting a dead embedded server), telling `listeners`
+        of each change; the task ends with EmbeddedServerLost when the embedded server cannot
+        be restarted (the service must stop). `close()` ends it."""
+        for listener in listeners:
+            self.health.add_listener(listener)
+        if self._watch is None:
+            self._watch = asyncio.create_task(self.health.run(), name="database-health")
+        return self._watch
+
+    async def watched_until_lost(self) -> None:
+        """Wait while the database is watched; raise what ended the watch (EmbeddedServerLost).
+        Returns at once when nothing watches it."""
+        if self._watch is not None:
+            await asyncio.shield(self._watch)
+
+    async def _probe_through_pool(self) -> None:
+        await self.pool.fetchval("SELECT 1", timeout=_PROBE_TIMEOUT_S)
 
     @asynccontextmanager
     async def transaction(
@@ -48,6 +102,7 @@ class Database:
         back when it raises. `isolation` is asyncpg's name ("repeatable_read", ...; None: the
         server's default, read committed)."""
         async with (
+            self._reporting_outages(),
             self.pool.acquire() as conn,
             conn.transaction(isolation=isolation, readonly=readonly),
         ):
@@ -56,11 +111,28 @@ class Database:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
         """A connection for statements that each stand alone (reads that need no snapshot)."""
-        async with self.pool.acquire() as conn:
+        async with self._reporting_outages(), self.pool.acquire() as conn:
             yield conn
 
+    @asynccontextmanager
+    async def _reporting_outages(self) -> AsyncIterator[None]:
+        """A connection failure raised inside becomes Unavailable, reported to `health`."""
+        try:
+            yield
+        except Exception as error:
+            if not is_connection_failure(error):
+                raise
+            self.health.report_failure(error)
+            raise Unavailable(UNREACHABLE) from error
+        self.health.report_success()
+
     async def close(self) -> None:
-        """Close the pool (forcibly if connections stay busy), then stop the embedded server."""
+        """Stop watching, close the pool (forcibly if connections stay busy), then stop the
+        embedded server."""
+        self.health.stop()
+        if self._watch is not None:
+            with contextlib.suppress(Exception):  # a lost server was reported when it happened
+                await self._watch
         try:
             await asyncio.wait_for(self.pool.close(), timeout=_CLOSE_TIMEOUT_S)
         except TimeoutError:
@@ -79,7 +151,7 @@ async def open_database(
     `data_dir / "pg"` (started, and the database created, as needed)."""
     if database_url:
         pool = await _create_pool(database_url, min_size=min_size, max_size=max_size)
-        return Database(pool=pool, display_url=mask_database_url(database_url))
+        return Database(pool=pool, display_url=mask_database_url(database_url), url=database_url)
     server = await asyncio.to_thread(start_embedded, data_dir / "pg", runtime_dir=data_dir / "run")
     try:
         await ensure_database(server.uri(), EMBEDDED_DATABASE)
@@ -88,7 +160,7 @@ async def open_database(
     except BaseException:
         await asyncio.to_thread(server.stop)
         raise
-    return Database(pool=pool, display_url=url, embedded=server)
+    return Database(pool=pool, display_url=url, embedded=server, url=url)
 
 
 async def ensure_database(admin_url: str, name: str) -> bool:
