@@ -19,6 +19,11 @@ from services.core.db.pool import mask_database_url
 from services.core.errors import FailedPrecondition, InvalidArgument
 
 CONFIG_FILE = "node.toml"
+# Settings of earlier releases and what took their place.
+_REPLACED = {
+    "rate_limit_per_s": "rate_limit_hashes_per_s",
+    "rate_limit_burst": "rate_limit_hashes_burst",
+}
 NODE_ID_PATTERN = re.compile(r"[a-z][a-z0-9-]{1,62}")
 DEFAULT_LISTEN = "127.0.0.1:7700"
 # The gateway is mutual TLS, so it may listen anywhere; loopback until the operator says otherwise.
@@ -42,9 +47,12 @@ class NodeConfig:
     gateway_listen: str = DEFAULT_GATEWAY_LISTEN
     # host:port peers and units dial (written into the peer card); empty: gateway_listen.
     gateway_endpoint: str = ""
-    # Calls per second each caller may make through the gateway, and the burst allowed.
-    rate_limit_per_s: float = 200.0
-    rate_limit_burst: int = 400
+    # Work each caller may ask of the gateway per second, and the burst allowed: each hash looked
+    # up, media submitted or id retracted or changed counts one, and each call one more.
+    rate_limit_hashes_per_s: float = 50_000.0
+    rate_limit_hashes_burst: int = 100_000
+    # Calls of one caller running at once.
+    max_calls_in_flight_per_caller: int = 8
     # Largest single request message the gateway accepts.
     max_request_bytes: int = 4 * 1024 * 1024
     # Longest a unary call through the gateway may run, and a Pull stream.
@@ -175,6 +183,12 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _from_values(data_dir: Path, values: dict[str, Any], source: Path) -> NodeConfig:
     known = {f.name for f in fields(NodeConfig)} - {"data_dir"}
+    for old, new in _REPLACED.items():
+        if old in values:
+            raise InvalidArgument(
+                f"{source}: {old} was replaced by {new}: rate limits count work (each hash asked, "
+                "media submitted or id retracted is one, each call one more), not calls"
+            )
     unknown = sorted(set(values) - known)
     if unknown:
         raise InvalidArgument(f"{source}: unknown setting(s) {', '.join(unknown)}")
@@ -189,7 +203,13 @@ def _from_values(data_dir: Path, values: dict[str, Any], source: Path) -> NodeCo
     _check_address("gateway_listen", config.gateway_listen, source)
     if config.gateway_endpoint:
         _check_address("gateway_endpoint", config.gateway_endpoint, source)
-    positive = ("rate_limit_per_s", "rate_limit_burst", "max_request_bytes", "call_deadline_s")
+    positive = (
+        "rate_limit_hashes_per_s",
+        "rate_limit_hashes_burst",
+        "max_calls_in_flight_per_caller",
+        "max_request_bytes",
+        "call_deadline_s",
+    )
     for name in (*positive, "pull_deadline_s", "pull_interval_s", "pull_backoff_max_s"):
         if not getattr(config, name) > 0:
             raise InvalidArgument(f"{source}: {name} must be greater than 0")

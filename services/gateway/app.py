@@ -23,7 +23,7 @@ from services.core.config import NodeConfig
 from services.core.server import RunningServer, ServiceBinding, build_server
 from services.gateway.credentials import GatewayCredentials
 from services.gateway.identity import CallerVerifier, TrustSource
-from services.gateway.limits import RateLimiter
+from services.gateway.limits import InFlight, RateLimiter
 from services.gateway.wrapper import GatewayInterceptor, GatewayLimits
 
 _log = logging.getLogger(__name__)
@@ -63,8 +63,9 @@ def limits_of(config: NodeConfig) -> GatewayLimits:
         max_request_bytes=config.max_request_bytes,
         call_deadline_s=config.call_deadline_s,
         pull_deadline_s=config.pull_deadline_s,
-        rate_limit_per_s=config.rate_limit_per_s,
-        rate_limit_burst=config.rate_limit_burst,
+        rate_limit_hashes_per_s=config.rate_limit_hashes_per_s,
+        rate_limit_hashes_burst=config.rate_limit_hashes_burst,
+        max_calls_in_flight_per_caller=config.max_calls_in_flight_per_caller,
     )
 
 
@@ -104,10 +105,11 @@ async def start_gateway(
             own_node_id=config.node_id, own_ca_pem=own_ca_pem, trust=trust, now=wall_clock
         ),
         limiter=RateLimiter(
-            rate_per_s=config.rate_limit_per_s,
-            burst=config.rate_limit_burst,
+            rate_per_s=config.rate_limit_hashes_per_s,
+            burst=config.rate_limit_hashes_burst,
             clock=clock,
         ),
+        in_flight=InFlight(config.max_calls_in_flight_per_caller),
         recorder=recorder,
         limits=limits,
         wall_clock=wall_clock,

@@ -1,8 +1,14 @@
-"""Per-caller rate limits: a token bucket for each identity, on an injected clock.
+"""Per-caller limits: a token bucket of work for each identity, on an injected clock, and a cap
+on each identity's calls in flight.
+
+Work, not calls, is what a bucket is charged: a call costs one token and each request message
+what it asks for (services.gateway.work: a hash looked up, a media submitted, an id retracted
+is one), so a caller sending 10,000-hash lookups spends its budget as fast as one sending ten
+thousand single-hash calls, and one caller's heavy lookups cannot starve another's. The cap on
+calls in flight bounds how much of the node one caller holds at once.
 
 The key is the caller's identity URI, not its certificate, so a unit holding several
-certificates (a renewal overlapping the old one) still shares one budget. A streaming call costs
-one token however long it runs; its length is bounded by the call deadline instead.
+certificates (a renewal overlapping the old one) still shares one budget.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ class _Bucket:
 
 
 class RateLimiter:
-    """`rate_per_s` calls per second per key, with bursts up to `burst` calls."""
+    """`rate_per_s` tokens per second per key, with bursts up to `burst` tokens."""
 
     def __init__(
         self,
@@ -40,8 +46,13 @@ class RateLimiter:
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
-    def try_acquire(self, key: str) -> bool:
-        """Take one token for `key`; False (and nothing taken) when its bucket is empty."""
+    @property
+    def burst(self) -> float:
+        return self._burst
+
+    def try_acquire(self, key: str, cost: float = 1.0) -> bool:
+        """Take `cost` tokens for `key`; False (and nothing taken) when its bucket holds
+        fewer."""
         with self._lock:
             now = self._clock()
             bucket = self._buckets.get(key)
@@ -53,9 +64,9 @@ class RateLimiter:
                 elapsed = max(0.0, now - bucket.updated)
                 bucket.tokens = min(self._burst, bucket.tokens + elapsed * self._rate)
                 bucket.updated = now
-            if bucket.tokens < 1.0:
+            if bucket.tokens < cost:
                 return False
-            bucket.tokens -= 1.0
+            bucket.tokens -= cost
             return True
 
     def _drop_full(self, now: float) -> None:
@@ -63,3 +74,31 @@ class RateLimiter:
         idle = [k for k, b in self._buckets.items() if now - b.updated >= refill_s]
         for key in idle:
             del self._buckets[key]
+
+
+class InFlight:
+    """At most `limit` calls at a time per key."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def try_enter(self, key: str) -> bool:
+        """Count one more call of `key`; False (nothing counted) when it has `limit` already."""
+        with self._lock:
+            count = self._counts.get(key, 0)
+            if count >= self.limit:
+                return False
+            self._counts[key] = count + 1
+            return True
+
+    def leave(self, key: str) -> None:
+        with self._lock:
+            count = self._counts.get(key, 0) - 1
+            if count > 0:
+                self._counts[key] = count
+            else:
+                self._counts.pop(key, None)

@@ -2,9 +2,11 @@
 the method name and metadata; the handler sees the verified certificate and the request bytes).
 
 Order, for every call shape: identity (verified leaf, pinned CA, validity, TLS 1.3) and the
-deny-list -> authorisation by role -> the caller's rate limit -> the size of each request
-message, checked on the raw bytes before they are parsed -> the deadline -> the servicer, run
-with the caller set (services.core.caller) -> one audit record. Every refusal ends the call
+deny-list -> authorisation by role -> the caller's rate limit (one token for the call) and its
+cap on calls in flight -> the size of each request message, checked on the raw bytes before they
+are parsed -> the work the message asks for, charged to the caller's rate limit
+(services.gateway.work) -> the deadline -> the servicer, run with the caller set
+(services.core.caller) -> one audit record. Every refusal ends the call
 through `context.abort`, so the record that follows names the status the client saw.
 
 Requests reach the wrapper unparsed (the wrapped handler has no deserializer): that is what lets
@@ -29,10 +31,14 @@ from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from the stubs
 from services.core.audit.chain import AuditEntry, RequestDigest, clip
 from services.core.audit.recorder import AuditRecorder
 from services.core.caller import Caller, calling_as
+from services.core.errors import InvalidArgument
+from services.core.request_decoding import decode_request, request_class_of
+from services.core.rpc_status import abort_with
 from services.core.server import ServerInterceptor, rewrap_handler
 from services.gateway import authz
 from services.gateway.identity import CallerVerifier, Presented, Unauthenticated
-from services.gateway.limits import RateLimiter
+from services.gateway.limits import InFlight, RateLimiter
+from services.gateway.work import units_of
 
 _log = logging.getLogger(__name__)
 
@@ -48,8 +54,9 @@ class GatewayLimits:
     max_request_bytes: int
     call_deadline_s: float
     pull_deadline_s: float
-    rate_limit_per_s: float
-    rate_limit_burst: int
+    rate_limit_hashes_per_s: float
+    rate_limit_hashes_burst: int
+    max_calls_in_flight_per_caller: int
 
 
 @dataclass
@@ -65,6 +72,8 @@ class _Call:
     requests: RequestDigest = field(default_factory=RequestDigest)
     responses: int = 0
     recorded: bool = False
+    # Counted among its caller's calls in flight (until the call finishes).
+    in_flight: bool = False
 
 
 class GatewayInterceptor(ServerInterceptor):
@@ -75,12 +84,14 @@ class GatewayInterceptor(ServerInterceptor):
         *,
         verifier: CallerVerifier,
         limiter: RateLimiter,
+        in_flight: InFlight,
         recorder: AuditRecorder,
         limits: GatewayLimits,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._verifier = verifier
         self._limiter = limiter
+        self._in_flight = in_flight
         self._recorder = recorder
         self._limits = limits
         self._wall_clock = wall_clock
@@ -216,20 +227,37 @@ class GatewayInterceptor(ServerInterceptor):
                 call, context, grpc.StatusCode.UNIMPLEMENTED, f"{call.method} is not served here"
             )
         if not self._limiter.try_acquire(caller.uri):
-            limits = self._limits
+            await self._refuse(
+                call, context, grpc.StatusCode.RESOURCE_EXHAUSTED, self._rate_message(1)
+            )
+        if not self._in_flight.try_enter(caller.uri):
             await self._refuse(
                 call,
                 context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"rate limit exceeded: at most {limits.rate_limit_per_s:g} calls per second "
-                f"(bursts of {limits.rate_limit_burst}) per caller; slow down and retry",
+                f"at most {self._in_flight.limit} calls of one caller run at a time; wait for "
+                "one to finish",
             )
+        call.in_flight = True
         return caller
+
+    def _rate_message(self, units: int) -> str:
+        limits = self._limits
+        rate = (
+            f"at most {limits.rate_limit_hashes_per_s:g} hashes per second (bursts of "
+            f"{limits.rate_limit_hashes_burst}) per caller, each call counting one more"
+        )
+        if units > limits.rate_limit_hashes_burst:
+            return (
+                f"a message asking for {units} hashes is more than the gateway allows ({rate}); "
+                "send smaller batches"
+            )
+        return f"rate limit exceeded: {rate}; slow down and retry"
 
     async def _parse_one(
         self, call: _Call, raw: bytes, context: Context, deserializer: Deserializer
     ) -> Any:
-        return await self._checked(call, raw, context, deserializer)
+        return await self._checked(call, raw, context, deserializer, streamed=False)
 
     async def _parse_stream(
         self, call: _Call, raw: AsyncIterator[bytes], context: Context, deserializer: Deserializer
@@ -242,7 +270,13 @@ class GatewayInterceptor(ServerInterceptor):
         return requests()
 
     async def _checked(
-        self, call: _Call, raw: bytes, context: Context, deserializer: Deserializer
+        self,
+        call: _Call,
+        raw: bytes,
+        context: Context,
+        deserializer: Deserializer,
+        *,
+        streamed: bool = True,
     ) -> Any:
         if len(raw) > self._limits.max_request_bytes:
             await self._refuse(
@@ -253,17 +287,32 @@ class GatewayInterceptor(ServerInterceptor):
                 f"accepts at most {self._limits.max_request_bytes} per message: send smaller "
                 "batches",
             )
-        if deserializer is None:
-            return raw
-        try:
-            return deserializer(raw)
-        except Exception:
+        message: Any = raw  # forwarded as it came: the service behind decodes it
+        request_class = request_class_of(deserializer)
+        if request_class is not None:
+            index = call.requests.count - 1 if streamed else None
+            try:
+                message = decode_request(request_class, raw, stream_index=index)
+            except InvalidArgument as error:
+                await self._record(call, grpc.StatusCode.INVALID_ARGUMENT.name)
+                call.recorded = True
+                await abort_with(context, error)  # its BadRequest detail names the field
+        elif deserializer is not None:  # not a generated message type: parse as it says
+            try:
+                message = deserializer(raw)
+            except Exception:
+                await self._refuse(
+                    call,
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"request message {call.requests.count} is not valid for {call.method}",
+                )
+        units = units_of(call.method, message)
+        if units and call.caller and not self._limiter.try_acquire(call.caller.uri, units):
             await self._refuse(
-                call,
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"request message {call.requests.count} is not a valid message for {call.method}",
+                call, context, grpc.StatusCode.RESOURCE_EXHAUSTED, self._rate_message(units)
             )
+        return message
 
     def _deadline_s(self, method: str) -> float:
         if method in LONG_STREAM_METHODS:
@@ -297,7 +346,11 @@ class GatewayInterceptor(ServerInterceptor):
         await _abort(context, code, message)
 
     async def _finish(self, call: _Call, context: Context, error: BaseException | None) -> bool:
-        """Write the call's audit record unless a refusal already did."""
+        """Leave the caller's calls in flight; write the call's audit record unless a refusal
+        already did."""
+        if call.in_flight and call.caller is not None:
+            self._in_flight.leave(call.caller.uri)
+            call.in_flight = False
         if call.recorded:
             return True
         return await self._record(call, _status_name(context, error))

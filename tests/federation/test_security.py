@@ -22,7 +22,7 @@ import pytest
 
 from hashex.v1 import federation_pb2, federation_pb2_grpc, registry_pb2, registry_pb2_grpc
 from services.core import tls
-from tests.federation.harness import Agency, cli, federation, wait_for
+from tests.federation.harness import Agency, cli, federation
 from tests.federation.rogue import (
     ORIGIN,
     RECEIVER,
@@ -35,6 +35,7 @@ from tests.federation.rogue import (
     unchanged,
 )
 from tests.registry.node_harness import md5, submission
+from tests.waiting import wait_for
 
 PULL = "/hashex.v1.Federation/Pull"
 CALL_TIMEOUT_S = 10.0
@@ -297,7 +298,7 @@ async def test_an_oversized_request_is_refused_and_applies_nothing(
 async def test_a_flood_beyond_the_rate_limit_is_refused_and_applies_nothing(
     pg_server: Any, tmp_path: Path
 ) -> None:
-    config = "rate_limit_per_s = 2.0\nrate_limit_burst = 5\n"
+    config = "rate_limit_hashes_per_s = 2.0\nrate_limit_hashes_burst = 10\n"
     async with lone_node(tmp_path, pg_server, config) as node:
         registry = registry_pb2_grpc.RegistryStub(node.unit_channel())
 

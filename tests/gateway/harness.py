@@ -26,7 +26,7 @@ from services.core.signing import Keyring, create_first_key
 from services.core.trust import TrustStore, make_card, pin_card
 from services.gateway.app import RunningGateway, start_gateway
 from services.registry.cases import CaseSealer
-from services.registry.pdq_index import PdqIndex
+from services.registry.pdq_indexes import PdqIndexes
 from services.registry.registry import Registry
 from services.registry.servicer import RegistryServicer
 from services.registry.store import RegistryStore
@@ -74,6 +74,7 @@ class FederationForTests(federation_pb2_grpc.FederationServicer):
     def __init__(self) -> None:
         self.callers: list[Caller] = []
         self.release = asyncio.Event()
+        self._arrived = asyncio.Condition()
 
     def binding(self) -> ServiceBinding:
         return ServiceBinding(
@@ -95,9 +96,18 @@ class FederationForTests(federation_pb2_grpc.FederationServicer):
         request: federation_pb2.PeerLookupRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> federation_pb2.PeerLookupResponse:
-        self.callers.append(current_caller())
+        async with self._arrived:
+            self.callers.append(current_caller())
+            self._arrived.notify_all()
         await self.release.wait()
         return federation_pb2.PeerLookupResponse()
+
+    async def callers_at_least(self, count: int) -> None:
+        """Return once `count` calls have reached the servicer."""
+        async with self._arrived:
+            await asyncio.wait_for(
+                self._arrived.wait_for(lambda: len(self.callers) >= count), CALL_TIMEOUT_S
+            )
 
 
 @dataclass
@@ -158,8 +168,8 @@ def gateway_config(data_dir: Path, **settings: Any) -> NodeConfig:
         node_id=OWN,
         data_dir=data_dir,
         gateway_listen="127.0.0.1:0",
-        rate_limit_per_s=1000.0,
-        rate_limit_burst=1000,
+        rate_limit_hashes_per_s=1000.0,
+        rate_limit_hashes_burst=1000,
         shutdown_grace_s=1.0,
     )
     return replace(base, **settings)
@@ -183,7 +193,7 @@ async def running_gateway(
     trust = TrustStore(peers_dir, pki.own.certificate_pem, own_node_id=OWN)
     database = database_of(pool)
     store = RegistryStore(node_id=OWN, sealer=CaseSealer(bytes(range(32))))
-    registry = Registry(database=database, store=store, index=PdqIndex(), node_id=OWN)
+    registry = Registry(database=database, store=store, index=PdqIndexes(), node_id=OWN)
     federation = FederationForTests()
     clock = FakeClock()
     running = await start_gateway(

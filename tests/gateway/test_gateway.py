@@ -3,6 +3,7 @@ the audit log. Each refusal is checked for the status the client sees and its au
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -236,7 +237,7 @@ async def test_flood_beyond_the_rate_limit_is_refused_and_audited(
     db_pool: Any, tmp_path: Path, pki: Pki
 ) -> None:
     async with running_gateway(
-        db_pool, tmp_path, pki, rate_limit_per_s=1.0, rate_limit_burst=3
+        db_pool, tmp_path, pki, rate_limit_hashes_per_s=1.0, rate_limit_hashes_burst=3
     ) as gateway:
         registry = _registry(gateway.channel(gateway.unit()))
 
@@ -255,6 +256,59 @@ async def test_flood_beyond_the_rate_limit_is_refused_and_audited(
         await stats()
         statuses = [r.entry.status for r in await gateway.audit()]
         assert statuses == ["OK", "OK", "OK", "RESOURCE_EXHAUSTED", "OK", "OK"]
+
+
+def _md5_lookup(count: int, start: int = 0) -> registry_pb2.LookupRequest:
+    return registry_pb2.LookupRequest(
+        signals=[
+            common_pb2.Signal(algorithm=common_pb2.HASH_ALGORITHM_MD5, value=f"{n:032x}")
+            for n in range(start, start + count)
+        ]
+    )
+
+
+async def test_the_rate_limit_charges_hashes_not_calls(
+    db_pool: Any, tmp_path: Path, pki: Pki
+) -> None:
+    """One caller's 10,000-hash lookups once cost it what one-hash calls did: one token each."""
+    async with running_gateway(
+        db_pool, tmp_path, pki, rate_limit_hashes_per_s=100.0, rate_limit_hashes_burst=1000
+    ) as gateway:
+        registry = _registry(gateway.channel(gateway.unit()))
+        await registry.Lookup(_md5_lookup(600), timeout=CALL_TIMEOUT_S)  # 601 of 1,000
+        error = await refused(lambda: registry.Lookup(_md5_lookup(600), timeout=CALL_TIMEOUT_S))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "at most 100 hashes per second (bursts of 1000)" in (error.details() or "")
+        other = _registry(gateway.channel(gateway.unit("other-desk")))
+        await other.Lookup(_md5_lookup(600), timeout=CALL_TIMEOUT_S)  # a budget of its own
+        too_big = await refused(lambda: other.Lookup(_md5_lookup(2000), timeout=CALL_TIMEOUT_S))
+        assert "send smaller batches" in (too_big.details() or "")
+        gateway.clock.now += 6.0  # 600 hashes refilled
+        await registry.Lookup(_md5_lookup(500), timeout=CALL_TIMEOUT_S)
+        statuses = [r.entry.status for r in await gateway.audit()]
+        assert statuses == ["OK", "RESOURCE_EXHAUSTED", "OK", "RESOURCE_EXHAUSTED", "OK"]
+
+
+async def test_one_caller_holds_at_most_its_share_of_calls_in_flight(
+    db_pool: Any, tmp_path: Path, pki: Pki
+) -> None:
+    async with running_gateway(db_pool, tmp_path, pki, max_calls_in_flight_per_caller=2) as gateway:
+        stub = _federation(gateway.channel(gateway.peer()))
+        waiting = [
+            asyncio.ensure_future(
+                stub.PeerLookup(federation_pb2.PeerLookupRequest(), timeout=CALL_TIMEOUT_S)
+            )
+            for _ in range(2)
+        ]
+        await gateway.federation.callers_at_least(2)
+        third = await refused(
+            lambda: stub.PeerLookup(federation_pb2.PeerLookupRequest(), timeout=CALL_TIMEOUT_S)
+        )
+        assert third.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "at most 2 calls of one caller run at a time" in (third.details() or "")
+        gateway.federation.release.set()
+        await asyncio.gather(*waiting)
+        await stub.PeerLookup(federation_pb2.PeerLookupRequest(), timeout=CALL_TIMEOUT_S)
 
 
 async def test_calls_longer_than_the_deadline_are_ended(

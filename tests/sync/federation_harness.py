@@ -18,7 +18,7 @@ from services.core.signing import Keyring, create_first_key
 from services.core.trust import TrustStore, make_card, pin_card
 from services.gateway.app import RunningGateway, start_gateway
 from services.registry.cases import CaseSealer
-from services.registry.pdq_index import PdqIndex
+from services.registry.pdq_indexes import PdqIndexes
 from services.registry.registry import Registry
 from services.registry.servicer import RegistryServicer
 from services.registry.store import RegistryStore
@@ -68,8 +68,8 @@ async def started_node(
         node_id=node_id,
         data_dir=data_dir,
         gateway_listen="127.0.0.1:0",
-        rate_limit_per_s=10_000.0,
-        rate_limit_burst=10_000,
+        rate_limit_hashes_per_s=10_000.0,
+        rate_limit_hashes_burst=10_000,
         shutdown_grace_s=2.0,
         **settings,
     )
@@ -77,7 +77,7 @@ async def started_node(
     trust = TrustStore(config.peers_dir, ca.certificate_pem, own_node_id=node_id)
     database = database_of(pool)
     store = RegistryStore(node_id=node_id, sealer=CaseSealer(bytes(32)))
-    registry = Registry(database=database, store=store, index=PdqIndex(), node_id=node_id)
+    registry = Registry(database=database, store=store, index=PdqIndexes(), node_id=node_id)
     rejections: list[tuple[str, BatchRejected]] = []
 
     async def audit_rejection(peer_id: str, rejected: BatchRejected) -> None:
