@@ -19,12 +19,14 @@ import grpc
 from hashex.v1 import registry_pb2_grpc
 from services.cli import exit_codes
 from services.core.config import CONFIG_FILE, NodeConfig
-from services.core.errors import HashexError, InvalidArgument
+from services.core.errors import DATABASE_UNREACHABLE, HashexError, InvalidArgument
 from services.core.tls import channel_credentials, load_certified_key
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "hashex"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 120.0
+# How the node's own UNAVAILABLE answers begin, as opposed to a connection that never reached it.
+_ANSWERED_UNAVAILABLE = DATABASE_UNREACHABLE.split(" is ")[0]
 
 
 class CommandFailed(Exception):
@@ -142,6 +144,9 @@ def rpc_failure(error: grpc.RpcError, address: str) -> CommandFailed:
     details = error.details() if isinstance(error, grpc.Call) else str(error)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return CommandFailed(exit_codes.BAD_INPUT, f"rejected by the node: {details}")
+    if code == grpc.StatusCode.UNAVAILABLE and details.startswith(_ANSWERED_UNAVAILABLE):
+        # The node answered: its database is out of reach (the details say what was stored).
+        return CommandFailed(exit_codes.NODE_ERROR, f"the node is unavailable: {details}")
     if code == grpc.StatusCode.UNAVAILABLE:
         return CommandFailed(
             exit_codes.NODE_ERROR,

@@ -68,5 +68,9 @@ class PermissionDenied(HashexError):
     """The caller may not do this."""
 
 
+# What a call is told while the node's database cannot be reached (a state, not a server bug).
+DATABASE_UNREACHABLE = "the node's database is unreachable right now; retry later"
+
+
 class Unavailable(HashexError):
     """A dependency (database, peer) cannot be reached right now; retrying may succeed."""

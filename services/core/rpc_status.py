@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 
 from services.core.db.health import is_connection_failure
 from services.core.errors import (
+    DATABASE_UNREACHABLE,
     FailedPrecondition,
     HashexError,
     InvalidArgument,
@@ -44,7 +45,6 @@ STATUS_OF: dict[type[HashexError], grpc.StatusCode] = {
 }
 
 INTERNAL_MESSAGE = "internal error on the node; the operator can find it in the node's log"
-DATABASE_UNREACHABLE_MESSAGE = "the node's database is unreachable right now; retry later"
 
 
 def status_code_of(error: HashexError) -> grpc.StatusCode:
@@ -58,9 +58,7 @@ def to_rpc_status(error: BaseException) -> status_pb2.Status:
     """A google.rpc.Status for `error`; InvalidArgument carries a BadRequest detail."""
     if not isinstance(error, HashexError):
         if is_connection_failure(error):
-            return status_pb2.Status(
-                code=code_pb2.UNAVAILABLE, message=DATABASE_UNREACHABLE_MESSAGE
-            )
+            return status_pb2.Status(code=code_pb2.UNAVAILABLE, message=DATABASE_UNREACHABLE)
         return status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE)
     code = status_code_of(error)
     status = status_pb2.Status(code=code.value[0], message=str(error))

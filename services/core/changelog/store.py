@@ -11,7 +11,7 @@ the state a writer reads back for an entry is exactly the state its transaction 
 An entry is stored as the exact bytes of a serialized hashex.v1.ChangeEntry; senders pass those
 bytes through unchanged (and sign them) instead of re-serialising. This module never parses
 them: what an entry holds is its writer's business (services.registry.change_entries,
-services.sync.keys).
+services.sync.entries).
 """
 
 from __future__ import annotations

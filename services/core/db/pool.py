@@ -27,7 +27,7 @@ from services.core.db.health import (
     is_connection_failure,
     probe_by_connecting,
 )
-from services.core.errors import FailedPrecondition, Unavailable
+from services.core.errors import DATABASE_UNREACHABLE, FailedPrecondition, Unavailable
 
 _log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ _KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I
 _QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
 
 
-UNREACHABLE = "the node's database is unreachable right now; retry later"
 _PROBE_TIMEOUT_S = 5.0
 _PROBE_INTERVAL_S = 5.0
 
@@ -123,7 +122,7 @@ class Database:
             if not is_connection_failure(error):
                 raise
             self.health.report_failure(error)
-            raise Unavailable(UNREACHABLE) from error
+            raise Unavailable(DATABASE_UNREACHABLE) from error
         self.health.report_success()
 
     async def close(self) -> None:
