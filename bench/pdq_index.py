@@ -8,6 +8,12 @@ throughput, recall of the planted pairs, and how many answers differ from the re
 
     .venv/bin/python bench/pdq_index.py --n 1000000
     .venv/bin/python bench/pdq_index.py --n 10000000 --flat-queries 200 --skip-faiss-multihash
+    .venv/bin/python bench/pdq_index.py --n 2000000 --thresholds 31,48,64
+
+With --thresholds every variant is built once and measured at each threshold in turn; results
+are named `<variant>_t<threshold>`, and each carries `vs_reference` (the reference's median at
+the same threshold / its own) and `batch_vs_reference` (its batch throughput / the reference's).
+The multi-hash layout is defined for 31 only (16 tables, one bit flip) and runs at 31 alone.
 """
 
 from __future__ import annotations
@@ -36,14 +42,13 @@ class Workload:
     words: Words  # (rows, 4): row id = position
     queries: Words  # (queries, 4)
     planted: dict[int, int]  # query number -> the near-duplicate row it must find
-    threshold: int
 
     @property
     def query_bytes(self) -> npt.NDArray[np.uint8]:
         return self.queries.view(np.uint8).reshape(-1, 32)
 
 
-def make_workload(n: int, planted: int, queries: int, seed: int, threshold: int) -> Workload:
+def make_workload(n: int, planted: int, queries: int, seed: int) -> Workload:
     """Random hashes; `planted` of them get a copy with 1..31 bits flipped appended."""
     rng = np.random.default_rng(seed)
     words = rng.integers(0, 2**64, size=(n + planted, 4), dtype=np.uint64)
@@ -59,7 +64,7 @@ def make_workload(n: int, planted: int, queries: int, seed: int, threshold: int)
     query_words = np.concatenate([words[sources[picked]], fresh])
     order = rng.permutation(queries)
     wanted = {int(np.flatnonzero(order == i)[0]): n + int(p) for i, p in enumerate(picked)}
-    return Workload(words, query_words[order], wanted, threshold)
+    return Workload(words, query_words[order], wanted)
 
 
 class Variant(ABC):
@@ -67,6 +72,7 @@ class Variant(ABC):
 
     name = ""
     build_s = 0.0
+    threshold = 31  # set by `measure` before any query
 
     @abstractmethod
     def build(self, work: Workload) -> None: ...
@@ -89,7 +95,6 @@ class Hashex(Variant):
         values = _split(work.words)
         rows = list(range(len(values)))
         self.queries = _split(work.queries)
-        self.threshold = work.threshold
         self.index = PdqIndex()
         start = time.perf_counter()
         self.index.add(rows, values)
@@ -124,7 +129,6 @@ class FaissRange(Variant):
     def build(self, work: Workload) -> None:
         data = work.words.view(np.uint8).reshape(-1, 32)
         self.queries = work.query_bytes
-        self.radius = work.threshold + 1
         self.index = self.factory()
         start = time.perf_counter()
         self.index.add(data)
@@ -139,7 +143,7 @@ class FaissRange(Variant):
         return self._answers(self.queries)
 
     def _answers(self, queries: npt.NDArray[np.uint8]) -> list[Answer]:
-        limits, distances, ids = self.index.range_search(queries, self.radius)
+        limits, distances, ids = self.index.range_search(queries, self.threshold + 1)
         return [
             frozenset(zip(ids[a:b].tolist(), distances[a:b].tolist(), strict=True))
             for a, b in pairwise(limits.tolist())
@@ -160,7 +164,7 @@ class NumpyBrute(Variant):
         dist = np.bitwise_count(self.columns[0] ^ query[0]).astype(np.int64)
         for j in range(1, 4):
             dist += np.bitwise_count(self.columns[j] ^ query[j])
-        rows = np.flatnonzero(dist <= self.work.threshold)
+        rows = np.flatnonzero(dist <= self.threshold)
         return frozenset(zip(rows.tolist(), dist[rows].tolist(), strict=True))
 
     def query_all(self) -> list[Answer]:
@@ -180,18 +184,38 @@ def make_multihash() -> faiss.IndexBinary:
 
 
 def measure(
-    variant: Variant, work: Workload, single: Sequence[int], repeat: int, batch: bool
-) -> tuple[Result, dict[int, Answer]]:
-    """Build, then time single queries (after a short warm-up) and, if asked, whole batches."""
+    variant: Variant,
+    work: Workload,
+    single: Sequence[int],
+    repeat: int,
+    batch: bool,
+    thresholds: Sequence[int],
+) -> dict[int, tuple[Result, dict[int, Answer]]]:
+    """Build once, then at each threshold time single queries (after a short warm-up) and, if
+    asked, whole batches. Build time and memory are reported with every threshold's result."""
     progress(f"{variant.name}: building over {len(work.words):,} hashes")
     before = rss_mib()
     variant.build(work)
-    result: Result = {"build_s": round(variant.build_s, 3), "rss_mib": round(rss_mib() - before, 1)}
+    built: Result = {"build_s": round(variant.build_s, 3), "rss_mib": round(rss_mib() - before, 1)}
     if (index_mib := variant.index_mib()) is not None:
-        result["index_mib"] = round(index_mib, 1)
+        built["index_mib"] = round(index_mib, 1)
+    return {t: _measure_at(variant, work, single, repeat, batch, t, built) for t in thresholds}
+
+
+def _measure_at(
+    variant: Variant,
+    work: Workload,
+    single: Sequence[int],
+    repeat: int,
+    batch: bool,
+    threshold: int,
+    built: Result,
+) -> tuple[Result, dict[int, Answer]]:
+    variant.threshold = threshold
+    result = dict(built)
     for i in single[:10]:
         variant.query(i)
-    progress(f"{variant.name}: {len(single)} single queries")
+    progress(f"{variant.name}: {len(single)} single queries at threshold {threshold}")
     answers: dict[int, Answer] = {}
     seconds = []
     for i in single:
@@ -221,6 +245,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--planted", type=int, default=500, help="near duplicates planted")
     parser.add_argument("--seed", type=int, default=20261101)
     parser.add_argument("--threshold", type=int, default=31)
+    parser.add_argument(
+        "--thresholds",
+        type=_thresholds,
+        default=None,
+        help="comma-separated thresholds to sweep (0-256), e.g. 31,48,64; overrides --threshold",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="batch runs (median is kept)")
     parser.add_argument("--flat-queries", type=int, default=None, help="single queries, flat")
     parser.add_argument("--numpy-queries", type=int, default=100, help="single queries, numpy")
@@ -230,52 +260,84 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _thresholds(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if not values or any(not 0 <= v <= 256 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"thresholds must be distinct, 0-256: {text!r}")
+    return values
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    sweep = args.thresholds is not None
+    thresholds: list[int] = args.thresholds if sweep else [args.threshold]
     progress(f"generating {args.n:,} hashes + {args.planted} planted, {args.queries} queries")
-    work = make_workload(args.n, args.planted, args.queries, args.seed, args.threshold)
+    work = make_workload(args.n, args.planted, args.queries, args.seed)
     everything = list(range(args.queries))
     threads = faiss.omp_get_max_threads()
-    plan: list[tuple[Variant, Sequence[int], bool]] = [(Hashex(), everything, True)]
-    if not args.skip_faiss_multihash:
-        plan.append((FaissRange("faiss_multihash", make_multihash, threads), everything, True))
+    plan: list[tuple[Variant, Sequence[int], bool, list[int]]] = [
+        (Hashex(), everything, True, thresholds)
+    ]
+    if not args.skip_faiss_multihash and 31 in thresholds:
+        multihash = FaissRange("faiss_multihash", make_multihash, threads)
+        plan.append((multihash, everything, True, [31]))
     if not args.skip_numpy:
-        plan.append((NumpyBrute(), everything[: args.numpy_queries], False))
+        plan.append((NumpyBrute(), everything[: args.numpy_queries], False, thresholds))
     if not args.skip_faiss_flat:
         flat = FaissRange("faiss_flat", lambda: faiss.IndexBinaryFlat(256), threads)
-        plan.append((flat, everything[: args.flat_queries], True))
-    results, answers = run_all(plan, work, args.repeat)
-    reference = next(
-        (v for v in ("faiss_flat", "numpy_brute", "faiss_multihash") if v in results), "hashex"
-    )
-    count_mismatches(results, answers, reference)
+        plan.append((flat, everything[: args.flat_queries], True, thresholds))
+    measured = run_all(plan, work, args.repeat)
+    results: dict[str, Result] = {}
+    references: list[str] = []
+    for threshold in thresholds:
+        suffix = f"_t{threshold}" if sweep else ""
+        at = {name: runs[threshold] for name, runs in measured.items() if threshold in runs}
+        reference = next(
+            (v for v in ("faiss_flat", "numpy_brute", "faiss_multihash") if v in at), "hashex"
+        )
+        count_mismatches(at, reference)
+        compare_with_reference(at, reference)
+        results |= {f"{name}{suffix}": result for name, (result, _) in at.items()}
+        references.append(f"{reference}{suffix}")
     params = {k: v for k, v in vars(args).items() if not k.startswith("skip")}
     params |= {"variants": list(results), "faiss_batch_threads": threads}
     info = machine(numpy=np.__version__, faiss=faiss.__version__)
-    emit("pdq_index", params, info, results, reference)
+    emit("pdq_index", params, info, results, references[0])
 
 
 def run_all(
-    plan: list[tuple[Variant, Sequence[int], bool]], work: Workload, repeat: int
-) -> tuple[dict[str, Result], dict[str, dict[int, Answer]]]:
-    results: dict[str, Result] = {}
-    answers: dict[str, dict[int, Answer]] = {}
-    for variant, single, batch in plan:
-        results[variant.name], answers[variant.name] = measure(variant, work, single, repeat, batch)
-        progress(f"{variant.name}: {results[variant.name]}")
+    plan: list[tuple[Variant, Sequence[int], bool, list[int]]], work: Workload, repeat: int
+) -> dict[str, dict[int, tuple[Result, dict[int, Answer]]]]:
+    measured: dict[str, dict[int, tuple[Result, dict[int, Answer]]]] = {}
+    for variant, single, batch, thresholds in plan:
+        measured[variant.name] = measure(variant, work, single, repeat, batch, thresholds)
+        for threshold, (result, _) in measured[variant.name].items():
+            progress(f"{variant.name} at {threshold}: {result}")
         del variant
-    return results, answers
+    return measured
 
 
-def count_mismatches(
-    results: dict[str, Result], answers: dict[str, dict[int, Answer]], reference: str
-) -> None:
+def count_mismatches(at: dict[str, tuple[Result, dict[int, Answer]]], reference: str) -> None:
     """Answers differing from the reference's, on the queries both ran: must be 0 for hashex."""
-    truth = answers[reference]
-    for name, given in answers.items():
+    truth = at[reference][1]
+    for name, (result, given) in at.items():
         if name != reference:
             common = truth.keys() & given.keys()
-            results[name]["mismatches"] = sum(truth[q] != given[q] for q in common)
+            result["mismatches"] = sum(truth[q] != given[q] for q in common)
+
+
+def compare_with_reference(at: dict[str, tuple[Result, dict[int, Answer]]], reference: str) -> None:
+    """Each variant's standing against the reference at the same threshold: > 1 is faster."""
+    base = at[reference][0]
+    for name, (result, _) in at.items():
+        if name != reference:
+            if result.get("median_ms"):
+                result["vs_reference"] = round(base["median_ms"] / result["median_ms"], 3)
+            if "per_s" in result and "per_s" in base:
+                result["batch_vs_reference"] = round(result["per_s"] / base["per_s"], 3)
 
 
 if __name__ == "__main__":

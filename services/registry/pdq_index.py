@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,8 +98,12 @@ class _Part:
             return entries
         return entries.without_rows(self.dead_rows)
 
-    def search(self, queries: Words, max_distance: int, limit: int | None) -> Matches:
-        return self.segment.search(queries, max_distance, dead_rows=self.dead_rows, limit=limit)
+    def search(
+        self, queries: Words, max_distance: int, limit: int | None, helper: Executor | None
+    ) -> Matches:
+        return self.segment.search(
+            queries, max_distance, dead_rows=self.dead_rows, limit=limit, helper=helper
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,12 +145,19 @@ class PdqIndex:
     def __init__(
         self, *, delta_limit: int = 4096, build_threads: int = 2, query_threads: int = 2
     ) -> None:
-        """`build_threads` sort chunk tables in parallel; `query_threads` split `query_many`."""
+        """`build_threads` sort chunk tables in parallel; `query_threads` split `query_many`,
+        and with two or more a lone query's scan of a large segment runs on two threads (the
+        helper's thread is started on first use)."""
         if delta_limit < 1 or build_threads < 1 or query_threads < 1:
             raise ValueError("delta_limit, build_threads and query_threads must be at least 1")
         self._delta_limit = delta_limit
         self._build_threads = build_threads
         self._query_threads = query_threads
+        self._scan_helper = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdq-scan")
+            if query_threads > 1
+            else None
+        )
         self._state = _State((), Entries.empty())
         self._write_lock = threading.Lock()
         self._merge_lock = threading.Lock()
@@ -216,7 +227,8 @@ class PdqIndex:
         value); only the first `limit` of them when a limit is given."""
         _check_distance(max_distance)
         _check_limit(limit)
-        return _search(self._state, _pack_one(value)[None, :], max_distance, limit)[0]
+        one = _pack_one(value)[None, :]
+        return _search(self._state, one, max_distance, limit, self._scan_helper)[0]
 
     def query_many(
         self, values: Sequence[bytes], max_distance: int, *, limit: int | None = None
@@ -231,7 +243,7 @@ class PdqIndex:
         threads = min(self._query_threads, len(blocks))
 
         def search(queries: Words) -> list[list[NearHit]]:
-            return _search(state, queries, max_distance, limit)
+            return _search(state, queries, max_distance, limit, None)
 
         if threads <= 1:
             return [hits for queries in blocks for hits in search(queries)]
@@ -354,11 +366,15 @@ def _full_merge_start(parts: tuple[_Part, ...]) -> int | None:
 
 
 def _search(
-    state: _State, queries: Words, max_distance: int, limit: int | None
+    state: _State,
+    queries: Words,
+    max_distance: int,
+    limit: int | None,
+    helper: Executor | None,
 ) -> list[list[NearHit]]:
     """Answers for a batch of queries, each sorted by (distance, row_id, value) and cut to
     `limit` before any NearHit is made."""
-    found = [part.search(queries, max_distance, limit) for part in state.parts]
+    found = [part.search(queries, max_distance, limit, helper) for part in state.parts]
     if len(state.delta):
         found.append(state.delta.scan(queries, max_distance, np.empty(0, np.int64), limit))
     return _near_hits(Matches.concatenate(found).nearest(limit), queries.shape[0])

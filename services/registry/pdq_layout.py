@@ -39,6 +39,12 @@ SCAN_CALL_UNITS = 7_000.0
 CACHED_SCAN_UNITS = 0.55
 CACHED_SCAN_BYTES = 12 << 20
 STREAMED_SCAN_BYTES = 32 << 20
+# A lone query's scan split over two threads takes this much less time (measured 1.3-1.6x at
+# 1M-2.2M hashes on 2 shared cores; less than 2x since both halves share memory bandwidth).
+SPLIT_SCAN_GAIN = 1.3
+# Searched in a batch, a query shares a numpy call with the others of its block (its fixed
+# cost is divided by at least this many) and scans codes tile by tile, so they stay cached.
+BATCH_SHARE = 16
 # A plan this large is never worth building (its masks alone would be tens of MiB).
 _MAX_PROBES = 1 << 20
 
@@ -48,11 +54,16 @@ class ProbePrices:
     """What probing costs with one layout, in units: the fixed cost of one search (its numpy
     calls), one probe (a key, a bounds read, a range to expand), one candidate (a position
     read, a 32-byte gather, a popcount). A layout's bounds table sets the probe's price: 4 MiB
-    for 16-bit chunks stays in cache, 128 MiB for 21-22-bit chunks does not."""
+    for 16-bit chunks stays in cache, 128 MiB for 21-22-bit chunks does not.
+
+    `batch_candidate` is a candidate's price when many queries are verified together: the
+    query words are gathered per candidate rather than XORed as scalars, about 1.3x the lone
+    query's price (measured 23-26 units at 1M, distances 31-48, groups of 64k candidates)."""
 
     call: float
     probe: float
     candidate: float
+    batch_candidate: float
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,7 @@ class ChunkLayout:
 
     widths: tuple[int, ...]
     design_size: int
-    prices: ProbePrices = ProbePrices(call=43_000.0, probe=9.3, candidate=18.6)
+    prices: ProbePrices = ProbePrices(call=43_000.0, probe=9.3, candidate=18.6, batch_candidate=25)
     offsets: tuple[int, ...] = field(init=False)
     bases: tuple[int, ...] = field(init=False)
     _word: npt.NDArray[np.intp] = field(init=False, repr=False)
@@ -129,34 +140,57 @@ class SearchEstimate:
     Probing costs prices.call + probes x prices.probe + candidates x prices.candidate; for
     uniformly random hashes the expected candidates are sum_i ball(width_i, t_i) x size /
     2^width_i. Scanning costs SCAN_CALL_UNITS + size x (CACHED_SCAN_UNITS while the codes fit
-    in cache, 1 once they stream from memory).
+    in cache, 1 once they stream from memory), SPLIT_SCAN_GAIN times less with `split` (a lone
+    query's scan run on two threads).
 
-    How the prices were measured: `bench/pdq_index.py --calibrate` (2 shared cores, 2026-12),
-    single queries on random hashes at 10k, 100k, 300k, 1M, 2M, 4M and 10M hashes and
-    distances 0-64, each size in the layout it gets. Per point, the median of 40 queries
-    probed (forced for every query) and scanned, and the candidates the probes read. The unit
-    is the scan's time per hash from 1M hashes on (1.0-1.1 ns; 0.55-0.6 ns up to 400k hashes,
-    whose codes stay cached); the probe prices are a least-squares fit, per layout, of probe
-    time on (1, probes, candidates) with each point weighted by 1 / time. The fit is within
-    0.8-1.25x of every point measured, and `PdqIndex.query` measured against `query_cost`
-    within 0.5-1.5x (the run's JSON is in bench/README.md).
+    How the prices were measured (2 shared cores, 2026-12; `Segment.probe(fall_back=False)`
+    against `Entries.scan`, the measuring script not kept): single queries on random hashes at
+    10k, 100k, 300k, 1M, 2M, 4M and 10M hashes and distances 0-64, each size in the layout it
+    gets. Per point, the median of 40 queries probed (forced for every query) and scanned, and
+    the candidates the probes read. The unit is the scan's time per hash from 1M hashes on
+    (1.0-1.1 ns; 0.55-0.6 ns up to 400k hashes, whose codes stay cached); the probe prices are a
+    least-squares fit, per layout, of probe time on (1, probes, candidates) with each point
+    weighted by 1 / time. The fit is within 0.8-1.25x of every point measured, and
+    `PdqIndex.query` measured against `query_cost` within 0.5-1.5x. `bench/pdq_index.py
+    --thresholds` checks the outcome against FAISS's brute-force scan (bench/README.md).
+
+    With `batch`, the prices are those of one query among many searched together: the call's
+    fixed cost shared (BATCH_SHARE), candidates at `batch_candidate`, and the scan at the
+    cached price per hash, since a batch scans its codes in tiles that stay in cache while
+    every query passes over them (measured 0.54-0.6 units per hash at 1M against 1.0 alone).
+    Without this a batch at distance 48 over 1M hashes probed at 1.1 ms a query where its
+    scan took 0.57 ms.
     """
 
     prices: ProbePrices
     size: int
     probes: int
     candidates: float
+    batch: bool = False
+    split: bool = False
 
     @property
     def probe_cost(self) -> float:
         if self.probes > _MAX_PROBES:
             return float("inf")
-        prices = self.prices
-        return prices.call + self.probes * prices.probe + self.candidates * prices.candidate
+        return self._probes_cost + self.candidates * self._candidate_price
 
     @property
     def scan_cost(self) -> float:
+        if self.batch:
+            return SCAN_CALL_UNITS / BATCH_SHARE + self.size * CACHED_SCAN_UNITS
+        if self.split:
+            return scan_cost(self.size) / SPLIT_SCAN_GAIN
         return scan_cost(self.size)
+
+    @property
+    def _probes_cost(self) -> float:
+        call = self.prices.call / BATCH_SHARE if self.batch else self.prices.call
+        return call + self.probes * self.prices.probe
+
+    @property
+    def _candidate_price(self) -> float:
+        return self.prices.batch_candidate if self.batch else self.prices.candidate
 
     @property
     def probe(self) -> bool:
@@ -170,8 +204,7 @@ class SearchEstimate:
     def probing_pays(self, candidates: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         """Per query, from the candidates its buckets actually hold (clustered data can hold
         far more than expected): whether reading them still costs less than a scan."""
-        spent = self.prices.call + self.probes * self.prices.probe
-        return spent + candidates * self.prices.candidate < self.scan_cost
+        return self._probes_cost + candidates * self._candidate_price < self.scan_cost
 
 
 def scan_cost(size: int) -> float:
@@ -181,11 +214,19 @@ def scan_cost(size: int) -> float:
     return SCAN_CALL_UNITS + size * per_hash
 
 
-def estimate_search(layout: ChunkLayout, size: int, max_distance: int) -> SearchEstimate:
-    """Probe or scan a segment of `size` hashes cut by `layout`; cheap (the plan's shape is
-    cached per layout and distance, the rest is arithmetic)."""
+def estimate_search(
+    layout: ChunkLayout,
+    size: int,
+    max_distance: int,
+    *,
+    batch: bool = False,
+    split: bool = False,
+) -> SearchEstimate:
+    """Probe or scan a segment of `size` hashes cut by `layout`, for a lone query (its scan
+    `split` over two threads or not) or one of a batch; cheap (the plan's shape is cached per
+    layout and distance, the rest is arithmetic)."""
     probes, density = _probe_shape(layout, max_distance)
-    return SearchEstimate(layout.prices, size, probes, density * size)
+    return SearchEstimate(layout.prices, size, probes, density * size, batch, split)
 
 
 @cache
@@ -242,13 +283,18 @@ def _flip_masks(width: int, radius: int) -> npt.NDArray[np.int64]:
     return np.array(masks, dtype=np.int64)
 
 
+# WIDE's batch candidate price: what batches of 128 cost over lone queries at 2.2M hashes,
+# distances 40-52, put on the candidates (probes rise in step with them; 48-55 units).
+BATCH_WIDE = 52.0
 NARROW = ChunkLayout(
-    (16,) * 16, design_size=1 << 20, prices=ProbePrices(call=43_000.0, probe=9.3, candidate=18.6)
+    (16,) * 16,
+    design_size=1 << 20,
+    prices=ProbePrices(call=43_000.0, probe=9.3, candidate=18.6, batch_candidate=25.0),
 )
 WIDE = ChunkLayout(
     (22, 21, 21) * 4,
     design_size=10_000_000,
-    prices=ProbePrices(call=47_000.0, probe=18.0, candidate=25.0),
+    prices=ProbePrices(call=47_000.0, probe=18.0, candidate=25.0, batch_candidate=BATCH_WIDE),
 )
 # From this many hashes on, WIDE's smaller buckets beat NARROW's fewer probes.
 WIDE_FROM = 1 << 21

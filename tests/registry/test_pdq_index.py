@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -33,6 +34,7 @@ from services.registry.pdq_layout import (
 from services.registry.pdq_segment import (
     BLOCK_BYTES,
     QUERY_BLOCK,
+    SPLIT_SCAN_FROM,
     Entries,
     Segment,
     groups_within,
@@ -253,13 +255,57 @@ def test_a_million_hashes_are_scanned_at_64_and_probed_at_31() -> None:
     assert not estimate_search(NARROW, 1000, 31).probe
 
 
-@given(size=st.integers(0, 50_000_000), layout=st.sampled_from([NARROW, WIDE]))
+def test_a_batch_at_48_over_a_million_hashes_scans_where_a_lone_query_probes() -> None:
+    """Measured: a batch scans its codes from cache (0.57 ms a query at 1M) and verifies
+    candidates at a higher price, so at 48 its probes (1.1 ms) cost more than its scan."""
+    assert estimate_search(NARROW, 1_000_000, 48).probe
+    assert not estimate_search(NARROW, 1_000_000, 48, batch=True).probe
+    assert estimate_search(NARROW, 1_000_000, 31, batch=True).probe
+    assert not estimate_search(WIDE, 2_200_000, 52, batch=True).probe
+    assert not estimate_search(WIDE, 2_200_000, 52, split=True).probe
+
+
+@given(
+    size=st.integers(0, 50_000_000),
+    layout=st.sampled_from([NARROW, WIDE]),
+    batch=st.booleans(),
+    split=st.booleans(),
+)
 def test_estimated_cost_grows_with_distance_and_never_passes_a_scan(
-    size: int, layout: ChunkLayout
+    size: int, layout: ChunkLayout, batch: bool, split: bool
 ) -> None:
-    costs = [estimate_search(layout, size, d).cost for d in range(65)]
+    costs = [estimate_search(layout, size, d, batch=batch, split=split).cost for d in range(65)]
     assert costs == sorted(costs)
     assert max(costs) <= SCAN_CALL_UNITS + size
+
+
+def test_a_lone_query_split_over_two_threads_answers_like_one_scan() -> None:
+    """Above SPLIT_SCAN_FROM a lone query's scan runs in two halves; matches on both sides of
+    the cut, tombstones and the limit come out as from one scan, and through the index."""
+    rng = np.random.default_rng(29)
+    count = SPLIT_SCAN_FROM + 1001
+    values = random_values(rng, count)
+    half = count // 2 & ~1
+    centre = values[half]
+    for at in (half - 3, half - 1, half + 1, half + 4, 5, count - 2):
+        values[at] = flip_bits(centre, rng, 3)
+    entries = Entries.from_words(np.arange(count), as_words(values))
+    query, dead = as_words([centre]), np.array([half + 4])
+    with ThreadPoolExecutor(max_workers=1) as helper:
+        for limit in (None, 2):
+            # Each part trims to `limit` on its own; the index trims again across parts.
+            split = entries.scan(query, 20, dead, limit, helper=helper).nearest(limit)
+            whole = entries.scan(query, 20, dead, limit).nearest(limit)
+            assert per_query(split, 1) == per_query(whole, 1)
+    found = per_query(entries.scan(query, 20, dead, None), 1)[0]
+    assert {hit.row_id for hit in found} == {half, half - 3, half - 1, half + 1, 5, count - 2}
+    index = PdqIndex()
+    index.add(list(range(count)), values)
+    index.rebuild()
+    index.remove_rows([half + 4])
+    assert not estimate_search(NARROW, count, 64, split=True).probe  # the index scans, split
+    assert index.query(centre, 64) == found
+    assert index.query(centre, 64, limit=2) == found[:2]
 
 
 def test_query_cost_is_monotone_and_capped_by_a_scan_of_everything_held() -> None:
