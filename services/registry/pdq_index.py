@@ -242,8 +242,11 @@ class PdqIndex:
         blocks = np.array_split(words, max(1, -(-len(values) // block)))
         threads = min(self._query_threads, len(blocks))
 
+        # A lone value is a lone query: its scan may be split like `query`'s.
+        helper = self._scan_helper if len(values) == 1 else None
+
         def search(queries: Words) -> list[list[NearHit]]:
-            return _search(state, queries, max_distance, limit, None)
+            return _search(state, queries, max_distance, limit, helper)
 
         if threads <= 1:
             return [hits for queries in blocks for hits in search(queries)]

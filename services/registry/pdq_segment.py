@@ -350,12 +350,15 @@ class Segment:
     def nbytes(self) -> int:
         return self.entries.nbytes + (self.tables.nbytes if self.tables is not None else 0)
 
-    def estimate(self, max_distance: int, *, batch: bool = False) -> SearchEstimate | None:
-        """The probe-or-scan estimate for one query (alone, or one of a batch), or None when
-        there is nothing to probe."""
+    def estimate(
+        self, max_distance: int, *, batch: bool = False, split: bool = False
+    ) -> SearchEstimate | None:
+        """The probe-or-scan estimate for one query (alone, its scan split or not, or one of a
+        batch), or None when there is nothing to probe."""
         if self.tables is None:
             return None
-        return estimate_search(self.tables.layout, len(self.entries), max_distance, batch=batch)
+        size = len(self.entries)
+        return estimate_search(self.tables.layout, size, max_distance, batch=batch, split=split)
 
     def cost(self, max_distance: int) -> float:
         """Expected cost of one query here, in units of one hash scanned (see SearchEstimate)."""
@@ -383,13 +386,10 @@ class Segment:
         """The live entries within `max_distance` of each query, at most `limit` (the nearest)
         per query: probed or scanned, whichever the estimate says is cheaper (priced for a lone
         query or for a batch, which scans from cache and verifies at a higher price)."""
-        if self.tables is None:
-            return self.entries.scan(queries, max_distance, dead_rows, limit, helper=helper)
         lone = queries.shape[0] == 1
         split = lone and helper is not None and len(self.entries) >= SPLIT_SCAN_FROM
-        layout, size = self.tables.layout, len(self.entries)
-        estimate = estimate_search(layout, size, max_distance, batch=not lone, split=split)
-        if not estimate.probe:
+        estimate = self.estimate(max_distance, batch=not lone, split=split)
+        if estimate is None or not estimate.probe:
             return self.entries.scan(queries, max_distance, dead_rows, limit, helper=helper)
         return self.probe(queries, max_distance, dead_rows=dead_rows, limit=limit)
 

@@ -306,6 +306,7 @@ def test_a_lone_query_split_over_two_threads_answers_like_one_scan() -> None:
     assert not estimate_search(NARROW, count, 64, split=True).probe  # the index scans, split
     assert index.query(centre, 64) == found
     assert index.query(centre, 64, limit=2) == found[:2]
+    assert index.query_many([centre], 64) == [found]
 
 
 def test_query_cost_is_monotone_and_capped_by_a_scan_of_everything_held() -> None:
