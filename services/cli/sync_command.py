@@ -1,15 +1,19 @@
 """`hashex sync status`: per peer, how far this node has replicated its log, the lag, and the
-last error; asked of the running node on its loopback port (Admin.GetSyncStatus)."""
+last error; `hashex sync quarantine`: the peers' entries this node set aside. Both asked of the
+running node on its loopback port (Admin.GetSyncStatus, Admin.ListQuarantine)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hashex.v1 import federation_pb2, federation_pb2_grpc
@@ -21,6 +25,8 @@ from services.cli.node_client import (
     rpc_failure,
     run_command,
 )
+
+M = TypeVar("M", bound=Message)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,18 +41,65 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     add_node_options(status)
     status.set_defaults(func=lambda ns: run_command(_status, ns))
+    quarantine = sync_sub.add_parser(
+        "quarantine",
+        help="entries of peers' batches this node could not apply",
+        description=(
+            "List the entries of peers' verified batches that this node set aside instead of "
+            "applying (invalid against the contract, out of order, another origin's record), "
+            "oldest first. The rest of each batch applied; these are never retried."
+        ),
+        epilog="example: hashex sync quarantine --peer us-hsi --data-dir ~/hashex/gb-nca",
+    )
+    quarantine.add_argument("--peer", default="", help="only this peer's entries")
+    quarantine.add_argument(
+        "--after", type=int, default=0, metavar="ID", help="entries after this id (to page on)"
+    )
+    quarantine.add_argument(
+        "--limit", type=_limit, default=100, help="at most this many (1-1000, default 100)"
+    )
+    quarantine.add_argument("--json", action="store_true", help="print the entries as JSON")
+    add_node_options(quarantine)
+    quarantine.set_defaults(func=lambda ns: run_command(_quarantine, ns))
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be 1-1000, not {value}")
+    return value
 
 
 def _status(ns: argparse.Namespace) -> int:
+    request = federation_pb2.GetSyncStatusRequest()
+    response = _ask(ns, lambda stub: stub.GetSyncStatus(request, timeout=ns.timeout))
+    _print(ns, response, render)
+    return exit_codes.OK
+
+
+def _quarantine(ns: argparse.Namespace) -> int:
+    request = federation_pb2.ListQuarantineRequest(
+        peer_id=ns.peer, after_id=max(ns.after, 0), limit=ns.limit
+    )
+    response = _ask(ns, lambda stub: stub.ListQuarantine(request, timeout=ns.timeout))
+    _print(ns, response, render_quarantine)
+    return exit_codes.OK
+
+
+def _ask(ns: argparse.Namespace, call: Callable[[federation_pb2_grpc.AdminStub], M]) -> M:
     address = node_address(ns)
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
     with grpc.insecure_channel(address, options=options) as channel:
         try:
-            response = federation_pb2_grpc.AdminStub(channel).GetSyncStatus(
-                federation_pb2.GetSyncStatusRequest(), timeout=ns.timeout
-            )
+            return call(federation_pb2_grpc.AdminStub(channel))
         except grpc.RpcError as error:
             raise rpc_failure(error, address) from None
+
+
+def _print(ns: argparse.Namespace, response: M, text: Callable[[M], str]) -> None:
     if ns.json:
         json.dump(
             MessageToDict(response, always_print_fields_with_no_presence=True),
@@ -55,15 +108,48 @@ def _status(ns: argparse.Namespace) -> int:
         )
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(render(response))
-    return exit_codes.OK
+        sys.stdout.write(text(response))
+
+
+def render_quarantine(response: federation_pb2.ListQuarantineResponse) -> str:
+    if not response.entries:
+        return "no quarantined entries\n"
+    header = ("ID", "PEER", "SEQ", "BYTES", "QUARANTINED", "REASON")
+    rows = [header] + [
+        (
+            str(e.id),
+            e.peer_id,
+            str(e.seq) if e.seq else "?",
+            str(e.entry_bytes),
+            _when(e.quarantined_at),
+            e.reason,
+        )
+        for e in response.entries
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    lines = [
+        "  ".join([*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)), r[-1]]) for r in rows
+    ]
+    if response.more:
+        lines.append(f"more entries follow: --after {response.entries[-1].id}")
+    return "\n".join(lines) + "\n"
 
 
 def render(response: federation_pb2.GetSyncStatusResponse) -> str:
     lines = [f"node {response.node_id}: local log at seq {response.local_last_seq}"]
     if not response.peers:
         lines.append("no pinned peers")
-    header = ("PEER", "ENDPOINT", "CURSOR", "PEER-LAST", "LAG", "APPLIED", "REJECTED", "LAST OK")
+    header = (
+        "PEER",
+        "ENDPOINT",
+        "CURSOR",
+        "PEER-LAST",
+        "LAG",
+        "APPLIED",
+        "REJECTED",
+        "QUARANTINED",
+        "LAST OK",
+    )
     rows = [header] + [
         (
             p.peer_id,
@@ -73,6 +159,7 @@ def render(response: federation_pb2.GetSyncStatusResponse) -> str:
             str(p.lag),
             str(p.applied_entries),
             str(p.rejected_batches),
+            str(p.quarantined_entries),
             _when(p.last_success_at if p.HasField("last_success_at") else None),
         )
         for p in response.peers

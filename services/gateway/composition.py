@@ -29,7 +29,7 @@ from services.registry.app import open_registry
 from services.registry.registry import Registry
 from services.registry.servicer import RegistryServicer
 from services.sync.app import RunningSync, start_sync
-from services.sync.audit_rejections import audit_rejections
+from services.sync.audit_rejections import audit_quarantines, audit_rejections
 from services.sync.federated_lookup import FederatedLookup
 from services.sync.store import MIGRATIONS
 from services.sync.units_servicer import UnitsServicer
@@ -96,6 +96,7 @@ async def start_node(config: NodeConfig) -> RunningNode:
             database=database,
             records=registry.store,
             on_rejected=audit_rejections(recorder.record, now=lambda: datetime.now(UTC)),
+            on_quarantined=audit_quarantines(recorder.record, now=lambda: datetime.now(UTC)),
             index=registry,
             trust=trust,
             lookup=registry_servicer.answer_lookup,

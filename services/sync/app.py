@@ -25,10 +25,17 @@ from services.core.peer_card import PeerCard
 from services.core.server import ServiceBinding
 from services.core.signing import Keyring
 from services.registry.store import RegistryStore
-from services.sync.batches import BatchRejected
+from services.sync.batches import BatchRejected, VerifiedBatch
 from services.sync.peer_client import PeerClients, PeerDirectory
 from services.sync.policy import SharingPolicy, load_policy
-from services.sync.puller import IndexSink, OnRejected, PeerPuller, PullDeps, PullSettings
+from services.sync.puller import (
+    IndexSink,
+    OnQuarantined,
+    OnRejected,
+    PeerPuller,
+    PullDeps,
+    PullSettings,
+)
 from services.sync.sender import LogSender
 from services.sync.servicer import AdminServicer, FederationServicer, LocalLookup
 from services.sync.status import SyncStatus, combine
@@ -39,6 +46,10 @@ _log = logging.getLogger(__name__)
 
 async def _log_rejection(peer_id: str, rejected: BatchRejected) -> None:
     _log.warning("rejected a batch from %s (%s): %s", peer_id, rejected.reason, rejected)
+
+
+async def _quarantine_logged_only(peer_id: str, batch: VerifiedBatch) -> None:
+    """The puller logs every quarantine itself; a node passes an auditor instead."""
 
 
 class PullerSupervisor:
@@ -168,6 +179,7 @@ async def start_sync(
     lookup: LocalLookup,
     trust: PeerDirectory,
     on_rejected: OnRejected = _log_rejection,
+    on_quarantined: OnQuarantined = _quarantine_logged_only,
     identity: Callable[[], tls.CertifiedKey] | None = None,
     keyring: Callable[[], Keyring] | None = None,
     policy_for: Callable[[str], SharingPolicy | None] | None = None,
@@ -181,7 +193,8 @@ async def start_sync(
     tls/node.pem+key (identity, re-read so a renewed certificate is used on the next channel),
     keys/signing (re-read each supervisor pass, so a key added by `hashex node rotate-key` is
     logged within `pull_interval_s`), policy/<peer>.toml. `on_rejected(peer_id, rejection)` is
-    awaited for every rejected batch (the node audits it). `run_pullers=False` serves only
+    awaited for every rejected batch and `on_quarantined(peer_id, batch)` for every applied
+    batch with quarantined entries (the node audits both). `run_pullers=False` serves only
     (tests drive pullers themselves)."""
     store = SyncStore(database=database, records=records)
     if keyring is None:
@@ -209,6 +222,7 @@ async def start_sync(
             peer_id, request, timeout_s=timeout_s
         ),
         on_rejected=on_rejected,
+        on_quarantined=on_quarantined,
         settings=PullSettings(
             interval_s=config.pull_interval_s,
             backoff_max_s=config.pull_backoff_max_s,
@@ -224,7 +238,7 @@ async def start_sync(
         interval_s=config.pull_interval_s,
         grace_s=config.shutdown_grace_s,
     )
-    admin = AdminServicer(lambda: _status(config.node_id, store, supervisor))
+    admin = AdminServicer(lambda: _status(config.node_id, store, supervisor), store.quarantine)
     await store.log_key_rotations(keyring())
     if run_pullers:
         supervisor.start()

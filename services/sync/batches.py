@@ -37,7 +37,7 @@ from services.core.signing import (
     sign_bytes,
     verify_bytes,
 )
-from services.sync.entries import Change, RotatedKey, parse_entry
+from services.sync.entries import Change, RotatedKey, decode_entry, parse_entry
 from services.sync.policy import SharingPolicy
 from services.sync.policy_filter import filter_log_row
 
@@ -170,6 +170,19 @@ class BatchRejected(Exception):
         self.reason = reason
         # SHA-256 of the rejected body (set by verify_batch), for the audit record.
         self.digest = b""
+        # The origin's head as the batch states it, once its signature verified (0 before):
+        # the receiver's lag stays true while batches fail.
+        self.origin_last_seq = 0
+
+
+@dataclass(frozen=True)
+class QuarantinedEntry:
+    """An entry of a verified batch that cannot be applied (invalid against the contract, out
+    of order, another origin's record): kept with its reason, never applied, never retried."""
+
+    seq: int  # the seq the entry claims; 0 when it cannot even be decoded
+    reason: str
+    entry: bytes
 
 
 @dataclass(frozen=True)
@@ -183,6 +196,8 @@ class VerifiedBatch:
     changes: tuple[Change, ...]
     # Keys the batch published (each verified by its predecessor), in order.
     new_keys: tuple[RotatedKey, ...]
+    # Entries left out of `changes`, with why.
+    quarantined: tuple[QuarantinedEntry, ...] = ()
 
     @property
     def cursor(self) -> Cursor:
@@ -259,8 +274,12 @@ def _verify(
         raise BatchRejected("wrong_origin", f"the batch is from {body.origin!r}, not {origin!r}")
     if body.recipient != recipient:
         raise BatchRejected("wrong_recipient", "the batch is addressed to another node")
-    _check_position(body, cursor)
-    changes, new_keys = yield from _verified_entries(body, keys)
+    try:
+        _check_position(body, cursor)
+        changes, new_keys, quarantined = yield from _verified_entries(body, keys)
+    except BatchRejected as rejected:
+        rejected.origin_last_seq = max(body.origin_last_seq, body.last_seq)
+        raise
     return VerifiedBatch(
         origin=origin,
         first_seq=body.first_seq,
@@ -270,6 +289,7 @@ def _verify(
         digest=digest_of(signed.body),
         changes=changes,
         new_keys=new_keys,
+        quarantined=quarantined,
     )
 
 
@@ -294,10 +314,18 @@ def _check_position(body: federation_pb2.BatchBody, cursor: Cursor) -> None:
 
 def _verified_entries(
     body: federation_pb2.BatchBody, keys: Mapping[str, bytes]
-) -> Generator[None, None, tuple[tuple[Change, ...], tuple[RotatedKey, ...]]]:
+) -> Generator[
+    None, None, tuple[tuple[Change, ...], tuple[RotatedKey, ...], tuple[QuarantinedEntry, ...]]
+]:
+    """The batch's changes in order, the keys it publishes, and the entries quarantined: one
+    that does not parse or validate, claims a seq out of order or outside the batch, or names
+    another origin is set aside, so that no entry, whatever its bytes, halts the origin's
+    replication. A key rotation that does not verify still refuses the whole batch: it is the
+    origin's signature chain, not a record."""
     known = dict(keys)
     changes: list[Change] = []
     new_keys: list[RotatedKey] = []
+    quarantined: list[QuarantinedEntry] = []
     previous = body.first_seq - 1
     for i, data in enumerate(body.entries):
         if i and i % ENTRIES_PER_STEP == 0:
@@ -305,18 +333,29 @@ def _verified_entries(
         try:
             change = parse_entry(data, origin=body.origin)
         except InvalidArgument as error:
-            raise BatchRejected("malformed", f"an entry is invalid: {error}") from None
+            quarantined.append(QuarantinedEntry(_claimed_seq(data), str(error), data))
+            continue
         if not previous < change.seq <= body.last_seq:
-            raise BatchRejected(
-                "malformed", f"entry seq {change.seq} is out of order or outside the batch range"
+            reason = (
+                f"entry seq {change.seq} is out of order or outside the batch range "
+                f"{body.first_seq}-{body.last_seq}"
             )
+            quarantined.append(QuarantinedEntry(change.seq, reason, data))
+            continue
         previous = change.seq
         if isinstance(change, RotatedKey):
             _check_rotation(change, known)
             known[change.key_id] = change.public_key
             new_keys.append(change)
         changes.append(change)
-    return tuple(changes), tuple(new_keys)
+    return tuple(changes), tuple(new_keys), tuple(quarantined)
+
+
+def _claimed_seq(data: bytes) -> int:
+    try:
+        return int(decode_entry(data).seq)
+    except InvalidArgument:
+        return 0
 
 
 def _check_rotation(rotation: RotatedKey, known: Mapping[str, bytes]) -> None:

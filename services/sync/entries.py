@@ -4,8 +4,10 @@
 The origin writes each change as a serialized `ChangeEntry` carrying the full state of the record
 after the change (services.registry.change_entries, in the transaction of the change). A receiver
 parses entries only after the batch carrying them verified, and validates them as strictly as the
-registry validates a submission: a peer's bytes are input like any other, and a record claiming
-another origin than the batch's is refused (only the origin ever writes its records).
+registry validates a submission, limits per record included: a peer's bytes are input like any
+other, and a record claiming another origin than the batch's is refused (only the origin ever
+writes its records). A refused entry is quarantined by the receiver, never applied
+(services.sync.batches).
 
 Pure: no SQL, no gRPC.
 """
@@ -24,7 +26,12 @@ from services.core.algorithms import ALGORITHMS, AlgorithmSpec, SignalValue
 from services.core.changelog.store import EntryKind
 from services.core.errors import InvalidArgument
 from services.registry import convert, model
-from services.registry.contract import MAX_SIGNALS_PER_MEDIA
+from services.registry.contract import (
+    MAX_SERIES_PER_MEDIA,
+    MAX_SIGNALS_PER_MEDIA,
+    MAX_VICTIMS_PER_SERIES,
+    signal_set_problems,
+)
 from services.registry.replicated import (
     ReplicatedChange,
     ReplicatedMedia,
@@ -121,7 +128,21 @@ def _media(seq: int, changed_at: datetime, media: common_pb2.Media, origin: str)
     if media.origin != origin:
         raise InvalidArgument("a media record names another origin than the batch")
     valid = _valid_media(seq, changed_at, media)
-    return valid if valid is not None else _checked_media(seq, changed_at, media)
+    record = valid if valid is not None else _checked_media(seq, changed_at, media)
+    _check_limits(record)
+    return record
+
+
+def _check_limits(record: ReplicatedMedia) -> None:
+    """The per-record limits the origin's submissions are held to (services.registry.contract):
+    one signal per algorithm (PDQ up to 8), 16 in all, 16 series."""
+    problems = signal_set_problems(record.signals)
+    if len(record.series_ids) > MAX_SERIES_PER_MEDIA:
+        problems.append(
+            f"{len(record.series_ids)} series; at most {MAX_SERIES_PER_MEDIA} per media"
+        )
+    if problems:
+        raise InvalidArgument(f"media {record.media_id!r}: {'; '.join(problems)}")
 
 
 # What a valid record holds, for `_valid_media`'s lookups.
@@ -250,6 +271,11 @@ def _series(
         )
     if len({v.victim_id for v in victims}) != len(victims):
         raise InvalidArgument("a series lists a victim twice")
+    if len(victims) > MAX_VICTIMS_PER_SERIES:
+        raise InvalidArgument(
+            f"series {series.series_id!r}: {len(victims)} victims; "
+            f"at most {MAX_VICTIMS_PER_SERIES} per series"
+        )
     return ReplicatedSeries(
         seq=seq,
         changed_at=changed_at,

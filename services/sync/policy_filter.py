@@ -24,17 +24,34 @@ Pure: no SQL, no gRPC.
 
 from __future__ import annotations
 
+import logging
+
+from google.protobuf.message import DecodeError
+
 from hashex.v1 import common_pb2, federation_pb2, registry_pb2
 from services.core.algorithms import ALGORITHMS, Algorithm
 from services.core.changelog.store import EntryKind, LogRow
+from services.core.errors import InvalidArgument
 from services.sync.entries import decode_entry
 from services.sync.policy import SharingPolicy
+
+_log = logging.getLogger(__name__)
 
 _ALGORITHM_NAMES = {int(a): ALGORITHMS[a].name for a in Algorithm}
 
 
 def filter_log_row(row: LogRow, policy: SharingPolicy | None) -> bytes | None:
-    """The entry bytes to send for `row`, or None when the policy withholds it."""
+    """The entry bytes to send for `row`, or None when the policy withholds it. An entry this
+    node cannot read back to filter (written by a bug of an older release) is withheld and
+    logged, rather than failing every pull at it: nothing unfiltered leaves, the rest goes on."""
+    try:
+        return _filter_log_row(row, policy)
+    except (InvalidArgument, DecodeError):
+        _log.error("entry %d of this node's change log cannot be read: withheld", row.seq)
+        return None
+
+
+def _filter_log_row(row: LogRow, policy: SharingPolicy | None) -> bytes | None:
     if row.kind == EntryKind.KEY_ROTATION:
         return row.entry  # even without a policy: later batches are signed with that key
     if policy is None:

@@ -4,7 +4,10 @@ Each batch is verified against the cursor BEFORE anything in it is parsed, then 
 cursor advance in one transaction, so a pull cut anywhere resumes from the last applied batch.
 A rejected batch (forged, misaddressed, replayed, out of order, unknown key) applies nothing: it
 is counted, reported through the injected callback (the node audits it), and the peer is backed
-off. Time, sleeping and randomness are injected so tests drive the loop without waiting.
+off; the head it states, once its signature verified, still counts for the lag. An entry of a
+verified batch that cannot be applied is quarantined with the batch (services.sync.batches), the
+rest of the batch applies, and the callback for quarantines is told (the node audits it too). Time,
+sleeping and randomness are injected so tests drive the loop without waiting.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from services.sync.store import SyncStore
 _log = logging.getLogger(__name__)
 
 OnRejected = Callable[[str, BatchRejected], Awaitable[None]]
+OnQuarantined = Callable[[str, VerifiedBatch], Awaitable[None]]
 OpenPull = Callable[[str, federation_pb2.PullRequest, float], Any]
 
 
@@ -73,6 +77,7 @@ class PullDeps:
     cards: PeerCards
     open_pull: OpenPull
     on_rejected: OnRejected
+    on_quarantined: OnQuarantined
     settings: PullSettings = field(default_factory=PullSettings)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     rng: random.Random = field(default_factory=random.Random)
@@ -123,6 +128,10 @@ class PeerPuller:
             await applier.finish()
         except BatchRejected as rejected:
             self.state.rejected_batches += 1
+            if rejected.origin_last_seq > self.state.peer_last_seq:
+                # Signed by the peer: its head is known even though the batch is refused.
+                self.state.peer_last_seq = rejected.origin_last_seq
+                await deps.store.record_peer_head(self.peer_id, rejected.origin_last_seq)
             await deps.on_rejected(self.peer_id, rejected)
             raise
         finally:
@@ -158,6 +167,19 @@ class PeerPuller:
         result = await deps.store.apply_batch(peer_id=self.peer_id, batch=batch, expected=expected)
         await deps.index.index_replicated(added=result.added, removed_rows=result.removed_rows)
         self.state.peer_last_seq = max(self.state.peer_last_seq, batch.origin_last_seq)
+        if batch.quarantined:
+            first = batch.quarantined[0]
+            _log.warning(
+                "quarantined %d entries of %s's batch %d-%d (entry %d: %s); "
+                "the rest applied, see `hashex sync quarantine`",
+                len(batch.quarantined),
+                self.peer_id,
+                batch.first_seq,
+                batch.last_seq,
+                first.seq,
+                first.reason,
+            )
+            await deps.on_quarantined(self.peer_id, batch)
 
     def backoff_s(self) -> float:
         """Exponential in consecutive failures, capped, with jitter (half to full) so peers that

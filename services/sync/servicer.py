@@ -11,15 +11,24 @@ import grpc
 
 from hashex.v1 import federation_pb2, federation_pb2_grpc, registry_pb2
 from services.core.caller import Caller, current_caller
-from services.core.errors import PermissionDenied
+from services.core.errors import InvalidArgument, PermissionDenied
 from services.core.rpc_status import handles_errors, handles_stream_errors
 from services.core.server import ServiceBinding
 from services.registry.convert import timestamp
 from services.sync.policy_filter import filter_lookup
 from services.sync.sender import LogSender, PolicyFor
 from services.sync.status import SyncStatus
+from services.sync.store import MAX_QUARANTINE_LISTED, QuarantineRow
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class QuarantineListing(Protocol):
+    """services.sync.store.SyncStore.quarantine."""
+
+    async def __call__(
+        self, *, peer_id: str | None, after_id: int, limit: int
+    ) -> list[QuarantineRow]: ...
 
 
 class LocalLookup(Protocol):
@@ -80,8 +89,11 @@ class AdminServicer(federation_pb2_grpc.AdminServicer):
     """Operator methods. Through the gateway only operators reach them (its method table); on
     the node's loopback port, whoever can reach loopback runs the node anyway."""
 
-    def __init__(self, status: Callable[[], Awaitable[SyncStatus]]) -> None:
+    def __init__(
+        self, status: Callable[[], Awaitable[SyncStatus]], quarantine: QuarantineListing
+    ) -> None:
         self._status = status
+        self._quarantine = quarantine
 
     def binding(self) -> ServiceBinding:
         return ServiceBinding(
@@ -106,10 +118,38 @@ class AdminServicer(federation_pb2_grpc.AdminServicer):
                 last_error=peer.last_error,
                 applied_entries=peer.applied_entries,
                 rejected_batches=peer.rejected_batches,
+                quarantined_entries=peer.quarantined_entries,
             )
             if peer.last_success_at is not None:
                 item.last_success_at.CopyFrom(timestamp(peer.last_success_at))
             if peer.last_error_at is not None:
                 item.last_error_at.CopyFrom(timestamp(peer.last_error_at))
             response.peers.append(item)
+        return response
+
+    @handles_errors
+    async def ListQuarantine(
+        self, request: federation_pb2.ListQuarantineRequest, context: Context
+    ) -> federation_pb2.ListQuarantineResponse:
+        if request.limit > MAX_QUARANTINE_LISTED:
+            raise InvalidArgument(
+                f"limit {request.limit} is more than {MAX_QUARANTINE_LISTED} (0 means 100)"
+            )
+        limit = request.limit or 100
+        rows = await self._quarantine(
+            peer_id=request.peer_id or None, after_id=request.after_id, limit=limit + 1
+        )
+        response = federation_pb2.ListQuarantineResponse(more=len(rows) > limit)
+        for row in rows[:limit]:
+            response.entries.append(
+                federation_pb2.QuarantinedEntry(
+                    id=row.id,
+                    peer_id=row.peer_id,
+                    seq=row.seq,
+                    reason=row.reason,
+                    entry_bytes=row.entry_bytes,
+                    batch_digest=row.batch_digest,
+                    quarantined_at=timestamp(row.quarantined_at),
+                )
+            )
         return response

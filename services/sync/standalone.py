@@ -51,7 +51,7 @@ from services.core.trust import TrustStore
 from services.registry.model import PdqEntry
 from services.registry.store import RegistryStore
 from services.sync.app import RunningSync, start_sync
-from services.sync.audit_rejections import audit_rejections
+from services.sync.audit_rejections import audit_quarantines, audit_rejections
 from services.sync.federated_lookup import FederatedLookup
 from services.sync.store import MIGRATIONS
 from services.sync.units_servicer import UnitsServicer
@@ -167,6 +167,7 @@ async def start_sync_service(
     try:
         await apply_migration_plan(database.pool, MIGRATIONS)
         lookup = RegistryLookupOverChannel(registry_channel, timeout_s=config.call_deadline_s)
+        recorder = AuditRecorder(AuditStore(database))
         sync = await start_sync(
             config,
             database=database,
@@ -174,9 +175,8 @@ async def start_sync_service(
             records=RegistryStore(node_id=config.node_id),
             index=_IndexInRegistryProcess(),
             trust=trust,
-            on_rejected=audit_rejections(
-                AuditRecorder(AuditStore(database)).record, now=lambda: datetime.now(UTC)
-            ),
+            on_rejected=audit_rejections(recorder.record, now=lambda: datetime.now(UTC)),
+            on_quarantined=audit_quarantines(recorder.record, now=lambda: datetime.now(UTC)),
             lookup=lookup,
             run_pullers=run_pullers,
         )

@@ -24,6 +24,7 @@ class PeerSyncStatus:
     last_error_at: datetime | None
     applied_entries: int
     rejected_batches: int
+    quarantined_entries: int
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ def combine(
                 last_error_at=state.last_error_at if state else None,
                 applied_entries=row.applied_entries if row else 0,
                 rejected_batches=state.rejected_batches if state else 0,
+                quarantined_entries=row.quarantined_entries if row else 0,
             )
         )
     return SyncStatus(node_id=node_id, local_last_seq=local_last_seq, peers=tuple(peers))

@@ -11,6 +11,7 @@ whole batch and the new cursor or neither.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,24 @@ class CursorRow:
     cursor: Cursor
     peer_last_seq: int
     applied_entries: int
+    quarantined_entries: int = 0
+
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    """One quarantined entry as `hashex sync quarantine` lists it (never its bytes' content)."""
+
+    id: int
+    peer_id: str
+    seq: int
+    reason: str
+    entry_bytes: int
+    batch_digest: bytes
+    quarantined_at: datetime
+
+
+# The most quarantined entries one listing returns.
+MAX_QUARANTINE_LISTED = 1_000
 
 
 class SyncStore:
@@ -119,10 +138,41 @@ class SyncStore:
             rows = await conn.fetch(_ALL_CURSORS)
         return {
             r["peer_id"]: CursorRow(
-                r["peer_id"], _cursor(r), r["peer_last_seq"], r["applied_entries"]
+                r["peer_id"],
+                _cursor(r),
+                r["peer_last_seq"],
+                r["applied_entries"],
+                r["quarantined_entries"],
             )
             for r in rows
         }
+
+    async def quarantine(
+        self, *, peer_id: str | None = None, after_id: int = 0, limit: int = MAX_QUARANTINE_LISTED
+    ) -> list[QuarantineRow]:
+        """Quarantined entries after `after_id`, oldest first, of one peer or all; at most
+        `limit` (capped at MAX_QUARANTINE_LISTED)."""
+        limit = max(1, min(limit, MAX_QUARANTINE_LISTED))
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(_QUARANTINE, peer_id, after_id, limit)
+        return [
+            QuarantineRow(
+                r["id"],
+                r["peer_id"],
+                r["seq"],
+                r["reason"],
+                r["entry_bytes"],
+                bytes(r["batch_digest"]),
+                r["quarantined_at"],
+            )
+            for r in rows
+        ]
+
+    async def record_peer_head(self, peer_id: str, last_seq: int) -> None:
+        """What a peer said its head is, from a batch that verified but was not applied."""
+        async with self._db.connection() as conn:
+            await conn.execute(_ENSURE_CURSOR, peer_id)
+            await conn.execute(_PEER_HEAD, peer_id, last_seq)
 
     async def learned_keys(self, peer_id: str) -> dict[str, bytes]:
         async with self._db.connection() as conn:
@@ -141,6 +191,11 @@ class SyncStore:
             applied = await self._records.apply_replicated(conn, origin=peer_id, changes=changes)
             for key in batch.new_keys:
                 await conn.execute(_LEARN_KEY, peer_id, key.key_id, key.public_key, key.seq)
+            if batch.quarantined:
+                await conn.executemany(
+                    _QUARANTINE_ENTRY,
+                    [(peer_id, q.seq, q.reason, q.entry, batch.digest) for q in batch.quarantined],
+                )
             await conn.execute(
                 _ADVANCE_CURSOR,
                 peer_id,
@@ -183,8 +238,25 @@ FROM sync_cursors WHERE peer_id = $1
 """
 
 _ALL_CURSORS = """
-SELECT peer_id, cursor_seq, cursor_digest, policy_generation, peer_last_seq, applied_entries
-FROM sync_cursors ORDER BY peer_id
+SELECT c.peer_id, c.cursor_seq, c.cursor_digest, c.policy_generation, c.peer_last_seq,
+       c.applied_entries,
+       (SELECT count(*) FROM sync_quarantine q WHERE q.peer_id = c.peer_id) AS quarantined_entries
+FROM sync_cursors c ORDER BY c.peer_id
+"""
+
+_QUARANTINE = """
+SELECT id, peer_id, seq, reason, octet_length(entry) AS entry_bytes, batch_digest, quarantined_at
+FROM sync_quarantine WHERE ($1::text IS NULL OR peer_id = $1) AND id > $2
+ORDER BY id LIMIT $3
+"""
+
+_QUARANTINE_ENTRY = """
+INSERT INTO sync_quarantine (peer_id, seq, reason, entry, batch_digest)
+VALUES ($1, $2, $3, $4, $5)
+"""
+
+_PEER_HEAD = """
+UPDATE sync_cursors SET peer_last_seq = greatest(peer_last_seq, $2) WHERE peer_id = $1
 """
 
 _ENSURE_CURSOR = "INSERT INTO sync_cursors (peer_id) VALUES ($1) ON CONFLICT DO NOTHING"

@@ -34,6 +34,10 @@ def sha1(seed: str) -> SignalValue:
     return SignalValue(Algorithm.SHA1, hashlib.sha1(seed.encode()).digest())
 
 
+def sha256(seed: str) -> SignalValue:
+    return SignalValue(Algorithm.SHA256, hashlib.sha256(seed.encode()).digest())
+
+
 def pdq(seed: str, quality: int | None = 90) -> SignalValue:
     return SignalValue(Algorithm.PDQ, hashlib.sha256(b"pdq" + seed.encode()).digest(), quality)
 

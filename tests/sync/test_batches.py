@@ -29,7 +29,20 @@ from services.sync.batches import (
 )
 from services.sync.entries import key_rotation_entry
 from services.sync.policy import SharingPolicy
-from tests.sync.helpers import CAID_A, CAID_B, MOMENT, ORIGIN, RECIPIENT, media_at, media_record
+from tests.sync.helpers import (
+    CAID_A,
+    CAID_B,
+    MOMENT,
+    ORIGIN,
+    RECIPIENT,
+    md5,
+    media_at,
+    media_record,
+    pdq,
+    series_at,
+    series_record,
+    sha256,
+)
 
 KEY1 = NodeSigningKey("ed25519:1", SigningKey(bytes(range(32))))
 KEY2 = NodeSigningKey("ed25519:2", SigningKey(bytes(range(1, 33))))
@@ -215,29 +228,78 @@ def test_a_forged_rotation_is_rejected() -> None:
     assert rejected.value.reason == "bad_key_rotation"
 
 
-def test_entries_out_of_the_batch_range_are_rejected() -> None:
+def signed_body(entries: list[bytes], *, first: int, last: int) -> federation_pb2.SignedBatch:
+    """A batch the origin signed as it stands (its entries whatever they are)."""
     body = federation_pb2.BatchBody(
         origin=ORIGIN,
         recipient=RECIPIENT,
-        first_seq=1,
-        last_seq=2,
+        first_seq=first,
+        last_seq=last,
         policy_generation=1,
-        entries=[media_at(2, media_record("a")), media_at(1, media_record("b"))],
+        entries=entries,
+        origin_last_seq=last + 5,
     ).SerializeToString()
-    signed = federation_pb2.SignedBatch(
+    return federation_pb2.SignedBatch(
         body=body, key_id=KEY1.key_id, signature=sign_bytes(KEY1, BATCH_DOMAIN, body)
     )
+
+
+def test_entries_out_of_the_batch_range_are_quarantined_and_the_rest_kept() -> None:
+    entries = [media_at(2, media_record("a")), media_at(1, media_record("b"))]
+    cursor, [batch] = receive([signed_body(entries, first=1, last=2)], Cursor(generation=1))
+    assert [c.seq for c in batch.changes] == [2]
+    [held] = batch.quarantined
+    assert (held.seq, held.entry) == (1, entries[1])
+    assert "out of order or outside the batch range 1-2" in held.reason
+    assert cursor.seq == 2  # the batch is applied and passed, not retried
+
+
+def test_a_record_claiming_another_origin_is_quarantined() -> None:
+    foreign = media_record("m", origin="de-bka")
+    log = [
+        LogRow(1, EntryKind.MEDIA, media_at(1, foreign)),
+        LogRow(2, EntryKind.MEDIA, media_at(2, media_record("own"))),
+    ]
+    _, [batch] = receive(chain(SharingPolicy()).batches(log, 2), Cursor())
+    assert [c.seq for c in batch.changes] == [2]
+    [held] = batch.quarantined
+    assert held.seq == 1 and "another origin" in held.reason
+
+
+def test_records_past_the_contract_limits_are_quarantined() -> None:
+    """What an older release let through: two SHA-256 values, nine PDQ hashes, 17 series, 101
+    victims; and bytes that are no entry at all."""
+    many_pdq = tuple(pdq(f"p{i}") for i in range(9))
+    entries = [
+        media_at(1, media_record("two-sha", sha256("x"), sha256("y"))),
+        media_at(2, media_record("many", md5("many"), *many_pdq)),
+        media_at(3, media_record("series", series_ids=tuple(f"s{i}" for i in range(17)))),
+        series_at(4, series_record("crowded", victims=tuple((f"v{i}", 1, "") for i in range(101)))),
+        b"\xff\xffnot an entry",
+        media_at(6, media_record("fine")),
+    ]
+    _, [batch] = receive([signed_body(entries, first=1, last=6)], Cursor(generation=1))
+    assert [c.seq for c in batch.changes] == [6]
+    reasons = {q.seq: q.reason for q in batch.quarantined}
+    assert set(reasons) == {1, 2, 3, 4, 0}
+    assert "2 sha256 signals; at most 1 per media" in reasons[1]
+    assert "9 pdq signals; at most 8 per media" in reasons[2]
+    assert "17 series; at most 16" in reasons[3]
+    assert "101 victims; at most 100" in reasons[4]
+    assert "not a serialized ChangeEntry" in reasons[0]
+
+
+def test_a_refused_batch_still_tells_the_origins_head() -> None:
+    """Signed by the origin, so its head counts for the lag even though the batch is refused."""
+    signed = signed_body([media_at(3, media_record("a"))], first=3, last=3)
     with pytest.raises(BatchRejected) as rejected:
         receive([signed], Cursor(generation=1))
-    assert rejected.value.reason == "malformed"
-
-
-def test_a_record_claiming_another_origin_is_rejected() -> None:
-    foreign = media_record("m", origin="de-bka")
-    log = [LogRow(1, EntryKind.MEDIA, media_at(1, foreign))]
-    with pytest.raises(BatchRejected) as rejected:
-        receive(chain(SharingPolicy()).batches(log, 1), Cursor())
-    assert rejected.value.reason == "malformed"
+    assert rejected.value.reason == "out_of_order"
+    assert rejected.value.origin_last_seq == 8
+    forged = federation_pb2.SignedBatch(body=signed.body, key_id=KEY1.key_id, signature=bytes(64))
+    with pytest.raises(BatchRejected) as unsigned:
+        receive([forged], Cursor(generation=1))
+    assert unsigned.value.origin_last_seq == 0  # an unverified body tells nothing
 
 
 def test_verified_batch_is_frozen() -> None:

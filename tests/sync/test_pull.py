@@ -17,16 +17,19 @@ from opentelemetry.sdk.trace import TracerProvider
 from hashex.v1 import federation_pb2, registry_pb2
 from services.cli.main import main as hashex_main
 from services.core.algorithms import SignalValue
+from services.core.changelog import store as changelog
+from services.core.changelog.store import EntryKind, PendingEntry
 from services.core.server import build_server
 from services.core.signing import rotate
 from services.registry import convert
+from services.registry.change_entries import media_entry
 from services.registry.model import IdentificationStatus, LookupResult, MediaSubmission
-from services.sync.audit_rejections import audit_rejections
+from services.sync.audit_rejections import audit_quarantines, audit_rejections
 from services.sync.batches import BatchRejected
 from services.sync.policy import SharingPolicy
 from services.sync.puller import PeerPuller
 from tests.sync.federation_harness import SyncNode, two_nodes
-from tests.sync.helpers import CAID_A, CAID_B, md5, pdq
+from tests.sync.helpers import CAID_A, CAID_B, md5, media_record, pdq, sha256
 
 ONLY_A = SharingPolicy(categories=frozenset({"caid-uk:A"}), disclose_desk=False)
 
@@ -262,3 +265,71 @@ async def test_a_rejected_batch_is_audited(nodes: tuple[SyncNode, SyncNode]) -> 
     assert record.entry.status == "BATCH_REJECTED:wrong_recipient"
     assert record.entry.caller == "spiffe://hashex/node/gb-nca"
     assert (await lookup(receiver, md5("m")))[0].matches == ()
+
+
+async def test_an_entry_the_receiver_cannot_apply_is_quarantined_and_the_rest_replicates(
+    nodes: tuple[SyncNode, SyncNode], db_pool: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An older release logged a media with two SHA-256 values and bytes that are no entry at
+    all: the receiver sets both aside, applies what is around them, audits it, lists it, and
+    never asks for them again."""
+    origin, receiver = nodes
+    origin.set_policy("us-fbi", SharingPolicy())
+    await origin.registry.submit_batch([media("before")])
+    bad = media_record("twice", sha256("x"), sha256("y"))
+    async with db_pool.acquire() as conn, conn.transaction():
+        await changelog.lock_change_log(conn)
+        await changelog.append_entries(
+            conn,
+            [
+                PendingEntry(EntryKind.MEDIA, lambda seq, at: media_entry(seq, at, bad)),
+                PendingEntry(EntryKind.MEDIA, lambda seq, at: b"\xff\xffnot an entry"),
+            ],
+        )
+    await origin.registry.submit_batch([media("after")])
+    assert receiver.gateway is not None
+    audited = audit_quarantines(receiver.gateway.record, now=lambda: datetime.now(UTC))
+    assert await puller(receiver, on_quarantined=audited).pull_once() == 1
+    assert (await lookup(receiver, md5("before")))[0].matches
+    assert (await lookup(receiver, md5("after")))[0].matches
+    assert not (await lookup(receiver, sha256("x")))[0].matches
+    assert (await receiver.sync.store.cursor("gb-nca")).seq == 4
+    held = await receiver.sync.store.quarantine()
+    assert [(q.peer_id, q.seq) for q in held] == [("gb-nca", 2), ("gb-nca", 0)]
+    assert "2 sha256 signals; at most 1 per media" in held[0].reason
+    records = [r async for r in receiver.gateway.audit.records()]
+    [record] = [r for r in records if r.entry.status.startswith("ENTRIES_QUARANTINED")]
+    assert record.entry.status == "ENTRIES_QUARANTINED:2"
+    assert record.entry.caller == "spiffe://hashex/node/gb-nca"
+
+    # Nothing is retried; what follows replicates as usual.
+    await origin.registry.submit_batch([media("later")])
+    assert await puller(receiver).pull_once() == 1
+    assert (await lookup(receiver, md5("later")))[0].matches
+    assert len(await receiver.sync.store.quarantine()) == 2
+
+    receiver.sync.pullers["gb-nca"] = puller(receiver)
+    [peer] = (await receiver.sync.status()).peers
+    assert (peer.quarantined_entries, peer.lag, peer.cursor_seq) == (2, 0, 5)
+    server = await build_server(
+        listen="127.0.0.1:0",
+        services=[receiver.sync.admin_binding()],
+        tracer_provider=TracerProvider(),
+    )
+    try:
+        address = f"127.0.0.1:{server.port}"
+        command = ["sync", "quarantine", "--node", address]
+        assert await asyncio.to_thread(hashex_main, command) == 0
+        text = capsys.readouterr().out
+        assert "2 sha256 signals" in text and "not a serialized ChangeEntry" in text
+        assert await asyncio.to_thread(hashex_main, [*command, "--limit", "1", "--json"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert [e["seq"] for e in listed["entries"]] == ["2"] and listed["more"] is True
+        after = ["--after", listed["entries"][0]["id"], "--json"]
+        assert await asyncio.to_thread(hashex_main, [*command, *after]) == 0
+        rest = json.loads(capsys.readouterr().out)
+        assert [e["seq"] for e in rest["entries"]] == ["0"] and rest["more"] is False
+        assert await asyncio.to_thread(hashex_main, ["sync", "status", "--node", address]) == 0
+        assert "QUARANTINED" in capsys.readouterr().out
+    finally:
+        await server.stop(0)

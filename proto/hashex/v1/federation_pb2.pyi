@@ -411,6 +411,7 @@ class PeerSyncStatus(_message.Message):
     LAST_ERROR_AT_FIELD_NUMBER: _builtins.int
     APPLIED_ENTRIES_FIELD_NUMBER: _builtins.int
     REJECTED_BATCHES_FIELD_NUMBER: _builtins.int
+    QUARANTINED_ENTRIES_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     endpoint: _builtins.str
     cursor_seq: _builtins.int
@@ -425,6 +426,8 @@ class PeerSyncStatus(_message.Message):
     """Entries applied from this peer since the node first pulled from it."""
     rejected_batches: _builtins.int
     """Batches rejected (bad signature, wrong recipient, replay, ...) since the node started."""
+    quarantined_entries: _builtins.int
+    """Entries of this peer's batches quarantined (never applied, never retried), all time."""
     @_builtins.property
     def last_success_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -442,14 +445,110 @@ class PeerSyncStatus(_message.Message):
         last_error_at: _timestamp_pb2.Timestamp | None = ...,
         applied_entries: _builtins.int = ...,
         rejected_batches: _builtins.int = ...,
+        quarantined_entries: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_error_at", b"last_error_at", "last_success_at", b"last_success_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_entries", b"applied_entries", "cursor_seq", b"cursor_seq", "endpoint", b"endpoint", "lag", b"lag", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_success_at", b"last_success_at", "peer_id", b"peer_id", "peer_last_seq", b"peer_last_seq", "rejected_batches", b"rejected_batches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_entries", b"applied_entries", "cursor_seq", b"cursor_seq", "endpoint", b"endpoint", "lag", b"lag", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_success_at", b"last_success_at", "peer_id", b"peer_id", "peer_last_seq", b"peer_last_seq", "quarantined_entries", b"quarantined_entries", "rejected_batches", b"rejected_batches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PeerSyncStatus: _TypeAlias = PeerSyncStatus  # noqa: Y015
+
+@_typing.final
+class ListQuarantineRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_ID_FIELD_NUMBER: _builtins.int
+    AFTER_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    peer_id: _builtins.str
+    """Only this peer's entries; empty: every peer's."""
+    after_id: _builtins.int
+    """Entries after this id (0: from the first)."""
+    limit: _builtins.int
+    """1 to 1,000; 0 means 100."""
+    def __init__(
+        self,
+        *,
+        peer_id: _builtins.str = ...,
+        after_id: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_id", b"after_id", "limit", b"limit", "peer_id", b"peer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQuarantineRequest: _TypeAlias = ListQuarantineRequest  # noqa: Y015
+
+@_typing.final
+class QuarantinedEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PEER_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ENTRY_BYTES_FIELD_NUMBER: _builtins.int
+    BATCH_DIGEST_FIELD_NUMBER: _builtins.int
+    QUARANTINED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """This node's id for the quarantine record (increasing)."""
+    peer_id: _builtins.str
+    seq: _builtins.int
+    """The seq the entry claims in the peer's log (0 when it cannot be decoded at all)."""
+    reason: _builtins.str
+    """Why it was not applied, naming the offending field where there is one."""
+    entry_bytes: _builtins.int
+    """Size of the entry as received; its bytes stay in this node's database."""
+    batch_digest: _builtins.bytes
+    """SHA-256 of the body of the signed batch that carried it."""
+    @_builtins.property
+    def quarantined_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        peer_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        entry_bytes: _builtins.int = ...,
+        batch_digest: _builtins.bytes = ...,
+        quarantined_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quarantined_at", b"quarantined_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_digest", b"batch_digest", "entry_bytes", b"entry_bytes", "id", b"id", "peer_id", b"peer_id", "quarantined_at", b"quarantined_at", "reason", b"reason", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuarantinedEntry: _TypeAlias = QuarantinedEntry  # noqa: Y015
+
+@_typing.final
+class ListQuarantineResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    """True when more entries follow the last one listed."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuarantinedEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___QuarantinedEntry] | None = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "more", b"more"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQuarantineResponse: _TypeAlias = ListQuarantineResponse  # noqa: Y015
 
 @_typing.final
 class GetSyncStatusResponse(_message.Message):

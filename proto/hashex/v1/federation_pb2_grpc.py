@@ -248,6 +248,11 @@ class AdminStub:
                 request_serializer=hashex_dot_v1_dot_federation__pb2.GetSyncStatusRequest.SerializeToString,
                 response_deserializer=hashex_dot_v1_dot_federation__pb2.GetSyncStatusResponse.FromString,
                 _registered_method=True)
+        self.ListQuarantine = channel.unary_unary(
+                '/hashex.v1.Admin/ListQuarantine',
+                request_serializer=hashex_dot_v1_dot_federation__pb2.ListQuarantineRequest.SerializeToString,
+                response_deserializer=hashex_dot_v1_dot_federation__pb2.ListQuarantineResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -261,6 +266,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListQuarantine(self, request, context):
+        """Entries of peers' verified batches that this node could not apply and set aside (oldest
+        first): at most 1,000 per call; page on with `after_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -268,6 +281,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetSyncStatus,
                     request_deserializer=hashex_dot_v1_dot_federation__pb2.GetSyncStatusRequest.FromString,
                     response_serializer=hashex_dot_v1_dot_federation__pb2.GetSyncStatusResponse.SerializeToString,
+            ),
+            'ListQuarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuarantine,
+                    request_deserializer=hashex_dot_v1_dot_federation__pb2.ListQuarantineRequest.FromString,
+                    response_serializer=hashex_dot_v1_dot_federation__pb2.ListQuarantineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -299,6 +317,33 @@ class Admin:
             '/hashex.v1.Admin/GetSyncStatus',
             hashex_dot_v1_dot_federation__pb2.GetSyncStatusRequest.SerializeToString,
             hashex_dot_v1_dot_federation__pb2.GetSyncStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashex.v1.Admin/ListQuarantine',
+            hashex_dot_v1_dot_federation__pb2.ListQuarantineRequest.SerializeToString,
+            hashex_dot_v1_dot_federation__pb2.ListQuarantineResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -137,6 +137,10 @@ class AdminStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminAsyncStub: ...
     GetSyncStatus: _grpc.UnaryUnaryMultiCallable[_federation_pb2.GetSyncStatusRequest, _federation_pb2.GetSyncStatusResponse]
+    ListQuarantine: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ListQuarantineRequest, _federation_pb2.ListQuarantineResponse]
+    """Entries of peers' verified batches that this node could not apply and set aside (oldest
+    first): at most 1,000 per call; page on with `after_id`.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -146,6 +150,10 @@ class AdminAsyncStub(AdminStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetSyncStatus: _aio.UnaryUnaryMultiCallable[_federation_pb2.GetSyncStatusRequest, _federation_pb2.GetSyncStatusResponse]  # type: ignore[assignment]
+    ListQuarantine: _aio.UnaryUnaryMultiCallable[_federation_pb2.ListQuarantineRequest, _federation_pb2.ListQuarantineResponse]  # type: ignore[assignment]
+    """Entries of peers' verified batches that this node could not apply and set aside (oldest
+    first): at most 1,000 per call; page on with `after_id`.
+    """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Operator methods: only the node's own operator certificates may call them through the
@@ -158,5 +166,15 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _federation_pb2.GetSyncStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_federation_pb2.GetSyncStatusResponse, _abc.Awaitable[_federation_pb2.GetSyncStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListQuarantine(
+        self,
+        request: _federation_pb2.ListQuarantineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.ListQuarantineResponse, _abc.Awaitable[_federation_pb2.ListQuarantineResponse]]:
+        """Entries of peers' verified batches that this node could not apply and set aside (oldest
+        first): at most 1,000 per call; page on with `after_id`.
+        """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
