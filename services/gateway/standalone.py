@@ -23,6 +23,7 @@ from services.core.forwarded_caller import (
     caller_metadata,
     load_internal_key,
 )
+from services.core.node_claim import store as node_claim
 from services.core.server import internal_channel
 from services.core.telemetry import Telemetry, setup_telemetry
 from services.core.trust import TrustStore
@@ -91,7 +92,16 @@ async def start_gateway_service(
                 SYNC_SERVICES, channels[1], metadata_for=metadata_for, upstream_name="sync"
             ),
         ]
-        await apply_migration_plan(database.pool, [(audit_log.COMPONENT, audit_log.MIGRATIONS_DIR)])
+        await apply_migration_plan(
+            database.pool,
+            [
+                (node_claim.COMPONENT, node_claim.MIGRATIONS_DIR),
+                (audit_log.COMPONENT, audit_log.MIGRATIONS_DIR),
+            ],
+        )
+        async with database.connection() as conn:
+            # No case key here: the registry checks that; this checks the node id.
+            await node_claim.claim_database(conn, node_id=config.node_id, case_key_fingerprint=None)
         gateway = await start_gateway(
             config,
             bindings,

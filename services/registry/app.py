@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from services.core.config import NodeConfig
 from services.core.db.migrations import apply_migration_plan
 from services.core.db.pool import Database, open_database
+from services.core.node_claim.store import claim_database
 from services.core.server import RunningServer, build_server
 from services.core.telemetry import Telemetry, setup_telemetry
 from services.registry.cases import CaseSealer, load_case_key
@@ -53,8 +54,11 @@ class RunningRegistry:
 
 
 async def open_registry(config: NodeConfig, database: Database) -> Registry:
-    """A Registry on an open, migrated database, with its PDQ index loaded."""
+    """A Registry on an open, migrated database that belongs to this node (claimed now if no
+    node has claimed it yet), with its PDQ index loaded."""
     sealer = CaseSealer(load_case_key(config.case_key_path))
+    async with database.connection() as conn:
+        await claim_database(conn, node_id=config.node_id, case_key_fingerprint=sealer.fingerprint)
     store = RegistryStore(node_id=config.node_id, sealer=sealer)
     registry = Registry(database=database, store=store, index=PdqIndexes(), node_id=config.node_id)
     await registry.load_index()

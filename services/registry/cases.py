@@ -29,6 +29,7 @@ CASE_KEY_BYTES = 32
 DIGEST_BYTES = 32
 _SEAL_PERSON = b"hashex-case-box"
 _DIGEST_PERSON = b"hashex-case-dgst"
+_FINGERPRINT_PERSON = b"hashex-case-fpr"
 # Inside the box, so a later format can be told apart from this one.
 _FORMAT = 1
 
@@ -41,6 +42,8 @@ class CaseSealer:
             raise FailedPrecondition(f"the case key must be {CASE_KEY_BYTES} bytes")
         self._box = nacl.secret.SecretBox(_subkey(key, _SEAL_PERSON))
         self._digest_key = _subkey(key, _DIGEST_PERSON)
+        # Names the key (safe to store and show: a one-way function of it), never reveals it.
+        self.fingerprint = _subkey(key, _FINGERPRINT_PERSON)[:8].hex()
 
     def __repr__(self) -> str:
         return "CaseSealer(<key>)"

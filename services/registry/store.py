@@ -31,6 +31,7 @@ from services.core.changelog import store as changelog
 from services.core.changelog.store import append_entries, lock_change_log
 from services.core.db.migrations import schema_version
 from services.core.errors import FailedPrecondition, FieldProblem, InvalidArgument, NotFound
+from services.core.node_claim import store as node_claim
 from services.registry import change_entries
 from services.registry import store_sql as sql
 from services.registry.cases import CaseSealer
@@ -63,9 +64,11 @@ from services.registry.store_rows import (
 
 COMPONENT = "registry"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-# What the registry's statements need, in the order they apply: its own tables, then the change
-# log it appends to (whose table the registry's own early migrations created).
+# What the registry's statements need, in the order they apply: which node the database belongs
+# to, its own tables, then the change log it appends to (whose table the registry's own early
+# migrations created).
 MIGRATIONS: tuple[tuple[str, Path], ...] = (
+    (node_claim.COMPONENT, node_claim.MIGRATIONS_DIR),
     (COMPONENT, MIGRATIONS_DIR),
     (changelog.COMPONENT, changelog.MIGRATIONS_DIR),
 )

@@ -45,6 +45,7 @@ from services.core.forwarded_caller import (
     ForwardedCallerInterceptor,
     load_internal_key,
 )
+from services.core.node_claim.store import claim_database
 from services.core.server import RunningServer, build_server, internal_channel
 from services.core.telemetry import Telemetry, setup_telemetry
 from services.core.trust import TrustStore
@@ -166,6 +167,9 @@ async def start_sync_service(
     sync: RunningSync | None = None
     try:
         await apply_migration_plan(database.pool, MIGRATIONS)
+        async with database.connection() as conn:
+            # No case key here: the registry checks that; this checks the node id.
+            await claim_database(conn, node_id=config.node_id, case_key_fingerprint=None)
         lookup = RegistryLookupOverChannel(registry_channel, timeout_s=config.call_deadline_s)
         recorder = AuditRecorder(AuditStore(database))
         sync = await start_sync(
