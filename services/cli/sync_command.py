@@ -61,6 +61,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     quarantine.add_argument("--json", action="store_true", help="print the entries as JSON")
     add_node_options(quarantine)
     quarantine.set_defaults(func=lambda ns: run_command(_quarantine, ns))
+    resync = sync_sub.add_parser(
+        "resync",
+        help="re-pull a peer's log from the start (after it was restored or forked)",
+        description=(
+            "Re-pull PEER's change log from seq 1, after `hashex sync status` reports that its "
+            "history diverged (it was restored from a backup, or its log forked). Its records "
+            "held here leave lookups at once and come back as the pull re-applies them; those "
+            "it no longer sends are deleted once the pull has caught up. Re-runnable."
+        ),
+        epilog="example: hashex sync resync us-hsi --data-dir ~/hashex/gb-nca",
+    )
+    resync.add_argument("peer", metavar="PEER", help="the peer's node id")
+    add_node_options(resync)
+    resync.set_defaults(func=lambda ns: run_command(_resync, ns))
 
 
 def _limit(text: str) -> int:
@@ -86,6 +100,16 @@ def _quarantine(ns: argparse.Namespace) -> int:
     )
     response = _ask(ns, lambda stub: stub.ListQuarantine(request, timeout=ns.timeout))
     _print(ns, response, render_quarantine)
+    return exit_codes.OK
+
+
+def _resync(ns: argparse.Namespace) -> int:
+    request = federation_pb2.ResyncPeerRequest(peer_id=ns.peer)
+    response = _ask(ns, lambda stub: stub.ResyncPeer(request, timeout=ns.timeout))
+    print(
+        f"resync of {ns.peer} started: {response.withdrawn_media} of its media withdrawn until "
+        "they are pulled again; follow it with `hashex sync status`"
+    )
     return exit_codes.OK
 
 
@@ -168,6 +192,8 @@ def render(response: federation_pb2.GetSyncStatusResponse) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     for p in response.peers:
+        if p.resyncing:
+            lines.append(f"{p.peer_id}: resync under way (its log is pulled again from seq 1)")
         if p.last_error:
             when = _when(p.last_error_at if p.HasField("last_error_at") else None)
             lines.append(f"{p.peer_id}: last error at {when}: {p.last_error}")

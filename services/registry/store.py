@@ -49,7 +49,7 @@ from services.registry.model import (
     VictimRecord,
 )
 from services.registry.replicated import ReplicatedApplied, ReplicatedChange
-from services.registry.store_replicated import apply_replicated
+from services.registry.store_replicated import apply_replicated, begin_resync, sweep_unconfirmed
 from services.registry.store_rows import (
     PDQ_MIN_QUALITY,
     FoldedBatch,
@@ -383,6 +383,19 @@ class RegistryStore:
         if origin == self._origin:
             raise ValueError("records of this node are never applied as replicated")
         return await apply_replicated(conn, origin=origin, changes=changes)
+
+    async def begin_resync(self, conn: Any, *, origin: str) -> list[int]:
+        """Withdraw every record of `origin` until a re-pull of its log confirms it (see
+        store_replicated.begin_resync); returns the media rows withdrawn."""
+        if origin == self._origin:
+            raise ValueError("this node's own records are never resynced")
+        return await begin_resync(conn, origin=origin)
+
+    async def sweep_unconfirmed(self, conn: Any, *, origin: str) -> int:
+        """Delete the records of `origin` that its re-pulled log did not confirm."""
+        if origin == self._origin:
+            raise ValueError("this node's own records are never resynced")
+        return await sweep_unconfirmed(conn, origin=origin)
 
     async def replicated_changes(
         self, conn: Any, *, since: datetime

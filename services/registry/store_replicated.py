@@ -46,6 +46,25 @@ async def apply_replicated(
     return ReplicatedApplied(added=added, removed_rows=removed)
 
 
+async def begin_resync(conn: Any, *, origin: str) -> list[int]:
+    """Withdraw `origin`'s records until its re-pulled log confirms them: its media retracted
+    (out of every lookup at once) with their signals and series links dropped, its series'
+    victims dropped, and every seq guard cleared, so each entry re-sent applies in full (a
+    restored origin's new seqs may be lower than those held). Returns the media rows that were
+    live, for the PDQ index."""
+    withdrawn = [r["id"] for r in await conn.fetch(_WITHDRAW_MEDIA, origin)]
+    for statement in _DROP_WITHDRAWN:
+        await conn.execute(statement, origin)
+    return sorted(withdrawn)
+
+
+async def sweep_unconfirmed(conn: Any, *, origin: str) -> int:
+    """Delete what the re-pull did not confirm (media and series whose seq guard is still
+    clear): the origin no longer holds them. Returns the media deleted."""
+    deleted = await conn.fetchval(_SWEEP, origin)
+    return int(deleted)
+
+
 async def _apply_series(conn: Any, origin: str) -> None:
     applied = await conn.fetch(_UPSERT_SERIES, origin)
     if applied:
@@ -205,4 +224,35 @@ FROM unnest($2::text[], $3::bigint[], $4::timestamptz[]) AS r(media_id, origin_s
 WHERE m.origin = $1 AND m.media_id = r.media_id
   AND (m.origin_seq IS NULL OR m.origin_seq < r.origin_seq)
 RETURNING m.id
+"""
+
+_WITHDRAW_MEDIA = """
+WITH held AS (
+    SELECT id, retracted_at IS NULL AS live FROM media WHERE origin = $1 FOR UPDATE
+), withdrawn AS (
+    UPDATE media m
+    SET retracted_at = coalesce(m.retracted_at, now()), origin_seq = NULL, updated_at = now()
+    FROM held WHERE m.id = held.id
+)
+SELECT id FROM held WHERE live
+"""
+
+# One statement each: parameters need the extended protocol, which takes one statement.
+_DROP_WITHDRAWN = (
+    "DELETE FROM signals s USING media m WHERE s.media_row = m.id AND m.origin = $1",
+    "DELETE FROM media_series ms USING media m WHERE ms.media_row = m.id AND m.origin = $1",
+    "DELETE FROM victims v USING series se WHERE v.series_row = se.id AND se.origin = $1",
+    "UPDATE series SET origin_seq = NULL WHERE origin = $1",
+)
+
+# Signals and links of unconfirmed media went at begin_resync; a confirmed media got new ones.
+_SWEEP = """
+WITH gone AS (
+    DELETE FROM media m WHERE m.origin = $1 AND m.origin_seq IS NULL RETURNING m.id
+), series_gone AS (
+    DELETE FROM series se
+    WHERE se.origin = $1 AND se.origin_seq IS NULL
+      AND NOT EXISTS (SELECT 1 FROM media_series ms WHERE ms.series_row = se.id)
+)
+SELECT count(*) FROM gone
 """

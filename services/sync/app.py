@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from services.core import tls
 from services.core.config import NodeConfig
 from services.core.db.pool import Database
+from services.core.errors import NotFound
 from services.core.peer_card import PeerCard
 from services.core.server import ServiceBinding
 from services.core.signing import Keyring
@@ -151,6 +152,9 @@ class RunningSync:
     async def reconcile(self) -> None:
         await self.supervisor.reconcile()
 
+    async def resync(self, peer_id: str) -> int:
+        return await _resync(peer_id, self.store, self.supervisor)
+
     def wake_pullers(self) -> None:
         self.supervisor.wake_pullers()
 
@@ -158,6 +162,24 @@ class RunningSync:
         """Stop the pullers (each finishes its batch in flight), close the peer channels."""
         await self.supervisor.stop()
         await self.clients.close()
+
+
+async def _resync(peer_id: str, store: SyncStore, supervisor: PullerSupervisor) -> int:
+    """`hashex sync resync`: restart the peer from seq 1 (SyncStore.begin_resync), drop its
+    withdrawn media from the PDQ index, and pull now. Returns the media withdrawn."""
+    if peer_id not in supervisor.cards() and peer_id not in await store.cursors():
+        raise NotFound(f"no peer {peer_id!r}: it is not pinned and nothing was pulled from it")
+    withdrawn = await store.begin_resync(peer_id)
+    await supervisor.deps.index.index_replicated(added=[], removed_rows=withdrawn)
+    _log.warning(
+        "resync of %s: %d of its media withdrawn until its log is pulled again from seq 1",
+        peer_id,
+        len(withdrawn),
+    )
+    puller = supervisor.pullers.get(peer_id)
+    if puller is not None:
+        puller.wake()
+    return len(withdrawn)
 
 
 async def _status(node_id: str, store: SyncStore, supervisor: PullerSupervisor) -> SyncStatus:
@@ -238,7 +260,11 @@ async def start_sync(
         interval_s=config.pull_interval_s,
         grace_s=config.shutdown_grace_s,
     )
-    admin = AdminServicer(lambda: _status(config.node_id, store, supervisor), store.quarantine)
+    admin = AdminServicer(
+        status=lambda: _status(config.node_id, store, supervisor),
+        quarantine=store.quarantine,
+        resync=lambda peer_id: _resync(peer_id, store, supervisor),
+    )
     await store.log_key_rotations(keyring())
     if run_pullers:
         supervisor.start()

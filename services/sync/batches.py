@@ -54,11 +54,13 @@ def digest_of(body: bytes) -> bytes:
 @dataclass(frozen=True)
 class Cursor:
     """Where a recipient stands in an origin's chain: the last seq applied, the digest of the
-    last batch applied (empty before the first) and the policy generation it was filtered under."""
+    last batch applied (empty before the first), the policy generation it was filtered under,
+    and the origin's log chain at that seq as the batch stated it (empty before the first)."""
 
     seq: int = 0
     digest: bytes = b""
     generation: int = 0
+    chain: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -99,9 +101,11 @@ class BatchChain:
         policy: SharingPolicy | None,
         generation: int,
         previous_digest: bytes,
+        previous_chain: bytes,
         schedule: Sequence[ActiveKey],
         max_entries: int = DEFAULT_ENTRIES_PER_BATCH,
     ) -> None:
+        """`previous_chain`: this node's log chain at the seq before the first row batched."""
         self._origin = origin
         self._recipient = recipient
         self._policy = policy
@@ -109,6 +113,7 @@ class BatchChain:
         self._schedule = tuple(schedule)
         self._max_entries = max_entries
         self.previous_digest = previous_digest
+        self.previous_chain = previous_chain
 
     def batches(
         self, rows: Sequence[LogRow], origin_last_seq: int
@@ -144,9 +149,12 @@ class BatchChain:
             policy_generation=self._generation,
             entries=[p.entry for p in piece if p.entry is not None],
             origin_last_seq=max(origin_last_seq, last),
+            chain_before=self.previous_chain,
+            chain_after=piece[-1].row.chain,
         ).SerializeToString()
         key = key_for(first, self._schedule)
         self.previous_digest = digest_of(body)
+        self.previous_chain = piece[-1].row.chain
         return federation_pb2.SignedBatch(
             body=body, key_id=key.key_id, signature=sign_bytes(key, BATCH_DOMAIN, body)
         )
@@ -198,11 +206,13 @@ class VerifiedBatch:
     new_keys: tuple[RotatedKey, ...]
     # Entries left out of `changes`, with why.
     quarantined: tuple[QuarantinedEntry, ...] = ()
+    # The origin's log chain at last_seq (empty from an origin of an older release).
+    chain: bytes = b""
 
     @property
     def cursor(self) -> Cursor:
         """The recipient's cursor once this batch is applied."""
-        return Cursor(self.last_seq, self.digest, self.generation)
+        return Cursor(self.last_seq, self.digest, self.generation, self.chain)
 
 
 def verify_batch(
@@ -290,6 +300,7 @@ def _verify(
         changes=changes,
         new_keys=new_keys,
         quarantined=quarantined,
+        chain=bytes(body.chain_after),
     )
 
 
@@ -310,6 +321,16 @@ def _check_position(body: federation_pb2.BatchBody, cursor: Cursor) -> None:
         )
     if body.previous_digest != cursor.digest:
         raise BatchRejected("broken_chain", "the batch does not continue the chain applied so far")
+    # The origin's own history: where this batch starts, its log must be the one applied here.
+    # (Unknown on either side from an older release: nothing to compare.)
+    continues = expected == cursor.seq + 1
+    if continues and cursor.chain and body.chain_before and body.chain_before != cursor.chain:
+        raise BatchRejected(
+            "history_diverged",
+            f"the origin's log up to seq {cursor.seq} is not the one applied here: it was "
+            "restored from a backup, rewound or forked; run `hashex sync resync "
+            f"{body.origin}` once its operator confirms the restore",
+        )
 
 
 def _verified_entries(

@@ -112,6 +112,7 @@ class PeerPuller:
             after_digest=cursor.digest,
             policy_generation=cursor.generation,
             max_entries_per_batch=deps.settings.max_entries,
+            after_chain=cursor.chain,
         )
         stream = deps.open_pull(self.peer_id, request, deps.settings.deadline_s)
         applier = _InOrder(self._apply)

@@ -4,8 +4,10 @@ signed batches addressed to the caller and filtered by this node's policy for it
 A caller whose last batch was filtered under an older policy generation than the current one is
 re-offered the log from seq 1 under the new generation (entries a wider policy now allows reach
 it; re-applying what it holds changes nothing). The chain continues from the caller's digest
-either way. Pages of the log are read as the stream is consumed, so a long catch-up never holds
-the whole log in memory. No gRPC here: the servicer converts and maps errors.
+either way. A caller that applied a history this log no longer has (this node was restored from
+a backup, or its log forked) is refused with FAILED_PRECONDITION naming the seq, checked against
+the log chain the caller sends. Pages of the log are read as the stream is consumed, so a long
+catch-up never holds the whole log in memory. No gRPC here: the servicer converts and maps errors.
 """
 
 from __future__ import annotations
@@ -50,17 +52,14 @@ class LogSender:
             # its count); the current policy filters either way.
             after, generation = request.after_seq, request.policy_generation
         last = await self._store.last_seq()
-        if after > last:
-            raise FailedPrecondition(
-                f"this node's change log ends at seq {last}, before the requested {after}; "
-                "its database was restored from an older state: reset the cursor for this node"
-            )
+        await self._check_history(recipient, request, last)
         chain = BatchChain(
             origin=self._node_id,
             recipient=recipient,
             policy=policy,
             generation=generation,
             previous_digest=request.after_digest,
+            previous_chain=await self._store.chain_at(after) or b"",
             schedule=await self._store.key_schedule(self._keyring()),
             max_entries=max_entries,
         )
@@ -71,3 +70,22 @@ class LogSender:
             for batch in chain.batches(rows, last):
                 yield batch
             after = rows[-1].seq
+
+    async def _check_history(
+        self, recipient: str, request: federation_pb2.PullRequest, last: int
+    ) -> None:
+        """FailedPrecondition when the caller applied a history this log no longer has: it
+        stands past this log's end, or this log's chain at its seq is not the one it applied."""
+        seq = request.after_seq
+        resync = f"run `hashex sync resync {self._node_id}` on {recipient}"
+        if seq > last:
+            raise FailedPrecondition(
+                f"history diverged: this node's change log ends at seq {last}, before seq {seq} "
+                f"that {recipient} applied (this node was restored from an older backup); "
+                f"{resync}"
+            )
+        if request.after_chain and await self._store.chain_at(seq) != request.after_chain:
+            raise FailedPrecondition(
+                f"history diverged: this node's change log up to seq {seq} is not the one "
+                f"{recipient} applied (restored from a backup, or forked); {resync}"
+            )

@@ -90,10 +90,15 @@ class AdminServicer(federation_pb2_grpc.AdminServicer):
     the node's loopback port, whoever can reach loopback runs the node anyway."""
 
     def __init__(
-        self, status: Callable[[], Awaitable[SyncStatus]], quarantine: QuarantineListing
+        self,
+        *,
+        status: Callable[[], Awaitable[SyncStatus]],
+        quarantine: QuarantineListing,
+        resync: Callable[[str], Awaitable[int]],
     ) -> None:
         self._status = status
         self._quarantine = quarantine
+        self._resync = resync
 
     def binding(self) -> ServiceBinding:
         return ServiceBinding(
@@ -119,6 +124,7 @@ class AdminServicer(federation_pb2_grpc.AdminServicer):
                 applied_entries=peer.applied_entries,
                 rejected_batches=peer.rejected_batches,
                 quarantined_entries=peer.quarantined_entries,
+                resyncing=peer.resyncing,
             )
             if peer.last_success_at is not None:
                 item.last_success_at.CopyFrom(timestamp(peer.last_success_at))
@@ -126,6 +132,15 @@ class AdminServicer(federation_pb2_grpc.AdminServicer):
                 item.last_error_at.CopyFrom(timestamp(peer.last_error_at))
             response.peers.append(item)
         return response
+
+    @handles_errors
+    async def ResyncPeer(
+        self, request: federation_pb2.ResyncPeerRequest, context: Context
+    ) -> federation_pb2.ResyncPeerResponse:
+        if not request.peer_id:
+            raise InvalidArgument("peer_id: name the peer to resync")
+        withdrawn = await self._resync(request.peer_id)
+        return federation_pb2.ResyncPeerResponse(withdrawn_media=withdrawn)
 
     @handles_errors
     async def ListQuarantine(

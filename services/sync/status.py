@@ -25,6 +25,7 @@ class PeerSyncStatus:
     applied_entries: int
     rejected_batches: int
     quarantined_entries: int
+    resyncing: bool
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ def combine(
                 applied_entries=row.applied_entries if row else 0,
                 rejected_batches=state.rejected_batches if state else 0,
                 quarantined_entries=row.quarantined_entries if row else 0,
+                resyncing=row.resyncing if row else False,
             )
         )
     return SyncStatus(node_id=node_id, local_last_seq=local_last_seq, peers=tuple(peers))

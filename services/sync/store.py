@@ -52,6 +52,8 @@ class Applied:
     entries: int
     added: list[PdqEntry]
     removed_rows: list[int]
+    # Media deleted when a resync caught up (the peer no longer holds them).
+    swept_media: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class CursorRow:
     peer_last_seq: int
     applied_entries: int
     quarantined_entries: int = 0
+    resyncing: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,10 @@ class SyncStore:
     async def last_seq(self) -> int:
         async with self._db.connection() as conn:
             return await changelog.last_seq(conn)
+
+    async def chain_at(self, seq: int) -> bytes | None:
+        async with self._db.connection() as conn:
+            return await changelog.chain_at(conn, seq)
 
     async def read_log(self, *, after_seq: int, limit: int) -> list[LogRow]:
         async with self._db.connection() as conn:
@@ -143,6 +150,7 @@ class SyncStore:
                 r["peer_last_seq"],
                 r["applied_entries"],
                 r["quarantined_entries"],
+                r["resyncing"],
             )
             for r in rows
         }
@@ -185,7 +193,8 @@ class SyncStore:
         changes = [c for c in batch.changes if not isinstance(c, RotatedKey)]
         async with self._db.transaction() as conn:
             await conn.execute(_ENSURE_CURSOR, peer_id)
-            current = _cursor(await conn.fetchrow(_LOCK_CURSOR, peer_id))
+            locked = await conn.fetchrow(_LOCK_CURSOR, peer_id)
+            current, resyncing, swept = _cursor(locked), bool(locked["resyncing"]), 0
             if current != expected:
                 raise FailedPrecondition(f"the cursor for {peer_id} moved while applying a batch")
             applied = await self._records.apply_replicated(conn, origin=peer_id, changes=changes)
@@ -204,10 +213,30 @@ class SyncStore:
                 batch.generation,
                 batch.origin_last_seq,
                 len(batch.changes),
+                batch.chain,
             )
+            if resyncing and batch.last_seq >= batch.origin_last_seq:
+                # Caught up: what the peer did not re-send, it no longer holds.
+                swept = await self._records.sweep_unconfirmed(conn, origin=peer_id)
+                await conn.execute(_RESYNC_DONE, peer_id)
         return Applied(
-            entries=len(batch.changes), added=applied.added, removed_rows=applied.removed_rows
+            entries=len(batch.changes),
+            added=applied.added,
+            removed_rows=applied.removed_rows,
+            swept_media=swept,
         )
+
+    async def begin_resync(self, peer_id: str) -> list[int]:
+        """Restart `peer_id` from seq 1: its records held here are withdrawn (retracted, their
+        signals and links dropped, their seq guards cleared) so that everything it re-sends
+        applies, and the cursor is reset; the batch that catches up deletes the rest. Returns
+        the media rows withdrawn, for the PDQ index. Re-runnable: a resync under way restarts."""
+        async with self._db.transaction() as conn:
+            await conn.execute(_ENSURE_CURSOR, peer_id)
+            await conn.fetchrow(_LOCK_CURSOR, peer_id)
+            withdrawn = await self._records.begin_resync(conn, origin=peer_id)
+            await conn.execute(_RESYNC_START, peer_id)
+        return withdrawn
 
 
 def _rotation_entry(keyring: Keyring, version: int) -> PendingEntry:
@@ -229,17 +258,23 @@ def _rotation_entry(keyring: Keyring, version: int) -> PendingEntry:
 
 
 def _cursor(row: Any) -> Cursor:
-    return Cursor(row["cursor_seq"], bytes(row["cursor_digest"]), row["policy_generation"])
+    return Cursor(
+        row["cursor_seq"],
+        bytes(row["cursor_digest"]),
+        row["policy_generation"],
+        bytes(row["cursor_chain"]),
+    )
 
 
 _CURSOR = """
-SELECT peer_id, cursor_seq, cursor_digest, policy_generation, peer_last_seq, applied_entries
+SELECT peer_id, cursor_seq, cursor_digest, policy_generation, cursor_chain, peer_last_seq,
+       applied_entries, resyncing
 FROM sync_cursors WHERE peer_id = $1
 """
 
 _ALL_CURSORS = """
-SELECT c.peer_id, c.cursor_seq, c.cursor_digest, c.policy_generation, c.peer_last_seq,
-       c.applied_entries,
+SELECT c.peer_id, c.cursor_seq, c.cursor_digest, c.policy_generation, c.cursor_chain,
+       c.peer_last_seq, c.applied_entries, c.resyncing,
        (SELECT count(*) FROM sync_quarantine q WHERE q.peer_id = c.peer_id) AS quarantined_entries
 FROM sync_cursors c ORDER BY c.peer_id
 """
@@ -255,6 +290,15 @@ INSERT INTO sync_quarantine (peer_id, seq, reason, entry, batch_digest)
 VALUES ($1, $2, $3, $4, $5)
 """
 
+_RESYNC_START = """
+UPDATE sync_cursors
+SET cursor_seq = 0, cursor_digest = '', policy_generation = 0, cursor_chain = '',
+    resyncing = true, updated_at = now()
+WHERE peer_id = $1
+"""
+
+_RESYNC_DONE = "UPDATE sync_cursors SET resyncing = false WHERE peer_id = $1"
+
 _PEER_HEAD = """
 UPDATE sync_cursors SET peer_last_seq = greatest(peer_last_seq, $2) WHERE peer_id = $1
 """
@@ -265,7 +309,7 @@ _LOCK_CURSOR = _CURSOR + " FOR UPDATE"
 
 _ADVANCE_CURSOR = """
 UPDATE sync_cursors
-SET cursor_seq = $2, cursor_digest = $3, policy_generation = $4,
+SET cursor_seq = $2, cursor_digest = $3, policy_generation = $4, cursor_chain = $7,
     peer_last_seq = greatest(peer_last_seq, $5), applied_entries = applied_entries + $6,
     updated_at = now()
 WHERE peer_id = $1

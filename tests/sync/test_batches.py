@@ -74,6 +74,7 @@ def chain(
         policy=policy,
         generation=generation,
         previous_digest=digest,
+        previous_chain=b"",
         schedule=schedule,
         max_entries=max_entries,
     )

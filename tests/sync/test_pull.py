@@ -333,3 +333,85 @@ async def test_an_entry_the_receiver_cannot_apply_is_quarantined_and_the_rest_re
         assert "QUARANTINED" in capsys.readouterr().out
     finally:
         await server.stop(0)
+
+
+async def test_an_origin_restored_from_a_backup_is_detected_and_a_resync_converges(
+    nodes: tuple[SyncNode, SyncNode], db_pool: Any, second_pool: Any
+) -> None:
+    """gb-nca logs m1-m4, us-fbi pulls them; gb-nca is restored to its backup at seq 2 (m3, m4
+    and their entries gone) and logs n3-n5. us-fbi is refused at the seq it stands on, and
+    after `sync resync` holds exactly gb-nca's records: nothing stale, nothing twice."""
+    origin, receiver = nodes
+    origin.set_policy("us-fbi", SharingPolicy())
+    for name in ("m1", "m2", "m3", "m4"):
+        await origin.registry.submit_batch([media(name)])
+    await puller(receiver).pull_once()
+    assert (await receiver.sync.store.cursor("gb-nca")).seq == 4
+
+    async with db_pool.acquire() as conn, conn.transaction():  # what restoring the backup does
+        await conn.execute("DELETE FROM change_log WHERE seq > 2")
+        lost = "SELECT id FROM media WHERE media_id = ANY(ARRAY['m3', 'm4'])"
+        for table in ("case_records", "signals", "media_series"):
+            await conn.execute(f"DELETE FROM {table} WHERE media_row IN ({lost})")
+        await conn.execute(f"DELETE FROM media WHERE id IN ({lost})")
+    with pytest.raises(Exception, match="ends at seq 2, before seq 4") as short:
+        await puller(receiver).pull_once()
+    assert "hashex sync resync gb-nca" in str(short.value)
+    for name in ("n3", "n4", "n5"):
+        await origin.registry.submit_batch([media(name)])
+    with pytest.raises(Exception, match="change log up to seq 4 is not the one us-fbi applied"):
+        await puller(receiver).pull_once()
+    assert (await lookup(receiver, md5("m3")))[0].matches  # still stale, and nothing applied
+    assert not (await lookup(receiver, md5("n5")))[0].matches
+
+    receiver.sync.pullers["gb-nca"] = puller(receiver)
+    assert await receiver.sync.resync("gb-nca") == 4
+    [peer] = (await receiver.sync.status()).peers
+    assert peer.resyncing and peer.cursor_seq == 0
+    assert not (await lookup(receiver, md5("m1")))[0].matches  # withdrawn until re-pulled
+
+    await puller(receiver).pull_once()
+    held = await second_pool.fetch(
+        "SELECT media_id, retracted_at IS NULL AS live FROM media WHERE origin = 'gb-nca'"
+    )
+    assert sorted((r["media_id"], r["live"]) for r in held) == [
+        (name, True) for name in ("m1", "m2", "n3", "n4", "n5")
+    ]
+    for name in ("m1", "m2", "n3", "n5"):
+        [result] = await lookup(receiver, md5(name))
+        assert [m.media.media_id for m in result.matches] == [name]
+    assert not (await lookup(receiver, md5("m4")))[0].matches
+    [peer] = (await receiver.sync.status()).peers
+    assert (peer.resyncing, peer.cursor_seq, peer.lag) == (False, 5, 0)
+
+    await origin.registry.submit_batch([media("n6")])  # and on it goes
+    await puller(receiver).pull_once()
+    assert (await lookup(receiver, md5("n6")))[0].matches
+
+
+async def test_sync_resync_command(
+    nodes: tuple[SyncNode, SyncNode], capsys: pytest.CaptureFixture[str]
+) -> None:
+    origin, receiver = nodes
+    origin.set_policy("us-fbi", SharingPolicy())
+    await origin.registry.submit_batch([media("m")])
+    await puller(receiver).pull_once()
+    server = await build_server(
+        listen="127.0.0.1:0",
+        services=[receiver.sync.admin_binding()],
+        tracer_provider=TracerProvider(),
+    )
+    try:
+        address = f"127.0.0.1:{server.port}"
+        resync = ["sync", "resync", "--node", address]
+        assert await asyncio.to_thread(hashex_main, [*resync, "gb-nca"]) == 0
+        assert "resync of gb-nca started: 1 of its media withdrawn" in capsys.readouterr().out
+        assert await asyncio.to_thread(hashex_main, ["sync", "status", "--node", address]) == 0
+        assert "gb-nca: resync under way" in capsys.readouterr().out
+        assert await asyncio.to_thread(hashex_main, [*resync, "xx-none"]) == 3
+        assert "no peer 'xx-none'" in capsys.readouterr().err
+    finally:
+        await server.stop(0)
+    await puller(receiver).pull_once()
+    assert (await lookup(receiver, md5("m")))[0].matches
+    assert not (await receiver.sync.status()).peers[0].resyncing

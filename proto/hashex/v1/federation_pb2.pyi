@@ -29,6 +29,7 @@ class PullRequest(_message.Message):
     AFTER_DIGEST_FIELD_NUMBER: _builtins.int
     POLICY_GENERATION_FIELD_NUMBER: _builtins.int
     MAX_ENTRIES_PER_BATCH_FIELD_NUMBER: _builtins.int
+    AFTER_CHAIN_FIELD_NUMBER: _builtins.int
     after_seq: _builtins.int
     """The last sequence number the caller has applied from this origin (0: none)."""
     after_digest: _builtins.bytes
@@ -37,6 +38,11 @@ class PullRequest(_message.Message):
     """The policy generation of the last batch the caller applied (0 at start)."""
     max_entries_per_batch: _builtins.int
     """Entries per batch, 1-10,000; 0 means 1,000."""
+    after_chain: _builtins.bytes
+    """The origin's log chain digest at after_seq as its last applied batch stated it (empty at
+    start). An origin whose own chain at after_seq differs answers FAILED_PRECONDITION: its
+    history diverged from what the caller applied (restored from a backup, or forked).
+    """
     def __init__(
         self,
         *,
@@ -44,10 +50,11 @@ class PullRequest(_message.Message):
         after_digest: _builtins.bytes = ...,
         policy_generation: _builtins.int = ...,
         max_entries_per_batch: _builtins.int = ...,
+        after_chain: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_digest", b"after_digest", "after_seq", b"after_seq", "max_entries_per_batch", b"max_entries_per_batch", "policy_generation", b"policy_generation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_chain", b"after_chain", "after_digest", b"after_digest", "after_seq", b"after_seq", "max_entries_per_batch", b"max_entries_per_batch", "policy_generation", b"policy_generation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -157,6 +164,8 @@ class BatchBody(_message.Message):
     POLICY_GENERATION_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
     ORIGIN_LAST_SEQ_FIELD_NUMBER: _builtins.int
+    CHAIN_BEFORE_FIELD_NUMBER: _builtins.int
+    CHAIN_AFTER_FIELD_NUMBER: _builtins.int
     origin: _builtins.str
     """The node that originated every entry (and signed the batch)."""
     recipient: _builtins.str
@@ -176,6 +185,13 @@ class BatchBody(_message.Message):
     """
     origin_last_seq: _builtins.int
     """The origin's newest sequence number when the batch was signed (for lag)."""
+    chain_before: _builtins.bytes
+    """The origin's log chain digest at first_seq - 1 (empty at 0) and at last_seq, over its own
+    entries whatever the policy withheld: chain(n) = SHA-256("hashex.v1.LogChain\\0" ||
+    chain(n-1) || n as 8 bytes big-endian || SHA-256(entry n as stored)). A receiver refuses a
+    batch whose chain_before is not the chain_after it applied last (`history_diverged`).
+    """
+    chain_after: _builtins.bytes
     @_builtins.property
     def entries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """Serialized ChangeEntry messages in increasing seq order."""
@@ -191,10 +207,12 @@ class BatchBody(_message.Message):
         policy_generation: _builtins.int = ...,
         entries: _abc.Iterable[_builtins.bytes] | None = ...,
         origin_last_seq: _builtins.int = ...,
+        chain_before: _builtins.bytes = ...,
+        chain_after: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "first_seq", b"first_seq", "last_seq", b"last_seq", "origin", b"origin", "origin_last_seq", b"origin_last_seq", "policy_generation", b"policy_generation", "previous_digest", b"previous_digest", "recipient", b"recipient"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_after", b"chain_after", "chain_before", b"chain_before", "entries", b"entries", "first_seq", b"first_seq", "last_seq", b"last_seq", "origin", b"origin", "origin_last_seq", b"origin_last_seq", "policy_generation", b"policy_generation", "previous_digest", b"previous_digest", "recipient", b"recipient"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -383,6 +401,45 @@ class FederatedLookupResponse(_message.Message):
 Global___FederatedLookupResponse: _TypeAlias = FederatedLookupResponse  # noqa: Y015
 
 @_typing.final
+class ResyncPeerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_ID_FIELD_NUMBER: _builtins.int
+    peer_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        peer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer_id", b"peer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResyncPeerRequest: _TypeAlias = ResyncPeerRequest  # noqa: Y015
+
+@_typing.final
+class ResyncPeerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WITHDRAWN_MEDIA_FIELD_NUMBER: _builtins.int
+    withdrawn_media: _builtins.int
+    """Media of the peer withdrawn until the re-pull confirms them."""
+    def __init__(
+        self,
+        *,
+        withdrawn_media: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["withdrawn_media", b"withdrawn_media"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResyncPeerResponse: _TypeAlias = ResyncPeerResponse  # noqa: Y015
+
+@_typing.final
 class GetSyncStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -412,6 +469,7 @@ class PeerSyncStatus(_message.Message):
     APPLIED_ENTRIES_FIELD_NUMBER: _builtins.int
     REJECTED_BATCHES_FIELD_NUMBER: _builtins.int
     QUARANTINED_ENTRIES_FIELD_NUMBER: _builtins.int
+    RESYNCING_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     endpoint: _builtins.str
     cursor_seq: _builtins.int
@@ -428,6 +486,8 @@ class PeerSyncStatus(_message.Message):
     """Batches rejected (bad signature, wrong recipient, replay, ...) since the node started."""
     quarantined_entries: _builtins.int
     """Entries of this peer's batches quarantined (never applied, never retried), all time."""
+    resyncing: _builtins.bool
+    """A resync of this peer is under way (`hashex sync resync`): its records are being re-pulled."""
     @_builtins.property
     def last_success_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -446,10 +506,11 @@ class PeerSyncStatus(_message.Message):
         applied_entries: _builtins.int = ...,
         rejected_batches: _builtins.int = ...,
         quarantined_entries: _builtins.int = ...,
+        resyncing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_error_at", b"last_error_at", "last_success_at", b"last_success_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_entries", b"applied_entries", "cursor_seq", b"cursor_seq", "endpoint", b"endpoint", "lag", b"lag", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_success_at", b"last_success_at", "peer_id", b"peer_id", "peer_last_seq", b"peer_last_seq", "quarantined_entries", b"quarantined_entries", "rejected_batches", b"rejected_batches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_entries", b"applied_entries", "cursor_seq", b"cursor_seq", "endpoint", b"endpoint", "lag", b"lag", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_success_at", b"last_success_at", "peer_id", b"peer_id", "peer_last_seq", b"peer_last_seq", "quarantined_entries", b"quarantined_entries", "rejected_batches", b"rejected_batches", "resyncing", b"resyncing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

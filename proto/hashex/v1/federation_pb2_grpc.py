@@ -253,6 +253,11 @@ class AdminStub:
                 request_serializer=hashex_dot_v1_dot_federation__pb2.ListQuarantineRequest.SerializeToString,
                 response_deserializer=hashex_dot_v1_dot_federation__pb2.ListQuarantineResponse.FromString,
                 _registered_method=True)
+        self.ResyncPeer = channel.unary_unary(
+                '/hashex.v1.Admin/ResyncPeer',
+                request_serializer=hashex_dot_v1_dot_federation__pb2.ResyncPeerRequest.SerializeToString,
+                response_deserializer=hashex_dot_v1_dot_federation__pb2.ResyncPeerResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -274,6 +279,16 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResyncPeer(self, request, context):
+        """Re-pull a peer's log from the start (after it was restored from a backup, or forked): its
+        records held here are withdrawn from lookups at once, re-applied as they arrive, and those
+        the peer no longer sends are deleted once the pull has caught up. NOT_FOUND for a peer
+        this node neither pins nor holds a cursor for.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -286,6 +301,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListQuarantine,
                     request_deserializer=hashex_dot_v1_dot_federation__pb2.ListQuarantineRequest.FromString,
                     response_serializer=hashex_dot_v1_dot_federation__pb2.ListQuarantineResponse.SerializeToString,
+            ),
+            'ResyncPeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResyncPeer,
+                    request_deserializer=hashex_dot_v1_dot_federation__pb2.ResyncPeerRequest.FromString,
+                    response_serializer=hashex_dot_v1_dot_federation__pb2.ResyncPeerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +364,33 @@ class Admin:
             '/hashex.v1.Admin/ListQuarantine',
             hashex_dot_v1_dot_federation__pb2.ListQuarantineRequest.SerializeToString,
             hashex_dot_v1_dot_federation__pb2.ListQuarantineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResyncPeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashex.v1.Admin/ResyncPeer',
+            hashex_dot_v1_dot_federation__pb2.ResyncPeerRequest.SerializeToString,
+            hashex_dot_v1_dot_federation__pb2.ResyncPeerResponse.FromString,
             options,
             channel_credentials,
             insecure,

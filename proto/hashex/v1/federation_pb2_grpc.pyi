@@ -141,6 +141,12 @@ class AdminStub:
     """Entries of peers' verified batches that this node could not apply and set aside (oldest
     first): at most 1,000 per call; page on with `after_id`.
     """
+    ResyncPeer: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ResyncPeerRequest, _federation_pb2.ResyncPeerResponse]
+    """Re-pull a peer's log from the start (after it was restored from a backup, or forked): its
+    records held here are withdrawn from lookups at once, re-applied as they arrive, and those
+    the peer no longer sends are deleted once the pull has caught up. NOT_FOUND for a peer
+    this node neither pins nor holds a cursor for.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -153,6 +159,12 @@ class AdminAsyncStub(AdminStub):
     ListQuarantine: _aio.UnaryUnaryMultiCallable[_federation_pb2.ListQuarantineRequest, _federation_pb2.ListQuarantineResponse]  # type: ignore[assignment]
     """Entries of peers' verified batches that this node could not apply and set aside (oldest
     first): at most 1,000 per call; page on with `after_id`.
+    """
+    ResyncPeer: _aio.UnaryUnaryMultiCallable[_federation_pb2.ResyncPeerRequest, _federation_pb2.ResyncPeerResponse]  # type: ignore[assignment]
+    """Re-pull a peer's log from the start (after it was restored from a backup, or forked): its
+    records held here are withdrawn from lookups at once, re-applied as they arrive, and those
+    the peer no longer sends are deleted once the pull has caught up. NOT_FOUND for a peer
+    this node neither pins nor holds a cursor for.
     """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
@@ -175,6 +187,18 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_federation_pb2.ListQuarantineResponse, _abc.Awaitable[_federation_pb2.ListQuarantineResponse]]:
         """Entries of peers' verified batches that this node could not apply and set aside (oldest
         first): at most 1,000 per call; page on with `after_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def ResyncPeer(
+        self,
+        request: _federation_pb2.ResyncPeerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.ResyncPeerResponse, _abc.Awaitable[_federation_pb2.ResyncPeerResponse]]:
+        """Re-pull a peer's log from the start (after it was restored from a backup, or forked): its
+        records held here are withdrawn from lookups at once, re-applied as they arrive, and those
+        the peer no longer sends are deleted once the pull has caught up. NOT_FOUND for a peer
+        this node neither pins nor holds a cursor for.
         """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

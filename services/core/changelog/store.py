@@ -8,6 +8,10 @@ issued after the lock, so a later seq is never committed before an earlier one a
 sees seq N sees every seq below it. Taking the lock first also serialises this node's writers, so
 the state a writer reads back for an entry is exactly the state its transaction leaves.
 
+Each entry commits to the one before it (`chain`: see `link`), so the log's history can be
+checked: a peer that holds the chain at some seq detects an origin restored, rewound or forked
+below it.
+
 An entry is stored as the exact bytes of a serialized hashex.v1.ChangeEntry; senders pass those
 bytes through unchanged (and sign them) instead of re-serialising. This module never parses
 them: what an entry holds is its writer's business (services.registry.change_entries,
@@ -16,6 +20,7 @@ services.sync.entries).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,6 +53,18 @@ class LogRow:
     # The media as it stood before the change (retractions, changes of a held media); for the
     # sender's policy filter only, never sent.
     media_before: bytes | None = None
+    # The log's chain digest at this entry (see `link`).
+    chain: bytes = b""
+
+
+_CHAIN_DOMAIN = b"hashex.v1.LogChain\0"
+
+
+def link(previous: bytes, seq: int, entry: bytes) -> bytes:
+    """chain(n) = SHA-256(domain || chain(n-1) || seq as 8 bytes big-endian || SHA-256(entry));
+    chain(0) is empty. Migration 0002 computes the same in SQL for entries written before."""
+    entry_digest = hashlib.sha256(entry).digest()
+    return hashlib.sha256(_CHAIN_DOMAIN + previous + seq.to_bytes(8, "big") + entry_digest).digest()
 
 
 EntryEncoder = Callable[[int, datetime], bytes]
@@ -74,10 +91,12 @@ async def append_entries(conn: Any, entries: Sequence[PendingEntry]) -> int:
     last, now = int(head["last_seq"]), head["now"]
     if not entries:
         return last
-    records = [
-        (seq, now, int(entry.kind), entry.encode(seq, now), entry.media_before)
-        for seq, entry in enumerate(entries, start=last + 1)
-    ]
+    chain = bytes(head["chain"] or b"")
+    records = []
+    for seq, entry in enumerate(entries, start=last + 1):
+        data = entry.encode(seq, now)
+        chain = link(chain, seq, data)
+        records.append((seq, now, int(entry.kind), data, entry.media_before, chain))
     await conn.copy_records_to_table("change_log", records=records, columns=_COLUMNS)
     return last + len(records)
 
@@ -85,6 +104,14 @@ async def append_entries(conn: Any, entries: Sequence[PendingEntry]) -> int:
 async def last_seq(conn: Any) -> int:
     """The newest seq written (0 for an empty log)."""
     return int(await conn.fetchval(_LAST_SEQ))
+
+
+async def chain_at(conn: Any, seq: int) -> bytes | None:
+    """The chain digest at `seq` (empty at 0), None when the log does not reach it."""
+    if seq == 0:
+        return b""
+    value = await conn.fetchval(_CHAIN_AT, seq)
+    return bytes(value) if value is not None else None
 
 
 async def read_page(conn: Any, *, after_seq: int, limit: int) -> list[LogRow]:
@@ -104,18 +131,24 @@ def _row(r: Any) -> LogRow:
         kind=EntryKind(r["kind"]),
         entry=bytes(r["entry"]),
         media_before=bytes(before) if before is not None else None,
+        chain=bytes(r["chain"]),
     )
 
 
-_COLUMNS = ("seq", "changed_at", "kind", "entry", "media_before")
+_COLUMNS = ("seq", "changed_at", "kind", "entry", "media_before", "chain")
 _LOCK = "SELECT pg_advisory_xact_lock($1)"
 # A statement of its own after the lock, so its snapshot sees every entry committed before.
-_HEAD = "SELECT coalesce(max(seq), 0) AS last_seq, now() AS now FROM change_log"
+_HEAD = """
+SELECT coalesce(max(seq), 0) AS last_seq, now() AS now,
+       (SELECT chain FROM change_log ORDER BY seq DESC LIMIT 1) AS chain
+FROM change_log
+"""
+_CHAIN_AT = "SELECT chain FROM change_log WHERE seq = $1"
 _LAST_SEQ = "SELECT coalesce(max(seq), 0) FROM change_log"
 _READ_PAGE = """
-SELECT seq, kind, entry, media_before FROM change_log WHERE seq > $1 ORDER BY seq LIMIT $2
+SELECT seq, kind, entry, media_before, chain FROM change_log WHERE seq > $1 ORDER BY seq LIMIT $2
 """
 # The literal 4 (EntryKind.KEY_ROTATION) lets the partial index on key rotations serve it.
 _KEY_ROTATIONS = """
-SELECT seq, kind, entry, media_before FROM change_log WHERE kind = 4 ORDER BY seq
+SELECT seq, kind, entry, media_before, chain FROM change_log WHERE kind = 4 ORDER BY seq
 """
