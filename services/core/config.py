@@ -57,7 +57,11 @@ class NodeConfig:
     max_request_bytes: int = 4 * 1024 * 1024
     # Longest a unary call through the gateway may run, and a Pull stream.
     call_deadline_s: float = 60.0
-    pull_deadline_s: float = 600.0
+    pull_deadline_s: float = 1200.0
+    # How long a caught-up pull stays open for new entries (both the puller's ask and this
+    # origin's cap; below pull_deadline_s), and the keep-alive interval while it is idle.
+    pull_hold_s: float = 900.0
+    pull_keepalive_s: float = 30.0
     # Pause between pulls from a peer that is up to date, and the longest backoff after errors.
     pull_interval_s: float = 2.0
     pull_backoff_max_s: float = 60.0
@@ -210,9 +214,15 @@ def _from_values(data_dir: Path, values: dict[str, Any], source: Path) -> NodeCo
         "max_request_bytes",
         "call_deadline_s",
     )
-    for name in (*positive, "pull_deadline_s", "pull_interval_s", "pull_backoff_max_s"):
+    pulls = ("pull_deadline_s", "pull_interval_s", "pull_backoff_max_s", "pull_keepalive_s")
+    for name in (*positive, *pulls):
         if not getattr(config, name) > 0:
             raise InvalidArgument(f"{source}: {name} must be greater than 0")
+    if not 0 <= config.pull_hold_s < config.pull_deadline_s:
+        raise InvalidArgument(
+            f"{source}: pull_hold_s must be at least 0 and below pull_deadline_s "
+            f"({config.pull_deadline_s:g})"
+        )
     if not 0 <= config.pdq_default_max_distance <= 64:
         raise InvalidArgument(f"{source}: pdq_default_max_distance must be 0-64")
     if config.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

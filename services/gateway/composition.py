@@ -57,10 +57,11 @@ class RunningNode:
         return self.gateway.address
 
     async def stop(self) -> None:
-        """Gateway first (no new outside calls), then pullers, the loopback port, the database
-        (stopping an embedded PostgreSQL)."""
+        """Pulls peers hold open end first, then the gateway (no new outside calls), pullers,
+        the loopback port, the database (stopping an embedded PostgreSQL)."""
         _log.info("stopping node %s", self.config.node_id)
         try:
+            await self.sync.release_pulls()
             await self.gateway.stop()
             await self.sync.stop()
             await self.local.stop(self.config.shutdown_grace_s)

@@ -17,6 +17,7 @@ bytes the client sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -44,6 +45,8 @@ _log = logging.getLogger(__name__)
 
 # Methods that stream for long by design get the longer deadline.
 LONG_STREAM_METHODS = frozenset({"/hashex.v1.Federation/Pull"})
+# How often the caller of a long stream is verified again while it waits (revocation, expiry).
+TRUST_RECHECK_S = 5.0
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Deserializer = Callable[[bytes], Any] | None
@@ -170,16 +173,7 @@ class GatewayInterceptor(ServerInterceptor):
                     await self._run(call, caller, context, result)
                     return
                 responses = result
-                deadline = asyncio.get_running_loop().time() + self._deadline_s(method)
-                while True:
-                    with calling_as(caller):
-                        try:
-                            async with asyncio.timeout_at(deadline):
-                                item = await anext(responses)
-                        except StopAsyncIteration:
-                            break
-                        except TimeoutError:
-                            await self._deadline_exceeded(call, context)
+                async for item in self._responses_of(call, caller, context, responses):
                     call.responses += 1
                     yield item
             except BaseException as caught:
@@ -240,6 +234,50 @@ class GatewayInterceptor(ServerInterceptor):
             )
         call.in_flight = True
         return caller
+
+    async def _responses_of(
+        self, call: _Call, caller: Caller, context: Context, responses: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
+        """The servicer's responses, within the method's deadline. A pull held open for
+        minutes is checked again every TRUST_RECHECK_S and before each message, so that a
+        certificate revoked meanwhile ends it within seconds, as it would refuse a new call."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._deadline_s(call.method)
+        long = call.method in LONG_STREAM_METHODS
+        pending: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                if pending is None:
+                    with calling_as(caller):  # the task inherits the caller
+                        pending = asyncio.ensure_future(anext(responses))
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    await self._deadline_exceeded(call, context)
+                wait = min(remaining, TRUST_RECHECK_S) if long else remaining
+                done, _ = await asyncio.wait({pending}, timeout=wait)
+                if long:
+                    await self._still_trusted(call, context)
+                if not done:
+                    continue
+                finished, pending = pending, None
+                try:
+                    item = finished.result()
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            if pending is not None:  # so that the servicer's generator can be closed after
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+
+    async def _still_trusted(self, call: _Call, context: Context) -> None:
+        """A pull held open for minutes is checked again before each message it sends: a
+        certificate revoked (or expired) meanwhile ends it, as it would refuse a new call."""
+        try:
+            self._verifier.verify(context.auth_context())
+        except Unauthenticated as refused:
+            await self._refuse(call, context, grpc.StatusCode.UNAUTHENTICATED, str(refused))
 
     def _rate_message(self, units: int) -> str:
         limits = self._limits

@@ -27,6 +27,7 @@ from services.core.server import ServiceBinding
 from services.core.signing import Keyring
 from services.registry.store import RegistryStore
 from services.sync.batches import BatchRejected, VerifiedBatch
+from services.sync.log_watcher import LogWatcher
 from services.sync.peer_client import PeerClients, PeerDirectory
 from services.sync.policy import SharingPolicy, load_policy
 from services.sync.puller import (
@@ -37,7 +38,7 @@ from services.sync.puller import (
     PullDeps,
     PullSettings,
 )
-from services.sync.sender import LogSender
+from services.sync.sender import Holding, LogSender
 from services.sync.servicer import AdminServicer, FederationServicer, LocalLookup
 from services.sync.status import SyncStatus, combine
 from services.sync.store import SyncStore
@@ -131,6 +132,7 @@ class RunningSync:
     federation: FederationServicer
     admin: AdminServicer
     supervisor: PullerSupervisor
+    watcher: LogWatcher
 
     @property
     def pullers(self) -> dict[str, PeerPuller]:
@@ -158,8 +160,15 @@ class RunningSync:
     def wake_pullers(self) -> None:
         self.supervisor.wake_pullers()
 
+    async def release_pulls(self) -> None:
+        """End the pulls peers hold open here (call before stopping the server serving them,
+        so that it need not wait out its grace period for them)."""
+        await self.watcher.close()
+
     async def stop(self) -> None:
-        """Stop the pullers (each finishes its batch in flight), close the peer channels."""
+        """End held pulls, stop the pullers (each finishes its batch in flight), close the
+        peer channels."""
+        await self.release_pulls()
         await self.supervisor.stop()
         await self.clients.close()
 
@@ -231,7 +240,15 @@ async def start_sync(
     clients = PeerClients(
         trust=trust, identity=identity, max_message_bytes=config.max_message_bytes
     )
-    sender = LogSender(node_id=config.node_id, store=store, keyring=keyring, policy_for=policy_for)
+    watcher = LogWatcher(database)
+    holding = Holding(watcher, max_s=config.pull_hold_s, keepalive_s=config.pull_keepalive_s)
+    sender = LogSender(
+        node_id=config.node_id,
+        store=store,
+        keyring=keyring,
+        policy_for=policy_for,
+        holding=holding,
+    )
     federation = FederationServicer(
         node_id=config.node_id, sender=sender, lookup=lookup, policy_for=policy_for
     )
@@ -249,6 +266,7 @@ async def start_sync(
             interval_s=config.pull_interval_s,
             backoff_max_s=config.pull_backoff_max_s,
             deadline_s=config.pull_deadline_s,
+            hold_s=config.pull_hold_s,
         ),
         now=now,
         rng=rng or random.Random(),
@@ -268,7 +286,7 @@ async def start_sync(
     await store.log_key_rotations(keyring())
     if run_pullers:
         supervisor.start()
-    return RunningSync(config, store, clients, federation, admin, supervisor)
+    return RunningSync(config, store, clients, federation, admin, supervisor, watcher)
 
 
 async def _finish(task: asyncio.Task[None], grace_s: float) -> None:

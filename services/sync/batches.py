@@ -110,7 +110,7 @@ class BatchChain:
         self._recipient = recipient
         self._policy = policy
         self._generation = generation
-        self._schedule = tuple(schedule)
+        self.schedule = tuple(schedule)
         self._max_entries = max_entries
         self.previous_digest = previous_digest
         self.previous_chain = previous_chain
@@ -152,7 +152,7 @@ class BatchChain:
             chain_before=self.previous_chain,
             chain_after=piece[-1].row.chain,
         ).SerializeToString()
-        key = key_for(first, self._schedule)
+        key = key_for(first, self.schedule)
         self.previous_digest = digest_of(body)
         self.previous_chain = piece[-1].row.chain
         return federation_pb2.SignedBatch(

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,10 +62,14 @@ class PeerState:
 
 @dataclass
 class PullSettings:
+    """`hold_s`: how long `run`'s pulls ask the peer to stay open once caught up (0: poll
+    every `interval_s`, as with a peer of an older release that never holds)."""
+
     interval_s: float = 2.0
     backoff_max_s: float = 60.0
-    deadline_s: float = 600.0
+    deadline_s: float = 1200.0
     max_entries: int = 1_000
+    hold_s: float = 0.0
 
 
 @dataclass
@@ -90,10 +95,14 @@ class PeerPuller:
         self._deps = deps
         self._wake = asyncio.Event()
         self._stopping = False
+        # Whether the peer held the last pull open (then the next one starts at once).
+        self.held = False
 
-    async def pull_once(self) -> int:
+    async def pull_once(self, *, hold: bool = False) -> int:
         """Pull until the peer's stream ends; returns the batches applied. Raises BatchRejected
-        (after reporting it) or whatever the call or the database raised.
+        (after reporting it) or whatever the call or the database raised. `hold`: ask the peer
+        to keep the stream open once caught up (settings.hold_s) and send batches as its log
+        grows; each keep-alive counts as a success (lag and "last OK" stay true meanwhile).
 
         Pipelined: batch k+1 is received, verified and parsed while batch k is applied. It is
         verified against the cursor k leads to, known as soon as k verified, and applied only
@@ -113,12 +122,24 @@ class PeerPuller:
             policy_generation=cursor.generation,
             max_entries_per_batch=deps.settings.max_entries,
             after_chain=cursor.chain,
+            wait_s=int(deps.settings.hold_s) if hold else 0,
         )
+        self.held = False
         stream = deps.open_pull(self.peer_id, request, deps.settings.deadline_s)
         applier = _InOrder(self._apply)
         try:
             try:
                 async for response in _responses(stream):
+                    if self._stopping:  # a held pull outlives stop(): apply nothing more
+                        break
+                    if response.HasField("keep_alive"):
+                        await applier.finish()  # caught up means applied
+                        self.held = True
+                        self._caught_up(response.keep_alive.origin_last_seq)
+                        if self._wake.is_set():  # asked to pull afresh (a resync): reconnect
+                            self._wake.clear()
+                            break
+                        continue
                     batch = await self._verified(response.batch, cursor, keys)
                     await applier.start(batch, expected=cursor)
                     cursor = batch.cursor
@@ -140,12 +161,19 @@ class PeerPuller:
             cancel = getattr(stream, "cancel", None)
             if callable(cancel):
                 cancel()
+        self._succeeded()
+        return applier.applied
+
+    def _caught_up(self, origin_last_seq: int) -> None:
+        self.state.peer_last_seq = max(self.state.peer_last_seq, origin_last_seq)
+        self._succeeded()
+
+    def _succeeded(self) -> None:
         if self.state.failures:
             _log.info("pull from %s works again", self.peer_id)
-        self.state.last_success_at = deps.now()
+        self.state.last_success_at = self._deps.now()
         self.state.last_error = ""
         self.state.failures = 0
-        return applier.applied
 
     async def _verified(
         self, signed: federation_pb2.SignedBatch, cursor: Cursor, keys: dict[str, bytes]
@@ -190,22 +218,29 @@ class PeerPuller:
         return ceiling * (0.5 + 0.5 * self._deps.rng.random())
 
     async def run(self, sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
-        """Pull, pause, repeat until `stop()`; failures back off."""
+        """Pull, pause, repeat until `stop()`; failures back off. A pull the peer held open ends
+        when its hold does; the next one starts at once."""
         pause = sleep or self._sleep
         while not self._stopping:
+            started = time.monotonic()
             try:
-                await self.pull_once()
-                delay = self._deps.settings.interval_s
+                await self.pull_once(hold=self._deps.settings.hold_s > 0)
+                # A held pull ends when its hold does, or when the peer's policy changes: pull
+                # again at once. A peer that never holds, or a held pull over within a second:
+                # pause as for polling, so that no peer makes this loop spin.
+                short = time.monotonic() - started < min(self._deps.settings.interval_s, 1.0)
+                delay = self._deps.settings.interval_s if short or not self.held else 0.0
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # any failure of one peer only delays that peer
                 self._record_failure(error)
                 delay = self.backoff_s()
-            if not self._stopping:
+            if not self._stopping and delay > 0:
                 await pause(delay)
 
     def wake(self) -> None:
-        """Pull now instead of waiting out the pause."""
+        """Pull now instead of waiting out the pause (a held pull reconnects at its next
+        keep-alive)."""
         self._wake.set()
 
     def stop(self) -> None:

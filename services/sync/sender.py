@@ -7,21 +7,52 @@ it; re-applying what it holds changes nothing). The chain continues from the cal
 either way. A caller that applied a history this log no longer has (this node was restored from
 a backup, or its log forked) is refused with FAILED_PRECONDITION naming the seq, checked against
 the log chain the caller sends. Pages of the log are read as the stream is consumed, so a long
-catch-up never holds the whole log in memory. No gRPC here: the servicer converts and maps errors.
+catch-up never holds the whole log in memory.
+
+A caller that asks to wait (`wait_s`) is not sent away at the log's end: the stream stays open
+for up to this node's `pull_hold_s`, batches follow each commit (LogWatcher), and a keep-alive
+goes out on catching up and every `pull_keepalive_s` while idle. So replication latency is the
+commit, and an idle federation makes one call, one log line and one audit record per peer per
+hold instead of one every poll. No gRPC here: the servicer converts and maps errors.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from hashex.v1 import federation_pb2
 from services.core.errors import FailedPrecondition
 from services.core.signing import Keyring
 from services.sync.batches import BatchChain, entries_per_batch
+from services.sync.log_watcher import LogWatcher
 from services.sync.policy import SharingPolicy
 from services.sync.store import SyncStore
 
 PolicyFor = Callable[[str], SharingPolicy | None]
+# How often a held, idle pull looks whether the sharing policy for its caller changed.
+POLICY_RECHECK_S = 1.0
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    """Sent on catching up and while a held pull is idle: everything up to `origin_last_seq`
+    has been sent."""
+
+    origin_last_seq: int
+
+
+@dataclass(frozen=True)
+class Holding:
+    """How this node holds caught-up pulls open: at most `max_s` (its `pull_hold_s`), a
+    keep-alive every `keepalive_s`, woken by `watcher` as its log grows."""
+
+    watcher: LogWatcher
+    max_s: float
+    keepalive_s: float
+    clock: Callable[[], float] = time.monotonic
 
 
 class LogSender:
@@ -32,16 +63,21 @@ class LogSender:
         store: SyncStore,
         keyring: Callable[[], Keyring],
         policy_for: PolicyFor,
+        holding: Holding | None = None,
     ) -> None:
+        """`holding` None: pulls always end at the log's end (wait_s is ignored)."""
         self._node_id = node_id
         self._store = store
         self._keyring = keyring
         self._policy_for = policy_for
+        self._holding = holding
 
     async def batches_for(
         self, recipient: str, request: federation_pb2.PullRequest
-    ) -> AsyncIterator[federation_pb2.SignedBatch]:
-        """Signed batches up to the log's end as it stands when the pull starts."""
+    ) -> AsyncIterator[federation_pb2.SignedBatch | KeepAlive]:
+        """Signed batches up to the log's end; then, when the caller asked to wait, batches as
+        the log grows and keep-alives while it does not, until the hold ends, the sharing
+        policy for the caller changes, or the node stops."""
         max_entries = entries_per_batch(request.max_entries_per_batch)
         policy = self._policy_for(recipient)
         current = policy.generation if policy is not None else 0
@@ -51,6 +87,9 @@ class LogSender:
             # Never lower the caller's generation (a policy file recreated from scratch restarts
             # its count); the current policy filters either way.
             after, generation = request.after_seq, request.policy_generation
+        holding = self._holding if request.wait_s > 0 else None
+        until = holding.clock() + min(request.wait_s, holding.max_s) if holding else 0.0
+        ticket = await holding.watcher.ticket() if holding else None
         last = await self._store.last_seq()
         await self._check_history(recipient, request, last)
         chain = BatchChain(
@@ -63,13 +102,45 @@ class LogSender:
             schedule=await self._store.key_schedule(self._keyring()),
             max_entries=max_entries,
         )
-        while after < last:
-            rows = await self._store.read_log(after_seq=after, limit=min(max_entries, last - after))
-            if not rows:
-                break
-            for batch in chain.batches(rows, last):
-                yield batch
-            after = rows[-1].seq
+        while True:
+            while after < last:
+                limit = min(max_entries, last - after)
+                rows = await self._store.read_log(after_seq=after, limit=limit)
+                if not rows:
+                    break
+                for batch in chain.batches(rows, last):
+                    yield batch
+                after = rows[-1].seq
+            if holding is None or ticket is None:
+                return
+            yield KeepAlive(last)
+            async for _ in self._idle(holding, ticket, until, recipient, current):
+                yield KeepAlive(last)
+            if holding.watcher.closed or holding.clock() >= until:
+                return
+            if _generation(self._policy_for(recipient)) != current:
+                return
+            ticket = await holding.watcher.ticket()
+            last = await self._store.last_seq()
+            # A key rotation logged meanwhile signs the batches after it.
+            chain.schedule = tuple(await self._store.key_schedule(self._keyring()))
+
+    async def _idle(
+        self, holding: Holding, ticket: asyncio.Event, until: float, recipient: str, current: int
+    ) -> AsyncIterator[None]:
+        """While nothing is committed: yields when a keep-alive is due; returns when the log
+        may have grown, the hold is over, the node stops or the policy for the caller changed
+        (looked at every POLICY_RECHECK_S: a policy is a file, nothing notifies its edits)."""
+        keepalive_at = holding.clock() + holding.keepalive_s
+        while not ticket.is_set() and not holding.watcher.closed:
+            now = holding.clock()
+            if now >= until or _generation(self._policy_for(recipient)) != current:
+                return
+            if now >= keepalive_at:
+                yield None
+                keepalive_at = now + holding.keepalive_s
+            pause = min(POLICY_RECHECK_S, keepalive_at - now, until - now)
+            await holding.watcher.wait(ticket, max(pause, 0.0))
 
     async def _check_history(
         self, recipient: str, request: federation_pb2.PullRequest, last: int
@@ -89,3 +160,7 @@ class LogSender:
                 f"history diverged: this node's change log up to seq {seq} is not the one "
                 f"{recipient} applied (restored from a backup, or forked); {resync}"
             )
+
+
+def _generation(policy: SharingPolicy | None) -> int:
+    return policy.generation if policy is not None else 0

@@ -16,7 +16,7 @@ from services.core.rpc_status import handles_errors, handles_stream_errors
 from services.core.server import ServiceBinding
 from services.registry.convert import timestamp
 from services.sync.policy_filter import filter_lookup
-from services.sync.sender import LogSender, PolicyFor
+from services.sync.sender import KeepAlive, LogSender, PolicyFor
 from services.sync.status import SyncStatus
 from services.sync.store import MAX_QUARANTINE_LISTED, QuarantineRow
 
@@ -70,8 +70,13 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         self, request: federation_pb2.PullRequest, context: Context
     ) -> AsyncIterator[federation_pb2.PullResponse]:
         peer = _calling_peer()
-        async for batch in self._sender.batches_for(peer.node_id, request):
-            yield federation_pb2.PullResponse(batch=batch)
+        async for item in self._sender.batches_for(peer.node_id, request):
+            if isinstance(item, KeepAlive):
+                yield federation_pb2.PullResponse(
+                    keep_alive=federation_pb2.KeepAlive(origin_last_seq=item.origin_last_seq)
+                )
+            else:
+                yield federation_pb2.PullResponse(batch=item)
 
     @handles_errors
     async def PeerLookup(

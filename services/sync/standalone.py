@@ -138,6 +138,7 @@ class RunningSyncService:
     async def stop(self) -> None:
         """No new calls first, then the pullers, the registry channel, the database."""
         try:
+            await self.sync.release_pulls()
             await self.server.stop(self.config.shutdown_grace_s)
             await self.sync.stop()
             await self.registry_channel.close(None)

@@ -74,7 +74,11 @@ class RogueOrigin(federation_pb2_grpc.FederationServicer):
                 self._origin.running.gateway_address, credentials
             )
         stub = federation_pb2_grpc.FederationStub(self._channel)
-        return [r.batch async for r in stub.Pull(request, timeout=CALL_TIMEOUT_S)]
+        # What is there now, not a held stream: the rogue answers once, then ends.
+        asked = federation_pb2.PullRequest()
+        asked.CopyFrom(request)
+        asked.wait_s = 0
+        return [r.batch async for r in stub.Pull(asked, timeout=CALL_TIMEOUT_S)]
 
     async def close(self) -> None:
         if self._channel is not None:

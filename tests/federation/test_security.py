@@ -205,18 +205,26 @@ async def test_a_revoked_peer_certificate_is_refused_and_replication_stops(
         revoke = ("peer", "revoke", "--cert", peer_cert, "--reason", "seized")
         cli(*revoke, "--data-dir", node.data_dir)
 
-        async def refused_pulls() -> list[dict[str, Any]]:
+        async def cut_and_refused() -> list[dict[str, Any]]:
             return [
                 r
                 for r in await audit_log(node)
                 if r["caller"] == tls.node_uri(ORIGIN) and r["status"] == "UNAUTHENTICATED"
             ]
 
+        async def refused_pulls() -> list[dict[str, Any]]:
+            """New pulls refused on arrival (not the held pull the revocation cut)."""
+            return [r for r in await cut_and_refused() if r["role"] == "none"]
+
         async def peer_sees_refusal() -> bool:
             return "UNAUTHENTICATED" in (await peer_status(peer, RECEIVER)).last_error
 
         await wait_for(peer_sees_refusal, WAIT_S, "the revoked peer was not refused")
         assert "revoked" in (await peer_status(peer, RECEIVER)).last_error
+        # The pull the peer held open was cut, and recorded so, as the peer it was until then.
+        cut = [r for r in await cut_and_refused() if r["role"] == "peer"]
+        assert [r["method"] for r in cut] == [PULL]
+        await wait_for(refused_pulls, WAIT_S, "the revoked peer's new pull was not refused")
         refused = await refused_pulls()
         fingerprint = tls.certificate_fingerprint(peer_cert.read_bytes())
         assert refused

@@ -131,12 +131,16 @@ async def federate(*nodes: SyncNode) -> None:
 
 @asynccontextmanager
 async def two_nodes(
-    origin_pool: Any, receiver_pool: Any, work_dir: Path, **receiver_settings: Any
+    origin_pool: Any,
+    receiver_pool: Any,
+    work_dir: Path,
+    origin_settings: dict[str, Any] | None = None,
+    **receiver_settings: Any,
 ) -> AsyncIterator[tuple[SyncNode, SyncNode]]:
     """gb-nca (the origin) and us-fbi (the receiver), federated."""
     async with AsyncExitStack() as stack:
         origin = await stack.enter_async_context(
-            started_node("gb-nca", origin_pool, work_dir / "gb-nca")
+            started_node("gb-nca", origin_pool, work_dir / "gb-nca", **(origin_settings or {}))
         )
         receiver = await stack.enter_async_context(
             started_node("us-fbi", receiver_pool, work_dir / "us-fbi", **receiver_settings)

@@ -30,6 +30,7 @@ from services.sync.policy import SharingPolicy
 from services.sync.puller import PeerPuller
 from tests.sync.federation_harness import SyncNode, two_nodes
 from tests.sync.helpers import CAID_A, CAID_B, md5, media_record, pdq, sha256
+from tests.waiting import wait_for
 
 ONLY_A = SharingPolicy(categories=frozenset({"caid-uk:A"}), disclose_desk=False)
 
@@ -415,3 +416,48 @@ async def test_sync_resync_command(
     await puller(receiver).pull_once()
     assert (await lookup(receiver, md5("m")))[0].matches
     assert not (await receiver.sync.status()).peers[0].resyncing
+
+
+async def test_a_held_pull_delivers_each_commit_and_an_idle_one_writes_nothing(
+    db_pool: Any, second_pool: Any, tmp_path: Path
+) -> None:
+    """With polling every 60 s, only a pull the origin holds open can bring a record within
+    seconds. While idle it only sends keep-alives: no audit record, no pull call, on either
+    side; a policy edit ends the held pull, so the widened re-offer comes at once."""
+    holding = {"pull_keepalive_s": 0.2, "pull_hold_s": 60.0, "pull_deadline_s": 120.0}
+    async with two_nodes(
+        db_pool, second_pool, tmp_path, origin_settings=holding, pull_interval_s=60.0
+    ) as (origin, receiver):
+        assert origin.gateway is not None and receiver.gateway is not None
+        origin.set_policy("us-fbi", SharingPolicy(categories=frozenset({"caid-uk:A"})))
+        await origin.registry.submit_batch([media("first", category=CAID_A)])
+        await receiver.sync.reconcile()
+
+        async def holds(name: str) -> bool:
+            return bool((await lookup(receiver, md5(name)))[0].matches)
+
+        await wait_for(lambda: holds("first"), 20, "the first record never arrived")
+        await origin.registry.submit_batch([media("second", category=CAID_A)])
+        await wait_for(lambda: holds("second"), 10, "a commit was not pushed to the held pull")
+
+        async def audited() -> tuple[int, int]:
+            return (
+                len([r async for r in origin.gateway.audit.records()]),  # type: ignore[union-attr]
+                len([r async for r in receiver.gateway.audit.records()]),  # type: ignore[union-attr]
+            )
+
+        puller = receiver.sync.pullers["gb-nca"]
+        before, seen_at = await audited(), puller.state.last_success_at
+        await asyncio.sleep(1.5)  # idle: some seven keep-alives
+        assert await audited() == before
+        assert puller.held and puller.state.last_success_at != seen_at
+        [peer] = (await receiver.sync.status()).peers
+        assert (peer.lag, peer.last_error) == (0, "")
+
+        await origin.registry.submit_batch([media("restricted", category=CAID_B)])
+        assert not await holds("restricted")
+        origin.set_policy("us-fbi", SharingPolicy())  # widened: a new generation
+        await wait_for(lambda: holds("restricted"), 10, "the widened policy was not re-offered")
+        stopping = asyncio.get_running_loop().time()
+    # Held pulls end at once on stop: no grace period waited out for them.
+    assert asyncio.get_running_loop().time() - stopping < 2.0

@@ -30,6 +30,7 @@ class PullRequest(_message.Message):
     POLICY_GENERATION_FIELD_NUMBER: _builtins.int
     MAX_ENTRIES_PER_BATCH_FIELD_NUMBER: _builtins.int
     AFTER_CHAIN_FIELD_NUMBER: _builtins.int
+    WAIT_S_FIELD_NUMBER: _builtins.int
     after_seq: _builtins.int
     """The last sequence number the caller has applied from this origin (0: none)."""
     after_digest: _builtins.bytes
@@ -43,6 +44,13 @@ class PullRequest(_message.Message):
     start). An origin whose own chain at after_seq differs answers FAILED_PRECONDITION: its
     history diverged from what the caller applied (restored from a backup, or forked).
     """
+    wait_s: _builtins.int
+    """Once caught up, how long the origin may keep the stream open and send batches as its log
+    grows (0: end at the log's end as it stood when the pull began). The origin caps it at its
+    own `pull_hold_s` (default 900) and sends a keep_alive on catching up and every
+    `pull_keepalive_s` (default 30) while idle; it ends the stream early when its sharing
+    policy for the caller changes. Callers then pull again at once.
+    """
     def __init__(
         self,
         *,
@@ -51,10 +59,11 @@ class PullRequest(_message.Message):
         policy_generation: _builtins.int = ...,
         max_entries_per_batch: _builtins.int = ...,
         after_chain: _builtins.bytes = ...,
+        wait_s: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_chain", b"after_chain", "after_digest", b"after_digest", "after_seq", b"after_seq", "max_entries_per_batch", b"max_entries_per_batch", "policy_generation", b"policy_generation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_chain", b"after_chain", "after_digest", b"after_digest", "after_seq", b"after_seq", "max_entries_per_batch", b"max_entries_per_batch", "policy_generation", b"policy_generation", "wait_s", b"wait_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -65,20 +74,48 @@ class PullResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCH_FIELD_NUMBER: _builtins.int
+    KEEP_ALIVE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def batch(self) -> Global___SignedBatch: ...
+    def batch(self) -> Global___SignedBatch:
+        """Exactly one of the two is set."""
+
+    @_builtins.property
+    def keep_alive(self) -> Global___KeepAlive:
+        """The origin is caught up and holding the stream open (only when the request's wait_s > 0)."""
+
     def __init__(
         self,
         *,
         batch: Global___SignedBatch | None = ...,
+        keep_alive: Global___KeepAlive | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "keep_alive", b"keep_alive"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "keep_alive", b"keep_alive"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PullResponse: _TypeAlias = PullResponse  # noqa: Y015
+
+@_typing.final
+class KeepAlive(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_LAST_SEQ_FIELD_NUMBER: _builtins.int
+    origin_last_seq: _builtins.int
+    """The origin's newest sequence number (everything up to it was sent)."""
+    def __init__(
+        self,
+        *,
+        origin_last_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["origin_last_seq", b"origin_last_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeepAlive: _TypeAlias = KeepAlive  # noqa: Y015
 
 @_typing.final
 class PeerLookupRequest(_message.Message):

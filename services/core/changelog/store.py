@@ -98,6 +98,8 @@ async def append_entries(conn: Any, entries: Sequence[PendingEntry]) -> int:
         chain = link(chain, seq, data)
         records.append((seq, now, int(entry.kind), data, entry.media_before, chain))
     await conn.copy_records_to_table("change_log", records=records, columns=_COLUMNS)
+    # Delivered at commit (and only then): senders holding a caught-up pull wake up.
+    await conn.execute(_NOTIFY)
     return last + len(records)
 
 
@@ -144,6 +146,9 @@ SELECT coalesce(max(seq), 0) AS last_seq, now() AS now,
 FROM change_log
 """
 _CHAIN_AT = "SELECT chain FROM change_log WHERE seq = $1"
+# The channel LISTENed on by services.sync.log_watcher.
+CHANGE_LOG_CHANNEL = "hashex_change_log"
+_NOTIFY = f"SELECT pg_notify('{CHANGE_LOG_CHANNEL}', '')"
 _LAST_SEQ = "SELECT coalesce(max(seq), 0) FROM change_log"
 _READ_PAGE = """
 SELECT seq, kind, entry, media_before, chain FROM change_log WHERE seq > $1 ORDER BY seq LIMIT $2
