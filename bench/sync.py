@@ -30,6 +30,7 @@ import asyncio
 import atexit
 import contextlib
 import cProfile
+import hashlib
 import io
 import itertools
 import multiprocessing
@@ -259,6 +260,14 @@ class Go:
     profile_top: int
 
 
+@dataclass(frozen=True)
+class Watch:
+    """Poll the receiver's gateway until this media is found; answer when (monotonic)."""
+
+    media_id: str
+    md5: bytes
+
+
 @dataclass
 class Timeline:
     """What the wrapped apply and index calls saw, on the monotonic clock (one clock for both
@@ -325,6 +334,8 @@ async def _receiver(conn: Connection, setup: ReceiverSetup) -> None:
                 break
             if isinstance(order, Go):
                 conn.send(await replicate(node, config, order))
+            elif isinstance(order, Watch):
+                conn.send(await watch(node, config, order))
             else:
                 conn.send(await copy_reference(node, setup, batch_size=order))
     finally:
@@ -380,6 +391,43 @@ async def replicate(node: RunningNode, config: NodeConfig, go: Go) -> dict[str, 
         out["profile_parts"] = profile_parts(profile, RECEIVER_PARTS)
         out["profile_text"] = profile_text(profile, go.profile_top)
     return out
+
+
+async def watch(node: RunningNode, config: NodeConfig, order: Watch) -> float:
+    """When a lookup through the receiver's gateway first found `order`'s media."""
+    request = registry_pb2.LookupRequest(
+        signals=[convert.signal_to_proto(SignalValue(Algorithm.MD5, order.md5))]
+    )
+    channel = unit_channel(node, config)
+    try:
+        stub = registry_pb2_grpc.RegistryStub(channel)
+        give_up = time.monotonic() + 30.0
+        while time.monotonic() < give_up:
+            response = await stub.Lookup(request, timeout=10)  # type: ignore[misc]
+            if any(m.media.media_id == order.media_id for m in response.results[0].matches):
+                return time.monotonic()
+            await asyncio.sleep(0.001)
+    finally:
+        await channel.close()
+    raise RuntimeError(f"{order.media_id} was not visible at the receiver within 30 s")
+
+
+async def commit_to_visible(origin: RunningNode, receiver: Receiver, count: int) -> Result:
+    """`count` media submitted at the origin one at a time once replication has caught up,
+    each timed from its submit's return (its commit is just before) until a lookup at the
+    receiver finds it: the latency of a held pull, not of a poll."""
+    seconds = []
+    for i in range(count):
+        media = f"latency-{i}"
+        md5 = hashlib.md5(media.encode()).digest()
+        receiver.send(Watch(media, md5))
+        await asyncio.sleep(0.05)  # the receiver is polling before the commit
+        await origin.registry.submit_batch(
+            [MediaSubmission(media_id=media, signals=(SignalValue(Algorithm.MD5, md5),))]
+        )
+        committed = time.monotonic()
+        seconds.append(await receiver.reply() - committed)
+    return latency_summary(seconds) | {"records": count}
 
 
 def unit_channel(node: RunningNode, config: NodeConfig) -> grpc.aio.Channel:
@@ -531,7 +579,13 @@ class Receiver:
 
     async def ask(self, order: object) -> Any:
         if order is not None:
-            self._conn.send(order)
+            self.send(order)
+        return await self.reply()
+
+    def send(self, order: object) -> None:
+        self._conn.send(order)
+
+    async def reply(self) -> Any:
         try:
             return await asyncio.to_thread(self._conn.recv)
         except EOFError:
@@ -686,7 +740,10 @@ async def run(
         if profile is not None:
             replicated["sender_parts"] = profile_parts(profile, SENDER_PARTS)
             replicated["sender_text"] = profile_text(profile, args.profile_top)
-        progress("replicated; timing the COPY reference on the receiver's server")
+        progress(f"replicated; {args.latency_records} single records, commit to visible")
+        facts["commit_to_visible"] = await commit_to_visible(origin, receiver, args.latency_records)
+        progress(f"commit to visible: {facts['commit_to_visible']}")
+        progress("timing the COPY reference on the receiver's server")
         reference = await receiver.ask(args.load_batch_size)
         progress("stopping")
     return summarise(corpus.n, replicated, reference, facts), replicated, facts
@@ -712,8 +769,11 @@ def summarise(
         "index_median_ms": round(statistics.median(replicated["index_s"]) * 1e3, 2),
         "index_share": round(sum(replicated["index_s"]) / replicate_s, 3),
         "receiver_cpu_s": round(replicated["cpu_s"], 2),
-        **{k: v for k, v in facts.items() if k != "log_entries"},
+        **{k: v for k, v in facts.items() if k not in ("log_entries", "commit_to_visible")},
     }
+    if (latency := facts.get("commit_to_visible")) is not None:
+        hashex["commit_to_visible_median_ms"] = latency["median_ms"]
+        hashex["commit_to_visible_p99_ms"] = latency["p99_ms"]
     if replicated["pg_cpu_s"] is not None:
         hashex["receiver_pg_cpu_s"] = round(replicated["pg_cpu_s"], 2)
     return {"hashex": hashex, "copy_reference": reference}
@@ -741,6 +801,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile", action="store_true", help="cProfile both processes while replicating"
     )
     parser.add_argument("--profile-top", type=int, default=25, help="functions printed")
+    parser.add_argument(
+        "--latency-records", type=int, default=50, help="single records timed commit to visible"
+    )
     parser.add_argument(
         "--database-url",
         default=None,
@@ -776,6 +839,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "series": SERIES,
         "in_series_every": IN_SERIES_EVERY,
         "log_entries": facts["log_entries"],
+        "commit_to_visible_median_ms": "single media submitted at the origin after catch-up, "
+        "from the submit's return until a lookup at the receiver's gateway found it (held pull)",
         "targets": {"per_s": 20_000, "visible_s": 5},
     }
     info = machine(

@@ -61,6 +61,10 @@ class LogWatcher:
     async def _listen(self) -> None:
         if self._conn is not None and not self._conn.is_closed():
             return
+        if self._conn is not None:  # lost with the database: hand its pool slot back
+            lost, self._conn = self._conn, None
+            with contextlib.suppress(Exception):
+                await self._db.pool.release(lost)
         try:
             conn = await self._db.pool.acquire()
             await conn.add_listener(CHANGE_LOG_CHANNEL, self._notified)

@@ -41,7 +41,10 @@ from services.sync.policy import SharingPolicy, save_policy
 from tests.waiting import wait_for
 
 CONVERGE_TIMEOUT_S = 60.0
-FAST_SYNC = "pull_interval_s = 0.1\npull_backoff_max_s = 0.5\nshutdown_grace_s = 1.0\n"
+FAST_SYNC = (
+    "pull_interval_s = 0.1\npull_backoff_max_s = 0.5\nshutdown_grace_s = 1.0\n"
+    "pull_keepalive_s = 0.2\n"
+)
 PROCESS_START_TIMEOUT_S = 60.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,6 +4,7 @@ finds the others' records (exact and near) with their origin, from its own store
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,28 @@ async def test_a_record_moved_out_of_what_a_peer_may_see_is_withdrawn_from_it(
         )
         await fed.converged()
         assert await us.media_ids("gb-nca") == {"a", "b"}
+
+
+async def test_an_idle_federation_of_three_writes_no_audit_record(
+    pg_server: Any, tmp_path: Path
+) -> None:
+    """Every puller holds its pull open: three seconds idle are thirty former polls per peer
+    (pull_interval_s 0.1) and fifteen keep-alives, and not one call is made or audited; what
+    is submitted then still reaches both peers."""
+    async with federation(["gb-nca", "us-hsi", "de-bka"], tmp_path, pg_server) as fed:
+        agencies = [fed["gb-nca"], fed["us-hsi"], fed["de-bka"]]
+        await fed.converged()
+
+        async def audited() -> list[int]:
+            return [await a.row_count("SELECT count(*) FROM audit_log") for a in agencies]
+
+        before = await audited()
+        await asyncio.sleep(3.0)
+        assert await audited() == before
+        await agencies[0].submit(submission("after-idle", md5(b"i" * 16)))
+
+        async def everywhere() -> bool:
+            held = [await a.media_ids("gb-nca") for a in agencies[1:]]
+            return all("after-idle" in ids for ids in held)
+
+        await wait_for(everywhere, 10, "the record submitted after idling did not arrive")
