@@ -197,16 +197,15 @@ class PeerPuller:
         await deps.index.index_replicated(added=result.added, removed_rows=result.removed_rows)
         self.state.peer_last_seq = max(self.state.peer_last_seq, batch.origin_last_seq)
         if batch.quarantined:
-            first = batch.quarantined[0]
+            # Seqs only: a reason may name a media id, which may itself be a hash.
             _log.warning(
-                "quarantined %d entries of %s's batch %d-%d (entry %d: %s); "
-                "the rest applied, see `hashex sync quarantine`",
+                "quarantined %d entries of %s's batch %d-%d (seq %s); the rest applied, see "
+                "`hashex sync quarantine` for why",
                 len(batch.quarantined),
                 self.peer_id,
                 batch.first_seq,
                 batch.last_seq,
-                first.seq,
-                first.reason,
+                ", ".join(str(q.seq) for q in batch.quarantined[:10]),
             )
             await deps.on_quarantined(self.peer_id, batch)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +43,18 @@ def media(media_id: str, *signals: SignalValue, **fields: Any) -> MediaSubmissio
 
 async def lookup(node: SyncNode, *signals: SignalValue) -> list[LookupResult]:
     return await node.registry.lookup(signals, max_distance=31, max_matches=10)
+
+
+@asynccontextmanager
+async def admin_port(node: SyncNode) -> AsyncIterator[str]:
+    """The node's Admin service on a loopback port, as `hashex sync ...` reaches it."""
+    server = await build_server(
+        listen="127.0.0.1:0", services=[node.sync.admin_binding()], tracer_provider=TracerProvider()
+    )
+    try:
+        yield f"127.0.0.1:{server.port}"
+    finally:
+        await server.stop(0)
 
 
 def puller(receiver: SyncNode, **overrides: Any) -> PeerPuller:
@@ -226,13 +240,7 @@ async def test_sync_status_command(
     await origin.registry.submit_batch([media("m")])
     await puller(receiver).pull_once()
     receiver.sync.pullers["gb-nca"] = puller(receiver)  # as the supervisor would hold it
-    server = await build_server(
-        listen="127.0.0.1:0",
-        services=[receiver.sync.admin_binding()],
-        tracer_provider=TracerProvider(),
-    )
-    try:
-        address = f"127.0.0.1:{server.port}"
+    async with admin_port(receiver) as address:
         code = await asyncio.to_thread(hashex_main, ["sync", "status", "--node", address])
         assert code == 0
         text = capsys.readouterr().out
@@ -240,8 +248,6 @@ async def test_sync_status_command(
         code = await asyncio.to_thread(hashex_main, ["sync", "status", "--json", "--node", address])
         [peer] = json.loads(capsys.readouterr().out)["peers"]
         assert (peer["peerId"], peer["cursorSeq"], peer["lag"]) == ("gb-nca", "1", "0")
-    finally:
-        await server.stop(0)
 
 
 async def test_a_rejected_batch_is_audited(nodes: tuple[SyncNode, SyncNode]) -> None:
@@ -312,13 +318,7 @@ async def test_an_entry_the_receiver_cannot_apply_is_quarantined_and_the_rest_re
     receiver.sync.pullers["gb-nca"] = puller(receiver)
     [peer] = (await receiver.sync.status()).peers
     assert (peer.quarantined_entries, peer.lag, peer.cursor_seq) == (2, 0, 5)
-    server = await build_server(
-        listen="127.0.0.1:0",
-        services=[receiver.sync.admin_binding()],
-        tracer_provider=TracerProvider(),
-    )
-    try:
-        address = f"127.0.0.1:{server.port}"
+    async with admin_port(receiver) as address:
         command = ["sync", "quarantine", "--node", address]
         assert await asyncio.to_thread(hashex_main, command) == 0
         text = capsys.readouterr().out
@@ -332,8 +332,6 @@ async def test_an_entry_the_receiver_cannot_apply_is_quarantined_and_the_rest_re
         assert [e["seq"] for e in rest["entries"]] == ["0"] and rest["more"] is False
         assert await asyncio.to_thread(hashex_main, ["sync", "status", "--node", address]) == 0
         assert "QUARANTINED" in capsys.readouterr().out
-    finally:
-        await server.stop(0)
 
 
 async def test_an_origin_restored_from_a_backup_is_detected_and_a_resync_converges(
@@ -397,13 +395,7 @@ async def test_sync_resync_command(
     origin.set_policy("us-fbi", SharingPolicy())
     await origin.registry.submit_batch([media("m")])
     await puller(receiver).pull_once()
-    server = await build_server(
-        listen="127.0.0.1:0",
-        services=[receiver.sync.admin_binding()],
-        tracer_provider=TracerProvider(),
-    )
-    try:
-        address = f"127.0.0.1:{server.port}"
+    async with admin_port(receiver) as address:
         resync = ["sync", "resync", "--node", address]
         assert await asyncio.to_thread(hashex_main, [*resync, "gb-nca"]) == 0
         assert "resync of gb-nca started: 1 of its media withdrawn" in capsys.readouterr().out
@@ -411,8 +403,6 @@ async def test_sync_resync_command(
         assert "gb-nca: resync under way" in capsys.readouterr().out
         assert await asyncio.to_thread(hashex_main, [*resync, "xx-none"]) == 3
         assert "no peer 'xx-none'" in capsys.readouterr().err
-    finally:
-        await server.stop(0)
     await puller(receiver).pull_once()
     assert (await lookup(receiver, md5("m")))[0].matches
     assert not (await receiver.sync.status()).peers[0].resyncing
