@@ -10,10 +10,9 @@ signals table once the media they belong to have rows. Pure: no SQL, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime
-from operator import itemgetter
 from typing import Any
 
 from services.core.algorithms import ALGORITHMS, Algorithm, SignalValue
@@ -74,17 +73,18 @@ class StagedApply:
     )
     # Media id → its signals, for `signal_rows` once the media have rows.
     signals: dict[str, tuple[SignalValue, ...]] = field(default_factory=dict)
-    links: list[tuple[str, str]] = field(default_factory=list)
+    # Media id → the series ids it names (media naming none are left out).
+    links: dict[str, tuple[str, ...]] = field(default_factory=dict)
     series: list[tuple[str, str, datetime, int]] = field(default_factory=list)
     victims: list[tuple[str, str, int, str, datetime]] = field(default_factory=list)
     # (media id, seq, changed_at) of retractions.
     retractions: list[tuple[str, int, datetime]] = field(default_factory=list)
 
     def tables(self) -> list[tuple[str, Sequence[tuple[Any, ...]]]]:
-        """The staging tables filled before anything is applied (signals wait for media rows)."""
+        """The staging tables filled before anything is applied (signals and series links wait
+        for media rows)."""
         return [
             ("replica_stage_media", self.media),
-            ("replica_stage_links", self.links),
             ("replica_stage_series", self.series),
             ("replica_stage_victims", self.victims),
         ]
@@ -116,7 +116,8 @@ def stage_changes(changes: Sequence[ReplicatedChange]) -> StagedApply:
             )
         )
         staged.signals[media_id] = item.signals
-        staged.links.extend((media_id, series_id) for series_id in item.series_ids)
+        if item.series_ids:
+            staged.links[media_id] = item.series_ids
     for series_id, record in sorted(series.items()):
         staged.series.append((series_id, record.name, record.updated_at, record.seq))
         staged.victims.extend(
@@ -134,9 +135,9 @@ def signal_rows(
     staged: StagedApply, rows_of: Mapping[str, int], existing: Set[int]
 ) -> tuple[list[SignalRow], list[SignalRow]]:
     """The signals of the applied media (`rows_of`: media id → row), split in two: those of media
-    this batch created, which cannot conflict with any row (sorted by the table's key, the order
-    in which they insert fastest), and those of media that existed before (`existing`), of which
-    the store keeps only the ones not held yet."""
+    this batch created, which cannot conflict with any row (in batch order: sorting them by the
+    table's key cost the event loop more than it saved PostgreSQL), and those of media that
+    existed before (`existing`), of which the store keeps only the ones not held yet."""
     created: list[SignalRow] = []
     known: list[SignalRow] = []
     for media_id, signals in staged.signals.items():
@@ -144,8 +145,24 @@ def signal_rows(
         if row is not None:
             rows = known if row in existing else created
             rows.extend([(row, int(s.algorithm), s.value, s.quality) for s in signals])
-    created.sort(key=itemgetter(1, 2, 0))  # algorithm, value, media row
     return created, known
+
+
+def link_rows(
+    staged: StagedApply, rows_of: Mapping[str, int], series_rows: Mapping[str, int]
+) -> list[tuple[int, int]]:
+    """The (media row, series row) links the applied media (`rows_of`: media id → row) name,
+    sorted: the media_series rows they state in full."""
+    return sorted(
+        (row, series_rows[series_id])
+        for media_id, row in rows_of.items()
+        for series_id in staged.links.get(media_id, ())
+    )
+
+
+def linked_series(staged: StagedApply, media_ids: Iterable[str]) -> list[str]:
+    """The series ids named by the media `media_ids`, each once, sorted."""
+    return sorted({s for media_id in media_ids for s in staged.links.get(media_id, ())})
 
 
 _PDQ = int(Algorithm.PDQ)

@@ -17,6 +17,8 @@ from services.registry.replicated import (
     ReplicatedApplied,
     ReplicatedChange,
     StagedApply,
+    link_rows,
+    linked_series,
     matchable,
     signal_rows,
     stage_changes,
@@ -75,26 +77,50 @@ async def _apply_series(conn: Any, origin: str) -> None:
 
 
 async def _apply_media(conn: Any, origin: str, staged: StagedApply) -> list[PdqEntry]:
-    before = await conn.fetch(_MEDIA_HELD, origin)
-    applied = {r["media_id"]: r["id"] for r in await conn.fetch(_UPSERT_MEDIA, origin)}
-    if not applied:
+    # New media insert plainly: a first replication (most of any batch) probes nothing else.
+    created = {r["media_id"]: r["id"] for r in await conn.fetch(_INSERT_NEW_MEDIA, origin)}
+    held = [m[0] for m in staged.media if m[0] not in created]
+    updated = await conn.fetch(_UPDATE_HELD_MEDIA, origin, held) if held else []
+    known = {r["media_id"]: r["id"] for r in updated}
+    if not created and not known:
         return []
-    rows = list(applied.values())
-    await conn.execute(_CREATE_LINKED_SERIES, origin, rows)
-    await conn.execute(_RELINK, origin, rows)
-    created, known = signal_rows(staged, applied, {r["id"] for r in before})
-    if created:  # nothing to conflict with: straight into the table
-        await conn.copy_records_to_table("signals", records=created, columns=_SIGNAL_COLUMNS)
-    added_known: list[Any] = []
+    series_rows = await _series_rows(conn, origin, linked_series(staged, [*created, *known]))
+    new_links = link_rows(staged, created, series_rows)
+    if new_links:  # links of new media cannot exist yet
+        await conn.copy_records_to_table("media_series", records=new_links, columns=_LINK_COLUMNS)
     if known:
-        await conn.copy_records_to_table("replica_stage_signals", records=known)
+        await _relink(conn, link_rows(staged, known, series_rows), list(known.values()))
+    new_signals, known_signals = signal_rows(staged, created | known, set(known.values()))
+    if new_signals:  # nothing to conflict with: straight into the table
+        await conn.copy_records_to_table("signals", records=new_signals, columns=_SIGNAL_COLUMNS)
+    added_known: list[Any] = []
+    if known_signals:
+        await conn.copy_records_to_table("replica_stage_signals", records=known_signals)
         added_known = await conn.fetch(_INSERT_SIGNALS)
-    revived = [r["id"] for r in before if r["revived"]]
+    revived = [r["id"] for r in updated if r["was_retracted"]]
     revived_pdq = await conn.fetch(MATCHABLE_PDQ_OF, revived, PDQ_MIN_QUALITY) if revived else []
     return sorted(
-        matchable(created) + matchable_entries(added_known, revived_pdq),
+        matchable(new_signals) + matchable_entries(added_known, revived_pdq),
         key=lambda e: (e.row_id, e.value),
     )
+
+
+async def _series_rows(conn: Any, origin: str, series_ids: list[str]) -> dict[str, int]:
+    """Rows of `origin`'s series `series_ids`, created bare (origin_seq NULL, so that the series
+    entry applies whenever it comes) for those a media names before their own entry arrived."""
+    if not series_ids:
+        return {}
+    rows = {r["series_id"]: r["id"] for r in await conn.fetch(_SERIES_ROWS, origin, series_ids)}
+    if missing := [s for s in series_ids if s not in rows]:  # created meanwhile by another
+        rows |= {r["series_id"]: r["id"] for r in await conn.fetch(_SERIES_OF, origin, missing)}
+    return rows
+
+
+async def _relink(conn: Any, links: list[tuple[int, int]], media_rows: list[int]) -> None:
+    """A media entry states its series in full: links it no longer names go."""
+    media_of = [m for m, _ in links]
+    series_of = [s for _, s in links]
+    await conn.execute(_RELINK, media_of, series_of, media_rows)
 
 
 _CREATE_STAGING = """
@@ -106,9 +132,6 @@ CREATE TEMP TABLE IF NOT EXISTS replica_stage_media (
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS replica_stage_signals (
     media_row bigint NOT NULL, algorithm smallint NOT NULL, value bytea NOT NULL, quality smallint
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS replica_stage_links (
-    media_id text NOT NULL, series_id text NOT NULL
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS replica_stage_series (
     series_id text NOT NULL, name text NOT NULL, updated_at timestamptz NOT NULL,
@@ -150,54 +173,62 @@ SET status = EXCLUDED.status, responsible_desk = EXCLUDED.responsible_desk,
     updated_at = EXCLUDED.updated_at
 """
 
-# The staged media this node holds already, and which of them are retracted and revived by the
-# staged (newer) state: their PDQ hashes match again.
-_MEDIA_HELD = """
-SELECT m.id,
-       m.retracted_at IS NOT NULL AND (m.origin_seq IS NULL OR m.origin_seq < s.origin_seq)
-           AS revived
-FROM replica_stage_media s
-JOIN media m ON m.origin = $1 AND m.media_id = s.media_id
-"""
-
-_UPSERT_MEDIA = """
+_INSERT_NEW_MEDIA = """
 INSERT INTO media (origin, media_id, media_type, category_scheme, category_code, flags,
                    first_seen, origin_seq)
 SELECT $1, s.media_id, s.media_type, s.category_scheme, s.category_code, s.flags, s.first_seen,
        s.origin_seq
 FROM replica_stage_media s
 ORDER BY s.media_id
-ON CONFLICT (origin, media_id) DO UPDATE
-SET media_type = EXCLUDED.media_type, category_scheme = EXCLUDED.category_scheme,
-    category_code = EXCLUDED.category_code, flags = EXCLUDED.flags,
-    first_seen = EXCLUDED.first_seen, origin_seq = EXCLUDED.origin_seq, retracted_at = NULL,
-    updated_at = now()
-WHERE media.origin_seq IS NULL OR media.origin_seq < EXCLUDED.origin_seq
+ON CONFLICT (origin, media_id) DO NOTHING
 RETURNING id, media_id
 """
 
-# Series a media names before their own entry arrived: created bare (origin_seq NULL), so the
-# series entry applies whenever it comes.
-_CREATE_LINKED_SERIES = """
-INSERT INTO series (origin, series_id)
-SELECT DISTINCT $1, l.series_id
-FROM replica_stage_links l JOIN media m ON m.origin = $1 AND m.media_id = l.media_id
-WHERE m.id = ANY($2::bigint[])
-ORDER BY 2
-ON CONFLICT (origin, series_id) DO NOTHING
+# The staged media `$2` this node held already, where the staged state is newer; whether each
+# was retracted until now (in one statement, `held` reads the rows as they were before `applied`
+# changed them): a revived media's PDQ hashes match again.
+_UPDATE_HELD_MEDIA = """
+WITH held AS (
+    SELECT m.id, m.retracted_at IS NOT NULL AS was_retracted
+    FROM media m WHERE m.origin = $1 AND m.media_id = ANY($2::text[])
+), applied AS (
+    UPDATE media m
+    SET media_type = s.media_type, category_scheme = s.category_scheme,
+        category_code = s.category_code, flags = s.flags, first_seen = s.first_seen,
+        origin_seq = s.origin_seq, retracted_at = NULL, updated_at = now()
+    FROM replica_stage_media s
+    WHERE m.origin = $1 AND m.media_id = s.media_id AND s.media_id = ANY($2::text[])
+      AND (m.origin_seq IS NULL OR m.origin_seq < s.origin_seq)
+    RETURNING m.id, m.media_id
+)
+SELECT applied.id, applied.media_id, held.was_retracted FROM applied JOIN held USING (id)
 """
 
-# A media entry states its series in full: links it no longer names go.
+# In one statement the final SELECT does not see what `created` inserted: both halves together
+# are every series asked for.
+_SERIES_ROWS = """
+WITH wanted AS (
+    SELECT DISTINCT unnest($2::text[]) AS series_id
+), created AS (
+    INSERT INTO series (origin, series_id)
+    SELECT $1, w.series_id FROM wanted w ORDER BY 2
+    ON CONFLICT (origin, series_id) DO NOTHING
+    RETURNING id, series_id
+)
+SELECT id, series_id FROM created
+UNION ALL
+SELECT se.id, se.series_id FROM series se JOIN wanted w ON w.series_id = se.series_id
+WHERE se.origin = $1
+"""
+
+_SERIES_OF = "SELECT id, series_id FROM series WHERE origin = $1 AND series_id = ANY($2::text[])"
+
 _RELINK = """
 WITH desired AS (
-    SELECT m.id AS media_row, se.id AS series_row
-    FROM replica_stage_links l
-    JOIN media m ON m.origin = $1 AND m.media_id = l.media_id
-    JOIN series se ON se.origin = $1 AND se.series_id = l.series_id
-    WHERE m.id = ANY($2::bigint[])
+    SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS d(media_row, series_row)
 ), removed AS (
     DELETE FROM media_series ms
-    WHERE ms.media_row = ANY($2::bigint[]) AND NOT EXISTS (
+    WHERE ms.media_row = ANY($3::bigint[]) AND NOT EXISTS (
         SELECT 1 FROM desired d WHERE d.media_row = ms.media_row AND d.series_row = ms.series_row)
 )
 INSERT INTO media_series (media_row, series_row)
@@ -205,6 +236,7 @@ SELECT media_row, series_row FROM desired ORDER BY 1, 2
 ON CONFLICT DO NOTHING
 """
 
+_LINK_COLUMNS = ("media_row", "series_row")
 _SIGNAL_COLUMNS = ("media_row", "algorithm", "value", "quality")
 
 # Signals accumulate, as at the origin: a hash once true of a media stays true. (Staged: only
