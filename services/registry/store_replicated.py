@@ -107,13 +107,11 @@ async def _apply_media(conn: Any, origin: str, staged: StagedApply) -> list[PdqE
 
 async def _series_rows(conn: Any, origin: str, series_ids: list[str]) -> dict[str, int]:
     """Rows of `origin`'s series `series_ids`, created bare (origin_seq NULL, so that the series
-    entry applies whenever it comes) for those a media names before their own entry arrived."""
+    entry applies whenever it comes) for those a media names before their own entry arrived.
+    Nothing else creates `origin`'s series meanwhile: its applies hold its cursor's lock."""
     if not series_ids:
         return {}
-    rows = {r["series_id"]: r["id"] for r in await conn.fetch(_SERIES_ROWS, origin, series_ids)}
-    if missing := [s for s in series_ids if s not in rows]:  # created meanwhile by another
-        rows |= {r["series_id"]: r["id"] for r in await conn.fetch(_SERIES_OF, origin, missing)}
-    return rows
+    return {r["series_id"]: r["id"] for r in await conn.fetch(_SERIES_ROWS, origin, series_ids)}
 
 
 async def _relink(conn: Any, links: list[tuple[int, int]], media_rows: list[int]) -> None:
@@ -220,8 +218,6 @@ UNION ALL
 SELECT se.id, se.series_id FROM series se JOIN wanted w ON w.series_id = se.series_id
 WHERE se.origin = $1
 """
-
-_SERIES_OF = "SELECT id, series_id FROM series WHERE origin = $1 AND series_id = ANY($2::text[])"
 
 _RELINK = """
 WITH desired AS (
