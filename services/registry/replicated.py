@@ -10,7 +10,7 @@ signals table once the media they belong to have rows. Pure: no SQL, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Container, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -67,10 +67,54 @@ class ReplicatedApplied:
 
 
 @dataclass
+class StagedMedia:
+    """Media states to apply, one list per column of the media table (sent as one array
+    parameter each), in media id order."""
+
+    media_ids: list[str] = field(default_factory=list)
+    media_types: list[int] = field(default_factory=list)
+    category_schemes: list[int | None] = field(default_factory=list)
+    category_codes: list[str | None] = field(default_factory=list)
+    flags: list[int] = field(default_factory=list)
+    first_seen: list[datetime] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.media_ids)
+
+    def append(self, item: ReplicatedMedia) -> None:
+        category = item.category
+        self.media_ids.append(item.media_id)
+        self.media_types.append(int(item.media_type))
+        self.category_schemes.append(int(category.scheme) if category else None)
+        self.category_codes.append(category.code if category else None)
+        self.flags.append(item.flags.to_bits())
+        self.first_seen.append(item.first_seen)
+        self.seqs.append(item.seq)
+
+    def columns(self) -> tuple[list[Any], ...]:
+        return (
+            self.media_ids,
+            self.media_types,
+            self.category_schemes,
+            self.category_codes,
+            self.flags,
+            self.first_seen,
+            self.seqs,
+        )
+
+    def without(self, media_ids: Container[str]) -> StagedMedia:
+        """The staged media other than `media_ids`, in the same order."""
+        rest = StagedMedia()
+        kept = [i for i, media_id in enumerate(self.media_ids) if media_id not in media_ids]
+        for mine, theirs in zip(self.columns(), rest.columns(), strict=True):
+            theirs.extend(mine[i] for i in kept)
+        return rest
+
+
+@dataclass
 class StagedApply:
-    media: list[tuple[str, int, int | None, str | None, int, datetime, int]] = field(
-        default_factory=list
-    )
+    media: StagedMedia = field(default_factory=StagedMedia)
     # Media id → its signals, for `signal_rows` once the media have rows.
     signals: dict[str, tuple[SignalValue, ...]] = field(default_factory=dict)
     # Media id → the series ids it names (media naming none are left out).
@@ -81,10 +125,9 @@ class StagedApply:
     retractions: list[tuple[str, int, datetime]] = field(default_factory=list)
 
     def tables(self) -> list[tuple[str, Sequence[tuple[Any, ...]]]]:
-        """The staging tables filled before anything is applied (signals and series links wait
-        for media rows)."""
+        """The staging tables filled before series apply (media go as array parameters;
+        signals and series links wait for media rows)."""
         return [
-            ("replica_stage_media", self.media),
             ("replica_stage_series", self.series),
             ("replica_stage_victims", self.victims),
         ]
@@ -103,18 +146,7 @@ def stage_changes(changes: Sequence[ReplicatedChange]) -> StagedApply:
         if isinstance(item, ReplicatedRetraction):
             staged.retractions.append((media_id, item.seq, item.changed_at))
             continue
-        category = item.category
-        staged.media.append(
-            (
-                media_id,
-                int(item.media_type),
-                int(category.scheme) if category else None,
-                category.code if category else None,
-                item.flags.to_bits(),
-                item.first_seen,
-                item.seq,
-            )
-        )
+        staged.media.append(item)
         staged.signals[media_id] = item.signals
         if item.series_ids:
             staged.links[media_id] = item.series_ids

@@ -31,11 +31,11 @@ async def apply_replicated(
     conn: Any, *, origin: str, changes: Sequence[ReplicatedChange]
 ) -> ReplicatedApplied:
     staged = stage_changes(changes)
-    await conn.execute(_CREATE_STAGING)
-    for table, records in staged.tables():
-        if records:
-            await conn.copy_records_to_table(table, records=records)
     if staged.series:
+        await _ensure_staging(conn)
+        for table, records in staged.tables():
+            if records:
+                await conn.copy_records_to_table(table, records=records)
         await _apply_series(conn, origin)
     added: list[PdqEntry] = []
     if staged.media:
@@ -46,6 +46,13 @@ async def apply_replicated(
         rows = await conn.fetch(_RETRACT, origin, list(media_ids), list(seqs), list(moments))
         removed = sorted(r["id"] for r in rows)
     return ReplicatedApplied(added=added, removed_rows=removed)
+
+
+async def _ensure_staging(conn: Any) -> None:
+    """The temporary tables series, victims and signals of held media are staged in. Only a
+    batch that needs them touches them: a transaction that touched none commits without
+    emptying them (PostgreSQL skips ON COMMIT DELETE ROWS then)."""
+    await conn.execute(_CREATE_STAGING)
 
 
 async def begin_resync(conn: Any, *, origin: str) -> list[int]:
@@ -78,9 +85,12 @@ async def _apply_series(conn: Any, origin: str) -> None:
 
 async def _apply_media(conn: Any, origin: str, staged: StagedApply) -> list[PdqEntry]:
     # New media insert plainly: a first replication (most of any batch) probes nothing else.
-    created = {r["media_id"]: r["id"] for r in await conn.fetch(_INSERT_NEW_MEDIA, origin)}
-    held = [m[0] for m in staged.media if m[0] not in created]
-    updated = await conn.fetch(_UPDATE_HELD_MEDIA, origin, held) if held else []
+    created = {
+        r["media_id"]: r["id"]
+        for r in await conn.fetch(_INSERT_NEW_MEDIA, origin, *staged.media.columns())
+    }
+    held = staged.media.without(created)
+    updated = await conn.fetch(_UPDATE_HELD_MEDIA, origin, *held.columns()) if held else []
     known = {r["media_id"]: r["id"] for r in updated}
     if not created and not known:
         return []
@@ -95,6 +105,7 @@ async def _apply_media(conn: Any, origin: str, staged: StagedApply) -> list[PdqE
         await conn.copy_records_to_table("signals", records=new_signals, columns=_SIGNAL_COLUMNS)
     added_known: list[Any] = []
     if known_signals:
+        await _ensure_staging(conn)
         await conn.copy_records_to_table("replica_stage_signals", records=known_signals)
         added_known = await conn.fetch(_INSERT_SIGNALS)
     revived = [r["id"] for r in updated if r["was_retracted"]]
@@ -123,11 +134,6 @@ async def _relink(conn: Any, links: list[tuple[int, int]], media_rows: list[int]
 
 _CREATE_STAGING = """
 SET LOCAL client_min_messages = warning;
-CREATE TEMP TABLE IF NOT EXISTS replica_stage_media (
-    media_id text NOT NULL, media_type smallint NOT NULL, category_scheme smallint,
-    category_code text, flags smallint NOT NULL, first_seen timestamptz NOT NULL,
-    origin_seq bigint NOT NULL
-) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS replica_stage_signals (
     media_row bigint NOT NULL, algorithm smallint NOT NULL, value bytea NOT NULL, quality smallint
 ) ON COMMIT DELETE ROWS;
@@ -171,31 +177,39 @@ SET status = EXCLUDED.status, responsible_desk = EXCLUDED.responsible_desk,
     updated_at = EXCLUDED.updated_at
 """
 
+# The staged media come as parameters $2-$8, one array per column (services.registry.replicated
+# `StagedMedia`), sorted by media id: rows go into the table's unique index in its order.
 _INSERT_NEW_MEDIA = """
 INSERT INTO media (origin, media_id, media_type, category_scheme, category_code, flags,
                    first_seen, origin_seq)
 SELECT $1, s.media_id, s.media_type, s.category_scheme, s.category_code, s.flags, s.first_seen,
        s.origin_seq
-FROM replica_stage_media s
-ORDER BY s.media_id
+FROM unnest($2::text[], $3::smallint[], $4::smallint[], $5::text[], $6::smallint[],
+       $7::timestamptz[], $8::bigint[])
+    AS s(media_id, media_type, category_scheme, category_code, flags, first_seen, origin_seq)
 ON CONFLICT (origin, media_id) DO NOTHING
 RETURNING id, media_id
 """
 
-# The staged media `$2` this node held already, where the staged state is newer; whether each
-# was retracted until now (in one statement, `held` reads the rows as they were before `applied`
-# changed them): a revived media's PDQ hashes match again.
+# The staged media this node held already (those `_INSERT_NEW_MEDIA` did not create), where the
+# staged state is newer; whether each was retracted until now (in one statement, `held` reads
+# the rows as they were before `applied` changed them): a revived media's PDQ hashes match
+# again.
 _UPDATE_HELD_MEDIA = """
-WITH held AS (
+WITH staged AS (
+    SELECT * FROM unnest($2::text[], $3::smallint[], $4::smallint[], $5::text[], $6::smallint[],
+                         $7::timestamptz[], $8::bigint[])
+        AS s(media_id, media_type, category_scheme, category_code, flags, first_seen, origin_seq)
+), held AS (
     SELECT m.id, m.retracted_at IS NOT NULL AS was_retracted
-    FROM media m WHERE m.origin = $1 AND m.media_id = ANY($2::text[])
+    FROM media m JOIN staged s ON m.origin = $1 AND m.media_id = s.media_id
 ), applied AS (
     UPDATE media m
     SET media_type = s.media_type, category_scheme = s.category_scheme,
         category_code = s.category_code, flags = s.flags, first_seen = s.first_seen,
         origin_seq = s.origin_seq, retracted_at = NULL, updated_at = now()
-    FROM replica_stage_media s
-    WHERE m.origin = $1 AND m.media_id = s.media_id AND s.media_id = ANY($2::text[])
+    FROM staged s
+    WHERE m.origin = $1 AND m.media_id = s.media_id
       AND (m.origin_seq IS NULL OR m.origin_seq < s.origin_seq)
     RETURNING m.id, m.media_id
 )

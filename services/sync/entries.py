@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
+from functools import lru_cache, partial
 
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -30,6 +30,7 @@ from services.registry.contract import (
     MAX_SERIES_PER_MEDIA,
     MAX_SIGNALS_PER_MEDIA,
     MAX_VICTIMS_PER_SERIES,
+    per_algorithm_limit,
     signal_set_problems,
 )
 from services.registry.replicated import (
@@ -127,8 +128,10 @@ def parse_entry(data: bytes, *, origin: str) -> Change:
 def _media(seq: int, changed_at: datetime, media: common_pb2.Media, origin: str) -> ReplicatedMedia:
     if media.origin != origin:
         raise InvalidArgument("a media record names another origin than the batch")
-    valid = _valid_media(seq, changed_at, media)
-    record = valid if valid is not None else _checked_media(seq, changed_at, media)
+    valid = _canonical_media(seq, changed_at, media)
+    if valid is not None:
+        return valid
+    record = _checked_media(seq, changed_at, media)
     _check_limits(record)
     return record
 
@@ -145,8 +148,11 @@ def _check_limits(record: ReplicatedMedia) -> None:
         raise InvalidArgument(f"media {record.media_id!r}: {'; '.join(problems)}")
 
 
-# What a valid record holds, for `_valid_media`'s lookups.
-_SPECS: dict[int, AlgorithmSpec] = {int(a): spec for a, spec in ALGORITHMS.items()}
+# What a valid record holds, for `_canonical_media`'s lookups: per algorithm number its spec
+# and how many signals of it a media may carry.
+_SPECS: dict[int, tuple[AlgorithmSpec, int]] = {
+    int(a): (spec, per_algorithm_limit(a)) for a, spec in ALGORITHMS.items()
+}
 _MEDIA_TYPES = {0: model.MediaType.IMAGE} | {int(t): t for t in model.MediaType}
 _CATEGORIES = {
     (int(scheme), code): model.Category(scheme, code)
@@ -155,53 +161,70 @@ _CATEGORIES = {
 }
 
 
-def _valid_media(seq: int, changed_at: datetime, media: common_pb2.Media) -> ReplicatedMedia | None:
-    """The record if every field is valid as it stands (the origin wrote it canonically), else
-    None: checked without collecting problems, so the common case is cheap. Anything else —
-    bad input, or valid input in a non-canonical form — goes to `_checked_media`, which accepts
-    exactly what it always accepted and names every problem."""
+def _canonical_media(
+    seq: int, changed_at: datetime, media: common_pb2.Media
+) -> ReplicatedMedia | None:
+    """The record if it is valid and canonical as it stands (as the origin writes it: signals
+    distinct and in (algorithm, value) order, within the limits; series ids distinct and within
+    theirs), else None: checked without collecting problems, so the common case is cheap.
+    Anything else (bad input, or valid input in another form) goes to `_checked_media`, which
+    accepts exactly what it always accepted and names every problem."""
     media_type = _MEDIA_TYPES.get(media.media_type)
     has_category = media.HasField("category")
     category = (
         _CATEGORIES.get((media.category.scheme, media.category.code)) if has_category else None
     )
+    series_ids = tuple(media.series_ids)
     if (
         media_type is None
         or (has_category and category is None)
         or not model.ID_PATTERN.fullmatch(media.media_id)
         or not 1 <= len(media.signals) <= MAX_SIGNALS_PER_MEDIA
-        or not all(model.ID_PATTERN.fullmatch(series_id) for series_id in media.series_ids)
+        or len(series_ids) > MAX_SERIES_PER_MEDIA
+        or len(set(series_ids)) != len(series_ids)
+        or not all(model.ID_PATTERN.fullmatch(series_id) for series_id in series_ids)
     ):
         return None
     signals: list[SignalValue] = []
+    previous: tuple[int, bytes] = (-1, b"")
+    of_algorithm = 0
     for message in media.signals:
-        signal = _valid_signal(message)
-        if signal is None:
+        algorithm = message.algorithm
+        known = _SPECS.get(algorithm)
+        if known is None:
             return None
-        signals.append(signal)
-    return _replicated(seq, changed_at, media, signals, media_type, category)
-
-
-def _valid_signal(message: common_pb2.Signal) -> SignalValue | None:
-    """The signal if its value is exactly the hex of the algorithm's length and its quality is
-    allowed, else None. bytes.fromhex also skips blanks between bytes: the length check on the
-    result refuses those."""
-    spec = _SPECS.get(message.algorithm)
-    text = message.value
-    if spec is None or len(text) != 2 * spec.byte_length:
-        return None
-    try:
-        value = bytes.fromhex(text)
-    except ValueError:
-        return None
-    quality = None
-    if message.HasField("quality"):
-        quality = message.quality
-        if not spec.perceptual or not 0 <= quality <= 100:
+        spec, limit = known
+        text = message.value
+        if len(text) != 2 * spec.byte_length:
             return None
-    if len(value) != spec.byte_length:
-        return None
-    return SignalValue(spec.algorithm, value, quality)
+        try:
+            value = bytes.fromhex(text)
+        except ValueError:
+            return None
+        # bytes.fromhex skips blanks between bytes: the length check on the result refuses them.
+        if len(value) != spec.byte_length or (algorithm, value) <= previous:
+            return None
+        of_algorithm = of_algorithm + 1 if algorithm == previous[0] else 1
+        if of_algorithm > limit:
+            return None
+        quality = None
+        if message.HasField("quality"):
+            quality = message.quality
+            if not spec.perceptual or not 0 <= quality <= 100:
+                return None
+        signals.append(SignalValue(spec.algorithm, value, quality))
+        previous = (algorithm, value)
+    return ReplicatedMedia(
+        seq=seq,
+        changed_at=changed_at,
+        media_id=media.media_id,
+        signals=tuple(signals),
+        media_type=media_type,
+        category=category,
+        flags=convert.flags_from_proto(media.flags),
+        series_ids=series_ids,
+        first_seen=_moment(media.first_seen),
+    )
 
 
 def _checked_media(seq: int, changed_at: datetime, media: common_pb2.Media) -> ReplicatedMedia:
@@ -292,7 +315,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def _moment(stamp: Timestamp) -> datetime:
     """An aware datetime; an unset or out-of-range stamp becomes the epoch rather than failing
     a whole batch over a display field."""
+    return _moment_of(stamp.seconds, stamp.nanos)
+
+
+@lru_cache(maxsize=4096)
+def _moment_of(seconds: int, nanos: int) -> datetime:
+    """Entries written together share their moments: each is converted once."""
     try:
-        return stamp.ToDatetime(tzinfo=UTC)
+        return Timestamp(seconds=seconds, nanos=nanos).ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError):
         return _EPOCH

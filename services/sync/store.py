@@ -192,8 +192,7 @@ class SyncStore:
         cursor the batch was verified against; FailedPrecondition if it moved meanwhile."""
         changes = [c for c in batch.changes if not isinstance(c, RotatedKey)]
         async with self._db.transaction() as conn:
-            await conn.execute(_ENSURE_CURSOR, peer_id)
-            locked = await conn.fetchrow(_LOCK_CURSOR, peer_id)
+            locked = await _locked_cursor(conn, peer_id)
             current, resyncing, swept = _cursor(locked), bool(locked["resyncing"]), 0
             if current != expected:
                 raise FailedPrecondition(f"the cursor for {peer_id} moved while applying a batch")
@@ -232,8 +231,7 @@ class SyncStore:
         applies, and the cursor is reset; the batch that catches up deletes the rest. Returns
         the media rows withdrawn, for the PDQ index. Re-runnable: a resync under way restarts."""
         async with self._db.transaction() as conn:
-            await conn.execute(_ENSURE_CURSOR, peer_id)
-            await conn.fetchrow(_LOCK_CURSOR, peer_id)
+            await _locked_cursor(conn, peer_id)
             withdrawn = await self._records.begin_resync(conn, origin=peer_id)
             await conn.execute(_RESYNC_START, peer_id)
         return withdrawn
@@ -255,6 +253,16 @@ def _rotation_entry(keyring: Keyring, version: int) -> PendingEntry:
             signature=signature,
         ),
     )
+
+
+async def _locked_cursor(conn: Any, peer_id: str) -> Any:
+    """`peer_id`'s cursor row, locked for the transaction; created first if there is none (one
+    statement when it exists, as for every batch after a peer's first)."""
+    locked = await conn.fetchrow(_LOCK_CURSOR, peer_id)
+    if locked is None:
+        await conn.execute(_ENSURE_CURSOR, peer_id)
+        locked = await conn.fetchrow(_LOCK_CURSOR, peer_id)
+    return locked
 
 
 def _cursor(row: Any) -> Cursor:

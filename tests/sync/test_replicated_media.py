@@ -13,7 +13,7 @@ from hashex.v1 import common_pb2, federation_pb2
 from services.core.errors import InvalidArgument
 from services.registry.change_entries import media_entry
 from services.registry.replicated import ReplicatedMedia
-from services.sync.entries import _checked_media, _valid_media, parse_entry
+from services.sync.entries import _canonical_media, _check_limits, _checked_media, parse_entry
 from tests.sync.helpers import CAID_A, ORIGIN, md5, media_record, pdq, sha1
 
 MOMENT = datetime(2026, 11, 2, tzinfo=UTC)
@@ -47,6 +47,12 @@ signals = st.builds(
     st.sampled_from([None] * 12 + [0, 50, 100, 101]),
 )
 ids = st.sampled_from(["m1", "bench-00000001", "s:1"] * 4 + ["", "has space", "x" * 129, "ü"])
+# Distinct PDQ hashes in canonical order, around the limit of 8 per media.
+pdq_runs = st.integers(6, 10).map(
+    lambda count: [
+        common_pb2.Signal(algorithm=4, value=f"{i:02x}" * 32, quality=90) for i in range(count)
+    ]
+)
 categories = st.one_of(
     st.none(),
     st.builds(
@@ -60,10 +66,13 @@ categories = st.one_of(
 @settings(max_examples=500)
 @given(
     media_id=ids,
-    signal_list=st.lists(signals, max_size=3) | st.lists(signals, min_size=16, max_size=17),
+    signal_list=st.lists(signals, max_size=3)
+    | st.lists(signals, min_size=16, max_size=17)
+    | pdq_runs,
     media_type=st.sampled_from([0, 0, 1, 1, 2, 3]),
     category=categories,
-    series_ids=st.lists(ids, max_size=2),
+    series_ids=st.lists(ids, max_size=2)
+    | st.lists(st.sampled_from([f"s{i}" for i in range(18)]), min_size=15, max_size=17),
 )
 def test_the_fast_path_agrees_with_the_checked_path(
     media_id: str,
@@ -81,9 +90,10 @@ def test_the_fast_path_agrees_with_the_checked_path(
     )
     if category is not None:
         media.category.CopyFrom(category)
-    fast = _valid_media(7, MOMENT, media)
+    fast = _canonical_media(7, MOMENT, media)
     try:
         checked: ReplicatedMedia | InvalidArgument = _checked_media(7, MOMENT, media)
+        _check_limits(checked)
     except InvalidArgument as error:
         checked = error
     if fast is not None:
@@ -93,7 +103,7 @@ def test_the_fast_path_agrees_with_the_checked_path(
 def test_a_canonical_record_takes_the_fast_path() -> None:
     record = media_record("m", md5("m"), sha1("m"), pdq("m"), category=CAID_A, series_ids=("s",))
     entry = federation_pb2.ChangeEntry.FromString(media_entry(3, MOMENT, record))
-    fast = _valid_media(3, MOMENT, entry.media)
+    fast = _canonical_media(3, MOMENT, entry.media)
     assert fast is not None
     assert fast == _checked_media(3, MOMENT, entry.media)
     assert fast.signals == (md5("m"), sha1("m"), pdq("m"))
