@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from services.core import tls
 from services.core.audit.recorder import AuditRecorder
 from services.core.audit.store import AuditStore
+from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.config import NodeConfig, require_node_material
 from services.core.db.migrations import apply_migration_plan
 from services.core.db.pool import Database, open_database
@@ -73,8 +74,9 @@ class RunningNode:
         _log.info("node %s stopped", self.config.node_id)
 
 
-async def start_node(config: NodeConfig) -> RunningNode:
-    """Start everything; on failure, stop what was started and re-raise."""
+async def start_node(config: NodeConfig, *, clock: Clock = SYSTEM_CLOCK) -> RunningNode:
+    """Start everything; on failure, stop what was started and re-raise. `clock` times
+    replication's holds, keep-alives, pauses and deadlines (tests run it fast)."""
     _log.info("starting node with %s", config.masked())
     require_node_material(config)
     own_ca_pem = (config.tls_dir / "ca.pem").read_bytes()
@@ -102,6 +104,7 @@ async def start_node(config: NodeConfig) -> RunningNode:
             trust=trust,
             lookup=registry_servicer.answer_lookup,
             identity=lambda: _node_identity(config),
+            clock=clock,
         )
         started.append(sync)
         units = UnitsServicer(

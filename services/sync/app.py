@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from services.core import tls
+from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.config import NodeConfig
 from services.core.db.pool import Database
 from services.core.errors import NotFound
@@ -121,7 +122,9 @@ class PullerSupervisor:
             except Exception:  # a bad card or key file must not stop replication
                 _log.exception("sync supervisor pass failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=self._interval_s)
+                await asyncio.wait_for(
+                    self._stop.wait(), timeout=self.deps.clock.real_s(self._interval_s)
+                )
 
 
 @dataclass
@@ -217,6 +220,7 @@ async def start_sync(
     run_pullers: bool = True,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     rng: random.Random | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> RunningSync:
     """Start sync on a migrated database. `records` is the registry's store (replicated records
     are applied through it), `index` the registry's PDQ index to keep in step and `lookup` the
@@ -226,7 +230,7 @@ async def start_sync(
     logged within `pull_interval_s`), policy/<peer>.toml. `on_rejected(peer_id, rejection)` is
     awaited for every rejected batch and `on_quarantined(peer_id, batch)` for every applied
     batch with quarantined entries (the node audits both). `run_pullers=False` serves only
-    (tests drive pullers themselves)."""
+    (tests drive pullers themselves). `clock` times holds, keep-alives, pauses and deadlines."""
     store = SyncStore(database=database, records=records)
     if keyring is None:
         keys_dir = config.signing_keys_dir
@@ -241,7 +245,9 @@ async def start_sync(
         trust=trust, identity=identity, max_message_bytes=config.max_message_bytes
     )
     watcher = LogWatcher(database)
-    holding = Holding(watcher, max_s=config.pull_hold_s, keepalive_s=config.pull_keepalive_s)
+    holding = Holding(
+        watcher, max_s=config.pull_hold_s, keepalive_s=config.pull_keepalive_s, clock=clock
+    )
     sender = LogSender(
         node_id=config.node_id,
         store=store,
@@ -270,6 +276,7 @@ async def start_sync(
         ),
         now=now,
         rng=rng or random.Random(),
+        clock=clock,
     )
     supervisor = PullerSupervisor(
         deps=deps,

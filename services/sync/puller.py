@@ -16,13 +16,13 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from hashex.v1 import federation_pb2
+from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.peer_card import PeerCard
 from services.registry.model import PdqEntry
 from services.sync.batches import BatchRejected, Cursor, VerifiedBatch, verify_batch_in_steps
@@ -86,6 +86,8 @@ class PullDeps:
     settings: PullSettings = field(default_factory=PullSettings)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     rng: random.Random = field(default_factory=random.Random)
+    # What pauses, backoff and pull deadlines are timed with (settings are in its seconds).
+    clock: Clock = SYSTEM_CLOCK
 
 
 class PeerPuller:
@@ -125,7 +127,7 @@ class PeerPuller:
             wait_s=int(deps.settings.hold_s) if hold else 0,
         )
         self.held = False
-        stream = deps.open_pull(self.peer_id, request, deps.settings.deadline_s)
+        stream = deps.open_pull(self.peer_id, request, deps.clock.real_s(deps.settings.deadline_s))
         applier = _InOrder(self._apply)
         try:
             try:
@@ -220,14 +222,15 @@ class PeerPuller:
         """Pull, pause, repeat until `stop()`; failures back off. A pull the peer held open ends
         when its hold does; the next one starts at once."""
         pause = sleep or self._sleep
+        clock = self._deps.clock
         while not self._stopping:
-            started = time.monotonic()
+            started = clock.monotonic()
             try:
                 await self.pull_once(hold=self._deps.settings.hold_s > 0)
                 # A held pull ends when its hold does, or when the peer's policy changes: pull
                 # again at once. A peer that never holds, or a held pull over within a second:
                 # pause as for polling, so that no peer makes this loop spin.
-                short = time.monotonic() - started < min(self._deps.settings.interval_s, 1.0)
+                short = clock.monotonic() - started < min(self._deps.settings.interval_s, 1.0)
                 delay = self._deps.settings.interval_s if short or not self.held else 0.0
             except asyncio.CancelledError:
                 raise
@@ -248,7 +251,7 @@ class PeerPuller:
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+            await asyncio.wait_for(self._wake.wait(), timeout=self._deps.clock.real_s(seconds))
         self._wake.clear()
 
     def _record_failure(self, error: Exception) -> None:

@@ -19,11 +19,11 @@ hold instead of one every poll. No gRPC here: the servicer converts and maps err
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from hashex.v1 import federation_pb2
+from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.errors import FailedPrecondition
 from services.core.signing import Keyring
 from services.sync.batches import BatchChain, entries_per_batch
@@ -52,7 +52,7 @@ class Holding:
     watcher: LogWatcher
     max_s: float
     keepalive_s: float
-    clock: Callable[[], float] = time.monotonic
+    clock: Clock = SYSTEM_CLOCK
 
 
 class LogSender:
@@ -88,7 +88,7 @@ class LogSender:
             # its count); the current policy filters either way.
             after, generation = request.after_seq, request.policy_generation
         holding = self._holding if request.wait_s > 0 else None
-        until = holding.clock() + min(request.wait_s, holding.max_s) if holding else 0.0
+        until = holding.clock.monotonic() + min(request.wait_s, holding.max_s) if holding else 0.0
         ticket = await holding.watcher.ticket() if holding else None
         last = await self._store.last_seq()
         await self._check_history(recipient, request, last)
@@ -116,7 +116,7 @@ class LogSender:
             yield KeepAlive(last)
             async for _ in self._idle(holding, ticket, until, recipient, current):
                 yield KeepAlive(last)
-            if holding.watcher.closed or holding.clock() >= until:
+            if holding.watcher.closed or holding.clock.monotonic() >= until:
                 return
             if _generation(self._policy_for(recipient)) != current:
                 return
@@ -131,16 +131,16 @@ class LogSender:
         """While nothing is committed: yields when a keep-alive is due; returns when the log
         may have grown, the hold is over, the node stops or the policy for the caller changed
         (looked at every POLICY_RECHECK_S: a policy is a file, nothing notifies its edits)."""
-        keepalive_at = holding.clock() + holding.keepalive_s
+        keepalive_at = holding.clock.monotonic() + holding.keepalive_s
         while not ticket.is_set() and not holding.watcher.closed:
-            now = holding.clock()
+            now = holding.clock.monotonic()
             if now >= until or _generation(self._policy_for(recipient)) != current:
                 return
             if now >= keepalive_at:
                 yield None
                 keepalive_at = now + holding.keepalive_s
             pause = min(POLICY_RECHECK_S, keepalive_at - now, until - now)
-            await holding.watcher.wait(ticket, max(pause, 0.0))
+            await holding.watcher.wait(ticket, holding.clock.real_s(max(pause, 0.0)))
 
     async def _check_history(
         self, recipient: str, request: federation_pb2.PullRequest, last: int

@@ -35,6 +35,7 @@ from hashex.v1 import (
 )
 from services.cli.main import main as hashex_main
 from services.core import tls
+from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.config import NodeConfig, load_config
 from services.gateway.composition import RunningNode, start_node
 from services.sync.policy import SharingPolicy, save_policy
@@ -70,6 +71,8 @@ class Agency:
     node: RunningNode | None = None
     process: NodeProcess | None = None
     channels: list[grpc.aio.Channel] = field(default_factory=list)
+    # What an in-process node's replication timers run on.
+    clock: Clock = SYSTEM_CLOCK
 
     @property
     def config(self) -> NodeConfig:
@@ -93,7 +96,7 @@ class Agency:
         return self.running.address
 
     async def start(self) -> None:
-        self.node = await start_node(self.config)
+        self.node = await start_node(self.config, clock=self.clock)
 
     async def start_process(self) -> None:
         """Run the node as `hashex node up` in a process of its own; returns once it serves."""
@@ -327,10 +330,13 @@ async def federation(
     *,
     embedded: Sequence[str] = (),
     start: bool = True,
+    sync_config: str = FAST_SYNC,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> AsyncIterator[Federation]:
     """Agencies `node_ids`, pinned to each other with the default policy, started unless
     `start` is False. Those in `embedded` run their own PostgreSQL in their data directory
-    (`root` must then be outside pytest's tmp_path: see tests/conftest.py)."""
+    (`root` must then be outside pytest's tmp_path: see tests/conftest.py). `sync_config` is
+    appended to each node.toml; `clock` times the in-process nodes' replication."""
     databases: list[str] = []
     agencies: dict[str, Agency] = {}
     for node_id in node_ids:
@@ -340,8 +346,8 @@ async def federation(
             databases.append(name)
             url = pg.url_of(name)
         data_dir = root / node_id
-        init_agency(data_dir, node_id)
-        agencies[node_id] = Agency(node_id, data_dir, url)
+        init_agency(data_dir, node_id, extra_config=sync_config)
+        agencies[node_id] = Agency(node_id, data_dir, url, clock=clock)
     pin_each_other(list(agencies.values()), root)
     fed = Federation(agencies, root)
     try:

@@ -4,13 +4,14 @@ finds the others' records (exact and near) with their origin, from its own store
 
 from __future__ import annotations
 
-import asyncio
 import random
 from pathlib import Path
 from typing import Any
 
 from hashex.v1 import common_pb2, federation_pb2, federation_pb2_grpc, registry_pb2
+from services.core.clock import Clock
 from services.sync.policy import SharingPolicy
+from services.sync.puller import PeerPuller
 from tests.federation.harness import federation
 from tests.registry.node_harness import flip_bits, md5, pdq, signal, submission
 from tests.waiting import wait_for
@@ -195,22 +196,44 @@ async def test_a_record_moved_out_of_what_a_peer_may_see_is_withdrawn_from_it(
         assert await us.media_ids("gb-nca") == {"a", "b"}
 
 
-async def test_an_idle_federation_of_three_writes_no_audit_record(
+# The production timers (2 s polls before, 30 s keep-alives), holds outlasting the idle window
+# (a hold's end is a new, audited call: one per peer per pull_hold_s).
+IDLE_SYNC = "pull_hold_s = 1800.0\npull_deadline_s = 2400.0\nshutdown_grace_s = 1.0\n"
+IDLE_S = 600.0
+
+
+async def test_an_idle_federation_of_three_writes_no_audit_record_for_ten_minutes(
     pg_server: Any, tmp_path: Path
 ) -> None:
-    """Every puller holds its pull open: three seconds idle are thirty former polls per peer
-    (pull_interval_s 0.1) and fifteen keep-alives, and not one call is made or audited; what
-    is submitted then still reaches both peers."""
-    async with federation(["gb-nca", "us-hsi", "de-bka"], tmp_path, pg_server) as fed:
+    """Ten minutes of idling on an injected clock (200 times real time: three real seconds):
+    as polls, 300 calls per peer and as many audit records; held pulls make none, while the
+    keep-alives (every 30 s) keep each peer's "last OK" true. What is submitted then still
+    reaches both peers."""
+    clock = Clock(rate=200.0)
+    async with federation(
+        ["gb-nca", "us-hsi", "de-bka"], tmp_path, pg_server, sync_config=IDLE_SYNC, clock=clock
+    ) as fed:
         agencies = [fed["gb-nca"], fed["us-hsi"], fed["de-bka"]]
         await fed.converged()
 
         async def audited() -> list[int]:
             return [await a.row_count("SELECT count(*) FROM audit_log") for a in agencies]
 
+        def pullers() -> list[PeerPuller]:
+            return [p for a in agencies for p in a.running.sync.supervisor.pullers.values()]
+
         before = await audited()
-        await asyncio.sleep(3.0)
+        ok_before = [p.state.last_success_at for p in pullers()]
+        idle_from = clock.monotonic()
+        await clock.sleep(IDLE_S)
+        assert clock.monotonic() - idle_from >= IDLE_S
         assert await audited() == before
+        assert all(p.held and p.state.failures == 0 for p in pullers())
+        assert all(
+            p.state.last_success_at is not None and (was is None or p.state.last_success_at > was)
+            for p, was in zip(pullers(), ok_before, strict=True)
+        ), "keep-alives stopped while idle"
+
         await agencies[0].submit(submission("after-idle", md5(b"i" * 16)))
 
         async def everywhere() -> bool:
