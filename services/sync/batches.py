@@ -64,6 +64,14 @@ class Cursor:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """The origin's log chain at `seq`, as a batch ending there stated it."""
+
+    seq: int
+    chain: bytes
+
+
+@dataclass(frozen=True)
 class ActiveKey:
     """A signing key and the seq of the entry that published it (0 for the first key)."""
 

@@ -19,13 +19,21 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 from hashex.v1 import federation_pb2
 from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.peer_card import PeerCard
 from services.registry.model import PdqEntry
-from services.sync.batches import BatchRejected, Cursor, VerifiedBatch, verify_batch_in_steps
+from services.sync.batches import (
+    BatchRejected,
+    Checkpoint,
+    Cursor,
+    VerifiedBatch,
+    verify_batch_in_steps,
+)
+from services.sync.divergence import Divergence, HistoryDiverged, is_divergence, locate
 from services.sync.store import SyncStore
 
 _log = logging.getLogger(__name__)
@@ -99,6 +107,8 @@ class PeerPuller:
         self._stopping = False
         # Whether the peer held the last pull open (then the next one starts at once).
         self.held = False
+        # The divergence last located, and the cursor seq it was found for.
+        self._diverged: tuple[int, Divergence] | None = None
 
     async def pull_once(self, *, hold: bool = False) -> int:
         """Pull until the peer's stream ends; returns the batches applied. Raises BatchRejected
@@ -158,6 +168,10 @@ class PeerPuller:
                 await deps.store.record_peer_head(self.peer_id, rejected.origin_last_seq)
             await deps.on_rejected(self.peer_id, rejected)
             raise
+        except Exception as error:
+            if is_divergence(error):
+                raise HistoryDiverged(self.peer_id, await self._divergence(request)) from error
+            raise
         finally:
             applier.abandon()  # only when the pull itself was cancelled
             cancel = getattr(stream, "cancel", None)
@@ -165,6 +179,40 @@ class PeerPuller:
                 cancel()
         self._succeeded()
         return applier.applied
+
+    async def _divergence(self, refused: federation_pb2.PullRequest) -> Divergence:
+        """Where the origin's history parts from the one applied here (found once per cursor:
+        each question is a call to the origin)."""
+        known = self._diverged
+        if known is not None and known[0] == refused.after_seq:
+            return known[1]
+        checkpoints = await self._deps.store.chain_checkpoints(self.peer_id)
+        found = await locate(checkpoints, refused.after_seq, partial(self._agrees, refused))
+        self._diverged = (refused.after_seq, found)
+        return found
+
+    async def _agrees(self, refused: federation_pb2.PullRequest, point: Checkpoint) -> bool:
+        """Whether the origin's chain at `point` is the one applied here: a pull from there is
+        accepted (its first answer is all that is read) or refused as diverged."""
+        request = federation_pb2.PullRequest(
+            after_seq=point.seq,
+            after_chain=point.chain,
+            policy_generation=refused.policy_generation,
+            max_entries_per_batch=1,
+        )
+        stream = self._deps.open_pull(self.peer_id, request, self._deps.clock.real_s(60.0))
+        try:
+            async for _ in _responses(stream):
+                break
+        except Exception as error:
+            if is_divergence(error):
+                return False
+            raise
+        finally:
+            cancel = getattr(stream, "cancel", None)
+            if callable(cancel):
+                cancel()
+        return True
 
     def _caught_up(self, origin_last_seq: int) -> None:
         self.state.peer_last_seq = max(self.state.peer_last_seq, origin_last_seq)
@@ -301,6 +349,8 @@ def _describe(error: Exception) -> str:
     """A short, safe description: the rejection, the gRPC status, or the error's text."""
     if isinstance(error, BatchRejected):
         return f"batch rejected ({error.reason}): {error}"
+    if isinstance(error, HistoryDiverged):
+        return str(error)
     code, details = getattr(error, "code", None), getattr(error, "details", None)
     if callable(code) and callable(details):
         return f"{code().name}: {details()}"

@@ -30,10 +30,13 @@ from services.core.signing import (
 from services.registry.model import PdqEntry
 from services.registry.store import MIGRATIONS as RECORD_MIGRATIONS
 from services.registry.store import RegistryStore
-from services.sync.batches import ActiveKey, Cursor, VerifiedBatch
+from services.sync.batches import ActiveKey, Checkpoint, Cursor, VerifiedBatch
 from services.sync.entries import RotatedKey, decode_entry, key_rotation_entry
 
 COMPONENT = "sync"
+# Checkpoints of each origin's chain kept: the newest this many, then one per this many seqs.
+CHECKPOINTS_KEPT = 256
+CHECKPOINT_SPACING = 4096
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # What sync's statements need, in the order they apply: the registry's tables and the change
 # log (it applies records and logs key rotations), its own, and the audit log (rejected
@@ -234,7 +237,16 @@ class SyncStore:
             await _locked_cursor(conn, peer_id)
             withdrawn = await self._records.begin_resync(conn, origin=peer_id)
             await conn.execute(_RESYNC_START, peer_id)
+            await conn.execute(_FORGET_CHECKPOINTS, peer_id)  # the history is learned afresh
         return withdrawn
+
+    async def chain_checkpoints(self, peer_id: str) -> list[Checkpoint]:
+        """The origin's chain at the ends of batches applied from it, oldest first, thinned
+        first (the newest CHECKPOINTS_KEPT, then one per CHECKPOINT_SPACING seqs)."""
+        async with self._db.transaction() as conn:
+            await conn.execute(_THIN_CHECKPOINTS, peer_id, CHECKPOINTS_KEPT, CHECKPOINT_SPACING)
+            rows = await conn.fetch(_CHECKPOINTS, peer_id)
+        return [Checkpoint(r["seq"], bytes(r["chain"])) for r in rows]
 
 
 def _rotation_entry(keyring: Keyring, version: int) -> PendingEntry:
@@ -305,6 +317,20 @@ SET cursor_seq = 0, cursor_digest = '', policy_generation = 0, cursor_chain = ''
 WHERE peer_id = $1
 """
 
+_FORGET_CHECKPOINTS = "DELETE FROM sync_chain_checkpoints WHERE peer_id = $1"
+
+_CHECKPOINTS = "SELECT seq, chain FROM sync_chain_checkpoints WHERE peer_id = $1 ORDER BY seq"
+
+_THIN_CHECKPOINTS = """
+DELETE FROM sync_chain_checkpoints c
+USING (
+    SELECT seq, row_number() OVER (ORDER BY seq DESC) AS newest,
+           row_number() OVER (PARTITION BY seq / $3 ORDER BY seq DESC) AS in_block
+    FROM sync_chain_checkpoints WHERE peer_id = $1
+) r
+WHERE c.peer_id = $1 AND c.seq = r.seq AND r.newest > $2 AND r.in_block > 1
+"""
+
 _RESYNC_DONE = "UPDATE sync_cursors SET resyncing = false WHERE peer_id = $1"
 
 _PEER_HEAD = """
@@ -315,7 +341,13 @@ _ENSURE_CURSOR = "INSERT INTO sync_cursors (peer_id) VALUES ($1) ON CONFLICT DO 
 
 _LOCK_CURSOR = _CURSOR + " FOR UPDATE"
 
+# The batch's end is also a checkpoint of the origin's chain (services.sync.divergence).
 _ADVANCE_CURSOR = """
+WITH checkpoint AS (
+    INSERT INTO sync_chain_checkpoints (peer_id, seq, chain)
+    SELECT $1, $2, $7::bytea WHERE octet_length($7::bytea) = 32
+    ON CONFLICT (peer_id, seq) DO UPDATE SET chain = EXCLUDED.chain
+)
 UPDATE sync_cursors
 SET cursor_seq = $2, cursor_digest = $3, policy_generation = $4, cursor_chain = $7,
     peer_last_seq = greatest(peer_last_seq, $5), applied_entries = applied_entries + $6,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -28,6 +29,7 @@ from services.registry.change_entries import media_entry
 from services.registry.model import IdentificationStatus, LookupResult, MediaSubmission
 from services.sync.audit_rejections import audit_quarantines, audit_rejections
 from services.sync.batches import BatchRejected
+from services.sync.divergence import Divergence, HistoryDiverged
 from services.sync.policy import SharingPolicy
 from services.sync.puller import PeerPuller
 from tests.sync.federation_harness import SyncNode, two_nodes
@@ -337,14 +339,15 @@ async def test_an_entry_the_receiver_cannot_apply_is_quarantined_and_the_rest_re
 async def test_an_origin_restored_from_a_backup_is_detected_and_a_resync_converges(
     nodes: tuple[SyncNode, SyncNode], db_pool: Any, second_pool: Any
 ) -> None:
-    """gb-nca logs m1-m4, us-fbi pulls them; gb-nca is restored to its backup at seq 2 (m3, m4
-    and their entries gone) and logs n3-n5. us-fbi is refused at the seq it stands on, and
-    after `sync resync` holds exactly gb-nca's records: nothing stale, nothing twice."""
+    """gb-nca logs m1-m4, us-fbi pulls each as it comes; gb-nca is restored to its backup at
+    seq 2 (m3, m4 and their entries gone) and logs n3-n5. us-fbi stops applying and names seq
+    3 as where the histories part (found by asking gb-nca about its checkpoints), and after
+    `sync resync` holds exactly gb-nca's records: nothing stale, nothing twice."""
     origin, receiver = nodes
     origin.set_policy("us-fbi", SharingPolicy())
     for name in ("m1", "m2", "m3", "m4"):
         await origin.registry.submit_batch([media(name)])
-    await puller(receiver).pull_once()
+        await puller(receiver).pull_once()
     assert (await receiver.sync.store.cursor("gb-nca")).seq == 4
 
     async with db_pool.acquire() as conn, conn.transaction():  # what restoring the backup does
@@ -353,13 +356,28 @@ async def test_an_origin_restored_from_a_backup_is_detected_and_a_resync_converg
         for table in ("case_records", "signals", "media_series"):
             await conn.execute(f"DELETE FROM {table} WHERE media_row IN ({lost})")
         await conn.execute(f"DELETE FROM media WHERE id IN ({lost})")
-    with pytest.raises(Exception, match="ends at seq 2, before seq 4") as short:
+    parted = "not the one applied here from seq 3 on (seqs 1-2 are the same)"
+    with pytest.raises(HistoryDiverged, match=re.escape(parted)) as short:
         await puller(receiver).pull_once()
+    assert short.value.divergence == Divergence(agreed=2, differs=3)
     assert "hashex sync resync gb-nca" in str(short.value)
-    for name in ("n3", "n4", "n5"):
+    assert "ends at seq 2, before seq 4" in str(short.value.__cause__.details())  # type: ignore[union-attr]
+    for name in ("n3", "n4", "n5"):  # the new history passes the old cursor: still refused
         await origin.registry.submit_batch([media(name)])
-    with pytest.raises(Exception, match="change log up to seq 4 is not the one us-fbi applied"):
-        await puller(receiver).pull_once()
+    asked: list[int] = []
+    open_pull = receiver.sync.supervisor.deps.open_pull
+
+    def counted(peer_id: str, request: federation_pb2.PullRequest, timeout_s: float) -> Any:
+        asked.append(request.after_seq)
+        return open_pull(peer_id, request, timeout_s)
+
+    diverged = puller(receiver, open_pull=counted)
+    with pytest.raises(HistoryDiverged, match=re.escape(parted)):
+        await diverged.pull_once()
+    assert asked[0] == 4 and sorted(asked[1:]) == [2, 3]  # the pull, then two questions
+    with pytest.raises(HistoryDiverged):  # found once per cursor: no more questions
+        await diverged.pull_once()
+    assert asked[len(asked) - 1 :] == [4] and len(asked) == 4
     assert (await lookup(receiver, md5("m3")))[0].matches  # still stale, and nothing applied
     assert not (await lookup(receiver, md5("n5")))[0].matches
 

@@ -41,8 +41,12 @@ class PullRequest(_message.Message):
     """Entries per batch, 1-10,000; 0 means 1,000."""
     after_chain: _builtins.bytes
     """The origin's log chain digest at after_seq as its last applied batch stated it (empty at
-    start). An origin whose own chain at after_seq differs answers FAILED_PRECONDITION: its
-    history diverged from what the caller applied (restored from a backup, or forked).
+    start). An origin whose own chain at after_seq differs, or whose log ends before after_seq,
+    answers FAILED_PRECONDITION with a message starting "history diverged": its history is not
+    the one the caller applied (restored from a backup, or forked). A caller locates where the
+    histories part by pulling from earlier batch ends it applied (after_seq and after_chain of
+    each, max_entries_per_batch 1, reading only the first answer): the chain commits to every
+    entry before it, so the origin accepts exactly those up to the last seq both share.
     """
     wait_s: _builtins.int
     """Once caught up, how long the origin may keep the stream open and send batches as its log
