@@ -190,6 +190,7 @@ async def _resync(peer_id: str, store: SyncStore, supervisor: PullerSupervisor) 
     )
     puller = supervisor.pullers.get(peer_id)
     if puller is not None:
+        puller.state.peer_last_seq = 0  # a restored peer's head may be lower: learned afresh
         puller.wake()
     return len(withdrawn)
 

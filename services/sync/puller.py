@@ -146,8 +146,12 @@ class PeerPuller:
                         break
                     if response.HasField("keep_alive"):
                         await applier.finish()  # caught up means applied
+                        head = response.keep_alive.origin_last_seq
+                        if not self.held and applier.applied == 0:
+                            # No batch came to finish a resync (the peer's log may be empty).
+                            self._resynced(await deps.store.finish_resync(self.peer_id, head))
                         self.held = True
-                        self._caught_up(response.keep_alive.origin_last_seq)
+                        self._caught_up(head)
                         if self._wake.is_set():  # asked to pull afresh (a resync): reconnect
                             self._wake.clear()
                             break
@@ -214,6 +218,14 @@ class PeerPuller:
                 cancel()
         return True
 
+    def _resynced(self, swept_media: int | None) -> None:
+        if swept_media is not None:
+            _log.info(
+                "resync of %s complete: %d of its media it no longer holds deleted",
+                self.peer_id,
+                swept_media,
+            )
+
     def _caught_up(self, origin_last_seq: int) -> None:
         self.state.peer_last_seq = max(self.state.peer_last_seq, origin_last_seq)
         self._succeeded()
@@ -245,6 +257,7 @@ class PeerPuller:
         deps = self._deps
         result = await deps.store.apply_batch(peer_id=self.peer_id, batch=batch, expected=expected)
         await deps.index.index_replicated(added=result.added, removed_rows=result.removed_rows)
+        self._resynced(result.swept_media if result.resync_done else None)
         self.state.peer_last_seq = max(self.state.peer_last_seq, batch.origin_last_seq)
         if batch.quarantined:
             # Seqs only: a reason may name a media id, which may itself be a hash.

@@ -55,7 +55,9 @@ class Applied:
     entries: int
     added: list[PdqEntry]
     removed_rows: list[int]
-    # Media deleted when a resync caught up (the peer no longer holds them).
+    # Whether a resync caught up with this batch, and the media it then deleted (the peer no
+    # longer holds them).
+    resync_done: bool = False
     swept_media: int = 0
 
 
@@ -196,7 +198,7 @@ class SyncStore:
         changes = [c for c in batch.changes if not isinstance(c, RotatedKey)]
         async with self._db.transaction() as conn:
             locked = await _locked_cursor(conn, peer_id)
-            current, resyncing, swept = _cursor(locked), bool(locked["resyncing"]), 0
+            current, resyncing, swept, done = _cursor(locked), bool(locked["resyncing"]), 0, False
             if current != expected:
                 raise FailedPrecondition(f"the cursor for {peer_id} moved while applying a batch")
             applied = await self._records.apply_replicated(conn, origin=peer_id, changes=changes)
@@ -218,15 +220,35 @@ class SyncStore:
                 batch.chain,
             )
             if resyncing and batch.last_seq >= batch.origin_last_seq:
-                # Caught up: what the peer did not re-send, it no longer holds.
-                swept = await self._records.sweep_unconfirmed(conn, origin=peer_id)
-                await conn.execute(_RESYNC_DONE, peer_id)
+                swept, done = await self._finish_resync(conn, peer_id), True
         return Applied(
             entries=len(batch.changes),
             added=applied.added,
             removed_rows=applied.removed_rows,
+            resync_done=done,
             swept_media=swept,
         )
+
+    async def finish_resync(self, peer_id: str, origin_last_seq: int) -> int | None:
+        """Finish a resync of `peer_id` that has nothing left to pull (the peer's log, as it
+        stated on catching up, ends at `origin_last_seq`): needed when no batch comes to finish
+        it, as from a peer whose log is now empty. None when no resync was due; else the media
+        deleted."""
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(_CURSOR, peer_id)
+        if row is None or not row["resyncing"]:
+            return None  # the common case: read only, nothing locked
+        async with self._db.transaction() as conn:
+            locked = await _locked_cursor(conn, peer_id)
+            if not locked["resyncing"] or locked["cursor_seq"] < origin_last_seq:
+                return None
+            return await self._finish_resync(conn, peer_id)
+
+    async def _finish_resync(self, conn: Any, peer_id: str) -> int:
+        """Caught up: what the peer did not re-send, it no longer holds."""
+        swept = await self._records.sweep_unconfirmed(conn, origin=peer_id)
+        await conn.execute(_RESYNC_DONE, peer_id)
+        return swept
 
     async def begin_resync(self, peer_id: str) -> list[int]:
         """Restart `peer_id` from seq 1: its records held here are withdrawn (retracted, their
@@ -313,7 +335,7 @@ VALUES ($1, $2, $3, $4, $5)
 _RESYNC_START = """
 UPDATE sync_cursors
 SET cursor_seq = 0, cursor_digest = '', policy_generation = 0, cursor_chain = '',
-    resyncing = true, updated_at = now()
+    peer_last_seq = 0, resyncing = true, updated_at = now()
 WHERE peer_id = $1
 """
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -424,6 +425,35 @@ async def test_sync_resync_command(
     await puller(receiver).pull_once()
     assert (await lookup(receiver, md5("m")))[0].matches
     assert not (await receiver.sync.status()).peers[0].resyncing
+
+
+async def test_a_resync_of_an_origin_restored_to_an_empty_log_completes(
+    db_pool: Any, second_pool: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """gb-nca is restored to a backup from before it logged anything: nothing is re-sent, so no
+    batch finishes the resync; catching up (its keep-alive) does, and deletes what it dropped."""
+    holding = {"pull_keepalive_s": 0.2, "pull_hold_s": 60.0, "pull_deadline_s": 120.0}
+    async with two_nodes(
+        db_pool, second_pool, tmp_path, origin_settings=holding, pull_interval_s=60.0
+    ) as (origin, receiver):
+        origin.set_policy("us-fbi", SharingPolicy())
+        await origin.registry.submit_batch([media("m1")])
+        await puller(receiver).pull_once()
+        async with db_pool.acquire() as conn, conn.transaction():  # the empty backup
+            for table in ("change_log", "case_records", "signals", "media_series", "media"):
+                await conn.execute(f"DELETE FROM {table}")
+        receiver.sync.pullers["gb-nca"] = puller(receiver)
+        assert await receiver.sync.resync("gb-nca") == 1
+        held = puller(receiver, settings=replace(receiver.sync.supervisor.deps.settings, hold_s=1))
+        with caplog.at_level(logging.INFO, logger="services.sync.puller"):
+            assert await held.pull_once(hold=True) == 0
+        assert "resync of gb-nca complete: 1 of its media it no longer holds deleted" in (
+            caplog.text
+        )
+        [peer] = (await receiver.sync.status()).peers
+        assert (peer.resyncing, peer.cursor_seq, peer.lag) == (False, 0, 0)
+        count = "SELECT count(*) FROM media WHERE origin = 'gb-nca'"
+        assert await second_pool.fetchval(count) == 0
 
 
 async def test_a_held_pull_delivers_each_commit_and_an_idle_one_writes_nothing(
