@@ -98,6 +98,10 @@ class PullDeps:
     clock: Clock = SYSTEM_CLOCK
 
 
+# How long one question about a checkpoint may take (services.sync.divergence).
+PROBE_DEADLINE_S = 60.0
+
+
 class PeerPuller:
     def __init__(self, peer_id: str, deps: PullDeps) -> None:
         self.peer_id = peer_id
@@ -126,6 +130,7 @@ class PeerPuller:
         if card is None:
             raise LookupError(f"{self.peer_id} is no longer a pinned peer")
         cursor = await deps.store.cursor(self.peer_id)
+        await deps.store.thin_checkpoints(self.peer_id)
         keys = {k.key_id: k.public_key for k in card.signing_keys}
         keys.update(await deps.store.learned_keys(self.peer_id))
         request = federation_pb2.PullRequest(
@@ -204,7 +209,9 @@ class PeerPuller:
             policy_generation=refused.policy_generation,
             max_entries_per_batch=1,
         )
-        stream = self._deps.open_pull(self.peer_id, request, self._deps.clock.real_s(60.0))
+        stream = self._deps.open_pull(
+            self.peer_id, request, self._deps.clock.real_s(PROBE_DEADLINE_S)
+        )
         try:
             async for _ in _responses(stream):
                 break

@@ -262,11 +262,15 @@ class SyncStore:
             await conn.execute(_FORGET_CHECKPOINTS, peer_id)  # the history is learned afresh
         return withdrawn
 
-    async def chain_checkpoints(self, peer_id: str) -> list[Checkpoint]:
-        """The origin's chain at the ends of batches applied from it, oldest first, thinned
-        first (the newest CHECKPOINTS_KEPT, then one per CHECKPOINT_SPACING seqs)."""
-        async with self._db.transaction() as conn:
+    async def thin_checkpoints(self, peer_id: str) -> None:
+        """Keep the newest CHECKPOINTS_KEPT checkpoints of `peer_id`'s chain, then one per
+        CHECKPOINT_SPACING seqs (each batch applied adds one; a puller thins at every pull)."""
+        async with self._db.connection() as conn:
             await conn.execute(_THIN_CHECKPOINTS, peer_id, CHECKPOINTS_KEPT, CHECKPOINT_SPACING)
+
+    async def chain_checkpoints(self, peer_id: str) -> list[Checkpoint]:
+        """The origin's chain at the ends of batches applied from it, oldest first."""
+        async with self._db.connection() as conn:
             rows = await conn.fetch(_CHECKPOINTS, peer_id)
         return [Checkpoint(r["seq"], bytes(r["chain"])) for r in rows]
 

@@ -64,6 +64,8 @@ async def test_checkpoints_are_thinned_to_the_newest_then_one_per_block(
             [("gb-nca", seq, bytes(32)) for seq in range(1, newest + 1)]
             + [("us-fbi", 1, bytes(32))],
         )
+    await sync_store.thin_checkpoints("gb-nca")
+    await sync_store.thin_checkpoints("us-fbi")
     kept = [c.seq for c in await sync_store.chain_checkpoints("gb-nca")]
     recent = list(range(newest - CHECKPOINTS_KEPT + 1, newest + 1))
     assert kept[-CHECKPOINTS_KEPT:] == recent

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -33,6 +34,7 @@ from services.sync.batches import BatchRejected
 from services.sync.divergence import Divergence, HistoryDiverged
 from services.sync.policy import SharingPolicy
 from services.sync.puller import PeerPuller
+from services.sync.store import CHECKPOINTS_KEPT
 from tests.sync.federation_harness import SyncNode, two_nodes
 from tests.sync.helpers import CAID_A, CAID_B, md5, media_record, pdq, sha256
 from tests.waiting import wait_for
@@ -362,7 +364,9 @@ async def test_an_origin_restored_from_a_backup_is_detected_and_a_resync_converg
         await puller(receiver).pull_once()
     assert short.value.divergence == Divergence(agreed=2, differs=3)
     assert "hashex sync resync gb-nca" in str(short.value)
-    assert "ends at seq 2, before seq 4" in str(short.value.__cause__.details())  # type: ignore[union-attr]
+    refusal = short.value.__cause__
+    assert isinstance(refusal, grpc.aio.AioRpcError)
+    assert "ends at seq 2, before seq 4" in (refusal.details() or "")
     for name in ("n3", "n4", "n5"):  # the new history passes the old cursor: still refused
         await origin.registry.submit_batch([media(name)])
     asked: list[int] = []
@@ -405,6 +409,22 @@ async def test_an_origin_restored_from_a_backup_is_detected_and_a_resync_converg
     await origin.registry.submit_batch([media("n6")])  # and on it goes
     await puller(receiver).pull_once()
     assert (await lookup(receiver, md5("n6")))[0].matches
+
+
+async def test_each_pull_keeps_the_chain_checkpoints_thin(
+    nodes: tuple[SyncNode, SyncNode], second_pool: Any
+) -> None:
+    """Every applied batch adds a checkpoint; a pull thins them, so they stay bounded."""
+    origin, receiver = nodes
+    origin.set_policy("us-fbi", SharingPolicy())
+    await second_pool.executemany(
+        "INSERT INTO sync_chain_checkpoints (peer_id, seq, chain) VALUES ('gb-nca', $1, $2)",
+        [(seq, bytes(32)) for seq in range(1000, 1000 + 2 * CHECKPOINTS_KEPT)],
+    )
+    await origin.registry.submit_batch([media("m")])
+    await puller(receiver).pull_once()
+    count = "SELECT count(*) FROM sync_chain_checkpoints WHERE peer_id = 'gb-nca'"
+    assert await second_pool.fetchval(count) == CHECKPOINTS_KEPT + 1  # and the batch's own
 
 
 async def test_sync_resync_command(
