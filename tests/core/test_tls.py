@@ -4,6 +4,7 @@ loopback, real handshakes, and the identity a handler sees."""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import stat
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given
@@ -265,3 +267,31 @@ def test_operator_certificate_is_a_client_certificate_under_its_own_path(
     assert list(usages.value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     with pytest.raises(InvalidArgument, match="operator name"):
         tls.issue_operator_certificate(node_ca, name="a/b")
+
+
+def test_every_issued_chain_passes_a_strict_rfc5280_verifier() -> None:
+    """pyca/cryptography's verifier enforces RFC 5280 as browsers and sslyze do: among others, a
+    subjectAltName marked critical with a non-empty subject is refused (section 4.2.1.6)."""
+    ca = tls.create_node_ca(node_id="gb-nca")
+    ca_certificate = x509.load_pem_x509_certificate(ca.material.certificate_pem)
+    store = verification.Store([ca_certificate])
+    now = datetime.now(UTC)
+    builder = verification.PolicyBuilder().store(store).time(now)
+
+    node = tls.issue_node_certificate(
+        ca, dns_names=["localhost", "gb-nca.example"], ip_addresses=["127.0.0.1"]
+    )
+    leaf = x509.load_pem_x509_certificate(node.certificate_pem)
+    for name in (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))):
+        chain = builder.build_server_verifier(name).verify(leaf, [])
+        assert chain[-1] == ca_certificate
+    clients = [
+        tls.issue_unit_certificate(ca, unit="cyber-desk"),
+        tls.issue_operator_certificate(ca, name="ops"),
+        node,  # it calls peers' gateways too
+    ]
+    for material in clients:
+        verified = builder.build_client_verifier().verify(
+            x509.load_pem_x509_certificate(material.certificate_pem), []
+        )
+        assert verified.chain[-1] == ca_certificate
