@@ -16,10 +16,11 @@ from typing import Any, TextIO
 
 from hashex.v1 import common_pb2, federation_pb2, federation_pb2_grpc, registry_pb2
 from services.cli import exit_codes
-from services.cli.hashfile import read_hash_file, record_signals
+from services.cli.hashfile import HashRecord, read_hash_file, record_signals
 from services.cli.node_client import add_node_options, node_channel, registry_stub, run_command
 from services.core.algorithms import ALGORITHMS, Algorithm, SignalValue, parse_signal_text
 from services.core.errors import FieldProblem, InvalidArgument
+from services.core.filehash import ImageHashes, Unreadable, hash_file
 from services.registry.convert import signal_to_proto
 
 BATCH = 1000
@@ -43,13 +44,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="look hashes up at the node (exact and PDQ near matches)",
         description=(
             "Look hashes up at your node. Give hashes as ALGO:HEX (md5, sha1, sha256, pdq, "
-            "photodna), a file with one per line (--file), or a hash file from `hashex hash`. "
+            "photodna), a file with one per line (--file), a hash file from `hashex hash`, or "
+            "an image (--file; hashed here: only its hashes are sent). "
             "Exit code 0 when something matched, 1 when nothing did, 2 for bad input."
         ),
         epilog=(
             "examples:\n"
             "  hashex lookup md5:9e107d9d372bb6826bd81d3542a419d6\n"
             "  hashex lookup --file seizure.jsonl --format json --max-distance 20\n"
+            "  hashex lookup --file IMG_0042.jpg\n"
             "  hashex lookup --file seizure.jsonl --peers --cert units/alice.pem"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -58,7 +61,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--file",
         type=Path,
-        help="a file of ALGO:HEX lines (# comments allowed) or a .jsonl/.csv hash file",
+        help="a file of ALGO:HEX lines (# comments allowed), a .jsonl/.csv hash file, or an "
+        "image (its md5, sha1, sha256 and PDQ are looked up)",
     )
     parser.add_argument(
         "--max-distance",
@@ -200,18 +204,37 @@ def _queries_from_file(file: Path, problems: list[FieldProblem]) -> list[Query]:
             for record in read_hash_file(file)
             for signal in record_signals(record)
         ]
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:  # not a hash list: an image is hashed here, as `hashex hash` does
+        return _queries_from_image(file)
+    except OSError as error:
+        raise InvalidArgument(f"{file}: cannot read it ({error.strerror or error})") from None
     queries = []
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            try:
-                signal = parse_signal_text(text)
-                queries.append((signal, signal.text()))
-            except InvalidArgument as error:
-                problems.extend(error.within(f"{file.name} line {number}").problems)
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            signal = parse_signal_text(text)
+            queries.append((signal, signal.text()))
+        except InvalidArgument as error:
+            problems.extend(error.within(f"{file.name} line {number}").problems)
     return queries
+
+
+def _queries_from_image(file: Path) -> list[Query]:
+    """Its exact hashes and its PDQ; only the hashes leave this machine, never the image."""
+    outcome = hash_file(file)
+    if isinstance(outcome, ImageHashes):
+        record = HashRecord.from_image_hashes(outcome)
+        return [(signal, f"{file.name} {signal.spec.name}") for signal in record.signals()]
+    if isinstance(outcome, Unreadable):
+        raise InvalidArgument(f"{file}: {outcome.reason}")
+    raise InvalidArgument(
+        f"{file}: neither a list of hashes (UTF-8 text, one ALGO:HEX per line), a hash file "
+        "from `hashex hash` (.jsonl, .csv) nor an image"
+    )
 
 
 def _result_json(

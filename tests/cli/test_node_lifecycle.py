@@ -83,6 +83,17 @@ def test_hash_submit_lookup_stop_restart(node_dir: Path, tmp_path: Path) -> None
         assert bad.returncode == 2
         assert "argument 1: md5 needs 32 hex characters, got 4" in bad.stderr
         assert "argument 2: unknown algorithm 'sha3'" in bad.stderr
+
+        # An image itself, as a newcomer tries first: hashed here, its hashes looked up.
+        image = hashex("lookup", "--file", later / "resized.jpg", "--format", "json", *node_args)
+        assert image.returncode == 0, image.stderr
+        asked = [json.loads(line) for line in image.stdout.splitlines()]
+        assert [a["label"].split()[-1] for a in asked] == ["md5", "sha1", "sha256", "pdq"]
+        assert [m["kind"] for a in asked for m in a["matches"]] == ["near"]
+        (tmp_path / "noise.bin").write_bytes(bytes(range(128, 256)) * 8)
+        noise = hashex("lookup", "--file", tmp_path / "noise.bin", *node_args)
+        assert noise.returncode == 2 and "Traceback" not in noise.stderr
+        assert "neither a list of hashes" in noise.stderr
     finally:
         assert node.stop() == 0
     assert not postgres_processes(node_dir / "pg")
