@@ -13,7 +13,9 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from services.core.db.pool import mask_database_url
 from services.core.errors import FailedPrecondition, InvalidArgument
@@ -198,10 +200,7 @@ def _from_values(data_dir: Path, values: dict[str, Any], source: Path) -> NodeCo
         raise InvalidArgument(f"{source}: unknown setting(s) {', '.join(unknown)}")
     if "node_id" not in values:
         raise InvalidArgument(f"{source}: node_id is missing")
-    try:
-        config = NodeConfig(data_dir=data_dir.resolve(), **values)
-    except TypeError as exc:
-        raise InvalidArgument(f"{source}: {exc}") from None
+    config = NodeConfig(data_dir=data_dir.resolve(), **_typed(values, source))
     check_node_id(config.node_id)
     check_listen(config.listen, allow_non_loopback=config.allow_plaintext_non_loopback)
     _check_address("gateway_listen", config.gateway_listen, source)
@@ -228,6 +227,47 @@ def _from_values(data_dir: Path, values: dict[str, Any], source: Path) -> NodeCo
     if config.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise InvalidArgument(f"{source}: log_level must be DEBUG, INFO, WARNING or ERROR")
     return config
+
+
+def _settings_model() -> type[BaseModel]:
+    """NodeConfig's settings as a pydantic model: each of its type, nothing converted (a text
+    "no" is not a boolean, 7700 is not an address), whole numbers accepted as seconds."""
+    hints = get_type_hints(NodeConfig)
+    settings: dict[str, Any] = {
+        f.name: (hints[f.name], f.default) for f in fields(NodeConfig) if f.name != "data_dir"
+    }
+    return create_model(
+        "NodeSettings", __config__=ConfigDict(strict=True, extra="forbid"), **settings
+    )
+
+
+_SETTINGS = _settings_model()
+# What each pydantic error type means, in the words of a node.toml's author.
+_EXPECTED = {
+    "bool_type": "expected a boolean (true or false, unquoted)",
+    "string_type": "expected a string (in quotes)",
+    "float_type": "expected a number",
+    "int_type": "expected a whole number",
+    "missing": "missing",
+}
+# Never quoted back in an error: it may carry a password.
+_SECRET_SETTINGS = {"database_url"}
+
+
+def _typed(values: dict[str, Any], source: Path) -> dict[str, Any]:
+    """`values` checked whole against NodeConfig's types; InvalidArgument names every setting
+    that is not of its type, and the type it needs."""
+    try:
+        settings = _SETTINGS.model_validate(values)
+    except ValidationError as invalid:
+        problems = []
+        for error in invalid.errors():
+            key = ".".join(str(part) for part in error["loc"][:1])
+            expected = _EXPECTED.get(error["type"], error["msg"])
+            shown = "" if key in _SECRET_SETTINGS else f", not {error['input']!r}"
+            problems.append(f"{key}: {expected}{shown}")
+        raise InvalidArgument(f"{source}: {'; '.join(dict.fromkeys(problems))}") from None
+    return settings.model_dump(exclude_unset=True)
 
 
 def _check_address(name: str, address: str, source: Path) -> None:

@@ -49,6 +49,40 @@ def test_invalid_settings_are_refused(tmp_path: Path, extra: str, message: str) 
         load_config(tmp_path, env={})
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        # A text "no" was taken as true and opened the plaintext port on every interface.
+        ('allow_plaintext_non_loopback = "no"', "allow_plaintext_non_loopback: expected a boolean"),
+        ("listen = 7700", "listen: expected a string"),
+        ('rate_limit_hashes_per_s = "fast"', "rate_limit_hashes_per_s: expected a number"),
+        ("rate_limit_hashes_burst = 2.5", "rate_limit_hashes_burst: expected a whole number"),
+        ("max_request_bytes = true", "max_request_bytes: expected a whole number"),
+        ('database_url = ["postgresql://u:s3cret@db/h"]', "database_url: expected a string"),
+    ],
+)
+def test_each_setting_is_of_its_type(tmp_path: Path, extra: str, message: str) -> None:
+    """Checked whole: every wrong setting is named with the file and the type it needs, and
+    a secret is never echoed."""
+    path = write_config(tmp_path, node_id="gb-nca")
+    key = extra.split(" ")[0]
+    lines = [line for line in path.read_text().splitlines() if not line.startswith(key)]
+    path.write_text("\n".join([*lines, extra, 'shutdown_grace_s = "soon"']) + "\n")
+    with pytest.raises(InvalidArgument) as refused:
+        load_config(tmp_path, env={})
+    text = str(refused.value)
+    assert f"{path}: " in text and message in text
+    assert "shutdown_grace_s: expected a number" in text  # every problem, not the first only
+    assert "s3cret" not in text and "Traceback" not in text
+
+
+def test_whole_numbers_are_accepted_as_seconds(tmp_path: Path) -> None:
+    path = write_config(tmp_path, node_id="gb-nca")
+    path.write_text(path.read_text() + "pull_hold_s = 600\nshutdown_grace_s = 5\n")
+    config = load_config(tmp_path, env={})
+    assert (config.pull_hold_s, config.shutdown_grace_s) == (600.0, 5.0)
+
+
 def test_non_loopback_needs_an_explicit_opt_in(tmp_path: Path) -> None:
     path = write_config(tmp_path, node_id="gb-nca", listen="127.0.0.1:1")
     path.write_text(
