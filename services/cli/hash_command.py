@@ -148,6 +148,8 @@ def run(ns: argparse.Namespace) -> int:
         problem = "a worker process died (a file may have crashed the image decoder)"
         hint = "run again with --jobs 1 to find the file"
         return _failed(progress, err, f"{problem}; {lost}; {hint}", exit_codes.BAD_INPUT)
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): the command's own exit code says so
     except OSError as exc:
         problem = f"cannot write {shown(str(ns.output or 'stdout'))}: {exc.strerror or exc}"
         return _failed(progress, err, problem, exit_codes.BAD_INPUT)
@@ -326,8 +328,10 @@ def _stdout() -> Iterator[TextIO]:
     try:
         yield out
     finally:
-        out.flush()
-        out.detach()
+        try:
+            out.flush()
+        finally:
+            out.detach()  # even when the flush failed: closing it would close stdout too
 
 
 def _summary(tally: Tally, seconds: float) -> str:

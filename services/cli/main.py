@@ -56,10 +56,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    code: int = ns.func(ns)
+    try:
+        try:
+            parser = build_parser()
+            ns = parser.parse_args(argv)
+            code: int = ns.func(ns)
+        finally:
+            if not sys.stdout.closed:
+                sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+    except BrokenPipeError:
+        _discard_stdout()
+        return exit_codes.OUTPUT_CLOSED
     return code
+
+
+def _discard_stdout() -> None:
+    """The reader went away (`| head`): what is still buffered goes nowhere, so the flush at
+    exit does not fail again with a traceback."""
+    try:
+        fileno = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fileno)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

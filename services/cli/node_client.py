@@ -19,7 +19,7 @@ import grpc
 from hashex.v1 import registry_pb2_grpc
 from services.cli import exit_codes
 from services.core.config import CONFIG_FILE, NodeConfig
-from services.core.errors import DATABASE_UNREACHABLE, HashexError, InvalidArgument
+from services.core.errors import DATABASE_UNREACHABLE, HashexError, InvalidArgument, NotFound
 from services.core.tls import channel_credentials, load_certified_key
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "hashex"
@@ -144,6 +144,8 @@ def rpc_failure(error: grpc.RpcError, address: str) -> CommandFailed:
     details = error.details() if isinstance(error, grpc.Call) else str(error)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return CommandFailed(exit_codes.BAD_INPUT, f"rejected by the node: {details}")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return CommandFailed(exit_codes.NOT_FOUND, f"not found: {details}")
     if code == grpc.StatusCode.UNAVAILABLE and details.startswith(_ANSWERED_UNAVAILABLE):
         # The node answered: its database is out of reach (the details say what was stored).
         return CommandFailed(exit_codes.NODE_ERROR, f"the node is unavailable: {details}")
@@ -166,6 +168,8 @@ def run_command(body: Callable[[argparse.Namespace], int], ns: argparse.Namespac
         return _fail(str(failure), failure.exit_code)
     except InvalidArgument as error:
         return _fail(str(error), exit_codes.BAD_INPUT)
+    except NotFound as error:
+        return _fail(str(error), exit_codes.NOT_FOUND)
     except HashexError as error:
         return _fail(str(error), exit_codes.NODE_ERROR)
 

@@ -65,7 +65,7 @@ def test_resubmission_keeps_what_it_omits_and_media_commands_change_explicitly(
         assert hashex("lookup", f"sha1:{sha1}", *at).returncode == 0
 
         unknown = hashex("media", "restore", "sha256:" + "0" * 64, *at)
-        assert unknown.returncode == 3 and "NOT_FOUND" in unknown.stderr
+        assert unknown.returncode == 4 and "not found" in unknown.stderr
         nothing = hashex("media", "set", media_id, *at)
         assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
 

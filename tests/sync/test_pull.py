@@ -440,7 +440,7 @@ async def test_sync_resync_command(
         assert "resync of gb-nca started: 1 of its media withdrawn" in capsys.readouterr().out
         assert await asyncio.to_thread(hashex_main, ["sync", "status", "--node", address]) == 0
         assert "gb-nca: resync under way" in capsys.readouterr().out
-        assert await asyncio.to_thread(hashex_main, [*resync, "xx-none"]) == 3
+        assert await asyncio.to_thread(hashex_main, [*resync, "xx-none"]) == 4
         assert "no peer 'xx-none'" in capsys.readouterr().err
     await puller(receiver).pull_once()
     assert (await lookup(receiver, md5("m")))[0].matches
