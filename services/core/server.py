@@ -22,7 +22,7 @@ from opentelemetry.instrumentation.grpc import (
 )
 from opentelemetry.sdk.trace import TracerProvider
 
-from services.core.errors import InvalidArgument
+from services.core.errors import FailedPrecondition, InvalidArgument
 from services.core.request_decoding import decode_request, request_class_of
 from services.core.rpc_status import abort_with
 
@@ -310,10 +310,18 @@ async def build_server(
         ),
         server,
     )
-    if credentials is None:
-        port = server.add_insecure_port(listen)
-    else:
-        port = server.add_secure_port(listen, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
+    except RuntimeError:  # grpc's way of saying the bind failed
+        await server.stop(None)
+        raise FailedPrecondition(
+            f"cannot listen on {listen}: the address is in use (by another node, a second "
+            "`hashex node up` of this one, or another program) or is not one of this machine's; "
+            "stop what holds it or change the address in node.toml"
+        ) from None
     await server.start()
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

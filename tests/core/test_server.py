@@ -5,6 +5,7 @@ sent with no serializer."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from grpc_status import rpc_status
 from opentelemetry.sdk.trace import TracerProvider
 
 from hashex.v1 import common_pb2, registry_pb2
+from services.core.errors import FailedPrecondition
 from services.core.server import (
     RunningServer,
     ServerInterceptor,
@@ -285,3 +287,17 @@ async def test_handlers_that_take_raw_bytes_get_them_untouched(method: str) -> N
         f"{len(bad)} bytes",
     )
     assert raw_bytes.received == [bad]
+
+
+async def test_a_port_in_use_is_one_clear_error() -> None:
+    """A second node on the same port, or a clash with another program: one line naming the
+    address and what to change, not a gRPC RuntimeError traceback."""
+    first = await _probe_server()
+    try:
+        taken = f"127.0.0.1:{first.port}"
+        with pytest.raises(FailedPrecondition, match=re.escape(f"cannot listen on {taken}")):
+            await build_server(
+                listen=taken, services=[_probe_binding()], tracer_provider=TracerProvider()
+            )
+    finally:
+        await first.stop(0)
