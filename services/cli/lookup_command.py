@@ -61,8 +61,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--file",
         type=Path,
-        help="a file of ALGO:HEX lines (# comments allowed), a .jsonl/.csv hash file, or an "
-        "image (its md5, sha1, sha256 and PDQ are looked up)",
+        help="a file of ALGO:HEX lines (# comments allowed; - reads them from stdin), a "
+        ".jsonl/.csv hash file, or an image (its md5, sha1, sha256 and PDQ are looked up)",
     )
     parser.add_argument(
         "--max-distance",
@@ -196,6 +196,8 @@ def _collect_queries(texts: Sequence[str], file: Path | None) -> list[Query]:
 
 
 def _queries_from_file(file: Path, problems: list[FieldProblem]) -> list[Query]:
+    if str(file) == "-":
+        return _queries_from_lines("stdin", sys.stdin.read().splitlines(), problems)
     if not file.is_file():
         raise InvalidArgument(f"{file}: no such file")
     if file.suffix.lower() in HASH_FILE_SUFFIXES:
@@ -210,6 +212,13 @@ def _queries_from_file(file: Path, problems: list[FieldProblem]) -> list[Query]:
         return _queries_from_image(file)
     except OSError as error:
         raise InvalidArgument(f"{file}: cannot read it ({error.strerror or error})") from None
+    return _queries_from_lines(file.name, lines, problems)
+
+
+def _queries_from_lines(
+    source: str, lines: Sequence[str], problems: list[FieldProblem]
+) -> list[Query]:
+    """ALGO:HEX lines (blank lines and # comments skipped); bad lines go to `problems`."""
     queries = []
     for number, line in enumerate(lines, start=1):
         text = line.strip()
@@ -219,7 +228,7 @@ def _queries_from_file(file: Path, problems: list[FieldProblem]) -> list[Query]:
             signal = parse_signal_text(text)
             queries.append((signal, signal.text()))
         except InvalidArgument as error:
-            problems.extend(error.within(f"{file.name} line {number}").problems)
+            problems.extend(error.within(f"{source} line {number}").problems)
     return queries
 
 

@@ -12,9 +12,14 @@ import psutil
 HASHEX = [sys.executable, "-m", "services.cli.main"]
 
 
-def hashex(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def hashex(*args: str | Path, stdin_text: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*HASHEX, *map(str, args)], text=True, capture_output=True, timeout=120, check=False
+        [*HASHEX, *map(str, args)],
+        text=True,
+        capture_output=True,
+        timeout=120,
+        check=False,
+        input=stdin_text,
     )
 
 

@@ -94,6 +94,13 @@ def test_hash_submit_lookup_stop_restart(node_dir: Path, tmp_path: Path) -> None
         noise = hashex("lookup", "--file", tmp_path / "noise.bin", *node_args)
         assert noise.returncode == 2 and "Traceback" not in noise.stderr
         assert "neither a list of hashes" in noise.stderr
+
+        # A hash list on stdin (`--file -`), bad lines named by their line.
+        listed = f"# from another tool\nsha1:{first['sha1']}\n"
+        piped = hashex("lookup", "--file", "-", *node_args, stdin_text=listed)
+        assert piped.returncode == 0 and "exact" in piped.stdout, piped.stderr
+        piped = hashex("lookup", "--file", "-", *node_args, stdin_text=listed + "md5:12\n")
+        assert piped.returncode == 2 and "stdin line 3: md5 needs 32" in piped.stderr
     finally:
         assert node.stop() == 0
     assert not postgres_processes(node_dir / "pg")
