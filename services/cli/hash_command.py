@@ -32,10 +32,11 @@ from services.cli.hashfile import (
     HashRecord,
     RecordWriter,
     format_for_path,
+    record_of_undecodable,
     record_writer,
 )
 from services.cli.progress import Progress
-from services.core.filehash import HashOutcome, ImageHashes, NotAnImage, hash_file
+from services.core.filehash import HashOutcome, ImageHashes, NotAnImage, Undecodable, hash_file
 
 EXAMPLES = """examples:
   hashex hash /mnt/exhibit-07 --output exhibit-07.jsonl
@@ -64,6 +65,8 @@ class Skipped:
 @dataclass
 class Tally:
     hashed: int = 0
+    # Of those hashed, images that could not be decoded (exact hashes only).
+    not_decoded: int = 0
     skipped: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
@@ -260,6 +263,11 @@ def _hash_and_write(
         if isinstance(outcome, ImageHashes):
             writer.write(HashRecord.from_image_hashes(outcome))
             tally.hashed += 1
+        elif isinstance(outcome, Undecodable):
+            writer.write(record_of_undecodable(outcome))
+            progress.note(f"exact hashes only for {shown(str(outcome.path))}: {outcome.reason}")
+            tally.hashed += 1
+            tally.not_decoded += 1
         elif isinstance(outcome, NotAnImage):
             progress.note(f"skipped {shown(str(outcome.path))}: not an image")
             tally.skip("not an image")
@@ -335,7 +343,10 @@ def _stdout() -> Iterator[TextIO]:
 
 
 def _summary(tally: Tally, seconds: float) -> str:
-    text = f"hashed {tally.hashed:,}, skipped {tally.skipped:,}"
+    text = f"hashed {tally.hashed:,}"
+    if tally.not_decoded:
+        text += f" ({tally.not_decoded:,} not decoded: exact hashes only)"
+    text += f", skipped {tally.skipped:,}"
     if tally.reasons:
         text += " (" + ", ".join(f"{n:,} {kind}" for kind, n in sorted(tally.reasons.items())) + ")"
     return text + f" in {seconds:.1f} s"

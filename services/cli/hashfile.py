@@ -20,13 +20,15 @@ from typing import Literal, Protocol, TextIO
 
 from services.core.algorithms import BY_NAME, SignalValue, make_signal
 from services.core.errors import FieldProblem, InvalidArgument
-from services.core.filehash import ImageHashes
+from services.core.filehash import ImageHashes, Undecodable
 
 HashFileFormat = Literal["jsonl", "csv"]
 FORMATS: tuple[HashFileFormat, ...] = ("jsonl", "csv")
 MEDIA_TYPES = ("image", "video")
 HASH_COLUMNS = ("md5", "sha1", "sha256", "pdq")
-COLUMNS = ("path", "size_bytes", "media_type", *HASH_COLUMNS, "pdq_quality")
+# `note`: why a record lacks what it would otherwise have (an image that could not be decoded has
+# its exact hashes only); empty for most records.
+COLUMNS = ("path", "size_bytes", "media_type", *HASH_COLUMNS, "pdq_quality", "note")
 ENCODING = "utf-8"
 ERRORS = "surrogateescape"
 _JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -45,6 +47,7 @@ class HashRecord:
     sha256: str | None = None
     pdq: str | None = None
     pdq_quality: int | None = None
+    note: str | None = None
 
     def signals(self) -> list[SignalValue]:
         return record_signals(self)
@@ -64,6 +67,20 @@ class HashRecord:
             pdq=hashes.pdq.hex(),
             pdq_quality=hashes.pdq_quality,
         )
+
+
+def record_of_undecodable(outcome: Undecodable) -> HashRecord:
+    """The exact hashes of an image that could not be decoded, marked so (no PDQ)."""
+    digests = outcome.digests
+    return HashRecord(
+        path=str(outcome.path),
+        size_bytes=digests.size_bytes,
+        media_type="image",
+        md5=digests.md5.hex(),
+        sha1=digests.sha1.hex(),
+        sha256=digests.sha256.hex(),
+        note=f"not decoded, no pdq: {outcome.reason}",
+    )
 
 
 def record_signals(record: HashRecord) -> list[SignalValue]:
@@ -262,7 +279,9 @@ def record_from_fields(fields: Mapping[str, object]) -> HashRecord:
         problems.append("no hash: give at least one of " + ", ".join(HASH_COLUMNS))
     if problems:
         raise InvalidArgument([FieldProblem("", p) for p in problems])
-    return HashRecord(path, size, media_type, pdq_quality=quality, **hashes)
+    note = fields.get("note")
+    kept = note.strip() if isinstance(note, str) and note.strip() else None
+    return HashRecord(path, size, media_type, pdq_quality=quality, note=kept, **hashes)
 
 
 def _blank(value: object) -> bool:

@@ -16,11 +16,16 @@ from typing import Any, TextIO
 
 from hashex.v1 import common_pb2, federation_pb2, federation_pb2_grpc, registry_pb2
 from services.cli import exit_codes
-from services.cli.hashfile import HashRecord, read_hash_file, record_signals
+from services.cli.hashfile import (
+    HashRecord,
+    read_hash_file,
+    record_of_undecodable,
+    record_signals,
+)
 from services.cli.node_client import add_node_options, node_channel, registry_stub, run_command
 from services.core.algorithms import ALGORITHMS, Algorithm, SignalValue, parse_signal_text
 from services.core.errors import FieldProblem, InvalidArgument
-from services.core.filehash import ImageHashes, Unreadable, hash_file
+from services.core.filehash import ImageHashes, Undecodable, Unreadable, hash_file
 from services.registry.convert import signal_to_proto
 
 BATCH = 1000
@@ -235,8 +240,12 @@ def _queries_from_lines(
 def _queries_from_image(file: Path) -> list[Query]:
     """Its exact hashes and its PDQ; only the hashes leave this machine, never the image."""
     outcome = hash_file(file)
-    if isinstance(outcome, ImageHashes):
-        record = HashRecord.from_image_hashes(outcome)
+    if isinstance(outcome, ImageHashes | Undecodable):
+        if isinstance(outcome, ImageHashes):
+            record = HashRecord.from_image_hashes(outcome)
+        else:
+            record = record_of_undecodable(outcome)
+            print(f"hashex: {file}: exact hashes only: {outcome.reason}", file=sys.stderr)
         return [(signal, f"{file.name} {signal.spec.name}") for signal in record.signals()]
     if isinstance(outcome, Unreadable):
         raise InvalidArgument(f"{file}: {outcome.reason}")

@@ -59,7 +59,17 @@ class Unreadable:
     reason: str
 
 
-HashOutcome = ImageHashes | NotAnImage | Unreadable
+@dataclass(frozen=True)
+class Undecodable:
+    """An image the decoder cannot decode (damaged, truncated, too large to decode safely):
+    its exact hashes need no decoding and are kept; it has no PDQ. `reason` says why."""
+
+    path: Path
+    reason: str
+    digests: Digests
+
+
+HashOutcome = ImageHashes | Undecodable | NotAnImage | Unreadable
 
 
 @dataclass(frozen=True)
@@ -81,24 +91,28 @@ def hash_file(path: Path) -> HashOutcome:
     except OSError as exc:
         return Unreadable(path, _os_reason(exc))
     with stream:
+        decoded: tuple[bytes, int] | None = None
+        failure = ""
         try:
             decoded = _pdq_of_stream(stream)
         except UnidentifiedImageError:
             return NotAnImage(path)
         except Image.DecompressionBombError as exc:
-            return Unreadable(path, f"image too large to decode safely ({exc})")
+            failure = f"image too large to decode safely ({exc})"
         except OSError as exc:
             if exc.errno is not None:
                 return Unreadable(path, _os_reason(exc))
-            return Unreadable(path, f"damaged image ({exc})")
+            failure = f"damaged image ({exc})"
         except Exception as exc:
             # Decoders raise many types on crafted input (ValueError, EOFError, struct.error...).
-            return Unreadable(path, f"damaged image ({type(exc).__name__}: {exc})")
+            failure = f"damaged image ({type(exc).__name__}: {exc})"
         try:
             stream.seek(0)
             digests = digest_stream(stream)
         except OSError as exc:
             return Unreadable(path, _os_reason(exc))
+    if decoded is None:  # exact hashes need no decoding
+        return Undecodable(path, failure, digests)
     pdq, quality = decoded
     return ImageHashes(
         path, digests.size_bytes, digests.md5, digests.sha1, digests.sha256, pdq, quality

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -85,6 +86,24 @@ def test_folder_is_hashed_in_sorted_order_with_skips_reported(
         err.splitlines()[-1],
     ]
     assert err.splitlines()[-1].startswith("hashed 9, skipped 3 (1 link, 2 not an image) in ")
+
+
+def test_a_damaged_image_gets_its_exact_hashes_marked_as_not_decoded(
+    exhibit: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated JPEG is still evidence: md5, sha1 and sha256 need no decoding."""
+    whole = (exhibit / "a.jpg").read_bytes()
+    cut = exhibit / "cut.jpg"
+    cut.write_bytes(whole[: len(whole) // 3])
+    output = exhibit.parent / "cut.jsonl"
+    code, _, err = hashex([str(cut), "-o", str(output)], capsys)
+    assert code == exit_codes.OK
+    [record] = list(read_hash_file(output))
+    assert record.sha256 == hashlib.sha256(cut.read_bytes()).hexdigest()
+    assert (record.pdq, record.pdq_quality) == (None, None)
+    assert record.note is not None and record.note.startswith("not decoded, no pdq: damaged")
+    assert f"exact hashes only for {cut}: damaged image" in err
+    assert err.splitlines()[-1].startswith("hashed 1 (1 not decoded: exact hashes only), skipped 0")
 
 
 def test_stdout_gets_only_records_and_the_format_can_be_csv(

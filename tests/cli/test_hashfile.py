@@ -79,11 +79,21 @@ def test_awkward_paths_survive(tmp_path: Path, fmt: HashFileFormat) -> None:
     assert b"\xff\xfe.jpg" in path.read_bytes()
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_note_reads_back_and_a_record_without_one_has_none(
+    tmp_path: Path, fmt: HashFileFormat
+) -> None:
+    noted = HashRecord("cut.jpg", 5, "image", md5=MD5, note="not decoded, no pdq: damaged")
+    plain = HashRecord("x.jpg", 10, "image", md5=MD5)
+    path = write_file(tmp_path / f"h.{fmt}", [noted, plain], fmt)
+    assert list(read_hash_file(path)) == [noted, plain]
+
+
 def test_csv_has_a_header_and_the_same_columns_as_json(tmp_path: Path) -> None:
     record = HashRecord("x.jpg", 10, "image", md5=MD5, pdq=PDQ, pdq_quality=90)
     csv_text = write_file(tmp_path / "h.csv", [record], "csv").read_text()
     json_text = write_file(tmp_path / "h.jsonl", [record], "jsonl").read_text()
-    assert csv_text.splitlines() == [",".join(COLUMNS), f"x.jpg,10,image,{MD5},,,{PDQ},90"]
+    assert csv_text.splitlines() == [",".join(COLUMNS), f"x.jpg,10,image,{MD5},,,{PDQ},90,"]
     assert list(json.loads(json_text)) == list(COLUMNS)
 
 
@@ -223,7 +233,7 @@ def test_csv_header_must_name_path_and_a_hash(tmp_path: Path) -> None:
     path.write_text(f"file,md5\na,{MD5}\n")
     assert problems_of(path) == [
         "line 1: the header must name path and at least one of md5, sha1, sha256, pdq; "
-        "columns: path, size_bytes, media_type, md5, sha1, sha256, pdq, pdq_quality"
+        "columns: path, size_bytes, media_type, md5, sha1, sha256, pdq, pdq_quality, note"
     ]
 
 

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from services.core.filehash import (
     ImageHashes,
     NotAnImage,
+    Undecodable,
     Unreadable,
     digest_stream,
     hash_file,
@@ -218,13 +219,18 @@ def test_fifo_is_reported_without_blocking(tmp_path: Path) -> None:
     assert hash_file(fifo) == Unreadable(fifo, "not a regular file")
 
 
-def test_truncated_image_is_reported_as_damaged(tmp_path: Path) -> None:
+def test_a_truncated_image_keeps_its_exact_hashes(tmp_path: Path) -> None:
+    """Exact hashes need no decoding: a damaged image still gets them, marked as not decoded."""
     whole = save(draw_test_image(6), tmp_path / "whole.png").read_bytes()
     path = tmp_path / "cut.png"
-    path.write_bytes(whole[: len(whole) // 2])
+    cut = whole[: len(whole) // 2]
+    path.write_bytes(cut)
     outcome = hash_file(path)
-    assert isinstance(outcome, Unreadable)
+    assert isinstance(outcome, Undecodable)
     assert outcome.reason.startswith("damaged image (")
+    assert outcome.digests.sha256 == hashlib.sha256(cut).digest()
+    assert outcome.digests.md5 == hashlib.md5(cut).digest()
+    assert outcome.digests.size_bytes == len(cut)
 
 
 def test_decompression_bomb_is_reported_not_decoded(
@@ -233,5 +239,6 @@ def test_decompression_bomb_is_reported_not_decoded(
     path = save(draw_test_image(7, (100, 100)), tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)  # 10,000 pixels is over twice the limit
     outcome = hash_file(path)
-    assert isinstance(outcome, Unreadable)
+    assert isinstance(outcome, Undecodable)
     assert outcome.reason.startswith("image too large to decode safely (")
+    assert outcome.digests.sha1 == hashlib.sha1(path.read_bytes()).digest()
