@@ -16,11 +16,11 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, TextIO
+from typing import Any, Literal, Protocol, TextIO
 
 from services.core.algorithms import BY_NAME, SignalValue, make_signal
 from services.core.errors import FieldProblem, InvalidArgument
-from services.core.filehash import ImageHashes, Undecodable
+from services.core.filehash import Digests, ImageHashes, Undecodable
 
 HashFileFormat = Literal["jsonl", "csv"]
 FORMATS: tuple[HashFileFormat, ...] = ("jsonl", "csv")
@@ -57,29 +57,28 @@ class HashRecord:
 
     @staticmethod
     def from_image_hashes(hashes: ImageHashes) -> HashRecord:
-        return HashRecord(
-            path=str(hashes.path),
-            size_bytes=hashes.size_bytes,
-            media_type="image",
-            md5=hashes.md5.hex(),
-            sha1=hashes.sha1.hex(),
-            sha256=hashes.sha256.hex(),
-            pdq=hashes.pdq.hex(),
-            pdq_quality=hashes.pdq_quality,
+        exact = Digests(hashes.size_bytes, hashes.md5, hashes.sha1, hashes.sha256)
+        return _image_record(
+            hashes.path, exact, pdq=hashes.pdq.hex(), pdq_quality=hashes.pdq_quality
         )
 
 
 def record_of_undecodable(outcome: Undecodable) -> HashRecord:
     """The exact hashes of an image that could not be decoded, marked so (no PDQ)."""
-    digests = outcome.digests
+    return _image_record(
+        outcome.path, outcome.digests, note=f"not decoded, no pdq: {outcome.reason}"
+    )
+
+
+def _image_record(path: Path, exact: Digests, **rest: Any) -> HashRecord:
     return HashRecord(
-        path=str(outcome.path),
-        size_bytes=digests.size_bytes,
+        path=str(path),
+        size_bytes=exact.size_bytes,
         media_type="image",
-        md5=digests.md5.hex(),
-        sha1=digests.sha1.hex(),
-        sha256=digests.sha256.hex(),
-        note=f"not decoded, no pdq: {outcome.reason}",
+        md5=exact.md5.hex(),
+        sha1=exact.sha1.hex(),
+        sha256=exact.sha256.hex(),
+        **rest,
     )
 
 
