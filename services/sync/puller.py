@@ -183,9 +183,7 @@ class PeerPuller:
             raise
         finally:
             applier.abandon()  # only when the pull itself was cancelled
-            cancel = getattr(stream, "cancel", None)
-            if callable(cancel):
-                cancel()
+            _cancel(stream)
         self._succeeded()
         return applier.applied
 
@@ -220,9 +218,7 @@ class PeerPuller:
                 return False
             raise
         finally:
-            cancel = getattr(stream, "cancel", None)
-            if callable(cancel):
-                cancel()
+            _cancel(stream)
         return True
 
     def _resynced(self, swept_media: int | None) -> None:
@@ -358,6 +354,13 @@ class _InOrder:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+
+def _cancel(stream: Any) -> None:
+    """End a pull's stream (a gRPC call; a test's fake may have nothing to cancel)."""
+    cancel = getattr(stream, "cancel", None)
+    if callable(cancel):
+        cancel()
 
 
 async def _responses(stream: Any) -> AsyncIterator[federation_pb2.PullResponse]:
