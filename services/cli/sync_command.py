@@ -11,7 +11,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -19,10 +18,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hashex.v1 import federation_pb2, federation_pb2_grpc
 from services.cli import exit_codes
 from services.cli.node_client import (
-    MAX_MESSAGE_BYTES,
     add_node_options,
-    node_address,
-    rpc_failure,
+    node_channel,
     run_command,
 )
 
@@ -114,13 +111,9 @@ def _resync(ns: argparse.Namespace) -> int:
 
 
 def _ask(ns: argparse.Namespace, call: Callable[[federation_pb2_grpc.AdminStub], M]) -> M:
-    address = node_address(ns)
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-    with grpc.insecure_channel(address, options=options) as channel:
-        try:
-            return call(federation_pb2_grpc.AdminStub(channel))
-        except grpc.RpcError as error:
-            raise rpc_failure(error, address) from None
+    """One Admin call: the loopback port, or with --cert the gateway over mutual TLS."""
+    with node_channel(ns) as channel:
+        return call(federation_pb2_grpc.AdminStub(channel))
 
 
 def _print(ns: argparse.Namespace, response: M, text: Callable[[M], str]) -> None:

@@ -12,6 +12,7 @@ gateway. Checks at the level of a bare gateway live in tests/gateway and are not
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ import grpc
 import pytest
 
 from hashex.v1 import federation_pb2, federation_pb2_grpc, registry_pb2, registry_pb2_grpc
+from services.cli.main import main as hashex_main
 from services.core import tls
 from tests.federation.harness import Agency, cli, federation
 from tests.federation.rogue import (
@@ -356,3 +358,42 @@ async def test_a_caller_outside_the_trusted_cas_is_refused_at_the_handshake(
             registry_pb2.GetStatsRequest(), timeout=CALL_TIMEOUT_S
         )
         assert [r["status"] for r in await audit_log(node)] == ["OK"]
+
+
+async def test_sync_commands_take_the_gateway_with_a_certificate(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`hashex sync status --cert` dialled the plaintext port whatever it was given, and then
+    said "is it running?". It takes the gateway over mutual TLS: an operator is answered, a
+    unit is refused as a unit (the admin methods are an operator's)."""
+    async with lone_node(tmp_path, pg_server) as node:
+        config = node.config
+        ca = tls.load_node_ca(
+            node_id=node.node_id,
+            certificate_path=config.tls_dir / "ca.pem",
+            key_path=config.tls_dir / "ca.key",
+        )
+        folder = tmp_path / "certs"
+        folder.mkdir()
+        (folder / "ca.pem").write_bytes(ca.certificate_pem)
+        for name, issued in (
+            ("ops", tls.issue_operator_certificate(ca, name="ops")),
+            ("desk", tls.issue_unit_certificate(ca, unit="desk")),
+        ):
+            tls.write_certified_key(
+                issued, certificate_path=folder / f"{name}.pem", key_path=folder / f"{name}.key"
+            )
+        gateway = ["--gateway", node.running.gateway_address, "--data-dir", str(node.data_dir)]
+        status = ["sync", "status", "--json", *gateway]
+        capsys.readouterr()
+        code = await asyncio.to_thread(hashex_main, [*status, "--cert", str(folder / "ops.pem")])
+        assert code == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out)["nodeId"] == RECEIVER
+        code = await asyncio.to_thread(hashex_main, [*status, "--cert", str(folder / "desk.pem")])
+        refused = capsys.readouterr().err
+        assert code == 3 and "PERMISSION_DENIED" in refused and "is it running" not in refused
+        [*_, record] = await audit_log(node)
+        assert (record["caller"], record["status"]) == (
+            tls.unit_uri(RECEIVER, "desk"),
+            "PERMISSION_DENIED",
+        )
