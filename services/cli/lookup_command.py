@@ -240,19 +240,19 @@ def _queries_from_lines(
 def _queries_from_image(file: Path) -> list[Query]:
     """Its exact hashes and its PDQ; only the hashes leave this machine, never the image."""
     outcome = hash_file(file)
-    if isinstance(outcome, ImageHashes | Undecodable):
-        if isinstance(outcome, ImageHashes):
-            record = HashRecord.from_image_hashes(outcome)
-        else:
-            record = record_of_undecodable(outcome)
-            print(f"hashex: {file}: exact hashes only: {outcome.reason}", file=sys.stderr)
-        return [(signal, f"{file.name} {signal.spec.name}") for signal in record.signals()]
-    if isinstance(outcome, Unreadable):
+    if isinstance(outcome, ImageHashes):
+        record = HashRecord.from_image_hashes(outcome)
+    elif isinstance(outcome, Undecodable):
+        record = record_of_undecodable(outcome)
+        print(f"hashex: {file}: exact hashes only: {outcome.reason}", file=sys.stderr)
+    elif isinstance(outcome, Unreadable):
         raise InvalidArgument(f"{file}: {outcome.reason}")
-    raise InvalidArgument(
-        f"{file}: neither a list of hashes (UTF-8 text, one ALGO:HEX per line), a hash file "
-        "from `hashex hash` (.jsonl, .csv) nor an image"
-    )
+    else:
+        raise InvalidArgument(
+            f"{file}: neither a list of hashes (UTF-8 text, one ALGO:HEX per line), a hash "
+            "file from `hashex hash` (.jsonl, .csv) nor an image"
+        )
+    return [(signal, f"{file.name} {signal.spec.name}") for signal in record.signals()]
 
 
 def _result_json(

@@ -260,7 +260,7 @@ class PeerPuller:
         deps = self._deps
         result = await deps.store.apply_batch(peer_id=self.peer_id, batch=batch, expected=expected)
         await deps.index.index_replicated(added=result.added, removed_rows=result.removed_rows)
-        self._resynced(result.swept_media if result.resync_done else None)
+        self._resynced(result.swept_media)
         self.state.peer_last_seq = max(self.state.peer_last_seq, batch.origin_last_seq)
         if batch.quarantined:
             # Seqs only: a reason may name a media id, which may itself be a hash.

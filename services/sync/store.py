@@ -55,10 +55,9 @@ class Applied:
     entries: int
     added: list[PdqEntry]
     removed_rows: list[int]
-    # Whether a resync caught up with this batch, and the media it then deleted (the peer no
-    # longer holds them).
-    resync_done: bool = False
-    swept_media: int = 0
+    # When a resync caught up with this batch, the media it then deleted (the peer no longer
+    # holds them); None otherwise.
+    swept_media: int | None = None
 
 
 @dataclass(frozen=True)
@@ -198,7 +197,8 @@ class SyncStore:
         changes = [c for c in batch.changes if not isinstance(c, RotatedKey)]
         async with self._db.transaction() as conn:
             locked = await _locked_cursor(conn, peer_id)
-            current, resyncing, swept, done = _cursor(locked), bool(locked["resyncing"]), 0, False
+            current, resyncing = _cursor(locked), bool(locked["resyncing"])
+            swept: int | None = None
             if current != expected:
                 raise FailedPrecondition(f"the cursor for {peer_id} moved while applying a batch")
             applied = await self._records.apply_replicated(conn, origin=peer_id, changes=changes)
@@ -220,12 +220,11 @@ class SyncStore:
                 batch.chain,
             )
             if resyncing and batch.last_seq >= batch.origin_last_seq:
-                swept, done = await self._finish_resync(conn, peer_id), True
+                swept = await self._finish_resync(conn, peer_id)
         return Applied(
             entries=len(batch.changes),
             added=applied.added,
             removed_rows=applied.removed_rows,
-            resync_done=done,
             swept_media=swept,
         )
 
