@@ -323,7 +323,10 @@ async def test_a_flood_beyond_the_rate_limit_is_refused_and_applies_nothing(
         assert all(isinstance(e, grpc.aio.AioRpcError) for e in errors), errors
         codes = {e.code() for e in errors if isinstance(e, grpc.aio.AioRpcError)}
         assert codes == {grpc.StatusCode.RESOURCE_EXHAUSTED}
-        assert len(accepted) >= 5 and len(errors) >= 5  # the burst, then refusals
+        # The burst admits at most 5 (each call costs its hash and itself) plus a refill of one a
+        # second; under load the in-flight cap (8 per caller, refused with the same code) may
+        # take some of the burst too, so only bounds hold: some admitted, the rest refused.
+        assert 1 <= len(accepted) <= 8 and len(errors) == 20 - len(accepted)
         # Only the admitted calls stored anything; every call has its record.
         assert await node.media_ids(RECEIVER) == accepted
         records = await audit_log(node)
