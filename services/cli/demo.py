@@ -94,7 +94,7 @@ def start_node(data_dir: Path, label: str) -> subprocess.Popen[str]:
     assert node.stderr is not None
     for line in node.stderr:
         sys.stderr.write(f"  [{label}] " + line)
-        if "serving on" in line:
+        if "Ctrl-C to stop" in line:  # printed once the address files are written
             return node
     raise SystemExit(f"demo failed: node {label} exited with {node.wait()} before serving")
 

@@ -44,7 +44,7 @@ class NodeProcess:
         self.log: list[str] = []
         for line in self.process.stderr:
             self.log.append(line)
-            if "serving on" in line:
+            if "Ctrl-C to stop" in line:  # printed once the address files are written
                 return
         raise AssertionError("node exited before serving:\n" + "".join(self.log))
 

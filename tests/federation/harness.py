@@ -267,12 +267,14 @@ class NodeProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     async def serving(self) -> None:
-        """Wait until the node announces it serves, then read its loopback address."""
+        """Wait until the node announces it serves, then read its loopback address. The
+        announcement is the command's own line, printed after the address files are written
+        (the gateway logs its own "serving on" before they are)."""
 
         async def announced() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"the node exited before serving:\n{self.log}")
-            return "serving on" in self.log
+            return "Ctrl-C to stop" in self.log
 
         try:
             await wait_for(announced, PROCESS_START_TIMEOUT_S, "the node did not start serving")
