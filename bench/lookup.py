@@ -83,6 +83,8 @@ from services.registry.registry import Registry
 from services.registry.servicer import RegistryServicer
 from services.sync.store import MIGRATIONS as NODE_MIGRATIONS
 
+WORKING_ROLES = ("analyst", "submitter", "victim-id")
+
 NODE_ID = "bench-node"
 MAX_DISTANCE = 31
 MAX_MATCHES = 100
@@ -731,7 +733,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Result], dict[str, ob
             ClientSetup(
                 addresses={t: f"127.0.0.1:{s.port}" for t, s in servers.items()},
                 server_ca_pem=node.ca.certificate_pem,
-                unit=tls.issue_unit_certificate(node.ca, unit="bench"),
+                unit=tls.issue_unit_certificate(node.ca, unit="bench", roles=WORKING_ROLES),
                 requests={k: [(b.request, b.expected) for b in v] for k, v in batches.items()},
             )
         )

@@ -72,6 +72,8 @@ from services.registry import convert
 from services.registry.model import Category, CategoryScheme, MediaFlags, MediaSubmission
 from services.registry.store import MIGRATIONS as REGISTRY_MIGRATIONS
 
+WORKING_ROLES = ("analyst", "submitter", "victim-id")
+
 ORIGIN, RECEIVER = "bench-origin", "bench-receiver"
 SERIES = 100
 IN_SERIES_EVERY = 10
@@ -437,7 +439,7 @@ def unit_channel(node: RunningNode, config: NodeConfig) -> grpc.aio.Channel:
         certificate_path=config.tls_dir / "ca.pem",
         key_path=config.tls_dir / "ca.key",
     )
-    identity = tls.issue_unit_certificate(ca, unit="bench")
+    identity = tls.issue_unit_certificate(ca, unit="bench", roles=WORKING_ROLES)
     credentials = tls.channel_credentials(identity, trusted_server_cas=[ca.certificate_pem])
     return grpc.aio.secure_channel(node.gateway_address, credentials)
 

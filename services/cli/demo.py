@@ -215,7 +215,9 @@ def de_unit_looks_up_a_new_seizure(root: Path, de_dir: Path) -> None:
     save_images(new, range(900, 903))  # nobody has these
     hashex("hash", new, "--output", root / "de-new.jsonl", "--quiet")
     print("\n# A DE unit gets its certificate from its node's CA ...")
-    hashex("unit", "issue", "alice", "--out", root / "units", "--data-dir", de_dir)
+    hashex(
+        "unit", "issue", "alice", "--role", "analyst", "--out", root / "units", "--data-dir", de_dir
+    )
     unit = ("--cert", root / "units" / "alice.pem", "--data-dir", de_dir)
     print(
         "\n# ... and looks a new seizure up through DE's gateway (mutual TLS). GB's and US's"

@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         submit_command,
         sync_command,
         trust_command,
+        unit_command,
     )
 
     parser = argparse.ArgumentParser(
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     records_command.register(sub)
     media_command.register(sub)
     audit_command.register(sub)
+    unit_command.register(sub)
     trust_command.register(sub)
     sync_command.register(sub)
     service_command.register(sub)

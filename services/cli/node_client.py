@@ -1,8 +1,9 @@
-"""How client commands find and call their node. Without a certificate: the node's loopback port,
-`--node HOST:PORT`, else `HASHEX_NODE`, else the address that `hashex node up` wrote into the data
-directory. With `--cert` (a unit certificate from `hashex unit issue`): the node's gateway over
-mutual TLS, `--gateway HOST:PORT`, else `HASHEX_GATEWAY`, else the gateway address in the data
-directory. Also where gRPC errors become exit codes and one clear line on stderr.
+"""How client commands find and call their node. Without a certificate: the node's admin socket
+(`run/admin.sock` in the data directory, served by `hashex node up` to its own user, who is the
+node's operator there), or `--node TARGET` / `HASHEX_NODE`. With `--cert` (a unit certificate
+from `hashex unit issue`): the node's gateway over mutual TLS, `--gateway HOST:PORT`, else
+`HASHEX_GATEWAY`, else the gateway address in the data directory. Also where gRPC errors become
+exit codes and one clear line on stderr.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 
@@ -21,6 +23,7 @@ from services.cli import exit_codes
 from services.core.config import CONFIG_FILE, NodeConfig
 from services.core.errors import DATABASE_UNREACHABLE, HashexError, InvalidArgument, NotFound
 from services.core.tls import channel_credentials, load_certified_key
+from services.gateway.admin_socket import socket_target
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "hashex"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -50,10 +53,10 @@ def add_node_options(parser: argparse.ArgumentParser) -> None:
     add_data_dir_option(parser)
     parser.add_argument(
         "--node",
-        metavar="HOST:PORT",
+        metavar="TARGET",
         default=os.environ.get("HASHEX_NODE"),
-        help="the node's registry address (default: $HASHEX_NODE, else the address the running "
-        "node wrote into its data directory)",
+        help="the gRPC target to call without a certificate (default: $HASHEX_NODE, else the "
+        "node's admin socket unix:DATA_DIR/run/admin.sock)",
     )
     parser.add_argument(
         "--timeout",
@@ -83,7 +86,11 @@ def node_address(ns: argparse.Namespace) -> str:
     config = NodeConfig(node_id="unknown", data_dir=ns.data_dir)
     if getattr(ns, "cert", None):
         return _address(ns.gateway, config.gateway_address_file, ns.data_dir)
-    return _address(ns.node, config.address_file, ns.data_dir)
+    if ns.node:
+        return str(ns.node)
+    if config.admin_socket_path.is_socket():
+        return socket_target(config.admin_socket_path)
+    _no_node(ns.data_dir)
 
 
 def _address(given: str | None, address_file: Path, data_dir: Path) -> str:
@@ -91,11 +98,14 @@ def _address(given: str | None, address_file: Path, data_dir: Path) -> str:
         return given
     if address_file.exists():
         return address_file.read_text(encoding="utf-8").strip()
+    _no_node(data_dir)
+
+
+def _no_node(data_dir: Path) -> NoReturn:
     if not (data_dir / CONFIG_FILE).exists():
         raise CommandFailed(
             exit_codes.NODE_ERROR,
-            f"no node at {data_dir}: give --node HOST:PORT or --data-dir, "
-            "or run `hashex node init`",
+            f"no node at {data_dir}: give --data-dir, or run `hashex node init`",
         )
     raise CommandFailed(
         exit_codes.NODE_ERROR,

@@ -52,7 +52,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     init.add_argument(
         "--listen",
         default=DEFAULT_LISTEN,
-        help="registry address, loopback only (default: %(default)s; port 0 picks a free one)",
+        help="the registry's internal address when it runs apart (`hashex registry serve`; "
+        "default: %(default)s; port 0 picks a free one). `node up` serves its own commands on "
+        "the admin socket run/admin.sock instead",
     )
     init.add_argument(
         "--gateway-listen",
@@ -93,7 +95,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=(
             "Run the whole node in one process: the registry, the sync service (pulling from "
             "every pinned peer) and the gateway (mutual TLS on gateway_listen, the port peers "
-            "and units use), plus a loopback port for this machine's own `hashex` commands, "
+            "and units use), plus the admin socket run/admin.sock (owner only) for this "
+            "machine's own `hashex` commands, every call checked and audited, "
             "with the embedded PostgreSQL in the data directory (or DATABASE_URL). Stops "
             "cleanly on Ctrl-C or SIGTERM, PostgreSQL included."
         ),
@@ -122,8 +125,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _init(ns: argparse.Namespace) -> int:
     node_id = check_node_id(ns.node_id)
-    check_listen(ns.listen, allow_non_loopback=False)
-    check_listen(ns.gateway_listen, allow_non_loopback=True)
+    check_listen(ns.listen)
+    check_listen(ns.gateway_listen)
     if ns.gateway_endpoint:
         check_endpoint(ns.gateway_endpoint)
     hosts = [check_host(host) for host in ns.gateway_host]
@@ -180,7 +183,7 @@ async def _serve_node(config: NodeConfig) -> None:
     stop = stop_on_signal()
     node = await start_node(config)
     print(
-        f"node {config.node_id} serving on {node.address} (loopback) and gateway "
+        f"node {config.node_id} serving on {node.address} (admin socket) and gateway "
         f"{node.gateway_address} (mutual TLS); Ctrl-C to stop",
         file=sys.stderr,
         flush=True,

@@ -1,4 +1,5 @@
-"""`hashex unit issue`, `hashex peer ...` and `hashex policy ...`: the operator's trust decisions.
+"""`hashex peer ...` and `hashex policy ...`: the operator's trust decisions about peers (units'
+certificates: services.cli.unit_command).
 
 All of them work on the node's data directory, so they run with the node up or down; the running
 node re-reads peers, the deny-list and policies by itself. Every command can be re-run: doing
@@ -10,13 +11,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-from datetime import timedelta
 from pathlib import Path
 from typing import TypeAlias
 
 from services.cli import exit_codes
 from services.cli.node_client import CommandFailed, add_data_dir_option, run_command
-from services.cli.node_material import ca_paths, load_ca
+from services.cli.node_material import ca_paths
 from services.core import tls
 from services.core.config import NodeConfig, check_node_id, load_config
 from services.core.errors import FailedPrecondition, InvalidArgument
@@ -45,32 +45,8 @@ _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def register(sub: _Sub) -> None:
-    _register_unit(sub)
     _register_peer(sub)
     _register_policy(sub)
-
-
-def _register_unit(sub: _Sub) -> None:
-    unit = sub.add_parser("unit", help="issue certificates for this node's units and operators")
-    unit_sub = unit.add_subparsers(dest="unit_command", metavar="COMMAND", required=True)
-    issue = unit_sub.add_parser(
-        "issue",
-        help="issue a client certificate from the node CA",
-        description=(
-            "Write NAME.pem, NAME.key (mode 0600) and the node's ca.pem into --out, for a unit "
-            "(the registry and federated lookups) or, with --operator, an operator (the admin "
-            "methods). Re-running issues a fresh certificate and key in their place."
-        ),
-        epilog="example: hashex unit issue ceop-desk --out ~/hashex-unit --data-dir ~/hashex/gb",
-    )
-    issue.add_argument("name", help="the unit's (or operator's) name, e.g. ceop-desk")
-    issue.add_argument("--operator", action="store_true", help="an operator, not a unit")
-    issue.add_argument("--out", type=Path, required=True, help="directory to write into")
-    issue.add_argument(
-        "--days", type=int, default=30, help="validity in days (default: %(default)s)"
-    )
-    add_data_dir_option(issue)
-    issue.set_defaults(func=lambda ns: run_command(_unit_issue, ns))
 
 
 def _register_peer(sub: _Sub) -> None:
@@ -178,35 +154,6 @@ def _store(config: NodeConfig) -> TrustStore:
 
 def _bad(message: str) -> CommandFailed:
     return CommandFailed(exit_codes.BAD_INPUT, message)
-
-
-def _unit_issue(ns: argparse.Namespace) -> int:
-    config = _config(ns)
-    if ns.name == "ca":
-        raise _bad("the name 'ca' is taken by ca.pem in the output directory; choose another")
-    if not 1 <= ns.days <= 397:
-        raise _bad("--days must be 1-397 (certificates are short-lived; re-issue to renew)")
-    ca = load_ca(config)
-    valid_for = timedelta(days=ns.days)
-    if ns.operator:
-        material = tls.issue_operator_certificate(ca, name=ns.name, valid_for=valid_for)
-    else:
-        material = tls.issue_unit_certificate(ca, unit=ns.name, valid_for=valid_for)
-    out: Path = ns.out
-    out.mkdir(mode=0o700, parents=True, exist_ok=True)
-    certificate_path = out / f"{ns.name}.pem"
-    tls.replace_certified_key(
-        material, certificate_path=certificate_path, key_path=out / f"{ns.name}.key"
-    )
-    (out / "ca.pem").write_bytes(ca.certificate_pem)
-    role = "operator" if ns.operator else "unit"
-    identity = tls.uri_names(material.certificate_pem)[0]
-    print(f"issued {role} {ns.name} of {config.node_id}: {identity}")
-    print(f"  certificate: {certificate_path} (sha256 {material.fingerprint})")
-    print(f"  key:         {out / (ns.name + '.key')} (mode 0600; keep it on the unit's machine)")
-    print(f"  node CA:     {out / 'ca.pem'}")
-    print(f"  valid until: {material.certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
-    return exit_codes.OK
 
 
 def _card(ns: argparse.Namespace) -> int:

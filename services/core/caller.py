@@ -19,8 +19,14 @@ from services.core.errors import PermissionDenied
 
 CallerKind = Literal["node", "unit", "operator"]
 # What a caller may do at this gateway: its own node's units and operators, pinned peers' node
-# certificates; "none" for an authenticated caller the method table grants nothing but health.
-Role = Literal["unit", "operator", "peer", "none"]
+# certificates, the node's own operator on its admin socket ("admin"); "none" for an
+# authenticated caller the method table grants nothing but health.
+Role = Literal["unit", "operator", "peer", "admin", "none"]
+# What a unit may do, written in its certificate (services.core.tls): look up and read
+# (analyst), submit and change what its own unit submitted (submitter), set victim status
+# (victim-id), change any record of the node (supervisor).
+UnitRole = Literal["analyst", "submitter", "victim-id", "supervisor"]
+UNIT_ROLES: tuple[UnitRole, ...] = ("analyst", "submitter", "victim-id", "supervisor")
 
 _current: ContextVar[Caller | None] = ContextVar("hashex_caller", default=None)
 
@@ -36,6 +42,28 @@ class Caller:
     name: str | None
     role: Role
     fingerprint: str
+    # A unit's roles (empty for every other kind, and for a unit certificate issued before roles).
+    unit_roles: frozenset[UnitRole] = frozenset()
+
+    @property
+    def grants(self) -> frozenset[str]:
+        """The names the gateway's method table (services.gateway.authz) is written in: a unit's
+        roles, or the caller's role for every other caller."""
+        if self.role == "unit":
+            return frozenset(self.unit_roles)
+        return frozenset() if self.role == "none" else frozenset({self.role})
+
+    @property
+    def writer(self) -> str:
+        """Who a write is remembered as (the media's submitting unit): `unit:NAME`,
+        `operator:NAME`, or `node:ID` for a caller without a name."""
+        return f"{self.kind}:{self.name}" if self.name is not None else f"node:{self.node_id}"
+
+    @property
+    def changes_any_record(self) -> bool:
+        """A supervisor unit, or the node's own operator on its admin socket: may change
+        records that another unit submitted."""
+        return self.role == "admin" or "supervisor" in self.unit_roles
 
     @property
     def uri(self) -> str:

@@ -6,7 +6,6 @@ Precedence: environment (`HASHEX_*`, `DATABASE_URL`) over `node.toml` over defau
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import tomllib
@@ -26,6 +25,11 @@ _REPLACED = {
     "rate_limit_per_s": "rate_limit_hashes_per_s",
     "rate_limit_burst": "rate_limit_hashes_burst",
 }
+_REMOVED = {
+    "allow_plaintext_non_loopback": "the node's own commands use its admin socket (run/admin.sock) "
+    "and a registry run apart needs the gateway's signed caller on every call, so no plaintext "
+    "port has anything to allow",
+}
 NODE_ID_PATTERN = re.compile(r"[a-z][a-z0-9-]{1,62}")
 DEFAULT_LISTEN = "127.0.0.1:7700"
 # The gateway is mutual TLS, so it may listen anywhere; loopback until the operator says otherwise.
@@ -36,11 +40,11 @@ DEFAULT_GATEWAY_LISTEN = "127.0.0.1:7443"
 class NodeConfig:
     node_id: str
     data_dir: Path
-    # host:port of the registry's gRPC port; loopback unless `allow_plaintext_non_loopback`.
+    # host:port of the registry's internal port when it runs apart (`hashex registry serve`);
+    # every call on it but health needs the caller the node's gateway signed.
     listen: str = DEFAULT_LISTEN
     # None: the embedded PostgreSQL in `data_dir/pg`.
     database_url: str | None = field(default=None, repr=False)
-    allow_plaintext_non_loopback: bool = False
     pdq_default_max_distance: int = 31
     max_message_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: float = 10.0
@@ -99,8 +103,13 @@ class NodeConfig:
 
     @property
     def address_file(self) -> Path:
-        """Written by `hashex node up` with the bound address, read by client commands."""
+        """Written by `hashex registry serve` (the registry run apart) with its bound address."""
         return self.data_dir / "run" / "registry.addr"
+
+    @property
+    def admin_socket_path(self) -> Path:
+        """The Unix socket `hashex node up` serves the node's own commands on (owner only)."""
+        return self.data_dir / "run" / "admin.sock"
 
     def masked(self) -> dict[str, str]:
         """Every setting as text for the start-up log, with the database password hidden."""
@@ -142,20 +151,13 @@ def check_node_id(node_id: str) -> str:
     return node_id
 
 
-def check_listen(listen: str, *, allow_non_loopback: bool) -> str:
-    host, sep, port = listen.rpartition(":")
+def check_listen(listen: str) -> str:
+    """HOST:PORT, for the internal ports of services run apart: plaintext, but every call on
+    them except health must carry the caller the node's gateway signed (see
+    services.core.forwarded_caller), so they may listen on the node's internal network."""
+    _, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise InvalidArgument(f"listen address {listen!r} must be HOST:PORT")
-    bare = host.strip("[]")
-    try:
-        loopback = bare == "localhost" or ipaddress.ip_address(bare).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not allow_non_loopback:
-        raise InvalidArgument(
-            f"listen address {listen!r} is not loopback; the registry port is plaintext, so it "
-            "only listens outside loopback when allow_plaintext_non_loopback = true is set"
-        )
     return listen
 
 
@@ -189,6 +191,9 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _from_values(data_dir: Path, values: dict[str, Any], source: Path) -> NodeConfig:
     known = {f.name for f in fields(NodeConfig)} - {"data_dir"}
+    for old, why in _REMOVED.items():
+        if old in values:
+            raise InvalidArgument(f"{source}: {old} was removed: {why}; delete the line")
     for old, new in _REPLACED.items():
         if old in values:
             raise InvalidArgument(
@@ -202,7 +207,7 @@ def _from_values(data_dir: Path, values: dict[str, Any], source: Path) -> NodeCo
         raise InvalidArgument(f"{source}: node_id is missing")
     config = NodeConfig(data_dir=data_dir.resolve(), **_typed(values, source))
     check_node_id(config.node_id)
-    check_listen(config.listen, allow_non_loopback=config.allow_plaintext_non_loopback)
+    check_listen(config.listen)
     _check_address("gateway_listen", config.gateway_listen, source)
     if config.gateway_endpoint:
         _check_address("gateway_endpoint", config.gateway_endpoint, source)

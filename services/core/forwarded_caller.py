@@ -5,16 +5,17 @@ ContextVar (services.core.caller). When the services run apart (Kubernetes), the
 the node's internal network, where a ContextVar cannot travel and anyone who can reach the
 service's port could claim to be any peer in plain metadata. So the gateway adds two headers:
 
-    hashex-caller      compact JSON of the Caller fields and `at_ms` (milliseconds since the
-                       epoch when the gateway forwarded the call), keys sorted, ASCII only
+    hashex-caller      compact JSON of the Caller fields (unit_roles a sorted list) and
+                       `at_ms` (milliseconds since the epoch when the gateway forwarded the
+                       call), keys sorted, ASCII only
     hashex-caller-mac  lowercase hex HMAC-SHA256(secret, DOMAIN + method + NUL + hashex-caller)
 
 with the node's internal secret (keys/internal.key, 32 random bytes shared by the gateway and
 the services of one node, never by peers). The MAC binds the method, so a header pair seen on
 Federation/Pull cannot be replayed against Admin; `at_ms` must be within FRESHNESS_S of the
-receiver's clock. The receiving server's `ForwardedCallerInterceptor` sets the caller only when
-both check out; otherwise it leaves it unset and `current_caller()` refuses the call
-(PERMISSION_DENIED), exactly as for a call that never came through a gateway.
+receiver's clock. The receiving server's `ForwardedCallerInterceptor` runs the call as that
+caller only when both check out; otherwise it refuses it (PERMISSION_DENIED), unless it is
+health or reflection, the only calls served without a proven caller.
 
 Encoding and verification are pure (secret, method, headers and the time in; headers or a Caller
 out), which is what the property tests exercise.
@@ -35,7 +36,7 @@ from typing import Any, get_args
 
 import grpc
 
-from services.core.caller import Caller, CallerKind, Role, calling_as
+from services.core.caller import UNIT_ROLES, Caller, CallerKind, Role, calling_as
 from services.core.errors import FailedPrecondition
 from services.core.secretfile import read_secret, write_secret
 from services.core.server import ServerInterceptor, rewrap_handler
@@ -50,7 +51,8 @@ SECRET_BYTES = 32
 _DOMAIN = b"hashex.v1.ForwardedCaller\0"
 _KINDS: frozenset[str] = frozenset(get_args(CallerKind))
 _ROLES: frozenset[str] = frozenset(get_args(Role))
-_FIELDS = frozenset({"at_ms", "fingerprint", "kind", "name", "node_id", "role"})
+_UNIT_ROLES: frozenset[str] = frozenset(UNIT_ROLES)
+_FIELDS = frozenset({"at_ms", "fingerprint", "kind", "name", "node_id", "role", "unit_roles"})
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -98,6 +100,7 @@ def caller_metadata(secret: bytes, method: str, caller: Caller, *, now_s: float)
             "name": caller.name,
             "node_id": caller.node_id,
             "role": caller.role,
+            "unit_roles": sorted(caller.unit_roles),
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -166,12 +169,16 @@ def _parse(value: str) -> tuple[Caller, int]:
         raise ForgedCaller("unknown caller kind or role")
     if (name is None) != (kind == "node") or not (name is None or isinstance(name, str)):
         raise ForgedCaller("a node caller has no name; a unit or operator has one")
+    unit_roles = fields["unit_roles"]
+    if not isinstance(unit_roles, list) or not all(r in _UNIT_ROLES for r in unit_roles):
+        raise ForgedCaller("unit_roles is not a list of known roles")
     caller = Caller(
         node_id=fields["node_id"],
         kind=kind,
         name=name,
         role=role,
         fingerprint=fields["fingerprint"],
+        unit_roles=frozenset(unit_roles),
     )
     return caller, at_ms
 
@@ -179,11 +186,16 @@ def _parse(value: str) -> tuple[Caller, int]:
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+# What a service run apart answers without a forwarded caller: health (for probes) and
+# reflection (the public contract anyway). Everything else needs the gateway's signed caller.
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
 class ForwardedCallerInterceptor(ServerInterceptor):
-    """For a service that runs apart from its gateway: runs each call as the caller its
-    headers prove, or with no caller at all. Never refuses by itself: methods that need a caller
-    refuse through `current_caller()`; those that need none (Admin on the internal port, Units,
-    health) serve as they would on the node's loopback port."""
+    """For a service that runs apart from its gateway: runs each call as the caller its headers
+    prove. A call without a proven caller is refused (PERMISSION_DENIED), unless it is health or
+    reflection: the internal port is plaintext, so the MAC'd caller is what makes it safe to
+    listen on the node's internal network."""
 
     def __init__(self, secret: bytes, *, clock: Callable[[], float] = time.time) -> None:
         if len(secret) < SECRET_BYTES:
@@ -210,10 +222,39 @@ class ForwardedCallerInterceptor(ServerInterceptor):
                 now_s=self._clock(),
             )
         except ForgedCaller as refused:
+            if method.startswith(OPEN_SERVICES):
+                return handler
             if refused.reason != "absent":
                 _log.warning("call to %s: caller not accepted (%s)", method, refused.reason)
-            return handler
+            return refusing(handler, _refusal(refused.reason))
         return as_caller(handler, caller)
+
+
+def _refusal(reason: str) -> str:
+    if reason == "absent":
+        return (
+            "this is a service's internal port: call the node through its gateway (mutual TLS) "
+            "or, on the node's machine, its admin socket"
+        )
+    return "the caller headers were not accepted"
+
+
+def refusing(
+    handler: grpc.RpcMethodHandler[Any, Any], message: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` answering PERMISSION_DENIED with `message`, whatever its call shape."""
+
+    def wrap(behaviour: Any, streaming: bool) -> Any:
+        async def refuse(request: Any, context: Context) -> Any:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+
+        async def refuse_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+            yield  # pragma: no cover - abort raises
+
+        return refuse_stream if streaming else refuse
+
+    return rewrap_handler(handler, wrap)
 
 
 def as_caller(

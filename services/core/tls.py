@@ -2,7 +2,10 @@
 issues, PEM files, and the grpcio credentials built from them.
 
 Identity lives in the URI SAN (`spiffe://hashex/node/<id>`, `…/unit/<name>`), never in the
-subject, so the gateway authorises on one field. Keys are ECDSA P-256: grpcio's BoringSSL accepts
+subject, so the gateway identifies callers by one field. A unit's roles (what it may do, not who
+it is) are Organizational Unit attributes of its subject, one per role, `hashex-role:<role>` (as
+Kubernetes reads group membership from a client certificate's subject); `unit_roles_of` refuses
+any other OU value rather than guess. Keys are ECDSA P-256: grpcio's BoringSSL accepts
 them for TLS 1.3 client and server authentication everywhere, and every tool an operator may use
 to inspect a certificate understands them. grpcio checks no CRL or OCSP, so leaves are short-lived
 (30 days by default) and revocation is a deny-list of fingerprints checked per call.
@@ -26,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from services.core.caller import UNIT_ROLES, UnitRole
 from services.core.config import check_node_id
 from services.core.errors import FailedPrecondition, InvalidArgument
 from services.core.secretfile import read_secret, write_secret
@@ -43,6 +47,7 @@ _IDENTITY_PATTERN = re.compile(
 )
 
 IdentityKind = Literal["node", "unit", "operator"]
+ROLE_PREFIX = "hashex-role:"
 
 
 @dataclass(frozen=True)
@@ -162,13 +167,41 @@ def issue_unit_certificate(
     ca: NodeCa,
     *,
     unit: str,
+    roles: Sequence[UnitRole],
     valid_for: timedelta = DEFAULT_LEAF_VALIDITY,
     now: datetime | None = None,
 ) -> CertifiedKey:
-    """A client certificate for one police unit of the CA's node (client auth only)."""
+    """A client certificate for one police unit of the CA's node (client auth only), carrying
+    its roles (at least one)."""
+    if not roles:
+        raise InvalidArgument(f"a unit needs at least one role: {', '.join(UNIT_ROLES)}")
+    unknown = sorted(set(roles) - set(UNIT_ROLES))
+    if unknown:
+        raise InvalidArgument(
+            f"unknown role(s) {', '.join(unknown)}; the roles are {', '.join(UNIT_ROLES)}"
+        )
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(unit_uri(ca.node_id, unit))]
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
-    return _issue(ca, f"hashex unit {unit} of {ca.node_id}", names, usages, valid_for, now)
+    role_names = [ROLE_PREFIX + r for r in UNIT_ROLES if r in roles]
+    common_name = f"hashex unit {unit} of {ca.node_id}"
+    return _issue(ca, common_name, names, usages, valid_for, now, units=role_names)
+
+
+def unit_roles_of(certificate: x509.Certificate) -> frozenset[UnitRole]:
+    """The roles a unit certificate carries (empty for one issued before roles existed);
+    InvalidArgument for an OU attribute that names no known role."""
+    roles: set[UnitRole] = set()
+    for attribute in certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME):
+        value = attribute.value if isinstance(attribute.value, str) else ""
+        role = value.removeprefix(ROLE_PREFIX)
+        matched = [r for r in UNIT_ROLES if r == role]
+        if not value.startswith(ROLE_PREFIX) or not matched:
+            raise InvalidArgument(
+                f"the certificate names an unknown role {value!r}; the roles are "
+                f"{', '.join(UNIT_ROLES)}"
+            )
+        roles.add(matched[0])
+    return frozenset(roles)
 
 
 def issue_operator_certificate(
@@ -191,8 +224,11 @@ def _issue(
     usages: list[x509.ObjectIdentifier],
     valid_for: timedelta,
     now: datetime | None,
+    *,
+    units: Sequence[str] = (),
 ) -> CertifiedKey:
-    """Sign a leaf; it never outlives its CA (a verifier would reject the excess anyway)."""
+    """Sign a leaf; it never outlives its CA (a verifier would reject the excess anyway).
+    `units`: Organizational Unit values of the subject (a unit's roles)."""
     ca_certificate = ca.material.certificate
     ca_key = serialization.load_pem_private_key(ca.material.private_key_pem, password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
@@ -202,7 +238,7 @@ def _issue(
     end = min(start + _CLOCK_SKEW + valid_for, ca_certificate.not_valid_after_utc)
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name))
+        .subject_name(_name(common_name, units))
         .issuer_name(ca_certificate.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -311,10 +347,11 @@ def uri_names(certificate_pem: bytes) -> tuple[str, ...]:
     return tuple(sans.value.get_values_for_type(x509.UniformResourceIdentifier))
 
 
-def _name(common_name: str) -> x509.Name:
+def _name(common_name: str, units: Sequence[str] = ()) -> x509.Name:
     return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hashex"),
+            *(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, u) for u in units),
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )

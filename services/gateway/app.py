@@ -24,7 +24,7 @@ from services.core.server import RunningServer, ServiceBinding, build_server
 from services.gateway.credentials import GatewayCredentials
 from services.gateway.identity import CallerVerifier, TrustSource
 from services.gateway.limits import InFlight, RateLimiter
-from services.gateway.wrapper import GatewayInterceptor, GatewayLimits
+from services.gateway.wrapper import GatewayInterceptor, GatewayLimits, Verifier
 
 _log = logging.getLogger(__name__)
 
@@ -69,6 +69,30 @@ def limits_of(config: NodeConfig) -> GatewayLimits:
     )
 
 
+def gateway_checks(
+    config: NodeConfig,
+    verifier: Verifier,
+    *,
+    recorder: AuditRecorder,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> GatewayInterceptor:
+    """The gateway's checks, limits and audit for callers `verifier` establishes (the gateway's
+    and the admin socket's servers both use them)."""
+    return GatewayInterceptor(
+        verifier=verifier,
+        limiter=RateLimiter(
+            rate_per_s=config.rate_limit_hashes_per_s,
+            burst=config.rate_limit_hashes_burst,
+            clock=clock,
+        ),
+        in_flight=InFlight(config.max_calls_in_flight_per_caller),
+        recorder=recorder,
+        limits=limits_of(config),
+        wall_clock=wall_clock,
+    )
+
+
 async def start_gateway(
     config: NodeConfig,
     bindings: Sequence[ServiceBinding],
@@ -99,20 +123,11 @@ async def start_gateway(
     if own_ca_pem is None:
         own_ca_pem = (config.tls_dir / "ca.pem").read_bytes()
     recorder = recorder or AuditRecorder(audit)
-    limits = limits_of(config)
-    interceptor = GatewayInterceptor(
-        verifier=CallerVerifier(
-            own_node_id=config.node_id, own_ca_pem=own_ca_pem, trust=trust, now=wall_clock
-        ),
-        limiter=RateLimiter(
-            rate_per_s=config.rate_limit_hashes_per_s,
-            burst=config.rate_limit_hashes_burst,
-            clock=clock,
-        ),
-        in_flight=InFlight(config.max_calls_in_flight_per_caller),
-        recorder=recorder,
-        limits=limits,
-        wall_clock=wall_clock,
+    verifier = CallerVerifier(
+        own_node_id=config.node_id, own_ca_pem=own_ca_pem, trust=trust, now=wall_clock
+    )
+    interceptor = gateway_checks(
+        config, verifier, recorder=recorder, clock=clock, wall_clock=wall_clock
     )
     server = await build_server(
         listen=config.gateway_listen,

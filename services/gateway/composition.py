@@ -2,11 +2,11 @@
 service and the gateway on one database, for a small agency or a laptop. Every part is built
 complete through its constructor here, and only here.
 
-Two ports: the gateway (mutual TLS, `gateway_listen`), the only one peers and units reach, and the
-loopback port (`listen`, plaintext, loopback only) that the operator's own `hashex` commands use
-on the node's machine. Start order: database, every component's migrations (checked as one plan),
-registry (PDQ index), sync (pullers), gateway; stop in reverse, so no call arrives at a service
-that is already gone.
+Two ways in: the gateway (mutual TLS, `gateway_listen`), the only port peers and units reach, and
+the admin socket (`run/admin.sock`, owner only, services.gateway.admin_socket) that the operator's
+own `hashex` commands use on the node's machine; both check, limit and audit every call alike.
+Start order: database, every component's migrations (checked as one plan), registry (PDQ index),
+sync (pullers), gateway; stop in reverse, so no call arrives at a service that is already gone.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.config import NodeConfig, require_node_material
 from services.core.db.migrations import apply_migration_plan
 from services.core.db.pool import Database, open_database
-from services.core.server import RunningServer, build_server
+from services.core.server import RunningServer
 from services.core.telemetry import Telemetry, setup_telemetry
 from services.core.trust import TrustStore
+from services.gateway.admin_socket import socket_target, start_admin_socket
 from services.gateway.app import RunningGateway, start_gateway
 from services.registry.app import open_registry
 from services.registry.registry import Registry
@@ -50,8 +51,8 @@ class RunningNode:
 
     @property
     def address(self) -> str:
-        """The loopback port's bound address."""
-        return f"{self.config.listen.rpartition(':')[0]}:{self.local.port}"
+        """The admin socket's gRPC target (`unix:/…/run/admin.sock`)."""
+        return socket_target(self.config.admin_socket_path)
 
     @property
     def gateway_address(self) -> str:
@@ -59,7 +60,7 @@ class RunningNode:
 
     async def stop(self) -> None:
         """Pulls peers hold open end first, then the gateway (no new outside calls), pullers,
-        the loopback port, the database (stopping an embedded PostgreSQL)."""
+        the admin socket, the database (stopping an embedded PostgreSQL)."""
         _log.info("stopping node %s", self.config.node_id)
         try:
             await self.sync.release_pulls()
@@ -69,7 +70,7 @@ class RunningNode:
         finally:
             await self.database.close()
             self.telemetry.shutdown()
-            for path in (self.config.address_file, self.config.gateway_address_file):
+            for path in (self.config.admin_socket_path, self.config.gateway_address_file):
                 path.unlink(missing_ok=True)
         _log.info("node %s stopped", self.config.node_id)
 
@@ -110,11 +111,11 @@ async def start_node(config: NodeConfig, *, clock: Clock = SYSTEM_CLOCK) -> Runn
         units = UnitsServicer(
             FederatedLookup(local=registry_servicer.answer_lookup, peers=sync.clients)
         )
-        local = await build_server(
-            listen=config.listen,
-            services=[registry_servicer.binding(), units.binding(), sync.admin_binding()],
+        local = await start_admin_socket(
+            config,
+            [registry_servicer.binding(), units.binding(), sync.admin_binding()],
+            recorder=recorder,
             tracer_provider=telemetry.tracer_provider,
-            max_message_bytes=config.max_message_bytes,
         )
         started.append(local)
         gateway = await start_gateway(
@@ -134,8 +135,6 @@ async def start_node(config: NodeConfig, *, clock: Clock = SYSTEM_CLOCK) -> Runn
         raise
     database.watch([local.set_serving, gateway.server.set_serving])
     node = RunningNode(config, database, registry, sync, local, gateway, telemetry)
-    config.address_file.parent.mkdir(parents=True, exist_ok=True)
-    config.address_file.write_text(node.address + "\n", encoding="utf-8")
     config.gateway_address_file.write_text(node.gateway_address + "\n", encoding="utf-8")
     return node
 

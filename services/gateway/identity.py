@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from services.core import tls
-from services.core.caller import Caller, Role
+from services.core.caller import Caller, Role, UnitRole
 from services.core.errors import InvalidArgument
 
 REQUIRED_TLS_VERSION = "TLSv1.3"
@@ -71,6 +71,7 @@ class _Leaf:
     fingerprint: str
     not_before: datetime
     not_after: datetime
+    unit_roles: frozenset[UnitRole]
 
 
 class CallerVerifier:
@@ -130,6 +131,7 @@ class CallerVerifier:
             name=leaf.name,
             role=self._role_of(leaf),
             fingerprint=leaf.fingerprint,
+            unit_roles=leaf.unit_roles if leaf.kind == "unit" else frozenset(),
         )
 
     def _ca_for(self, node_id: str) -> bytes | None:
@@ -171,6 +173,7 @@ def _parse_leaf(leaf_pem: bytes) -> _Leaf:
         fingerprint=tls.certificate_fingerprint(leaf_pem),
         not_before=certificate.not_valid_before_utc,
         not_after=certificate.not_valid_after_utc,
+        unit_roles=tls.unit_roles_of(certificate) if kind == "unit" else frozenset(),
     )
 
 

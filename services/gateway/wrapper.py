@@ -21,10 +21,10 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn, Protocol, cast
 
 import grpc
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from the stubs
@@ -37,7 +37,7 @@ from services.core.request_decoding import decode_request, request_class_of
 from services.core.rpc_status import abort_with
 from services.core.server import ServerInterceptor, rewrap_handler
 from services.gateway import authz
-from services.gateway.identity import CallerVerifier, Presented, Unauthenticated
+from services.gateway.identity import Presented, Unauthenticated
 from services.gateway.limits import InFlight, RateLimiter
 from services.gateway.work import units_of
 
@@ -50,6 +50,13 @@ TRUST_RECHECK_S = 5.0
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Deserializer = Callable[[bytes], Any] | None
+
+
+class Verifier(Protocol):
+    """Turns a call's auth context into its Caller or raises Unauthenticated: the gateway's
+    CallerVerifier (mutual TLS), or the admin socket's fixed local operator."""
+
+    def verify(self, auth_context: Mapping[str, Iterable[bytes]]) -> Caller: ...
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ class GatewayInterceptor(ServerInterceptor):
     def __init__(
         self,
         *,
-        verifier: CallerVerifier,
+        verifier: Verifier,
         limiter: RateLimiter,
         in_flight: InFlight,
         recorder: AuditRecorder,
@@ -213,8 +220,8 @@ class GatewayInterceptor(ServerInterceptor):
             call.presented = refused.presented
             await self._refuse(call, context, grpc.StatusCode.UNAUTHENTICATED, str(refused))
         call.caller = caller
-        if not authz.is_allowed(call.method, caller.role):
-            message = authz.refusal_message(call.method, caller.role)
+        if not authz.is_allowed(call.method, caller):
+            message = authz.refusal_message(call.method, caller)
             await self._refuse(call, context, grpc.StatusCode.PERMISSION_DENIED, message)
         if not call.known:  # in the table, but its service does not run in this process
             await self._refuse(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from services.core.config import NodeConfig
 from services.core.db.migrations import apply_migration_plan
 from services.core.db.pool import Database, open_database
+from services.core.forwarded_caller import ForwardedCallerInterceptor, load_internal_key
 from services.core.node_claim.store import claim_database
 from services.core.server import RunningServer, build_server
 from services.core.telemetry import Telemetry, setup_telemetry
@@ -81,6 +82,8 @@ async def start_registry(config: NodeConfig, *, follow_replicas: bool = False) -
             services=[servicer.binding()],
             tracer_provider=telemetry.tracer_provider,
             max_message_bytes=config.max_message_bytes,
+            # Every call but health runs as the caller the node's gateway signed.
+            interceptors=[ForwardedCallerInterceptor(load_internal_key(config.data_dir))],
         )
     except BaseException:
         await database.close()

@@ -202,6 +202,21 @@ class MediaChanged:
 
 
 @dataclass(frozen=True)
+class Writer:
+    """Who asks for a write: `name` is remembered as the submitter of the media it creates
+    (`unit:<name>`, `operator:<name>`); `any_media`: may change media another unit submitted
+    (a supervisor, the node's operator)."""
+
+    name: str
+    any_media: bool = False
+
+
+# The node's own operator (its admin socket, and code of the node itself such as tests and
+# benchmarks that call the store directly): may change any media of the node.
+NODE_OPERATOR = Writer("operator:node", any_media=True)
+
+
+@dataclass(frozen=True)
 class SubmitCounts:
     received: int = 0
     created: int = 0

@@ -29,6 +29,7 @@ from services.registry.lookup import (
     positions_of,
 )
 from services.registry.model import (
+    NODE_OPERATOR,
     IdentificationStatus,
     LookupResult,
     MediaChange,
@@ -40,6 +41,7 @@ from services.registry.model import (
     SeriesRecord,
     SubmitCounts,
     VictimRecord,
+    Writer,
 )
 from services.registry.pdq_indexes import PdqIndexes
 from services.registry.store import RegistryStore
@@ -85,29 +87,37 @@ class Registry:
         _log.info("PDQ index loaded: %d hashes", loaded)
         return loaded
 
-    async def submit_batch(self, batch: Sequence[MediaSubmission]) -> SubmitCounts:
+    async def submit_batch(
+        self, batch: Sequence[MediaSubmission], *, writer: Writer = NODE_OPERATOR
+    ) -> SubmitCounts:
         async with self._writes:
             async with self._db.transaction() as conn:
-                counts, entries = await self._store.submit_media_batch(conn, batch=batch)
+                counts, entries = await self._store.submit_media_batch(
+                    conn, batch=batch, writer=writer
+                )
             if entries:
                 rows, values = [e.row_id for e in entries], [e.value for e in entries]
                 await asyncio.to_thread(self._index.own.add, rows, values)
         return counts
 
-    async def retract(self, media_ids: Sequence[str]) -> RetractCounts:
+    async def retract(
+        self, media_ids: Sequence[str], *, writer: Writer = NODE_OPERATOR
+    ) -> RetractCounts:
         async with self._writes:
             async with self._db.transaction() as conn:
-                counts = await self._store.retract_media(conn, media_ids=media_ids)
+                counts = await self._store.retract_media(conn, media_ids=media_ids, writer=writer)
             if counts.retracted_row_ids:
                 await asyncio.to_thread(self._index.own.remove_rows, counts.retracted_row_ids)
         return counts
 
-    async def update_media(self, media_ids: Sequence[str], change: MediaChange) -> MediaChanged:
+    async def update_media(
+        self, media_ids: Sequence[str], change: MediaChange, *, writer: Writer = NODE_OPERATOR
+    ) -> MediaChanged:
         """An explicit change of media of this node; restored media match again at once."""
         async with self._writes:
             async with self._db.transaction() as conn:
                 outcome, restored = await self._store.update_media(
-                    conn, media_ids=media_ids, change=change
+                    conn, media_ids=media_ids, change=change, writer=writer
                 )
             if restored:
                 rows, values = [e.row_id for e in restored], [e.value for e in restored]

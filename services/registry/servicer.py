@@ -8,11 +8,12 @@ from typing import Any
 import grpc
 
 from hashex.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from services.core.caller import current_caller
 from services.core.errors import FieldProblem, HashexError, InvalidArgument
 from services.core.rpc_status import handles_errors, handles_stream_errors
 from services.core.server import ServiceBinding
 from services.registry import convert
-from services.registry.model import SubmitCounts, check_id, check_text
+from services.registry.model import SubmitCounts, Writer, check_id, check_text
 from services.registry.registry import Registry
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -39,7 +40,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         async for request in request_iterator:
             try:
                 batch = convert.submit_batch_from_proto(request)
-                total += await self._registry.submit_batch(batch)
+                total += await self._registry.submit_batch(batch, writer=_writer())
             except InvalidArgument as error:
                 raise _rejected_batch(error, batch_number, total) from None
             except HashexError as error:
@@ -88,7 +89,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     async def RetractMedia(
         self, request: registry_pb2.RetractMediaRequest, context: Context
     ) -> registry_pb2.RetractMediaResponse:
-        counts = await self._registry.retract(convert.retract_from_proto(request))
+        media_ids = convert.retract_from_proto(request)
+        counts = await self._registry.retract(media_ids, writer=_writer())
         return registry_pb2.RetractMediaResponse(
             retracted=counts.retracted, not_found=counts.not_found
         )
@@ -98,7 +100,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         self, request: registry_pb2.UpdateMediaRequest, context: Context
     ) -> registry_pb2.UpdateMediaResponse:
         media_ids, change = convert.media_change_from_proto(request)
-        outcome = await self._registry.update_media(media_ids, change)
+        outcome = await self._registry.update_media(media_ids, change, writer=_writer())
         return convert.media_changed_to_proto(outcome)
 
     @handles_errors
@@ -165,6 +167,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             schema_version=stats.schema_version,
             started_at=convert.timestamp(stats.started_at),
         )
+
+
+def _writer() -> Writer:
+    """The verified caller of the call in progress as a writer. PermissionDenied without one:
+    every write comes through the gateway or the node's admin socket, which name their caller
+    (the internal port of a registry run apart refuses calls without a forwarded caller)."""
+    caller = current_caller()
+    return Writer(caller.writer, any_media=caller.changes_any_record)
 
 
 def _checked(field: str, check: Callable[..., object], *args: str) -> None:

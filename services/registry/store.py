@@ -37,6 +37,7 @@ from services.registry import store_sql as sql
 from services.registry.cases import CaseSealer
 from services.registry.contract import MAX_VICTIMS_PER_SERIES, merge_problems
 from services.registry.model import (
+    NODE_OPERATOR,
     IdentificationStatus,
     MediaChange,
     MediaChanged,
@@ -47,8 +48,10 @@ from services.registry.model import (
     SeriesRecord,
     SubmitCounts,
     VictimRecord,
+    Writer,
 )
 from services.registry.replicated import ReplicatedApplied, ReplicatedChange
+from services.registry.store_owners import check_may_change, remember_submitter
 from services.registry.store_replicated import apply_replicated, begin_resync, sweep_unconfirmed
 from services.registry.store_rows import (
     PDQ_MIN_QUALITY,
@@ -96,19 +99,23 @@ class RegistryStore:
         self._sealer = sealer
 
     async def submit_media_batch(
-        self, conn: Any, *, batch: Sequence[MediaSubmission]
+        self, conn: Any, *, batch: Sequence[MediaSubmission], writer: Writer = NODE_OPERATOR
     ) -> tuple[SubmitCounts, list[PdqEntry]]:
         """Merge a batch of this node's media into what is stored; return the counts and the PDQ
         entries that became matchable. Nothing a submission leaves out is erased: signals and
         series are added, type and category set where given, flags set where given true. A
         retracted media is left as it is and counted. InvalidArgument, naming `media[i]`, when
         the batch would take a stored media past the contract's limits (nothing is stored).
-        A media id repeated in the batch counts as successive submissions."""
+        A media id repeated in the batch counts as successive submissions. PermissionDenied when
+        the batch changes media submitted by another unit than `writer`'s (and it may not)."""
         if not batch:
             return SubmitCounts(), []
         folded = fold_batch(batch)
         await lock_change_log(conn)
         held_rows = await conn.fetch(sql.HELD_MEDIA, self._origin, list(folded.media))
+        await check_may_change(
+            conn, origin=self._origin, media_ids=[r["media_id"] for r in held_rows], writer=writer
+        )
         before = {r["media_id"]: media_record(r) for r in held_rows}
         retracted = {r["media_id"] for r in held_rows if r["retracted"]}
         _check_merged_limits(folded, before, retracted)
@@ -118,6 +125,7 @@ class RegistryStore:
         entries: list[PdqEntry] = []
         if live:
             created, changed, entries = await self._merge(conn, live, folded, before)
+            await remember_submitter(conn, media_rows=sorted(created), writer=writer)
         counts = SubmitCounts(
             received=len(batch),
             created=len(created),
@@ -164,7 +172,12 @@ class RegistryStore:
         return created, changed, matchable_entries(new_signals, [])
 
     async def update_media(
-        self, conn: Any, *, media_ids: Sequence[str], change: MediaChange
+        self,
+        conn: Any,
+        *,
+        media_ids: Sequence[str],
+        change: MediaChange,
+        writer: Writer = NODE_OPERATOR,
     ) -> tuple[MediaChanged, list[PdqEntry]]:
         """Apply an explicit change to media of this node, all or none: NotFound names ids not
         held, FailedPrecondition retracted media changed without `restore`. Returns what
@@ -174,6 +187,7 @@ class RegistryStore:
         before = {r["media_id"]: media_record(r) for r in rows}
         if missing := [m for m in media_ids if m not in before]:
             raise NotFound(f"no media {_listed(missing)} on this node")
+        await check_may_change(conn, origin=self._origin, media_ids=media_ids, writer=writer)
         retracted = [r for r in rows if r["retracted"]]
         if retracted and not change.restore:
             raise FailedPrecondition(
@@ -274,11 +288,15 @@ class RegistryStore:
         rows = await conn.fetch(sql.SERIES_ROWS, list(row_ids), None, None)
         return group_series(rows)
 
-    async def retract_media(self, conn: Any, *, media_ids: Sequence[str]) -> RetractCounts:
-        """Withdraw media of this node; unknown or already retracted ids count as not found."""
+    async def retract_media(
+        self, conn: Any, *, media_ids: Sequence[str], writer: Writer = NODE_OPERATOR
+    ) -> RetractCounts:
+        """Withdraw media of this node; unknown or already retracted ids count as not found.
+        PermissionDenied (nothing retracted) for media another unit submitted."""
         if not media_ids:
             return RetractCounts(retracted=0, not_found=0)
         await lock_change_log(conn)
+        await check_may_change(conn, origin=self._origin, media_ids=media_ids, writer=writer)
         rows = await conn.fetch(sql.RETRACT_MEDIA, self._origin, list(media_ids))
         row_ids = tuple(sorted(r["id"] for r in rows))
         retracted = await _media_states(conn, row_ids)

@@ -29,6 +29,7 @@ from grpc_status import rpc_status
 from hashex.v1 import registry_pb2, registry_pb2_grpc
 from services.core.audit.recorder import AuditRecorder
 from services.core.audit.store import AuditStore
+from services.core.caller import current_caller
 from services.core.config import NodeConfig, check_listen, require_node_material
 from services.core.db.migrations import apply_migration_plan
 from services.core.db.pool import Database, open_database
@@ -43,6 +44,7 @@ from services.core.errors import (
 )
 from services.core.forwarded_caller import (
     ForwardedCallerInterceptor,
+    caller_metadata,
     load_internal_key,
 )
 from services.core.node_claim.store import claim_database
@@ -60,12 +62,16 @@ from services.sync.units_servicer import UnitsServicer
 DEFAULT_SYNC_LISTEN = "127.0.0.1:7701"
 
 
+_REGISTRY_LOOKUP = "/hashex.v1.Registry/Lookup"
+
+
 class RegistryLookupOverChannel:
     """The local lookup of sync (PeerLookup) and Units, asked of the registry service. Its
     refusals come back as the domain errors they were, so the servicers map them unchanged."""
 
-    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, secret: bytes, timeout_s: float) -> None:
         self._stub: Any = registry_pb2_grpc.RegistryStub(channel)
+        self._secret = secret
         self._timeout_s = timeout_s
 
     async def __call__(
@@ -75,8 +81,12 @@ class RegistryLookupOverChannel:
         origins and PeerLookup's policy filter then keeps `origin`'s matches, so a hash with
         more replicated matches than the limit may leave a peer fewer than it asked for."""
         try:
+            # The call runs as the caller sync serves (a peer, a unit), as the gateway signed it.
+            metadata = caller_metadata(
+                self._secret, _REGISTRY_LOOKUP, current_caller(), now_s=time.time()
+            )
             response: registry_pb2.LookupResponse = await self._stub.Lookup(
-                request, timeout=self._timeout_s
+                request, timeout=self._timeout_s, metadata=metadata
             )
         except grpc.aio.AioRpcError as error:
             raise domain_error(error) from None
@@ -156,7 +166,7 @@ async def start_sync_service(
     clock: Callable[[], float] = time.time,
 ) -> RunningSyncService:
     """Sync alone: its own pool, pullers, and Federation + Admin + Units on `listen`."""
-    check_listen(listen, allow_non_loopback=config.allow_plaintext_non_loopback)
+    check_listen(listen)
     require_node_material(config, internal_key=True)
     secret = load_internal_key(config.data_dir)
     own_ca_pem = (config.tls_dir / "ca.pem").read_bytes()
@@ -171,7 +181,9 @@ async def start_sync_service(
         async with database.connection() as conn:
             # No case key here: the registry checks that; this checks the node id.
             await claim_database(conn, node_id=config.node_id, case_key_fingerprint=None)
-        lookup = RegistryLookupOverChannel(registry_channel, timeout_s=config.call_deadline_s)
+        lookup = RegistryLookupOverChannel(
+            registry_channel, secret=secret, timeout_s=config.call_deadline_s
+        )
         recorder = AuditRecorder(AuditStore(database))
         sync = await start_sync(
             config,

@@ -1,4 +1,4 @@
-"""`hashex node init|rotate-key`, `hashex unit issue`, `hashex peer ...` and `hashex policy ...`
+"""`hashex node init|rotate-key`, `hashex peer ...` and `hashex policy ...`
 run in-process on real data directories (no node needs to be running for any of them)."""
 
 from __future__ import annotations
@@ -12,48 +12,7 @@ from cryptography import x509
 from services.cli.main import main
 from services.core import tls
 from services.core.trust import TrustStore, read_card
-
-
-class Run:
-    """`hashex ARGS...` in-process: (exit code, stdout, stderr); keeps everything printed."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-        self.seen: list[str] = []
-
-    def __call__(self, *args: str | Path) -> tuple[int, str, str]:
-        code = main([str(a) for a in args])
-        captured = self.capsys.readouterr()
-        self.seen.append(captured.out + captured.err)
-        return code, captured.out, captured.err
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    return Run(capsys)
-
-
-@pytest.fixture
-def gb(tmp_path: Path, run: Run) -> Path:
-    data_dir = tmp_path / "gb"
-    code, _, err = run(
-        "node", "init", "--node-id", "gb-nca", "--data-dir", data_dir,
-        "--gateway-listen", "0.0.0.0:7443", "--gateway-endpoint", "hashex.nca.example:7443",
-        "--gateway-host", "10.1.2.3", "--gateway-host", "gw.internal",
-    )  # fmt: skip
-    assert code == 0, err
-    return data_dir
-
-
-@pytest.fixture
-def us(tmp_path: Path, run: Run) -> Path:
-    data_dir = tmp_path / "us"
-    code, _, err = run(
-        "node", "init", "--node-id", "us-fbi", "--data-dir", data_dir,
-        "--gateway-endpoint", "127.0.0.1:8443",
-    )  # fmt: skip
-    assert code == 0, err
-    return data_dir
+from tests.cli.conftest import Run
 
 
 def card_of(run: Run, data_dir: Path, out: Path) -> Path:
@@ -215,7 +174,8 @@ def test_peer_card_needs_a_dialable_endpoint(gb: Path, us: Path, run: Run, tmp_p
 
 
 def test_revoke_by_fingerprint_or_certificate(gb: Path, run: Run, tmp_path: Path) -> None:
-    run("unit", "issue", "ceop-desk", "--out", tmp_path / "unit", "--data-dir", gb)
+    issue = ("unit", "issue", "ceop-desk", "--role", "analyst", "--out", tmp_path / "unit")
+    run(*issue, "--data-dir", gb)
     pem = tmp_path / "unit" / "ceop-desk.pem"
     fingerprint = tls.certificate_fingerprint(pem.read_bytes())
     code, out, _ = run("peer", "revoke", "--cert", pem, "--reason", "laptop lost", "--data-dir", gb)
@@ -231,32 +191,6 @@ def test_revoke_by_fingerprint_or_certificate(gb: Path, run: Run, tmp_path: Path
     assert code == 2 and "not a PEM certificate" in err
     with pytest.raises(SystemExit):
         main(["peer", "revoke", fingerprint, "--cert", str(pem), "--data-dir", str(gb)])
-
-
-def test_unit_and_operator_certificates(gb: Path, run: Run, tmp_path: Path) -> None:
-    out_dir = tmp_path / "unit"
-    code, out, err = run("unit", "issue", "ceop-desk", "--out", out_dir, "--data-dir", gb)
-    assert code == 0, err
-    assert "spiffe://hashex/node/gb-nca/unit/ceop-desk" in out
-    assert stat.S_IMODE((out_dir / "ceop-desk.key").stat().st_mode) == 0o600
-    assert (out_dir / "ca.pem").read_bytes() == (gb / "tls" / "ca.pem").read_bytes()
-    first = tls.load_certified_key(
-        certificate_path=out_dir / "ceop-desk.pem", key_path=out_dir / "ceop-desk.key"
-    )
-    code, _, _ = run("unit", "issue", "ceop-desk", "--out", out_dir, "--data-dir", gb)
-    again = tls.load_certified_key(
-        certificate_path=out_dir / "ceop-desk.pem", key_path=out_dir / "ceop-desk.key"
-    )
-    assert code == 0 and again.fingerprint != first.fingerprint
-    code, out, _ = run("unit", "issue", "alice", "--operator", "--out", out_dir, "--data-dir", gb)
-    assert code == 0 and "spiffe://hashex/node/gb-nca/operator/alice" in out
-    code, _, err = run("unit", "issue", "a/b", "--out", out_dir, "--data-dir", gb)
-    assert code == 2 and "unit name" in err
-    code, _, err = run("unit", "issue", "ca", "--out", out_dir, "--data-dir", gb)
-    assert code == 2 and "taken by ca.pem" in err
-    (gb / "tls" / "ca.key").chmod(0o640)
-    code, _, err = run("unit", "issue", "desk2", "--out", out_dir, "--data-dir", gb)
-    assert code == 3 and "accessible to group or others" in err
 
 
 def test_policy_show_and_set(gb: Path, us: Path, run: Run, tmp_path: Path) -> None:

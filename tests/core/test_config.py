@@ -33,7 +33,7 @@ def test_missing_node_is_explained(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ('listen = "0.0.0.0:7700"', "is not loopback"),
+        ("allow_plaintext_non_loopback = false", "allow_plaintext_non_loopback was removed"),
         ('listen = "nonsense"', "must be HOST:PORT"),
         ("pdq_default_max_distance = 99", "pdq_default_max_distance must be 0-64"),
         ("colour = 1", "unknown setting(s) colour"),
@@ -52,8 +52,7 @@ def test_invalid_settings_are_refused(tmp_path: Path, extra: str, message: str) 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        # A text "no" was taken as true and opened the plaintext port on every interface.
-        ('allow_plaintext_non_loopback = "no"', "allow_plaintext_non_loopback: expected a boolean"),
+        ('pdq_default_max_distance = "no"', "pdq_default_max_distance: expected a whole number"),
         ("listen = 7700", "listen: expected a string"),
         ('rate_limit_hashes_per_s = "fast"', "rate_limit_hashes_per_s: expected a number"),
         ("rate_limit_hashes_burst = 2.5", "rate_limit_hashes_burst: expected a whole number"),
@@ -83,12 +82,11 @@ def test_whole_numbers_are_accepted_as_seconds(tmp_path: Path) -> None:
     assert (config.pull_hold_s, config.shutdown_grace_s) == (600.0, 5.0)
 
 
-def test_non_loopback_needs_an_explicit_opt_in(tmp_path: Path) -> None:
+def test_an_internal_port_may_listen_beyond_loopback(tmp_path: Path) -> None:
+    """The registry's `listen` is only served by `registry serve`, where every call but health
+    needs the gateway's signed caller (no plaintext port is open to anyone any more)."""
     path = write_config(tmp_path, node_id="gb-nca", listen="127.0.0.1:1")
-    path.write_text(
-        path.read_text().replace('"127.0.0.1:1"', '"0.0.0.0:7700"')
-        + "allow_plaintext_non_loopback = true\n"
-    )
+    path.write_text(path.read_text().replace('"127.0.0.1:1"', '"0.0.0.0:7700"'))
     assert load_config(tmp_path, env={}).listen == "0.0.0.0:7700"
 
 

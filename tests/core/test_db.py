@@ -144,7 +144,7 @@ async def test_migrations_apply_to_an_empty_database(pool: Any) -> None:
         for r in await pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     }
     expected = {"media", "signals", "series", "media_series", "victims", "case_records"}
-    assert expected | {"change_log", "schema_version"} == tables
+    assert expected | {"change_log", "schema_version", "media_submitters"} == tables
     row = await pool.fetchrow("SELECT * FROM schema_version WHERE version = 1")
     file = REGISTRY_MIGRATIONS / "0001_initial.sql"
     assert (row["component"], row["version"], row["name"]) == ("registry", 1, "initial")

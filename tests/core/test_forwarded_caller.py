@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from services.core.caller import Caller
+from services.core.caller import UNIT_ROLES, Caller
 from services.core.errors import FailedPrecondition
 from services.core.forwarded_caller import (
     CALLER_HEADER,
@@ -39,8 +39,9 @@ def callers(draw: st.DrawFn) -> Caller:
         node_id=draw(st.from_regex(r"[a-z][a-z0-9-]{1,20}", fullmatch=True)),
         kind=kind,
         name=None if kind == "node" else draw(names),
-        role=draw(st.sampled_from(["unit", "operator", "peer", "none"])),
+        role=draw(st.sampled_from(["unit", "operator", "peer", "admin", "none"])),
         fingerprint=draw(st.binary(min_size=32, max_size=32)).hex(),
+        unit_roles=draw(st.frozensets(st.sampled_from(UNIT_ROLES))),
     )
 
 

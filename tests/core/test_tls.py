@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from services.core import tls
 from services.core.errors import FailedPrecondition, InvalidArgument
 from services.core.server import RunningServer, ServiceBinding, build_server
+from tests.signed_caller import WORKING_ROLES
 
 WHOAMI = "/hashex.test.Whoami/Get"
 CALL_TIMEOUT_S = 10.0
@@ -84,7 +85,7 @@ async def _refused(port: int, credentials: grpc.ChannelCredentials) -> grpc.Stat
 async def test_unit_of_the_node_is_served_and_seen_by_its_uri(
     server: RunningServer, node_ca: tls.NodeCa
 ) -> None:
-    unit = tls.issue_unit_certificate(node_ca, unit="ceop-desk")
+    unit = tls.issue_unit_certificate(node_ca, unit="ceop-desk", roles=WORKING_ROLES)
     credentials = tls.channel_credentials(unit, trusted_server_cas=[node_ca.certificate_pem])
     assert await _health(server.port, credentials) == health_pb2.HealthCheckResponse.SERVING
     async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", credentials) as channel:
@@ -105,7 +106,9 @@ async def test_client_without_certificate_is_refused(
 async def test_client_certified_by_another_ca_is_refused(
     server: RunningServer, node_ca: tls.NodeCa
 ) -> None:
-    stranger = tls.issue_unit_certificate(tls.create_node_ca(node_id="xx-rogue"), unit="ceop-desk")
+    stranger = tls.issue_unit_certificate(
+        tls.create_node_ca(node_id="xx-rogue"), unit="ceop-desk", roles=WORKING_ROLES
+    )
     credentials = tls.channel_credentials(stranger, trusted_server_cas=[node_ca.certificate_pem])
     assert await _refused(server.port, credentials) == grpc.StatusCode.UNAVAILABLE
 
@@ -114,7 +117,9 @@ async def test_expired_client_certificate_is_refused(
     server: RunningServer, node_ca: tls.NodeCa
 ) -> None:
     long_ago = datetime.now(UTC) - timedelta(days=60)
-    expired = tls.issue_unit_certificate(node_ca, unit="old-desk", now=long_ago)
+    expired = tls.issue_unit_certificate(
+        node_ca, unit="old-desk", roles=WORKING_ROLES, now=long_ago
+    )
     credentials = tls.channel_credentials(expired, trusted_server_cas=[node_ca.certificate_pem])
     assert await _refused(server.port, credentials) == grpc.StatusCode.UNAVAILABLE
 
@@ -123,14 +128,14 @@ async def test_client_refuses_a_server_it_does_not_trust(
     server: RunningServer, node_ca: tls.NodeCa
 ) -> None:
     other = tls.create_node_ca(node_id="fr-ocrvp")
-    unit = tls.issue_unit_certificate(node_ca, unit="ceop-desk")
+    unit = tls.issue_unit_certificate(node_ca, unit="ceop-desk", roles=WORKING_ROLES)
     credentials = tls.channel_credentials(unit, trusted_server_cas=[other.certificate_pem])
     assert await _refused(server.port, credentials) == grpc.StatusCode.UNAVAILABLE
 
 
 def test_certificates_carry_identity_usages_and_short_validity(node_ca: tls.NodeCa) -> None:
     node = tls.issue_node_certificate(node_ca).certificate
-    unit = tls.issue_unit_certificate(node_ca, unit="ceop-desk").certificate
+    unit = tls.issue_unit_certificate(node_ca, unit="ceop-desk", roles=WORKING_ROLES).certificate
     sans = node.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [
         "spiffe://hashex/node/gb-nca"
@@ -152,17 +157,17 @@ def test_certificates_carry_identity_usages_and_short_validity(node_ca: tls.Node
 
 def test_leaf_never_outlives_its_ca() -> None:
     ca = tls.create_node_ca(node_id="gb-nca", valid_for=timedelta(days=3))
-    leaf = tls.issue_unit_certificate(ca, unit="ceop-desk").certificate
+    leaf = tls.issue_unit_certificate(ca, unit="ceop-desk", roles=WORKING_ROLES).certificate
     assert leaf.not_valid_after_utc == ca.material.certificate.not_valid_after_utc
 
 
 def test_unit_names_are_one_path_segment(node_ca: tls.NodeCa) -> None:
     with pytest.raises(InvalidArgument, match="unit name"):
-        tls.issue_unit_certificate(node_ca, unit="desk/../../other-node")
+        tls.issue_unit_certificate(node_ca, unit="desk/../../other-node", roles=WORKING_ROLES)
 
 
 def test_files_round_trip_with_private_keys_0600(tmp_path: Path, node_ca: tls.NodeCa) -> None:
-    unit = tls.issue_unit_certificate(node_ca, unit="ceop-desk")
+    unit = tls.issue_unit_certificate(node_ca, unit="ceop-desk", roles=WORKING_ROLES)
     paths = {"certificate_path": tmp_path / "ca.crt", "key_path": tmp_path / "keys" / "ca.key"}
     tls.write_certified_key(node_ca.material, **paths)
     tls.write_certified_key(unit, certificate_path=tmp_path / "u.crt", key_path=tmp_path / "u.key")
@@ -183,7 +188,7 @@ def test_files_round_trip_with_private_keys_0600(tmp_path: Path, node_ca: tls.No
 def test_loading_refuses_open_keys_and_mismatched_pairs(
     tmp_path: Path, node_ca: tls.NodeCa
 ) -> None:
-    unit = tls.issue_unit_certificate(node_ca, unit="ceop-desk")
+    unit = tls.issue_unit_certificate(node_ca, unit="ceop-desk", roles=WORKING_ROLES)
     tls.write_certified_key(unit, certificate_path=tmp_path / "u.crt", key_path=tmp_path / "u.key")
     with pytest.raises(FailedPrecondition, match="does not belong"):
         tls.load_certified_key(
@@ -286,7 +291,7 @@ def test_every_issued_chain_passes_a_strict_rfc5280_verifier() -> None:
         chain = builder.build_server_verifier(name).verify(leaf, [])
         assert chain[-1] == ca_certificate
     clients = [
-        tls.issue_unit_certificate(ca, unit="cyber-desk"),
+        tls.issue_unit_certificate(ca, unit="cyber-desk", roles=WORKING_ROLES),
         tls.issue_operator_certificate(ca, name="ops"),
         node,  # it calls peers' gateways too
     ]

@@ -35,10 +35,13 @@ from hashex.v1 import (
 )
 from services.cli.main import main as hashex_main
 from services.core import tls
+from services.core.caller import UnitRole
 from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.config import NodeConfig, load_config
+from services.gateway.admin_socket import socket_target
 from services.gateway.composition import RunningNode, start_node
 from services.sync.policy import SharingPolicy, save_policy
+from tests.signed_caller import WORKING_ROLES
 from tests.waiting import wait_for
 
 CONVERGE_TIMEOUT_S = 60.0
@@ -126,7 +129,7 @@ class Agency:
         self.channels.clear()
 
     def local_channel(self) -> grpc.aio.Channel:
-        """The node's loopback port (the operator's own commands)."""
+        """The node's admin socket (the operator's own commands)."""
         channel = grpc.aio.insecure_channel(self.address)
         self.channels.append(channel)
         return channel
@@ -137,15 +140,17 @@ class Agency:
     def admin(self) -> federation_pb2_grpc.AdminStub:
         return federation_pb2_grpc.AdminStub(self.local_channel())
 
-    def unit_channel(self, unit: str = "alice") -> grpc.aio.Channel:
-        """The gateway, over mutual TLS, as a unit of this node."""
+    def unit_channel(
+        self, unit: str = "alice", roles: Sequence[UnitRole] = WORKING_ROLES
+    ) -> grpc.aio.Channel:
+        """The gateway, over mutual TLS, as a unit of this node with `roles`."""
         config = self.config
         ca = tls.load_node_ca(
             node_id=self.node_id,
             certificate_path=config.tls_dir / "ca.pem",
             key_path=config.tls_dir / "ca.key",
         )
-        identity = tls.issue_unit_certificate(ca, unit=unit)
+        identity = tls.issue_unit_certificate(ca, unit=unit, roles=roles)
         credentials = tls.channel_credentials(identity, trusted_server_cas=[ca.certificate_pem])
         channel = grpc.aio.secure_channel(self.running.gateway_address, credentials)
         self.channels.append(channel)
@@ -267,7 +272,7 @@ class NodeProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     async def serving(self) -> None:
-        """Wait until the node announces it serves, then read its loopback address. The
+        """Wait until the node announces it serves; its address is then its admin socket. The
         announcement is the command's own line, printed after the address files are written
         (the gateway logs its own "serving on" before they are)."""
 
@@ -281,8 +286,7 @@ class NodeProcess:
         except BaseException:
             await self.stop(signal.SIGKILL)
             raise
-        address_file = self._data_dir / "run" / "registry.addr"
-        self.address = address_file.read_text(encoding="utf-8").strip()
+        self.address = socket_target(self._data_dir / "run" / "admin.sock")
 
     async def stop(self, signum: int) -> int:
         """Send `signum` and reap the process (killing it if it will not go within 30 s)."""

@@ -37,6 +37,7 @@ from tests.federation.rogue import (
     unchanged,
 )
 from tests.registry.node_harness import md5, submission
+from tests.signed_caller import WORKING_ROLES
 from tests.waiting import wait_for
 
 PULL = "/hashex.v1.Federation/Pull"
@@ -257,7 +258,13 @@ async def test_a_unit_certificate_may_not_pull(pg_server: Any, tmp_path: Path) -
         error = await refusal(drain(stream, received))
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert received == []
-        [record] = await audit_log(node)
+        submitted, record = await audit_log(node)
+        # The submission came over the node's admin socket: audited like any call.
+        assert (submitted["caller"], submitted["role"], submitted["status"]) == (
+            tls.operator_uri(RECEIVER, "admin-socket"),
+            "admin",
+            "OK",
+        )
         assert (record["caller"], record["role"], record["method"]) == (
             tls.unit_uri(RECEIVER, "alice"),
             "unit",
@@ -381,7 +388,7 @@ async def test_sync_commands_take_the_gateway_with_a_certificate(
         (folder / "ca.pem").write_bytes(ca.certificate_pem)
         for name, issued in (
             ("ops", tls.issue_operator_certificate(ca, name="ops")),
-            ("desk", tls.issue_unit_certificate(ca, unit="desk")),
+            ("desk", tls.issue_unit_certificate(ca, unit="desk", roles=WORKING_ROLES)),
         ):
             tls.write_certified_key(
                 issued, certificate_path=folder / f"{name}.pem", key_path=folder / f"{name}.key"

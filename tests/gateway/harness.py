@@ -30,6 +30,7 @@ from services.registry.pdq_indexes import PdqIndexes
 from services.registry.registry import Registry
 from services.registry.servicer import RegistryServicer
 from services.registry.store import RegistryStore
+from tests.signed_caller import WORKING_ROLES
 from tests.store_calls import database_of
 
 OWN = "gb-nca"
@@ -128,7 +129,7 @@ class GatewayUnderTest:
         return channel
 
     def unit(self, name: str = "ceop-desk") -> tls.CertifiedKey:
-        return tls.issue_unit_certificate(self.pki.own, unit=name)
+        return tls.issue_unit_certificate(self.pki.own, unit=name, roles=WORKING_ROLES)
 
     def peer(self) -> tls.CertifiedKey:
         return tls.issue_node_certificate(self.pki.peer)

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hashex.v1 import federation_pb2, federation_pb2_grpc, registry_pb2, registry_pb2_grpc
 from services.core import tls
@@ -27,6 +28,7 @@ from services.sync.standalone import RunningSyncService, start_sync_service
 from tests.federation.harness import FAST_SYNC, cli, init_agency
 from tests.gateway.harness import request_digest
 from tests.registry.node_harness import md5, submission
+from tests.signed_caller import WORKING_ROLES, signed_channel
 
 OWN, PEER = "gb-nca", "us-fbi"
 MAX_REQUEST_BYTES = 65_536
@@ -51,7 +53,7 @@ class Apart:
         return self._keep(grpc.aio.secure_channel(self.gateway.address, credentials))
 
     def unit(self) -> registry_pb2_grpc.RegistryStub:
-        identity = tls.issue_unit_certificate(self.ca, unit="alice")
+        identity = tls.issue_unit_certificate(self.ca, unit="alice", roles=WORKING_ROLES)
         return registry_pb2_grpc.RegistryStub(self.gateway_channel(identity))
 
     def peer(self) -> federation_pb2_grpc.FederationStub:
@@ -64,8 +66,9 @@ class Apart:
         )
 
     def registry_port(self) -> registry_pb2_grpc.RegistryStub:
+        """Straight to the registry's internal port, with a caller signed as the gateway would."""
         return registry_pb2_grpc.RegistryStub(
-            self._keep(grpc.aio.insecure_channel(self.registry.address))
+            self._keep(signed_channel(self.registry.address, self.config))
         )
 
     def _keep(self, channel: grpc.aio.Channel) -> grpc.aio.Channel:
@@ -178,6 +181,38 @@ async def test_a_peers_pull_reaches_sync_as_that_peer(apart: Apart) -> None:
     assert peer_lookup.entry.status == "OK"
 
 
+async def test_internal_ports_serve_nothing_but_health_without_a_signed_caller(
+    apart: Apart,
+) -> None:
+    """They are plaintext and may listen on the node's internal network: a call that did not
+    come through the gateway (Registry, Admin, Units) is refused, health still answers."""
+    bare = {
+        "registry": grpc.aio.insecure_channel(apart.registry.address),
+        "sync": grpc.aio.insecure_channel(apart.sync.address),
+    }
+    for channel in bare.values():
+        apart.channels.append(channel)
+    lookup = registry_pb2.LookupRequest(signals=[md5(b"\x09" * 16)])
+    calls = {
+        "Registry/Lookup": registry_pb2_grpc.RegistryStub(bare["registry"]).Lookup(lookup),
+        "Admin/GetSyncStatus": federation_pb2_grpc.AdminStub(bare["sync"]).GetSyncStatus(
+            federation_pb2.GetSyncStatusRequest()
+        ),
+        "Units/FederatedLookup": federation_pb2_grpc.UnitsStub(bare["sync"]).FederatedLookup(
+            federation_pb2.FederatedLookupRequest(lookup=lookup)
+        ),
+    }
+    for name, call in calls.items():
+        refused = await _refusal(call)
+        assert refused.code() == grpc.StatusCode.PERMISSION_DENIED, name
+        assert "internal port" in (refused.details() or ""), name
+    for channel in bare.values():
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
 async def test_the_sync_port_runs_a_call_as_a_caller_only_with_a_valid_mac(apart: Apart) -> None:
     secret = load_internal_key(apart.config.data_dir)
     peer = Caller(PEER, "node", None, "peer", "00" * 32)
@@ -222,7 +257,7 @@ async def test_upstream_errors_come_back_unchanged(apart: Apart) -> None:
 
 
 async def test_units_and_admin_are_served_by_sync_behind_the_gateway(apart: Apart) -> None:
-    unit_identity = tls.issue_unit_certificate(apart.ca, unit="bob")
+    unit_identity = tls.issue_unit_certificate(apart.ca, unit="bob", roles=WORKING_ROLES)
     units = federation_pb2_grpc.UnitsStub(apart.gateway_channel(unit_identity))
     await apart.unit().SubmitMedia(
         iter([registry_pb2.SubmitMediaRequest(media=[submission("u1", md5(b"\x04" * 16))])]),

@@ -33,6 +33,7 @@ from tests.gateway.harness import (
     request_digest,
     running_gateway,
 )
+from tests.signed_caller import WORKING_ROLES
 
 STATS = "/hashex.v1.Registry/GetStats"
 PULL = "/hashex.v1.Federation/Pull"
@@ -344,7 +345,7 @@ async def test_units_and_operators_of_a_peer_have_no_role_here(
     gateway: GatewayUnderTest, pki: Pki, kind: str
 ) -> None:
     if kind == "unit":
-        identity = tls.issue_unit_certificate(pki.peer, unit="desk")
+        identity = tls.issue_unit_certificate(pki.peer, unit="desk", roles=WORKING_ROLES)
     else:
         identity = tls.issue_operator_certificate(pki.peer, name="ops")
     error = await refused(lambda: _pull(gateway.channel(identity)))

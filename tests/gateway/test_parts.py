@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.core import tls
-from services.core.caller import Caller, calling_as, current_caller
+from services.core.caller import Caller, CallerKind, Role, UnitRole, calling_as, current_caller
 from services.core.errors import PermissionDenied
 from services.core.trust import TrustStore, deny
 from services.gateway import authz
@@ -32,17 +32,41 @@ def test_token_bucket_allows_bursts_then_the_rate() -> None:
     assert sum(limiter.try_acquire("a") for _ in range(5)) == 3
 
 
+def _caller(role: Role, *unit_roles: UnitRole) -> Caller:
+    name = None if role in ("peer", "none") else "desk"
+    kind: CallerKind = "unit" if role == "unit" else "operator" if role != "peer" else "node"
+    return Caller(OWN, kind, name, role, "f" * 64, frozenset(unit_roles))
+
+
 def test_method_table_denies_by_default() -> None:
-    assert authz.is_allowed("/hashex.v1.Registry/Lookup", "unit")
-    assert authz.is_allowed("/hashex.v1.Units/FederatedLookup", "unit")
-    assert not authz.is_allowed("/hashex.v1.Units/Other", "unit")
-    assert authz.is_allowed("/hashex.v1.Federation/Pull", "peer")
-    assert not authz.is_allowed("/hashex.v1.Federation/Pull", "unit")
-    assert authz.is_allowed("/hashex.v1.Admin/GetSyncStatus", "operator")
-    assert not authz.is_allowed("/hashex.v1.Admin/GetSyncStatus", "unit")
-    assert authz.is_allowed("/grpc.health.v1.Health/Check", "none")
-    assert not authz.is_allowed("/hashex.v1.Registry/Lookup", "peer")
-    assert not authz.is_allowed("/hashex.v1.Something/New", "operator")
+    analyst, submitter = _caller("unit", "analyst"), _caller("unit", "submitter")
+    assert authz.is_allowed("/hashex.v1.Registry/Lookup", analyst)
+    assert authz.is_allowed("/hashex.v1.Units/FederatedLookup", analyst)
+    assert not authz.is_allowed("/hashex.v1.Registry/SubmitMedia", analyst)
+    assert authz.is_allowed("/hashex.v1.Registry/SubmitMedia", submitter)
+    assert not authz.is_allowed("/hashex.v1.Registry/Lookup", submitter)
+    assert not authz.is_allowed("/hashex.v1.Registry/UpdateVictim", submitter)
+    assert authz.is_allowed("/hashex.v1.Registry/UpdateVictim", _caller("unit", "victim-id"))
+    assert authz.is_allowed("/hashex.v1.Registry/RetractMedia", _caller("unit", "supervisor"))
+    assert not authz.is_allowed("/hashex.v1.Units/Other", analyst)
+    assert authz.is_allowed("/hashex.v1.Federation/Pull", _caller("peer"))
+    assert not authz.is_allowed("/hashex.v1.Federation/Pull", analyst)
+    assert authz.is_allowed("/hashex.v1.Admin/GetSyncStatus", _caller("operator"))
+    assert not authz.is_allowed("/hashex.v1.Admin/GetSyncStatus", _caller("unit", "supervisor"))
+    assert authz.is_allowed("/grpc.health.v1.Health/Check", _caller("none"))
+    assert not authz.is_allowed("/hashex.v1.Registry/Lookup", _caller("peer"))
+    assert not authz.is_allowed("/hashex.v1.Registry/Lookup", _caller("unit"))
+    assert not authz.is_allowed("/hashex.v1.Something/New", _caller("operator"))
+    assert not authz.is_allowed("/hashex.v1.Something/New", _caller("admin"))
+    assert authz.is_allowed("/hashex.v1.Registry/UpdateVictim", _caller("admin"))
+
+
+def test_refusals_name_the_role_needed() -> None:
+    message = authz.refusal_message("/hashex.v1.Registry/SubmitMedia", _caller("unit", "analyst"))
+    assert "unit desk (role analyst)" in message
+    assert "needs the role submitter or supervisor" in message
+    legacy = authz.refusal_message("/hashex.v1.Registry/Lookup", _caller("unit"))
+    assert "carries no role" in legacy and "hashex unit issue desk --role" in legacy
 
 
 def _auth_context(leaf: tls.CertifiedKey, version: bytes = b"TLSv1.3") -> Mapping[str, list[bytes]]:

@@ -15,6 +15,7 @@ from hashex.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from services.cli.main import main as hashex_main
 from services.core.config import NodeConfig, load_config
 from services.registry.app import RunningRegistry, start_registry
+from tests.signed_caller import signed_channel
 
 
 @dataclass
@@ -47,7 +48,7 @@ async def running_node(data_dir: Path, database_url: str) -> AsyncIterator[Node]
         init_node_dir(data_dir)
     config = load_config(data_dir, env={"DATABASE_URL": database_url})
     running = await start_registry(config)
-    channel = grpc.aio.insecure_channel(running.address)
+    channel = signed_channel(running.address, config)
     try:
         yield Node(config, running, registry_pb2_grpc.RegistryStub(channel), channel)
     finally:

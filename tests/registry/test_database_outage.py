@@ -17,6 +17,7 @@ from hashex.v1 import registry_pb2, registry_pb2_grpc
 from services.core.config import load_config
 from services.registry.app import start_registry
 from tests.registry.node_harness import init_node_dir, md5, submission, submit
+from tests.signed_caller import signed_channel
 from tests.waiting import wait_for
 
 HASH = md5(b"kept-through-it.")
@@ -35,7 +36,7 @@ async def test_a_killed_postmaster_is_answered_unavailable_then_restarted(
     init_node_dir(node_data_dir)
     config = load_config(node_data_dir, env={})
     running = await start_registry(config)
-    channel = grpc.aio.insecure_channel(running.address)
+    channel = signed_channel(running.address, config)
     try:
         stub = registry_pb2_grpc.RegistryStub(channel)
         await submit(stub, [submission("m", HASH)])

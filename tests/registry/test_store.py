@@ -303,7 +303,7 @@ async def test_stats_count_victims_per_status(store: RegistryStore) -> None:
     assert stats.series_count == 1
     assert stats.victim_counts[IdentificationStatus.IDENTIFIED] == 2
     assert stats.victim_counts[IdentificationStatus.SAFEGUARDED] == 0
-    assert await store.schema_version() == 6  # 0001 initial … 0006 series_count_replanned
+    assert await store.schema_version() == 7  # 0001 initial … 0007 media_submitters
 
 
 async def test_only_this_nodes_media_can_be_retracted(db_pool: Any, sealer: CaseSealer) -> None:
