@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from hashex.v1 import common_pb2, registry_pb2
 from services.cli import exit_codes
+from services.cli.json_output import write_json
 from services.cli.node_client import add_node_options, registry_stub, run_command
 from services.core.errors import InvalidArgument
 from services.registry.model import check_id
@@ -78,8 +77,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _print_json(message: Message) -> None:
-    json.dump(MessageToDict(message), sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    write_json(message, sys.stdout)
 
 
 def _stats(ns: argparse.Namespace) -> int:
