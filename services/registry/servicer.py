@@ -90,7 +90,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     ) -> registry_pb2.RetractMediaResponse:
         counts = await self._registry.retract(convert.retract_from_proto(request))
         return registry_pb2.RetractMediaResponse(
-            retracted=counts.retracted, not_found=counts.not_found
+            retracted=counts.retracted,
+            not_found=counts.not_found,
+            already_retracted=counts.already_retracted,
         )
 
     @handles_errors
