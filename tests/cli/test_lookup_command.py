@@ -8,8 +8,10 @@ import json
 import os
 from pathlib import Path
 
+from hashex.v1 import federation_pb2
 from services.cli import exit_codes
 from services.cli.demo_images import synthetic_image
+from services.cli.lookup_command import PeerTally
 from services.cli.lookup_inputs import MAX_FILES
 from tests.cli.node_process import NodeProcess, hashex
 from tests.federation.harness import free_port
@@ -119,3 +121,25 @@ def test_folders_images_and_stdin_and_a_peer_that_did_not_answer(
         assert hashex("lookup", ABSENT, *at).returncode == exit_codes.NO_MATCH
     finally:
         assert node.stop() == 0
+
+
+def test_a_peer_that_failed_one_batch_leaves_the_lookup_incomplete() -> None:
+    """Batches of 1,000 hashes are asked one by one; a failure in any batch is what is kept."""
+    answered = federation_pb2.PEER_LOOKUP_OUTCOME_ANSWERED
+    timed_out = federation_pb2.PEER_LOOKUP_OUTCOME_TIMED_OUT
+    not_asked = federation_pb2.PEER_LOOKUP_OUTCOME_NOT_ASKED
+    tally = PeerTally()
+    tally.add([federation_pb2.PeerOutcome(peer_id="us-fbi", asked=0, outcome=not_asked)])
+    tally.add([federation_pb2.PeerOutcome(peer_id="us-fbi", asked=3, outcome=answered)])
+    assert tally.complete()
+    tally.add(
+        [federation_pb2.PeerOutcome(peer_id="us-fbi", asked=2, outcome=timed_out, error="slow")]
+    )
+    tally.add([federation_pb2.PeerOutcome(peer_id="us-fbi", asked=4, outcome=answered)])
+    assert not tally.complete()
+    assert tally.as_json() == [
+        {"peer_id": "us-fbi", "asked": 9, "error": "slow", "outcome": "timed_out"}
+    ]
+    assert tally.unanswered() == [
+        "incomplete: peer us-fbi timed out (slow): its 9 hashes unchecked there"
+    ]
