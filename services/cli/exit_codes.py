@@ -22,7 +22,7 @@ INCOMPLETE = 5
 OUTPUT_CLOSED = 141
 
 EPILOG = """exit codes:
-  0  success (for lookup: at least one match)
+  0  success (for lookup: at least one match, and every peer asked answered)
   1  lookup: no match
   2  bad input: nothing was sent or stored
   3  the node could not be reached or failed

@@ -45,11 +45,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "lookup",
         help="look hashes, images and folders up at the node (exact and PDQ near matches)",
         description=(
-            "Look hashes up at your node. Each argument is a hash as ALGO:HEX (md5, sha1, "
-            "sha256, pdq, photodna), a file of such lines (# comments allowed), a hash file "
-            "from `hashex hash` (.jsonl, .csv), an image, a folder (walked recursively, at most "
-            f"{MAX_FILES:,} files), or - for ALGO:HEX lines on stdin. Images and folders are "
-            "hashed here as `hashex hash` does: only their hashes are sent."
+            "Look hashes up at your node. Each argument is a hash as ALGO:HEX (md5, sha1,\n"
+            "sha256, pdq, photodna), a file of such lines (# comments allowed), a hash file\n"
+            "from `hashex hash` (.jsonl, .csv), an image, a folder (walked recursively, at\n"
+            f"most {MAX_FILES:,} files), or - for ALGO:HEX lines on stdin. Images and folders\n"
+            "are hashed here as `hashex hash` does: only their hashes are sent."
         ),
         epilog=(
             "examples:\n"
