@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Retract media by id (as `hashex lookup` shows them), or from --file.",
         epilog=(
             "example: hashex retract sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822c\n\n"
-            "Media already retracted count as done (exit 0); an id that is not media of this "
-            "node exits 4, after the others are retracted.\n\n" + exit_codes.EPILOG
+            "Media already retracted count as done (exit 0); an id that is not media of\n"
+            "this node exits 4, after the others are retracted.\n\n" + exit_codes.EPILOG
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
