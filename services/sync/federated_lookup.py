@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
-
-import grpc
+from typing import Protocol
 
 from hashex.v1 import federation_pb2, registry_pb2
 
@@ -134,18 +132,19 @@ def _timeout_s(timeout_ms: int) -> float:
     return min(timeout_ms, MAX_PEER_TIMEOUT_MS) / 1000
 
 
-_OUTCOME_OF_STATUS: dict[Any, federation_pb2.PeerLookupOutcome.ValueType] = {
-    grpc.StatusCode.UNAVAILABLE: federation_pb2.PEER_LOOKUP_OUTCOME_UNREACHABLE,
-    grpc.StatusCode.UNAUTHENTICATED: federation_pb2.PEER_LOOKUP_OUTCOME_REFUSED,
-    grpc.StatusCode.PERMISSION_DENIED: federation_pb2.PEER_LOOKUP_OUTCOME_REFUSED,
-    grpc.StatusCode.DEADLINE_EXCEEDED: federation_pb2.PEER_LOOKUP_OUTCOME_TIMED_OUT,
+# By gRPC status name (the peer clients raise grpc errors; this module stays free of grpc).
+_OUTCOME_OF_STATUS: dict[str, federation_pb2.PeerLookupOutcome.ValueType] = {
+    "UNAVAILABLE": federation_pb2.PEER_LOOKUP_OUTCOME_UNREACHABLE,
+    "UNAUTHENTICATED": federation_pb2.PEER_LOOKUP_OUTCOME_REFUSED,
+    "PERMISSION_DENIED": federation_pb2.PEER_LOOKUP_OUTCOME_REFUSED,
+    "DEADLINE_EXCEEDED": federation_pb2.PEER_LOOKUP_OUTCOME_TIMED_OUT,
 }
 
 
 def _outcome_of(exc: Exception) -> federation_pb2.PeerLookupOutcome.ValueType:
     code = getattr(exc, "code", None)
-    status = code() if callable(code) else None
-    return _OUTCOME_OF_STATUS.get(status, federation_pb2.PEER_LOOKUP_OUTCOME_FAILED)
+    name = getattr(code(), "name", "") if callable(code) else ""
+    return _OUTCOME_OF_STATUS.get(name, federation_pb2.PEER_LOOKUP_OUTCOME_FAILED)
 
 
 def _no_answer(timeout_s: float) -> str:
