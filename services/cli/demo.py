@@ -123,7 +123,7 @@ def wait_until_converged(dirs: dict[str, Path]) -> None:
         for node_id, data_dir in dirs.items():
             done = quiet("sync", "status", "--json", "--data-dir", data_dir)
             statuses[node_id] = json.loads(done.stdout) if done.returncode == 0 else {}
-        heads = {n: int(s.get("localLastSeq", 0)) for n, s in statuses.items()}
+        heads = {n: int(s.get("local_last_seq", 0)) for n, s in statuses.items()}
         behind = [
             f"{node_id} <- {peer_id}"
             for node_id, status in statuses.items()
@@ -139,11 +139,11 @@ def wait_until_converged(dirs: dict[str, Path]) -> None:
 
 def _caught_up(status: dict[str, Any], peer_id: str, head: int) -> bool:
     for peer in status.get("peers", []):
-        if peer.get("peerId") == peer_id:
+        if peer.get("peer_id") == peer_id:
             return (
-                int(peer.get("cursorSeq", 0)) >= head
-                and bool(peer.get("lastSuccessAt"))
-                and not peer.get("lastError")
+                int(peer.get("cursor_seq", 0)) >= head
+                and bool(peer.get("last_success_at"))
+                and not peer.get("last_error")
             )
     return False
 

@@ -11,14 +11,21 @@ BAD_INPUT = 2
 NODE_ERROR = 3
 # What the command named (a media, series, victim or peer) does not exist.
 NOT_FOUND = 4
+# `hashex lookup --peers`: a peer asked did not answer (unreachable, refused, timed out,
+# failed), so hashes asked of it are unchecked there. This takes precedence over 0 and 1: the
+# matches found are still printed, but "no match" for the hashes that peer was asked is not
+# known. A peer not asked because the node's store matched everything leaves the result
+# complete.
+INCOMPLETE = 5
 # The output was closed before the command finished writing (as `| head` does): the shell's
 # code for a command ended by SIGPIPE.
 OUTPUT_CLOSED = 141
 
 EPILOG = """exit codes:
-  0  success (for lookup: at least one match)
+  0  success (for lookup: at least one match, and every peer asked answered)
   1  lookup: no match
   2  bad input: nothing was sent or stored
   3  the node could not be reached or failed
   4  not found: the media, series, victim or peer named does not exist
+  5  lookup --peers: incomplete, a peer did not answer (matches found are still printed)
   141  the output was closed early (as by `| head`)"""

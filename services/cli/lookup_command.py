@@ -1,7 +1,10 @@
-"""`hashex lookup`: look hashes up at the node, exact and PDQ near matches.
+"""`hashex lookup`: look hashes up at the node, exact and PDQ near matches, and with `--peers`
+live at every peer for what the node's store does not match.
 
-Hashes come from the command line (`md5:9e10…`, `pdq:…`), from a file of such lines, or from a
-hash file written by `hashex hash`. Everything is validated before anything is sent.
+What is looked up comes from services.cli.lookup_inputs (hashes, lists, hash files, images,
+folders, stdin); everything is validated before anything is sent. The exit code says what
+happened (services.cli.exit_codes): 5 when a peer asked did not answer, since the "no match" of
+what it was asked is then unverified.
 """
 
 from __future__ import annotations
@@ -9,32 +12,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from hashex.v1 import common_pb2, federation_pb2, federation_pb2_grpc, registry_pb2
 from services.cli import exit_codes
-from services.cli.hashfile import (
-    HashRecord,
-    read_hash_file,
-    record_of_undecodable,
-    record_signals,
-)
+from services.cli.json_output import enum_word, to_json
+from services.cli.lookup_inputs import MAX_FILES, Query, collect_queries
 from services.cli.node_client import add_node_options, node_channel, registry_stub, run_command
-from services.core.algorithms import ALGORITHMS, Algorithm, SignalValue, parse_signal_text
-from services.core.errors import FieldProblem, InvalidArgument
-from services.core.filehash import ImageHashes, Undecodable, Unreadable, hash_file
+from services.core.algorithms import ALGORITHMS, Algorithm, SignalValue
+from services.core.errors import InvalidArgument
 from services.registry.convert import signal_to_proto
 
 BATCH = 1000
-HASH_FILE_SUFFIXES = {".jsonl", ".json", ".csv"}
-STATUS_NAMES = {
-    common_pb2.IDENTIFICATION_STATUS_UNIDENTIFIED: "unidentified",
-    common_pb2.IDENTIFICATION_STATUS_IN_PROGRESS: "in_progress",
-    common_pb2.IDENTIFICATION_STATUS_IDENTIFIED: "identified",
-    common_pb2.IDENTIFICATION_STATUS_SAFEGUARDED: "safeguarded",
+_STATUS = common_pb2.IdentificationStatus.DESCRIPTOR
+_MATCH_KIND = registry_pb2.MatchKind.DESCRIPTOR
+# Peer outcomes after which every hash asked of the peer was checked there.
+_CHECKED = {
+    federation_pb2.PEER_LOOKUP_OUTCOME_ANSWERED,
+    federation_pb2.PEER_LOOKUP_OUTCOME_NOT_ASKED,
 }
 SCHEME_NAMES = {
     common_pb2.CATEGORY_SCHEME_VICS_US: "vics-us",
@@ -46,28 +43,36 @@ SCHEME_NAMES = {
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "lookup",
-        help="look hashes up at the node (exact and PDQ near matches)",
+        help="look hashes, images and folders up at the node (exact and PDQ near matches)",
         description=(
-            "Look hashes up at your node. Give hashes as ALGO:HEX (md5, sha1, sha256, pdq, "
-            "photodna), a file with one per line (--file), a hash file from `hashex hash`, or "
-            "an image (--file; hashed here: only its hashes are sent). "
-            "Exit code 0 when something matched, 1 when nothing did, 2 for bad input."
+            "Look hashes up at your node. Each argument is a hash as ALGO:HEX (md5, sha1,\n"
+            "sha256, pdq, photodna), a file of such lines (# comments allowed), a hash file\n"
+            "from `hashex hash` (.jsonl, .csv), an image, a folder (walked recursively, at\n"
+            f"most {MAX_FILES:,} files), or - for ALGO:HEX lines on stdin. Images and folders\n"
+            "are hashed here as `hashex hash` does: only their hashes are sent."
         ),
         epilog=(
             "examples:\n"
             "  hashex lookup md5:9e107d9d372bb6826bd81d3542a419d6\n"
-            "  hashex lookup --file seizure.jsonl --format json --max-distance 20\n"
-            "  hashex lookup --file IMG_0042.jpg\n"
-            "  hashex lookup --file seizure.jsonl --peers --cert units/alice.pem"
+            "  hashex lookup IMG_0042.jpg exhibit-07/ --format json --max-distance 20\n"
+            "  hashex lookup seizure.jsonl --peers --cert units/alice.pem\n"
+            "  grep -h '^md5:' notes/*.txt | hashex lookup -\n"
+            "\n"
+            'With --format json each result is one line with a "query"; with --peers a last\n'
+            'line {"peers": [...]} gives each peer\'s outcome (answered, not_asked,\n'
+            "unreachable, refused, timed_out, failed).\n\n" + exit_codes.EPILOG
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("hashes", nargs="*", metavar="ALGO:HEX", help="hashes to look up")
+    parser.add_argument(
+        "inputs", nargs="*", metavar="HASH|PATH|-", help="hashes, files, folders, - for stdin"
+    )
     parser.add_argument(
         "--file",
-        type=Path,
-        help="a file of ALGO:HEX lines (# comments allowed; - reads them from stdin), a "
-        ".jsonl/.csv hash file, or an image (its md5, sha1, sha256 and PDQ are looked up)",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="the same as giving PATH as an argument (kept for older scripts)",
     )
     parser.add_argument(
         "--max-distance",
@@ -85,28 +90,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--peers",
         action="store_true",
         help="also ask every peer live for hashes your node's store does not match (records "
-        "replicated from peers are always searched)",
+        "replicated from peers are always searched); exit code 5 if a peer did not answer",
     )
     add_node_options(parser)
     parser.set_defaults(func=lambda ns: run_command(_lookup, ns))
 
 
 def _lookup(ns: argparse.Namespace) -> int:
-    queries = _collect_queries(ns.hashes, ns.file)
+    queries = collect_queries([*ns.inputs, *ns.file])
     if ns.max_distance is not None and not 0 <= ns.max_distance <= 64:
         raise InvalidArgument("--max-distance must be 0-64")
     signals = [signal for signal, _ in queries]
     tally = Tally()
     if ns.peers:
+        peers = PeerTally()
         with node_channel(ns) as channel:
-            _show(queries, _federated_results(channel, signals, ns), tally, ns)
+            _show(queries, _federated_results(channel, signals, ns, peers), tally, ns)
+        if ns.format == "json":
+            sys.stdout.write(json.dumps({"peers": peers.as_json()}) + "\n")
+        print(tally.summary(), file=sys.stderr)
+        for line in peers.unanswered():
+            print(line, file=sys.stderr)
+        if not peers.complete():
+            return exit_codes.INCOMPLETE
     else:
         with registry_stub(ns) as stub:
             responses = stub.LookupStream(_requests(signals, ns), timeout=ns.timeout)
             _show(
                 queries, (r for response in responses for r in response.lookup.results), tally, ns
             )
-    print(tally.summary(), file=sys.stderr)
+        print(tally.summary(), file=sys.stderr)
     return exit_codes.OK if tally.matched else exit_codes.NO_MATCH
 
 
@@ -125,21 +138,57 @@ def _show(
 
 
 def _federated_results(
-    channel: Any, signals: Sequence[SignalValue], ns: argparse.Namespace
+    channel: Any, signals: Sequence[SignalValue], ns: argparse.Namespace, peers: PeerTally
 ) -> Iterator[registry_pb2.LookupResult]:
-    """FederatedLookup batch by batch; each peer that could not answer is named on stderr."""
+    """FederatedLookup batch by batch; each peer's outcome is kept in `peers`."""
     stub = federation_pb2_grpc.UnitsStub(channel)
-    reported: set[str] = set()
     for request in _requests(signals, ns):
         response = stub.FederatedLookup(
             federation_pb2.FederatedLookupRequest(lookup=request.lookup, ask_peers=True),
             timeout=ns.timeout,
         )
-        for peer in response.peers:
-            if peer.error and peer.peer_id not in reported:
-                reported.add(peer.peer_id)
-                print(f"peer {peer.peer_id} did not answer live: {peer.error}", file=sys.stderr)
+        peers.add(response.peers)
         yield from response.lookup.results
+
+
+@dataclass
+class PeerTally:
+    """Each peer's outcome over every batch: hashes asked summed; the first failure kept (a
+    peer that failed one batch left that batch's hashes unchecked)."""
+
+    outcomes: dict[str, federation_pb2.PeerOutcome] = field(default_factory=dict)
+
+    def add(self, outcomes: Iterable[federation_pb2.PeerOutcome]) -> None:
+        for outcome in outcomes:
+            kept = self.outcomes.setdefault(outcome.peer_id, federation_pb2.PeerOutcome())
+            asked = kept.asked + outcome.asked
+            if kept.peer_id == "" or _weight(outcome) > _weight(kept):
+                kept.CopyFrom(outcome)
+            kept.asked = asked
+
+    def complete(self) -> bool:
+        return all(o.outcome in _CHECKED for o in self.outcomes.values())
+
+    def unanswered(self) -> list[str]:
+        return [
+            f"incomplete: peer {o.peer_id} {enum_word(_OUTCOME, o.outcome).replace('_', ' ')}"
+            f" ({o.error}): its {o.asked} hashes unchecked there"
+            for o in sorted(self.outcomes.values(), key=lambda o: o.peer_id)
+            if o.outcome not in _CHECKED
+        ]
+
+    def as_json(self) -> list[dict[str, Any]]:
+        return [to_json(self.outcomes[peer_id]) for peer_id in sorted(self.outcomes)]
+
+
+_OUTCOME = federation_pb2.PeerLookupOutcome.DESCRIPTOR
+
+
+def _weight(outcome: federation_pb2.PeerOutcome) -> int:
+    """Which outcome a peer's summary keeps: a failure over an answer over not being asked."""
+    if outcome.outcome == federation_pb2.PEER_LOOKUP_OUTCOME_NOT_ASKED:
+        return 0
+    return 1 if outcome.outcome in _CHECKED else 2
 
 
 @dataclass
@@ -178,83 +227,6 @@ def _requests(
         yield registry_pb2.LookupStreamRequest(batch_id=str(number), lookup=request)
 
 
-Query = tuple[SignalValue, str]
-
-
-def _collect_queries(texts: Sequence[str], file: Path | None) -> list[Query]:
-    """Every hash to look up with the label it is shown under (a file name or the hash)."""
-    problems: list[FieldProblem] = []
-    queries: list[Query] = []
-    for position, text in enumerate(texts, start=1):
-        try:
-            signal = parse_signal_text(text)
-            queries.append((signal, signal.text()))
-        except InvalidArgument as error:
-            problems.extend(error.within(f"argument {position}").problems)
-    if file is not None:
-        queries.extend(_queries_from_file(file, problems))
-    if problems:
-        raise InvalidArgument(problems)
-    if not queries:
-        raise InvalidArgument("no hashes given: pass ALGO:HEX arguments or --file")
-    return queries
-
-
-def _queries_from_file(file: Path, problems: list[FieldProblem]) -> list[Query]:
-    if str(file) == "-":
-        return _queries_from_lines("stdin", sys.stdin.read().splitlines(), problems)
-    if not file.is_file():
-        raise InvalidArgument(f"{file}: no such file")
-    if file.suffix.lower() in HASH_FILE_SUFFIXES:
-        return [
-            (signal, f"{Path(record.path).name} {signal.spec.name}")
-            for record in read_hash_file(file)
-            for signal in record_signals(record)
-        ]
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:  # not a hash list: an image is hashed here, as `hashex hash` does
-        return _queries_from_image(file)
-    except OSError as error:
-        raise InvalidArgument(f"{file}: cannot read it ({error.strerror or error})") from None
-    return _queries_from_lines(file.name, lines, problems)
-
-
-def _queries_from_lines(
-    source: str, lines: Sequence[str], problems: list[FieldProblem]
-) -> list[Query]:
-    """ALGO:HEX lines (blank lines and # comments skipped); bad lines go to `problems`."""
-    queries = []
-    for number, line in enumerate(lines, start=1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        try:
-            signal = parse_signal_text(text)
-            queries.append((signal, signal.text()))
-        except InvalidArgument as error:
-            problems.extend(error.within(f"{source} line {number}").problems)
-    return queries
-
-
-def _queries_from_image(file: Path) -> list[Query]:
-    """Its exact hashes and its PDQ; only the hashes leave this machine, never the image."""
-    outcome = hash_file(file)
-    if isinstance(outcome, ImageHashes):
-        record = HashRecord.from_image_hashes(outcome)
-    elif isinstance(outcome, Undecodable):
-        record = record_of_undecodable(outcome)
-        print(f"hashex: {file}: exact hashes only: {outcome.reason}", file=sys.stderr)
-    elif isinstance(outcome, Unreadable):
-        raise InvalidArgument(f"{file}: {outcome.reason}")
-    else:
-        raise InvalidArgument(
-            f"{file}: neither a list of hashes (UTF-8 text, one ALGO:HEX per line), a hash "
-            "file from `hashex hash` (.jsonl, .csv) nor an image"
-        )
-    return [(signal, f"{file.name} {signal.spec.name}") for signal in record.signals()]
-
-
 def _result_json(
     query: SignalValue, label: str, result: registry_pb2.LookupResult
 ) -> dict[str, Any]:
@@ -265,7 +237,7 @@ def _result_json(
         "truncated": result.truncated,
         "matches": [
             {
-                "kind": "exact" if m.kind == registry_pb2.MATCH_KIND_EXACT else "near",
+                "kind": enum_word(_MATCH_KIND, m.kind),
                 "distance": m.distance,
                 "matched": _signal_text(m.matched_signal),
                 "origin": m.media.origin,
@@ -286,7 +258,7 @@ def _series_json(series: common_pb2.Series) -> dict[str, Any]:
         "victims": [
             {
                 "victim_id": v.victim_id,
-                "status": STATUS_NAMES.get(v.status, "unspecified"),
+                "status": enum_word(_STATUS, v.status),
                 "responsible_desk": v.responsible_desk,
             }
             for v in series.victims
@@ -319,7 +291,7 @@ def _write_table_rows(
 
 
 def _series_text(series: common_pb2.Series) -> str:
-    victims = ", ".join(f"{v.victim_id}: {STATUS_NAMES.get(v.status, '?')}" for v in series.victims)
+    victims = ", ".join(f"{v.victim_id}: {enum_word(_STATUS, v.status)}" for v in series.victims)
     name = f" {series.name!r}" if series.name else ""
     return f"{series.series_id}{name}" + (f" ({victims})" if victims else "")
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from hashex.v1 import common_pb2, registry_pb2
 from services.cli import exit_codes
+from services.cli.json_output import write_json
 from services.cli.node_client import add_node_options, registry_stub, run_command
 from services.core.errors import InvalidArgument
 from services.registry.model import check_id
@@ -34,7 +33,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "retract",
         help="withdraw media of this node so they stop matching",
         description="Retract media by id (as `hashex lookup` shows them), or from --file.",
-        epilog="example: hashex retract sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822c",
+        epilog=(
+            "example: hashex retract sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822c\n\n"
+            "Media already retracted count as done (exit 0); an id that is not media of\n"
+            "this node exits 4, after the others are retracted.\n\n" + exit_codes.EPILOG
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     retract.add_argument("media_ids", nargs="*", metavar="MEDIA_ID")
     retract.add_argument("--file", type=Path, help="a file with one media id per line")
@@ -78,8 +82,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _print_json(message: Message) -> None:
-    json.dump(MessageToDict(message), sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    write_json(message, sys.stdout)
 
 
 def _stats(ns: argparse.Namespace) -> int:
@@ -105,14 +108,23 @@ def media_ids_given(ns: argparse.Namespace) -> list[str]:
 
 def _retract(ns: argparse.Namespace) -> int:
     ids = media_ids_given(ns)
-    retracted = not_found = 0
+    retracted = already = not_found = 0
     with registry_stub(ns) as stub:
         for start in range(0, len(ids), 10_000):
             request = registry_pb2.RetractMediaRequest(media_ids=ids[start : start + 10_000])
             response = stub.RetractMedia(request, timeout=ns.timeout)
             retracted += response.retracted
+            already += response.already_retracted
             not_found += response.not_found
-    print(f"retracted {retracted} media; {not_found} unknown or already retracted")
+    print(f"retracted {retracted} media; {already} already retracted; {not_found} unknown")
+    if not_found:
+        # The rest were retracted, but what was named includes ids that are no media here.
+        print(
+            f"hashex: {not_found} of the ids given are not media of this node (media ids are "
+            "as `hashex lookup` shows them, e.g. sha256:<hex>)",
+            file=sys.stderr,
+        )
+        return exit_codes.NOT_FOUND
     return exit_codes.OK
 
 

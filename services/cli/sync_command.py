@@ -5,18 +5,17 @@ running node on its loopback port (Admin.GetSyncStatus, Admin.ListQuarantine).""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hashex.v1 import federation_pb2, federation_pb2_grpc
 from services.cli import exit_codes
+from services.cli.json_output import write_json
 from services.cli.node_client import (
     add_node_options,
     node_channel,
@@ -118,12 +117,7 @@ def _ask(ns: argparse.Namespace, call: Callable[[federation_pb2_grpc.AdminStub],
 
 def _print(ns: argparse.Namespace, response: M, text: Callable[[M], str]) -> None:
     if ns.json:
-        json.dump(
-            MessageToDict(response, always_print_fields_with_no_presence=True),
-            sys.stdout,
-            indent=2,
-        )
-        sys.stdout.write("\n")
+        write_json(response, sys.stdout)
     else:
         sys.stdout.write(text(response))
 

@@ -4,6 +4,7 @@ message limits and graceful shutdown (NOT_SERVING, drain, stop).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -14,7 +15,6 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from google.protobuf.message import Message
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from the stubs
-from grpc_health.v1 import _async as health_aio  # the documented `health.aio`
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import (
@@ -23,6 +23,7 @@ from opentelemetry.instrumentation.grpc import (
 from opentelemetry.sdk.trace import TracerProvider
 
 from services.core.errors import FailedPrecondition, InvalidArgument
+from services.core.health import NodeHealth
 from services.core.request_decoding import decode_request, request_class_of
 from services.core.rpc_status import abort_with
 
@@ -97,34 +98,63 @@ def _wrap_handler(
         if behaviour is None:
             return None
 
-        def log_outcome(context: grpc.aio.ServicerContext[Any, Any], started: float) -> None:
-            code = context.code() or grpc.StatusCode.OK
-            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        def log_outcome(context: Context, started: float, error: BaseException | None) -> None:
             elapsed_ms = (time.perf_counter() - started) * 1000
-            _log.info("rpc %s %s %.1fms", method, name, elapsed_ms)
+            _log.info("rpc %s %s %.1fms", method, call_status_name(context, error), elapsed_ms)
 
         if streaming_response:
 
-            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            async def stream(request: Any, context: Context) -> Any:
                 started = time.perf_counter()
+                error: BaseException | None = None
                 try:
-                    async for item in behaviour(request, context):
+                    result = behaviour(request, context)
+                    if inspect.isawaitable(result):  # a writer-style servicer (context.write)
+                        await result
+                        return
+                    async for item in result:
                         yield item
+                except BaseException as exc:  # logged as what the client sees, then re-raised
+                    error = exc
+                    raise
                 finally:
-                    log_outcome(context, started)
+                    log_outcome(context, started, error)
 
             return stream
 
-        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def unary(request: Any, context: Context) -> Any:
             started = time.perf_counter()
+            error: BaseException | None = None
             try:
                 return await behaviour(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
             finally:
-                log_outcome(context, started)
+                log_outcome(context, started, error)
 
         return unary
 
     return rewrap_handler(handler, logged)
+
+
+def call_status_name(context: Context, error: BaseException | None) -> str:
+    """The status the client sees: what the call was aborted with or set, CANCELLED for a call
+    cancelled or abandoned (a stream the client closed), UNKNOWN for any other exception (grpc
+    answers UNKNOWN for it), else OK."""
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        return "CANCELLED"
+    if error is not None and not isinstance(error, grpc.aio.AbortError):
+        return "UNKNOWN"
+    code = context.code()
+    if code is None:
+        return "OK"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    for known in grpc.StatusCode:
+        if known.value[0] == code:
+            return known.name
+    return "UNKNOWN"
 
 
 class RequestDecodingInterceptor(ServerInterceptor):
@@ -297,11 +327,11 @@ async def build_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    health_servicer = health_aio.HealthServicer()
+    names = tuple(b.full_name for b in services)
+    health_servicer = NodeHealth(names)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for binding in services:
         binding.add_to(server)
-    names = tuple(b.full_name for b in services)
     reflection.enable_server_reflection(
         (
             *names,

@@ -237,7 +237,10 @@ class SubmitCounts:
 @dataclass(frozen=True)
 class RetractCounts:
     retracted: int
+    # Ids that are not media of this node.
     not_found: int
+    # Ids of media of this node already retracted (nothing to do).
+    already_retracted: int = 0
     # Row ids of the media retracted, so the near-match index can drop them.
     retracted_row_ids: tuple[int, ...] = ()
 

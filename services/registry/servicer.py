@@ -92,7 +92,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         media_ids = convert.retract_from_proto(request)
         counts = await self._registry.retract(media_ids, writer=_writer())
         return registry_pb2.RetractMediaResponse(
-            retracted=counts.retracted, not_found=counts.not_found
+            retracted=counts.retracted,
+            not_found=counts.not_found,
+            already_retracted=counts.already_retracted,
         )
 
     @handles_errors

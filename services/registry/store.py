@@ -291,7 +291,8 @@ class RegistryStore:
     async def retract_media(
         self, conn: Any, *, media_ids: Sequence[str], writer: Writer = NODE_OPERATOR
     ) -> RetractCounts:
-        """Withdraw media of this node; unknown or already retracted ids count as not found.
+        """Withdraw media of this node. Each id given counts once: retracted, already retracted
+        (media of this node; a repeated id too), or not found (not media of this node).
         PermissionDenied (nothing retracted) for media another unit submitted."""
         if not media_ids:
             return RetractCounts(retracted=0, not_found=0)
@@ -301,9 +302,13 @@ class RegistryStore:
         row_ids = tuple(sorted(r["id"] for r in rows))
         retracted = await _media_states(conn, row_ids)
         await append_entries(conn, change_entries.retractions(retracted))
+        known_rows = await conn.fetch(sql.KNOWN_MEDIA_IDS, self._origin, sorted(set(media_ids)))
+        known = {r["media_id"] for r in known_rows}
+        not_found = sum(1 for media_id in media_ids if media_id not in known)
         return RetractCounts(
             retracted=len(row_ids),
-            not_found=len(media_ids) - len(row_ids),
+            not_found=not_found,
+            already_retracted=len(media_ids) - len(row_ids) - not_found,
             retracted_row_ids=row_ids,
         )
 

@@ -212,6 +212,11 @@ WHERE origin = $1 AND media_id = ANY($2::text[]) AND retracted_at IS NULL
 RETURNING id
 """
 
+# Which of the ids $2 are media of origin $1, retracted or not.
+KNOWN_MEDIA_IDS = """
+SELECT media_id FROM media WHERE origin = $1 AND media_id = ANY($2::text[])
+"""
+
 # `xmax = 0` holds for a freshly inserted row, not for one updated on conflict. A NULL name
 # keeps the current one (a new series starts unnamed).
 UPSERT_SERIES = """

@@ -52,7 +52,10 @@ class FederatedLookup:
         peer_ids = list(self._peers.peer_ids())
         if not unmatched or not peer_ids:
             response.peers.extend(
-                federation_pb2.PeerOutcome(peer_id=peer_id, asked=0) for peer_id in peer_ids
+                federation_pb2.PeerOutcome(
+                    peer_id=peer_id, asked=0, outcome=federation_pb2.PEER_LOOKUP_OUTCOME_NOT_ASKED
+                )
+                for peer_id in peer_ids
             )
             return response
         timeout_s = _timeout_s(request.peer_timeout_ms)
@@ -66,9 +69,11 @@ class FederatedLookup:
             *(self._ask(peer_id, question, timeout_s) for peer_id in peer_ids)
         )
         limit = request.lookup.max_matches_per_signal or DEFAULT_MAX_MATCHES
-        for peer_id, (peer_answer, error) in zip(peer_ids, answers, strict=True):
+        for peer_id, (peer_answer, outcome, error) in zip(peer_ids, answers, strict=True):
             response.peers.append(
-                federation_pb2.PeerOutcome(peer_id=peer_id, asked=len(unmatched), error=error)
+                federation_pb2.PeerOutcome(
+                    peer_id=peer_id, asked=len(unmatched), error=error, outcome=outcome
+                )
             )
             if peer_answer is not None:
                 _merge(response.lookup, peer_answer, unmatched, peer_id=peer_id)
@@ -78,17 +83,20 @@ class FederatedLookup:
 
     async def _ask(
         self, peer_id: str, question: registry_pb2.LookupRequest, timeout_s: float
-    ) -> tuple[registry_pb2.LookupResponse | None, str]:
+    ) -> tuple[registry_pb2.LookupResponse | None, federation_pb2.PeerLookupOutcome.ValueType, str]:
         try:
             answer = await asyncio.wait_for(
                 self._peers.peer_lookup(peer_id, question, timeout_s=timeout_s), timeout_s
             )
         except TimeoutError:
-            return None, f"no answer within {timeout_s:g} s"
+            return None, federation_pb2.PEER_LOOKUP_OUTCOME_TIMED_OUT, _no_answer(timeout_s)
         except Exception as exc:  # a peer's failure is reported, never raised to the unit
             _log.warning("live lookup at peer %s failed: %s", peer_id, _describe(exc))
-            return None, _describe(exc)
-        return answer, ""
+            outcome = _outcome_of(exc)
+            if outcome == federation_pb2.PEER_LOOKUP_OUTCOME_TIMED_OUT:
+                return None, outcome, _no_answer(timeout_s)
+            return None, outcome, _describe(exc)
+        return answer, federation_pb2.PEER_LOOKUP_OUTCOME_ANSWERED, ""
 
 
 def _merge(
@@ -122,6 +130,25 @@ def _timeout_s(timeout_ms: int) -> float:
     if timeout_ms == 0:
         return DEFAULT_PEER_TIMEOUT_MS / 1000
     return min(timeout_ms, MAX_PEER_TIMEOUT_MS) / 1000
+
+
+# By gRPC status name (the peer clients raise grpc errors; this module stays free of grpc).
+_OUTCOME_OF_STATUS: dict[str, federation_pb2.PeerLookupOutcome.ValueType] = {
+    "UNAVAILABLE": federation_pb2.PEER_LOOKUP_OUTCOME_UNREACHABLE,
+    "UNAUTHENTICATED": federation_pb2.PEER_LOOKUP_OUTCOME_REFUSED,
+    "PERMISSION_DENIED": federation_pb2.PEER_LOOKUP_OUTCOME_REFUSED,
+    "DEADLINE_EXCEEDED": federation_pb2.PEER_LOOKUP_OUTCOME_TIMED_OUT,
+}
+
+
+def _outcome_of(exc: Exception) -> federation_pb2.PeerLookupOutcome.ValueType:
+    code = getattr(exc, "code", None)
+    name = getattr(code(), "name", "") if callable(code) else ""
+    return _OUTCOME_OF_STATUS.get(name, federation_pb2.PEER_LOOKUP_OUTCOME_FAILED)
+
+
+def _no_answer(timeout_s: float) -> str:
+    return f"no answer within {timeout_s:g} s"
 
 
 def _describe(exc: Exception) -> str:

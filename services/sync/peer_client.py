@@ -21,6 +21,10 @@ from services.core.peer_card import PeerCard
 from services.core.tls import CertifiedKey, channel_credentials
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# gRPC's default backoff between connection attempts grows to 120 s; a fail-fast live lookup on
+# a channel still backing off fails at once, so a peer that came back would stay "unreachable"
+# that long. 10 s bounds that; a down peer then costs one connection attempt per 10 s.
+MAX_RECONNECT_BACKOFF_MS = 10_000
 
 
 class PeerDirectory(Protocol):
@@ -51,6 +55,7 @@ class PeerClients:
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ]
         self._open: dict[str, _Open] = {}
         self._stale: list[grpc.aio.Channel] = []
@@ -87,9 +92,11 @@ class PeerClients:
         response = await self.stub(peer_id).PeerLookup(
             federation_pb2.PeerLookupRequest(lookup=request),
             timeout=timeout_s,
-            # A channel still backing off from an earlier failure tries again within the
-            # deadline instead of failing the unit's question at once.
-            wait_for_ready=True,
+            # Fail fast (gRPC's default, no wait_for_ready): a peer whose connection is refused
+            # is reported unreachable at once instead of holding the unit's lookup for the whole
+            # deadline. wait_for_ready would queue the call while the channel is in
+            # TRANSIENT_FAILURE until the deadline. The reconnect backoff is capped (see
+            # MAX_RECONNECT_BACKOFF_MS) so a peer that came back is asked again soon.
         )
         answer: registry_pb2.LookupResponse = response.lookup
         return answer

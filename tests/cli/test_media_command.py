@@ -57,6 +57,12 @@ def test_resubmission_keeps_what_it_omits_and_media_commands_change_explicitly(
         assert (match["category"], _series(match)) == ("", ["op-2"])
 
         assert hashex("retract", media_id, *at).returncode == 0
+        twice = hashex("retract", media_id, *at)  # already done: said so, still success
+        assert twice.returncode == 0 and "1 already retracted; 0 unknown" in twice.stdout
+        # Not a media id of this node (a hash given by mistake): nothing retracted, exit 4.
+        mistaken = hashex("retract", f"sha1:{sha1}", *at)
+        assert mistaken.returncode == 4 and "0 already retracted; 1 unknown" in mistaken.stdout
+        assert "not media of this node" in mistaken.stderr
         resubmitted = hashex("submit", hashes, *at)
         assert "1 of them had been retracted" in resubmitted.stderr
         assert hashex("lookup", f"sha1:{sha1}", *at).returncode == 1

@@ -112,7 +112,7 @@ def test_hash_submit_lookup_stop_restart(node_dir: Path, tmp_path: Path) -> None
     restarted = NodeProcess(node_dir)
     try:
         stats = hashex("stats", "--data-dir", node_dir)
-        assert json.loads(stats.stdout)["mediaCount"] == "6"
+        assert json.loads(stats.stdout)["media_count"] == 6
         found = hashex("lookup", "--file", tmp_path / "b.csv", "--data-dir", node_dir)
         assert found.returncode == 0 and "near" in found.stdout
     finally:

@@ -5,6 +5,7 @@ sent with no serializer."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -27,6 +28,7 @@ from services.core.server import (
     rewrap_handler,
 )
 from tests.registry.node_harness import Node, md5, running_node, submission
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -301,3 +303,116 @@ async def test_a_port_in_use_is_one_clear_error() -> None:
             )
     finally:
         await first.stop(0)
+
+
+# Health on every port, and an access log that says what the client saw.
+FAILING = "hashex.test.Failing"
+
+
+async def _fail_mid_stream(request: LookupRequest, context: Context) -> AsyncIterator[bytes]:
+    yield b"first"
+    raise RuntimeError("broke after one answer")
+
+
+async def _abort_mid_stream(request: LookupRequest, context: Context) -> AsyncIterator[bytes]:
+    yield b"first"
+    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too much")
+
+
+def _failing_binding() -> ServiceBinding:
+    handlers = {
+        name: grpc.unary_stream_rpc_method_handler(
+            behaviour, request_deserializer=LookupRequest.FromString
+        )
+        for name, behaviour in (("Fail", _fail_mid_stream), ("Abort", _abort_mid_stream))
+    }
+    generic = grpc.method_handlers_generic_handler(FAILING, handlers)
+    return ServiceBinding(FAILING, lambda server: server.add_generic_rpc_handlers((generic,)))
+
+
+class _ParsesItself(ServerInterceptor):
+    """Strips the deserializer and parses in its own wrapper, handing a writer-style servicer
+    on as it is (a coroutine, not an async generator) to the access log outside it."""
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        deserializer = handler.request_deserializer
+
+        def wrap(behaviour: Any, streaming_response: bool) -> Any:
+            def parsed(raw: bytes, context: Context) -> Any:
+                return behaviour(deserializer(raw), context)  # a coroutine or an async generator
+
+            return parsed
+
+        return rewrap_handler(handler, wrap, keep_request_deserializer=False)
+
+
+def _logged(caplog: pytest.LogCaptureFixture, method: str) -> list[str]:
+    return [
+        r.getMessage().split()[2]
+        for r in caplog.records
+        if r.name == "services.core.server" and r.getMessage().startswith(f"rpc {method} ")
+    ]
+
+
+async def test_health_watch_and_list_answer_and_follow_the_serving_state(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="services.core.server")
+    running = await _probe_server()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            listed = await health.List(health_pb2.HealthListRequest(), timeout=CALL_TIMEOUT_S)
+            assert {name: s.status for name, s in listed.statuses.items()} == {
+                "": health_pb2.HealthCheckResponse.SERVING,
+                PROBE: health_pb2.HealthCheckResponse.SERVING,
+            }
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=PROBE))
+            first = await watch.read()
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+            await running.set_serving(False)
+            second = await watch.read()
+            assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()
+
+            async def watch_logged() -> bool:
+                return _logged(caplog, "/grpc.health.v1.Health/Watch") != []
+
+            await wait_for(watch_logged, CALL_TIMEOUT_S, "the cancelled Watch was not logged")
+    finally:
+        await running.stop(0)
+    assert _logged(caplog, "/grpc.health.v1.Health/List") == ["OK"]
+    assert _logged(caplog, "/grpc.health.v1.Health/Watch") == ["CANCELLED"]
+
+
+async def test_failed_streams_are_logged_as_failed_with_their_status(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="services.core.server")
+    running = await build_server(
+        listen="127.0.0.1:0",
+        services=[_failing_binding(), _probe_binding()],
+        tracer_provider=TracerProvider(),
+        interceptors=[_ParsesItself()],
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            for method, code in (("Fail", "UNKNOWN"), ("Abort", "RESOURCE_EXHAUSTED")):
+                call = channel.unary_stream(f"/{FAILING}/{method}", None, None)
+                answers: list[bytes] = []
+
+                async def read_all(call: Any = call, answers: list[bytes] = answers) -> None:
+                    async for answer in call(_lookup(), timeout=CALL_TIMEOUT_S):
+                        answers.append(answer)
+
+                error = await refusal(read_all())
+                assert (answers, error.code().name) == ([b"first"], code)
+            # A writer-style servicer reaching the log undecorated still answers.
+            writer = channel.unary_stream(f"/{PROBE}/EchoByWriting", None, None)
+            assert [a async for a in writer(_lookup("aa"), timeout=CALL_TIMEOUT_S)] == [b"1"]
+    finally:
+        await running.stop(0)
+    assert _logged(caplog, f"/{FAILING}/Fail") == ["UNKNOWN"]
+    assert _logged(caplog, f"/{FAILING}/Abort") == ["RESOURCE_EXHAUSTED"]
+    assert _logged(caplog, f"/{PROBE}/EchoByWriting") == ["OK"]

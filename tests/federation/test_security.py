@@ -398,7 +398,7 @@ async def test_sync_commands_take_the_gateway_with_a_certificate(
         capsys.readouterr()
         code = await asyncio.to_thread(hashex_main, [*status, "--cert", str(folder / "ops.pem")])
         assert code == 0, capsys.readouterr().err
-        assert json.loads(capsys.readouterr().out)["nodeId"] == RECEIVER
+        assert json.loads(capsys.readouterr().out)["node_id"] == RECEIVER
         code = await asyncio.to_thread(hashex_main, [*status, "--cert", str(folder / "desk.pem")])
         refused = capsys.readouterr().err
         assert code == 3 and "PERMISSION_DENIED" in refused and "is it running" not in refused

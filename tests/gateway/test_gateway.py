@@ -369,6 +369,14 @@ async def test_a_stream_the_client_cancels_is_audited_as_cancelled(
     assert (records[0].entry.status, records[0].entry.response_messages) == ("CANCELLED", 1)
 
 
+async def test_health_list_answers_through_the_gateway(gateway: GatewayUnderTest) -> None:
+    stub = health_pb2_grpc.HealthStub(gateway.channel(gateway.unit()))
+    listed = await stub.List(health_pb2.HealthListRequest(), timeout=CALL_TIMEOUT_S)
+    assert listed.statuses[""].status == health_pb2.HealthCheckResponse.SERVING
+    assert len(listed.statuses) > 1  # the server and each service it serves
+    assert all(s.status == health_pb2.HealthCheckResponse.SERVING for s in listed.statuses.values())
+
+
 async def test_events_recorded_by_the_node_join_the_same_chain(gateway: GatewayUnderTest) -> None:
     await _registry(gateway.channel(gateway.unit())).GetStats(
         registry_pb2.GetStatsRequest(), timeout=CALL_TIMEOUT_S

@@ -226,7 +226,9 @@ async def test_retraction_removes_from_exact_and_near_results(node: Node) -> Non
     response = await node.stub.RetractMedia(
         registry_pb2.RetractMediaRequest(media_ids=["gone", "never-existed"])
     )
-    assert (response.retracted, response.not_found) == (1, 1)
+    assert (response.retracted, response.not_found, response.already_retracted) == (1, 1, 0)
+    again = await node.stub.RetractMedia(registry_pb2.RetractMediaRequest(media_ids=["gone"]))
+    assert (again.retracted, again.not_found, again.already_retracted) == (0, 0, 1)
     exact, near = await lookup(node, hash_md5, pdq(flip_bits(value, 4, rng)))
     assert list(exact.matches) == [] and list(near.matches) == []
     # Submitting it again leaves it retracted (and says so); restoring it is explicit.

@@ -134,7 +134,10 @@ async def test_retracted_media_stop_matching(store: RegistryStore) -> None:
     )
     gone_row = entries[0].row_id
     counts = await store.retract_media(media_ids=["gone", "gone", "unknown"])
-    assert (counts.retracted, counts.not_found, counts.retracted_row_ids) == (1, 2, (gone_row,))
+    assert (counts.retracted, counts.already_retracted, counts.not_found) == (1, 1, 1)
+    assert counts.retracted_row_ids == (gone_row,)
+    again = await store.retract_media(media_ids=["gone"])
+    assert (again.retracted, again.already_retracted, again.not_found) == (0, 1, 0)
     assert await store.exact_hits(signals=[md5("g"), pdq("g")]) == [[], []]
     assert await _all_pdq(store) == []
     assert await store.media_records(row_ids=[gone_row]) == {}
@@ -311,7 +314,7 @@ async def test_only_this_nodes_media_can_be_retracted(db_pool: Any, sealer: Case
     theirs = InTransactions(RegistryStore(node_id="de-bka", sealer=sealer), database_of(db_pool))
     await theirs.submit_media_batch(batch=[media("x", md5("x"))])
     counts = await ours.retract_media(media_ids=["x"])
-    assert (counts.retracted, counts.not_found) == (0, 1)
+    assert (counts.retracted, counts.already_retracted, counts.not_found) == (0, 0, 1)
     [[row]] = await ours.exact_hits(signals=[md5("x")])
     assert (await ours.media_records(row_ids=[row]))[row].origin == "de-bka"
 

@@ -97,6 +97,16 @@ async def test_peers_are_asked_only_for_unmatched_hashes_and_matches_name_their_
     }
 
 
+async def test_peers_are_not_asked_when_the_store_matched_everything() -> None:
+    store = Store({"a" * 32: [match("gb-nca", "m1")]})
+    peers = Peers({"us-fbi": {}})
+    response = await FederatedLookup(local=store, peers=peers).lookup(request("a"))
+    assert peers.asked == {}
+    assert [(p.peer_id, p.asked, p.outcome) for p in response.peers] == [
+        ("us-fbi", 0, federation_pb2.PEER_LOOKUP_OUTCOME_NOT_ASKED)
+    ]
+
+
 async def test_without_ask_peers_no_peer_is_asked() -> None:
     peers = Peers({"us-fbi": {"b" * 32: [match("us-fbi", "u7")]}})
     response = await FederatedLookup(local=Store({}), peers=peers).lookup(
@@ -124,7 +134,21 @@ async def test_a_failing_or_slow_peer_is_reported_and_the_others_still_answer() 
     down = grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "connection refused"
     )
-    peers = Slow({"down": down, "slow": {}, "us-fbi": {"b" * 32: [match("us-fbi", "u1")]}})
+    refused = grpc.aio.AioRpcError(
+        grpc.StatusCode.PERMISSION_DENIED, grpc.aio.Metadata(), grpc.aio.Metadata(), "not pinned"
+    )
+    broken = grpc.aio.AioRpcError(
+        grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(), "internal error"
+    )
+    peers = Slow(
+        {
+            "down": down,
+            "refusing": refused,
+            "broken": broken,
+            "slow": {},
+            "us-fbi": {"b" * 32: [match("us-fbi", "u1")]},
+        }
+    )
     wanted = request("b")
     wanted.peer_timeout_ms = 50
     response = await FederatedLookup(local=Store({}), peers=peers).lookup(wanted)
@@ -132,6 +156,13 @@ async def test_a_failing_or_slow_peer_is_reported_and_the_others_still_answer() 
     assert outcomes["us-fbi"] == ""
     assert outcomes["down"] == "UNAVAILABLE: connection refused"
     assert outcomes["slow"].startswith("no answer within")
+    assert {p.peer_id: p.outcome for p in response.peers} == {
+        "us-fbi": federation_pb2.PEER_LOOKUP_OUTCOME_ANSWERED,
+        "down": federation_pb2.PEER_LOOKUP_OUTCOME_UNREACHABLE,
+        "refusing": federation_pb2.PEER_LOOKUP_OUTCOME_REFUSED,
+        "broken": federation_pb2.PEER_LOOKUP_OUTCOME_FAILED,
+        "slow": federation_pb2.PEER_LOOKUP_OUTCOME_TIMED_OUT,
+    }
     assert [m.media.media_id for m in response.lookup.results[0].matches] == ["u1"]
 
 

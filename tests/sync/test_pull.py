@@ -252,7 +252,7 @@ async def test_sync_status_command(
         assert "node us-fbi" in text and "gb-nca" in text
         code = await asyncio.to_thread(hashex_main, ["sync", "status", "--json", "--node", address])
         [peer] = json.loads(capsys.readouterr().out)["peers"]
-        assert (peer["peerId"], peer["cursorSeq"], peer["lag"]) == ("gb-nca", "1", "0")
+        assert (peer["peer_id"], peer["cursor_seq"], peer["lag"]) == ("gb-nca", 1, 0)
 
 
 async def test_a_rejected_batch_is_audited(nodes: tuple[SyncNode, SyncNode]) -> None:
@@ -330,11 +330,11 @@ async def test_an_entry_the_receiver_cannot_apply_is_quarantined_and_the_rest_re
         assert "2 sha256 signals" in text and "not a serialized ChangeEntry" in text
         assert await asyncio.to_thread(hashex_main, [*command, "--limit", "1", "--json"]) == 0
         listed = json.loads(capsys.readouterr().out)
-        assert [e["seq"] for e in listed["entries"]] == ["2"] and listed["more"] is True
-        after = ["--after", listed["entries"][0]["id"], "--json"]
+        assert [e["seq"] for e in listed["entries"]] == [2] and listed["more"] is True
+        after = ["--after", str(listed["entries"][0]["id"]), "--json"]
         assert await asyncio.to_thread(hashex_main, [*command, *after]) == 0
         rest = json.loads(capsys.readouterr().out)
-        assert [e["seq"] for e in rest["entries"]] == ["0"] and rest["more"] is False
+        assert [e["seq"] for e in rest["entries"]] == [0] and rest["more"] is False
         assert await asyncio.to_thread(hashex_main, ["sync", "status", "--node", address]) == 0
         assert "QUARANTINED" in capsys.readouterr().out
 

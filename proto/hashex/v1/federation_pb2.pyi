@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from hashex.v1 import common_pb2 as _common_pb2
 from hashex.v1 import registry_pb2 as _registry_pb2
 import builtins as _builtins
@@ -20,6 +21,41 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PeerLookupOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PeerLookupOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PeerLookupOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PEER_LOOKUP_OUTCOME_UNSPECIFIED: _PeerLookupOutcome.ValueType  # 0
+    PEER_LOOKUP_OUTCOME_ANSWERED: _PeerLookupOutcome.ValueType  # 1
+    PEER_LOOKUP_OUTCOME_NOT_ASKED: _PeerLookupOutcome.ValueType  # 2
+    """Every hash matched in this node's store: the peer had nothing to be asked."""
+    PEER_LOOKUP_OUTCOME_UNREACHABLE: _PeerLookupOutcome.ValueType  # 3
+    """No connection (refused, no route, TLS handshake refused): UNAVAILABLE."""
+    PEER_LOOKUP_OUTCOME_REFUSED: _PeerLookupOutcome.ValueType  # 4
+    """The peer answered that this node may not ask (UNAUTHENTICATED, PERMISSION_DENIED)."""
+    PEER_LOOKUP_OUTCOME_TIMED_OUT: _PeerLookupOutcome.ValueType  # 5
+    """No answer within the peer timeout."""
+    PEER_LOOKUP_OUTCOME_FAILED: _PeerLookupOutcome.ValueType  # 6
+    """Any other error the peer answered with (`error` says which)."""
+
+class PeerLookupOutcome(_PeerLookupOutcome, metaclass=_PeerLookupOutcomeEnumTypeWrapper): ...
+
+PEER_LOOKUP_OUTCOME_UNSPECIFIED: PeerLookupOutcome.ValueType  # 0
+PEER_LOOKUP_OUTCOME_ANSWERED: PeerLookupOutcome.ValueType  # 1
+PEER_LOOKUP_OUTCOME_NOT_ASKED: PeerLookupOutcome.ValueType  # 2
+"""Every hash matched in this node's store: the peer had nothing to be asked."""
+PEER_LOOKUP_OUTCOME_UNREACHABLE: PeerLookupOutcome.ValueType  # 3
+"""No connection (refused, no route, TLS handshake refused): UNAVAILABLE."""
+PEER_LOOKUP_OUTCOME_REFUSED: PeerLookupOutcome.ValueType  # 4
+"""The peer answered that this node may not ask (UNAUTHENTICATED, PERMISSION_DENIED)."""
+PEER_LOOKUP_OUTCOME_TIMED_OUT: PeerLookupOutcome.ValueType  # 5
+"""No answer within the peer timeout."""
+PEER_LOOKUP_OUTCOME_FAILED: PeerLookupOutcome.ValueType  # 6
+"""Any other error the peer answered with (`error` says which)."""
+Global___PeerLookupOutcome: _TypeAlias = PeerLookupOutcome  # noqa: Y015
 
 @_typing.final
 class PullRequest(_message.Message):
@@ -393,21 +429,27 @@ class PeerOutcome(_message.Message):
     PEER_ID_FIELD_NUMBER: _builtins.int
     ASKED_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     asked: _builtins.int
     """Hashes asked of this peer."""
     error: _builtins.str
     """Empty when the peer answered; otherwise why it did not (the lookup still answers)."""
+    outcome: Global___PeerLookupOutcome.ValueType
+    """What became of the question; any value but ANSWERED and NOT_ASKED means the hashes asked
+    of this peer were not checked there, so their "no match" is incomplete.
+    """
     def __init__(
         self,
         *,
         peer_id: _builtins.str = ...,
         asked: _builtins.int = ...,
         error: _builtins.str = ...,
+        outcome: Global___PeerLookupOutcome.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asked", b"asked", "error", b"error", "peer_id", b"peer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asked", b"asked", "error", b"error", "outcome", b"outcome", "peer_id", b"peer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,15 +27,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hashex.v1 import common_pb2 as hashex_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hashex/v1/registry.proto\x12\thashex.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hashex/v1/common.proto\"P\n\x08\x43\x61seData\x12\x16\n\x0e\x63\x61se_reference\x18\x01 \x01(\t\x12\x19\n\x11\x65xhibit_reference\x18\x02 \x01(\t\x12\x11\n\tfile_path\x18\x03 \x01(\t\"\xfa\x01\n\x0fMediaSubmission\x12\x10\n\x08media_id\x18\x01 \x01(\t\x12\"\n\x07signals\x18\x02 \x03(\x0b\x32\x11.hashex.v1.Signal\x12(\n\nmedia_type\x18\x03 \x01(\x0e\x32\x14.hashex.v1.MediaType\x12%\n\x08\x63\x61tegory\x18\x04 \x01(\x0b\x32\x13.hashex.v1.Category\x12$\n\x05\x66lags\x18\x05 \x01(\x0b\x32\x15.hashex.v1.MediaFlags\x12\x12\n\nseries_ids\x18\x06 \x03(\t\x12&\n\tcase_data\x18\x07 \x01(\x0b\x32\x13.hashex.v1.CaseData\"?\n\x12SubmitMediaRequest\x12)\n\x05media\x18\x01 \x03(\x0b\x32\x1a.hashex.v1.MediaSubmission\"o\n\x13SubmitMediaResponse\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x04\x12\x0f\n\x07updated\x18\x03 \x01(\x04\x12\x11\n\tunchanged\x18\x04 \x01(\x04\x12\x11\n\tretracted\x18\x05 \x01(\x04\"\x87\x01\n\rLookupRequest\x12\"\n\x07signals\x18\x01 \x03(\x0b\x32\x11.hashex.v1.Signal\x12\x1d\n\x10pdq_max_distance\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1e\n\x16max_matches_per_signal\x18\x03 \x01(\rB\x13\n\x11_pdq_max_distance\"\xac\x01\n\x05Match\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.hashex.v1.MatchKind\x12\x10\n\x08\x64istance\x18\x02 \x01(\r\x12)\n\x0ematched_signal\x18\x03 \x01(\x0b\x32\x11.hashex.v1.Signal\x12\x1f\n\x05media\x18\x04 \x01(\x0b\x32\x10.hashex.v1.Media\x12!\n\x06series\x18\x05 \x03(\x0b\x32\x11.hashex.v1.Series\"\xa2\x01\n\x0cLookupResult\x12\r\n\x05index\x18\x01 \x01(\r\x12!\n\x06signal\x18\x02 \x01(\x0b\x32\x11.hashex.v1.Signal\x12!\n\x07matches\x18\x03 \x03(\x0b\x32\x10.hashex.v1.Match\x12\x13\n\x0blow_quality\x18\x04 \x01(\x08\x12\x11\n\ttruncated\x18\x05 \x01(\x08\x12\x15\n\rresponse_full\x18\x06 \x01(\x08\":\n\x0eLookupResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.hashex.v1.LookupResult\"Q\n\x13LookupStreamRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12(\n\x06lookup\x18\x02 \x01(\x0b\x32\x18.hashex.v1.LookupRequest\"S\n\x14LookupStreamResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12)\n\x06lookup\x18\x02 \x01(\x0b\x32\x19.hashex.v1.LookupResponse\"(\n\x13RetractMediaRequest\x12\x11\n\tmedia_ids\x18\x01 \x03(\t\"<\n\x14RetractMediaResponse\x12\x11\n\tretracted\x18\x01 \x01(\x04\x12\x11\n\tnot_found\x18\x02 \x01(\x04\"\xab\x01\n\x12UpdateMediaRequest\x12\x11\n\tmedia_ids\x18\x01 \x03(\t\x12&\n\x06values\x18\x02 \x01(\x0b\x32\x16.hashex.v1.MediaUpdate\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x18\n\x10leave_series_ids\x18\x04 \x03(\t\x12\x0f\n\x07restore\x18\x05 \x01(\x08\"\x84\x01\n\x0bMediaUpdate\x12%\n\x08\x63\x61tegory\x18\x01 \x01(\x0b\x32\x13.hashex.v1.Category\x12(\n\nmedia_type\x18\x02 \x01(\x0e\x32\x14.hashex.v1.MediaType\x12$\n\x05\x66lags\x18\x03 \x01(\x0b\x32\x15.hashex.v1.MediaFlags\"Z\n\x13UpdateMediaResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x04\x12\x11\n\tunchanged\x18\x02 \x01(\x04\x12\x1f\n\x05media\x18\x03 \x03(\x0b\x32\x10.hashex.v1.Media\"5\n\x10GetSeriesRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\tseries_id\x18\x02 \x01(\t\"6\n\x11GetSeriesResponse\x12!\n\x06series\x18\x01 \x01(\x0b\x32\x11.hashex.v1.Series\"g\n\x13UpsertSeriesRequest\x12\x11\n\tseries_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"J\n\x14UpsertSeriesResponse\x12!\n\x06series\x18\x01 \x01(\x0b\x32\x11.hashex.v1.Series\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\xb7\x01\n\x13UpdateVictimRequest\x12\x11\n\tseries_id\x18\x01 \x01(\t\x12\x11\n\tvictim_id\x18\x02 \x01(\t\x12/\n\x06status\x18\x03 \x01(\x0e\x32\x1f.hashex.v1.IdentificationStatus\x12\x18\n\x10responsible_desk\x18\x04 \x01(\t\x12/\n\x0bupdate_mask\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"J\n\x14UpdateVictimResponse\x12!\n\x06victim\x18\x01 \x01(\x0b\x32\x11.hashex.v1.Victim\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x11\n\x0fGetStatsRequest\"L\n\x0e\x41lgorithmCount\x12+\n\talgorithm\x18\x01 \x01(\x0e\x32\x18.hashex.v1.HashAlgorithm\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"M\n\x0bStatusCount\x12/\n\x06status\x18\x01 \x01(\x0e\x32\x1f.hashex.v1.IdentificationStatus\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xa8\x02\n\x10GetStatsResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bmedia_count\x18\x02 \x01(\x04\x12\x17\n\x0fretracted_count\x18\x03 \x01(\x04\x12\x30\n\rsignal_counts\x18\x04 \x03(\x0b\x32\x19.hashex.v1.AlgorithmCount\x12\x14\n\x0cseries_count\x18\x05 \x01(\x04\x12-\n\rvictim_counts\x18\x06 \x03(\x0b\x32\x16.hashex.v1.StatusCount\x12\x16\n\x0epdq_index_size\x18\x07 \x01(\x04\x12\x16\n\x0eschema_version\x18\x08 \x01(\r\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*R\n\tMatchKind\x12\x1a\n\x16MATCH_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10MATCH_KIND_EXACT\x10\x01\x12\x13\n\x0fMATCH_KIND_NEAR\x10\x02\x32\xbc\x05\n\x08Registry\x12N\n\x0bSubmitMedia\x12\x1d.hashex.v1.SubmitMediaRequest\x1a\x1e.hashex.v1.SubmitMediaResponse(\x01\x12=\n\x06Lookup\x12\x18.hashex.v1.LookupRequest\x1a\x19.hashex.v1.LookupResponse\x12S\n\x0cLookupStream\x12\x1e.hashex.v1.LookupStreamRequest\x1a\x1f.hashex.v1.LookupStreamResponse(\x01\x30\x01\x12O\n\x0cRetractMedia\x12\x1e.hashex.v1.RetractMediaRequest\x1a\x1f.hashex.v1.RetractMediaResponse\x12L\n\x0bUpdateMedia\x12\x1d.hashex.v1.UpdateMediaRequest\x1a\x1e.hashex.v1.UpdateMediaResponse\x12\x46\n\tGetSeries\x12\x1b.hashex.v1.GetSeriesRequest\x1a\x1c.hashex.v1.GetSeriesResponse\x12O\n\x0cUpsertSeries\x12\x1e.hashex.v1.UpsertSeriesRequest\x1a\x1f.hashex.v1.UpsertSeriesResponse\x12O\n\x0cUpdateVictim\x12\x1e.hashex.v1.UpdateVictimRequest\x1a\x1f.hashex.v1.UpdateVictimResponse\x12\x43\n\x08GetStats\x12\x1a.hashex.v1.GetStatsRequest\x1a\x1b.hashex.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hashex/v1/registry.proto\x12\thashex.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hashex/v1/common.proto\"P\n\x08\x43\x61seData\x12\x16\n\x0e\x63\x61se_reference\x18\x01 \x01(\t\x12\x19\n\x11\x65xhibit_reference\x18\x02 \x01(\t\x12\x11\n\tfile_path\x18\x03 \x01(\t\"\xfa\x01\n\x0fMediaSubmission\x12\x10\n\x08media_id\x18\x01 \x01(\t\x12\"\n\x07signals\x18\x02 \x03(\x0b\x32\x11.hashex.v1.Signal\x12(\n\nmedia_type\x18\x03 \x01(\x0e\x32\x14.hashex.v1.MediaType\x12%\n\x08\x63\x61tegory\x18\x04 \x01(\x0b\x32\x13.hashex.v1.Category\x12$\n\x05\x66lags\x18\x05 \x01(\x0b\x32\x15.hashex.v1.MediaFlags\x12\x12\n\nseries_ids\x18\x06 \x03(\t\x12&\n\tcase_data\x18\x07 \x01(\x0b\x32\x13.hashex.v1.CaseData\"?\n\x12SubmitMediaRequest\x12)\n\x05media\x18\x01 \x03(\x0b\x32\x1a.hashex.v1.MediaSubmission\"o\n\x13SubmitMediaResponse\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x04\x12\x0f\n\x07updated\x18\x03 \x01(\x04\x12\x11\n\tunchanged\x18\x04 \x01(\x04\x12\x11\n\tretracted\x18\x05 \x01(\x04\"\x87\x01\n\rLookupRequest\x12\"\n\x07signals\x18\x01 \x03(\x0b\x32\x11.hashex.v1.Signal\x12\x1d\n\x10pdq_max_distance\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1e\n\x16max_matches_per_signal\x18\x03 \x01(\rB\x13\n\x11_pdq_max_distance\"\xac\x01\n\x05Match\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.hashex.v1.MatchKind\x12\x10\n\x08\x64istance\x18\x02 \x01(\r\x12)\n\x0ematched_signal\x18\x03 \x01(\x0b\x32\x11.hashex.v1.Signal\x12\x1f\n\x05media\x18\x04 \x01(\x0b\x32\x10.hashex.v1.Media\x12!\n\x06series\x18\x05 \x03(\x0b\x32\x11.hashex.v1.Series\"\xa2\x01\n\x0cLookupResult\x12\r\n\x05index\x18\x01 \x01(\r\x12!\n\x06signal\x18\x02 \x01(\x0b\x32\x11.hashex.v1.Signal\x12!\n\x07matches\x18\x03 \x03(\x0b\x32\x10.hashex.v1.Match\x12\x13\n\x0blow_quality\x18\x04 \x01(\x08\x12\x11\n\ttruncated\x18\x05 \x01(\x08\x12\x15\n\rresponse_full\x18\x06 \x01(\x08\":\n\x0eLookupResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.hashex.v1.LookupResult\"Q\n\x13LookupStreamRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12(\n\x06lookup\x18\x02 \x01(\x0b\x32\x18.hashex.v1.LookupRequest\"S\n\x14LookupStreamResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12)\n\x06lookup\x18\x02 \x01(\x0b\x32\x19.hashex.v1.LookupResponse\"(\n\x13RetractMediaRequest\x12\x11\n\tmedia_ids\x18\x01 \x03(\t\"W\n\x14RetractMediaResponse\x12\x11\n\tretracted\x18\x01 \x01(\x04\x12\x11\n\tnot_found\x18\x02 \x01(\x04\x12\x19\n\x11\x61lready_retracted\x18\x03 \x01(\x04\"\xab\x01\n\x12UpdateMediaRequest\x12\x11\n\tmedia_ids\x18\x01 \x03(\t\x12&\n\x06values\x18\x02 \x01(\x0b\x32\x16.hashex.v1.MediaUpdate\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x18\n\x10leave_series_ids\x18\x04 \x03(\t\x12\x0f\n\x07restore\x18\x05 \x01(\x08\"\x84\x01\n\x0bMediaUpdate\x12%\n\x08\x63\x61tegory\x18\x01 \x01(\x0b\x32\x13.hashex.v1.Category\x12(\n\nmedia_type\x18\x02 \x01(\x0e\x32\x14.hashex.v1.MediaType\x12$\n\x05\x66lags\x18\x03 \x01(\x0b\x32\x15.hashex.v1.MediaFlags\"Z\n\x13UpdateMediaResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x04\x12\x11\n\tunchanged\x18\x02 \x01(\x04\x12\x1f\n\x05media\x18\x03 \x03(\x0b\x32\x10.hashex.v1.Media\"5\n\x10GetSeriesRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\tseries_id\x18\x02 \x01(\t\"6\n\x11GetSeriesResponse\x12!\n\x06series\x18\x01 \x01(\x0b\x32\x11.hashex.v1.Series\"g\n\x13UpsertSeriesRequest\x12\x11\n\tseries_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"J\n\x14UpsertSeriesResponse\x12!\n\x06series\x18\x01 \x01(\x0b\x32\x11.hashex.v1.Series\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\xb7\x01\n\x13UpdateVictimRequest\x12\x11\n\tseries_id\x18\x01 \x01(\t\x12\x11\n\tvictim_id\x18\x02 \x01(\t\x12/\n\x06status\x18\x03 \x01(\x0e\x32\x1f.hashex.v1.IdentificationStatus\x12\x18\n\x10responsible_desk\x18\x04 \x01(\t\x12/\n\x0bupdate_mask\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"J\n\x14UpdateVictimResponse\x12!\n\x06victim\x18\x01 \x01(\x0b\x32\x11.hashex.v1.Victim\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x11\n\x0fGetStatsRequest\"L\n\x0e\x41lgorithmCount\x12+\n\talgorithm\x18\x01 \x01(\x0e\x32\x18.hashex.v1.HashAlgorithm\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"M\n\x0bStatusCount\x12/\n\x06status\x18\x01 \x01(\x0e\x32\x1f.hashex.v1.IdentificationStatus\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xa8\x02\n\x10GetStatsResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bmedia_count\x18\x02 \x01(\x04\x12\x17\n\x0fretracted_count\x18\x03 \x01(\x04\x12\x30\n\rsignal_counts\x18\x04 \x03(\x0b\x32\x19.hashex.v1.AlgorithmCount\x12\x14\n\x0cseries_count\x18\x05 \x01(\x04\x12-\n\rvictim_counts\x18\x06 \x03(\x0b\x32\x16.hashex.v1.StatusCount\x12\x16\n\x0epdq_index_size\x18\x07 \x01(\x04\x12\x16\n\x0eschema_version\x18\x08 \x01(\r\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*R\n\tMatchKind\x12\x1a\n\x16MATCH_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10MATCH_KIND_EXACT\x10\x01\x12\x13\n\x0fMATCH_KIND_NEAR\x10\x02\x32\xbc\x05\n\x08Registry\x12N\n\x0bSubmitMedia\x12\x1d.hashex.v1.SubmitMediaRequest\x1a\x1e.hashex.v1.SubmitMediaResponse(\x01\x12=\n\x06Lookup\x12\x18.hashex.v1.LookupRequest\x1a\x19.hashex.v1.LookupResponse\x12S\n\x0cLookupStream\x12\x1e.hashex.v1.LookupStreamRequest\x1a\x1f.hashex.v1.LookupStreamResponse(\x01\x30\x01\x12O\n\x0cRetractMedia\x12\x1e.hashex.v1.RetractMediaRequest\x1a\x1f.hashex.v1.RetractMediaResponse\x12L\n\x0bUpdateMedia\x12\x1d.hashex.v1.UpdateMediaRequest\x1a\x1e.hashex.v1.UpdateMediaResponse\x12\x46\n\tGetSeries\x12\x1b.hashex.v1.GetSeriesRequest\x1a\x1c.hashex.v1.GetSeriesResponse\x12O\n\x0cUpsertSeries\x12\x1e.hashex.v1.UpsertSeriesRequest\x1a\x1f.hashex.v1.UpsertSeriesResponse\x12O\n\x0cUpdateVictim\x12\x1e.hashex.v1.UpdateVictimRequest\x1a\x1f.hashex.v1.UpdateVictimResponse\x12\x43\n\x08GetStats\x12\x1a.hashex.v1.GetStatsRequest\x1a\x1b.hashex.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hashex.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MATCHKIND']._serialized_start=2883
-  _globals['_MATCHKIND']._serialized_end=2965
+  _globals['_MATCHKIND']._serialized_start=2910
+  _globals['_MATCHKIND']._serialized_end=2992
   _globals['_CASEDATA']._serialized_start=130
   _globals['_CASEDATA']._serialized_end=210
   _globals['_MEDIASUBMISSION']._serialized_start=213
@@ -59,33 +59,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRACTMEDIAREQUEST']._serialized_start=1349
   _globals['_RETRACTMEDIAREQUEST']._serialized_end=1389
   _globals['_RETRACTMEDIARESPONSE']._serialized_start=1391
-  _globals['_RETRACTMEDIARESPONSE']._serialized_end=1451
-  _globals['_UPDATEMEDIAREQUEST']._serialized_start=1454
-  _globals['_UPDATEMEDIAREQUEST']._serialized_end=1625
-  _globals['_MEDIAUPDATE']._serialized_start=1628
-  _globals['_MEDIAUPDATE']._serialized_end=1760
-  _globals['_UPDATEMEDIARESPONSE']._serialized_start=1762
-  _globals['_UPDATEMEDIARESPONSE']._serialized_end=1852
-  _globals['_GETSERIESREQUEST']._serialized_start=1854
-  _globals['_GETSERIESREQUEST']._serialized_end=1907
-  _globals['_GETSERIESRESPONSE']._serialized_start=1909
-  _globals['_GETSERIESRESPONSE']._serialized_end=1963
-  _globals['_UPSERTSERIESREQUEST']._serialized_start=1965
-  _globals['_UPSERTSERIESREQUEST']._serialized_end=2068
-  _globals['_UPSERTSERIESRESPONSE']._serialized_start=2070
-  _globals['_UPSERTSERIESRESPONSE']._serialized_end=2144
-  _globals['_UPDATEVICTIMREQUEST']._serialized_start=2147
-  _globals['_UPDATEVICTIMREQUEST']._serialized_end=2330
-  _globals['_UPDATEVICTIMRESPONSE']._serialized_start=2332
-  _globals['_UPDATEVICTIMRESPONSE']._serialized_end=2406
-  _globals['_GETSTATSREQUEST']._serialized_start=2408
-  _globals['_GETSTATSREQUEST']._serialized_end=2425
-  _globals['_ALGORITHMCOUNT']._serialized_start=2427
-  _globals['_ALGORITHMCOUNT']._serialized_end=2503
-  _globals['_STATUSCOUNT']._serialized_start=2505
-  _globals['_STATUSCOUNT']._serialized_end=2582
-  _globals['_GETSTATSRESPONSE']._serialized_start=2585
-  _globals['_GETSTATSRESPONSE']._serialized_end=2881
-  _globals['_REGISTRY']._serialized_start=2968
-  _globals['_REGISTRY']._serialized_end=3668
+  _globals['_RETRACTMEDIARESPONSE']._serialized_end=1478
+  _globals['_UPDATEMEDIAREQUEST']._serialized_start=1481
+  _globals['_UPDATEMEDIAREQUEST']._serialized_end=1652
+  _globals['_MEDIAUPDATE']._serialized_start=1655
+  _globals['_MEDIAUPDATE']._serialized_end=1787
+  _globals['_UPDATEMEDIARESPONSE']._serialized_start=1789
+  _globals['_UPDATEMEDIARESPONSE']._serialized_end=1879
+  _globals['_GETSERIESREQUEST']._serialized_start=1881
+  _globals['_GETSERIESREQUEST']._serialized_end=1934
+  _globals['_GETSERIESRESPONSE']._serialized_start=1936
+  _globals['_GETSERIESRESPONSE']._serialized_end=1990
+  _globals['_UPSERTSERIESREQUEST']._serialized_start=1992
+  _globals['_UPSERTSERIESREQUEST']._serialized_end=2095
+  _globals['_UPSERTSERIESRESPONSE']._serialized_start=2097
+  _globals['_UPSERTSERIESRESPONSE']._serialized_end=2171
+  _globals['_UPDATEVICTIMREQUEST']._serialized_start=2174
+  _globals['_UPDATEVICTIMREQUEST']._serialized_end=2357
+  _globals['_UPDATEVICTIMRESPONSE']._serialized_start=2359
+  _globals['_UPDATEVICTIMRESPONSE']._serialized_end=2433
+  _globals['_GETSTATSREQUEST']._serialized_start=2435
+  _globals['_GETSTATSREQUEST']._serialized_end=2452
+  _globals['_ALGORITHMCOUNT']._serialized_start=2454
+  _globals['_ALGORITHMCOUNT']._serialized_end=2530
+  _globals['_STATUSCOUNT']._serialized_start=2532
+  _globals['_STATUSCOUNT']._serialized_end=2609
+  _globals['_GETSTATSRESPONSE']._serialized_start=2612
+  _globals['_GETSTATSRESPONSE']._serialized_end=2908
+  _globals['_REGISTRY']._serialized_start=2995
+  _globals['_REGISTRY']._serialized_end=3695
 # @@protoc_insertion_point(module_scope)

@@ -453,18 +453,26 @@ class RetractMediaResponse(_message.Message):
 
     RETRACTED_FIELD_NUMBER: _builtins.int
     NOT_FOUND_FIELD_NUMBER: _builtins.int
+    ALREADY_RETRACTED_FIELD_NUMBER: _builtins.int
     retracted: _builtins.int
     not_found: _builtins.int
-    """Ids that were unknown or already retracted."""
+    """Ids that are not media of this node (unknown here, or another origin's): nothing was done
+    for them. Until already_retracted existed this also counted media already retracted.
+    """
+    already_retracted: _builtins.int
+    """Ids of media of this node that were already retracted: nothing to do, not an error. An id
+    given twice in one request counts once as retracted and then as already retracted.
+    """
     def __init__(
         self,
         *,
         retracted: _builtins.int = ...,
         not_found: _builtins.int = ...,
+        already_retracted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["not_found", b"not_found", "retracted", b"retracted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_retracted", b"already_retracted", "not_found", b"not_found", "retracted", b"retracted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
