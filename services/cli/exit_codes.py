@@ -17,6 +17,9 @@ NOT_FOUND = 4
 # known. A peer not asked because the node's store matched everything leaves the result
 # complete.
 INCOMPLETE = 5
+# The node refused the caller: its certificate (UNAUTHENTICATED) or its role (PERMISSION_DENIED,
+# the message names the role needed). Nothing was changed.
+REFUSED = 6
 # The output was closed before the command finished writing (as `| head` does): the shell's
 # code for a command ended by SIGPIPE.
 OUTPUT_CLOSED = 141
@@ -28,4 +31,5 @@ EPILOG = """exit codes:
   3  the node could not be reached or failed
   4  not found: the media, series, victim or peer named does not exist
   5  lookup --peers: incomplete, a peer did not answer (matches found are still printed)
+  6  refused: the certificate or its role does not allow this; nothing was changed
   141  the output was closed early (as by `| head`)"""

@@ -166,7 +166,7 @@ def rpc_failure(error: grpc.RpcError, address: str) -> CommandFailed:
             "--cert, the gateway also refuses certificates its node did not issue",
         )
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-        return CommandFailed(exit_codes.NODE_ERROR, f"refused by the node ({code.name}): {details}")
+        return CommandFailed(exit_codes.REFUSED, f"refused by the node ({code.name}): {details}")
     return CommandFailed(exit_codes.NODE_ERROR, f"the node answered {code.name}: {details}")
 
 

@@ -3,6 +3,8 @@ each refusal names the role needed, changes nothing and is in the audit log."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +19,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from opentelemetry.sdk.trace import TracerProvider
 
 from hashex.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from services.cli import exit_codes
+from services.cli.main import main as hashex_main
 from services.core import tls
 from services.core.audit.recorder import AuditRecorder
 from services.core.audit.store import AuditStore
@@ -226,3 +230,27 @@ def _legacy_unit_channel(node: Agency, unit: str) -> grpc.aio.Channel:
     channel = grpc.aio.secure_channel(node.running.gateway_address, credentials)
     node.channels.append(channel)
     return channel
+
+
+async def test_the_cli_says_a_refusal_is_a_refusal(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A role refusal exits 6 (not 3, "unreachable") with the role named; nothing is stored."""
+    async with lone_node(tmp_path, pg_server) as node:
+        out = tmp_path / "reader"
+        issue = ["unit", "issue", "reader", "--role", "analyst", "--out", str(out)]
+        assert await asyncio.to_thread(hashex_main, [*issue, "--data-dir", str(node.data_dir)]) == 0
+        gateway = ["--cert", str(out / "reader.pem"), "--gateway", node.running.gateway_address]
+        hashes = tmp_path / "hashes.jsonl"
+        hashes.write_text(
+            json.dumps({"path": "a.jpg", "media_type": "image", "md5": "ab" * 16}) + "\n"
+        )
+        capsys.readouterr()
+        submit = ["submit", str(hashes), *gateway, "--data-dir", str(node.data_dir)]
+        code = await asyncio.to_thread(hashex_main, submit)
+        refused = capsys.readouterr().err
+        assert code == exit_codes.REFUSED, refused
+        assert "needs the role submitter or supervisor" in refused
+        assert await node.media_ids(RECEIVER) == set()
+        lookup = ["lookup", f"md5:{'ab' * 16}", *gateway, "--data-dir", str(node.data_dir)]
+        assert await asyncio.to_thread(hashex_main, lookup) == exit_codes.NO_MATCH

@@ -22,6 +22,7 @@ import grpc
 import pytest
 
 from hashex.v1 import federation_pb2, federation_pb2_grpc, registry_pb2, registry_pb2_grpc
+from services.cli import exit_codes
 from services.cli.main import main as hashex_main
 from services.core import tls
 from tests.federation.harness import Agency, cli, federation
@@ -401,7 +402,11 @@ async def test_sync_commands_take_the_gateway_with_a_certificate(
         assert json.loads(capsys.readouterr().out)["node_id"] == RECEIVER
         code = await asyncio.to_thread(hashex_main, [*status, "--cert", str(folder / "desk.pem")])
         refused = capsys.readouterr().err
-        assert code == 3 and "PERMISSION_DENIED" in refused and "is it running" not in refused
+        assert (
+            code == exit_codes.REFUSED
+            and "PERMISSION_DENIED" in refused
+            and "is it running" not in refused
+        )
         [*_, record] = await audit_log(node)
         assert (record["caller"], record["status"]) == (
             tls.unit_uri(RECEIVER, "desk"),
