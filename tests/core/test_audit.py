@@ -21,6 +21,7 @@ from services.core.audit.chain import AuditEntry, ChainVerifier, seal_all
 from services.core.audit.recorder import AuditRecorder
 from services.core.audit.store import MIGRATIONS_DIR, AuditStore
 from services.core.config import write_config
+from services.core.db.location import EmbeddedDatabase
 from services.core.db.migrations import apply_migrations
 from services.core.db.pool import open_database
 from tests.store_calls import database_of
@@ -125,7 +126,7 @@ def test_audit_verify_passes_then_names_the_tampered_record(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    write_config(tmp_path, node_id="gb-nca")
+    write_config(tmp_path, node_id="gb-nca", database="external")
     monkeypatch.setenv("DATABASE_URL", empty_database)
     verify = ["audit", "verify", "--data-dir", str(tmp_path)]
     assert hashex_main(verify) == 0
@@ -147,7 +148,7 @@ async def test_audit_verify_shares_the_embedded_database_of_a_running_node(
     """The node holds its embedded PostgreSQL; `hashex audit verify` in another process joins
     it, checks, and lets go without stopping it under the node."""
     write_config(node_data_dir, node_id="gb-nca")
-    database = await open_database(database_url=None, data_dir=node_data_dir)
+    database = await open_database(EmbeddedDatabase(node_data_dir))
     try:
         await apply_migrations(database.pool, MIGRATIONS_DIR)
         await AuditStore(database).append([_entry(n) for n in range(3)])

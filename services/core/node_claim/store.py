@@ -51,7 +51,8 @@ async def claim_database(conn: Any, *, node_id: str, case_key_fingerprint: str |
         if claim.node_id != node_id:
             raise WrongDatabase(
                 f"this database belongs to node {claim.node_id!r}, not {node_id!r}: give node "
-                f"{node_id!r} its own database (DATABASE_URL or its data directory's pg/)"
+                f"{node_id!r} its own database (an external one of its own, or the embedded "
+                "one in its data directory)"
             )
         if case_key_fingerprint is None:
             return claim
