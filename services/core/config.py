@@ -114,6 +114,12 @@ class NodeConfig:
         return self.data_dir / "run" / "gateway.addr"
 
     @property
+    def sync_address_file(self) -> Path:
+        """Written by `hashex sync run` (the services apart) with its internal port's address,
+        read by `hashex sync status` and the other sync admin commands."""
+        return self.data_dir / "run" / "sync.addr"
+
+    @property
     def address_file(self) -> Path:
         """Written by `hashex node up` with the bound address, read by client commands."""
         return self.data_dir / "run" / "registry.addr"

@@ -145,6 +145,7 @@ class RunningSyncService:
         finally:
             await self.database.close()
             self.telemetry.shutdown()
+            self.config.sync_address_file.unlink(missing_ok=True)
 
 
 async def start_sync_service(
@@ -202,4 +203,8 @@ async def start_sync_service(
         raise
     host = listen.rpartition(":")[0]
     database.watch([server.set_serving])
-    return RunningSyncService(config, database, sync, server, registry_channel, telemetry, host)
+    running = RunningSyncService(config, database, sync, server, registry_channel, telemetry, host)
+    # Where this node's own sync admin commands find it (`hashex sync status`).
+    config.sync_address_file.parent.mkdir(parents=True, exist_ok=True)
+    config.sync_address_file.write_text(running.address + "\n", encoding="utf-8")
+    return running
