@@ -21,6 +21,7 @@ from services.core.audit.store import AuditStore
 from services.core.config import load_config
 from services.core.db.location import DatabaseLocation
 from services.core.db.pool import open_database
+from services.core.node_claim.store import check_claimed_by
 
 # The check ran and found the log altered (as `lookup` uses 1 for "ran, found nothing").
 LOG_ALTERED = 1
@@ -54,7 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _verify(ns: argparse.Namespace) -> int:
     config = load_config(ns.data_dir.resolve())
-    verifier, broken = asyncio.run(_check(config.database_location()))
+    verifier, broken = asyncio.run(_check(config.database_location(), node_id=config.node_id))
     if broken is not None:
         print(
             f"audit log ALTERED at record {broken.seq}: {broken.reason} "
@@ -66,9 +67,13 @@ def _verify(ns: argparse.Namespace) -> int:
     return exit_codes.OK
 
 
-async def _check(location: DatabaseLocation) -> tuple[ChainVerifier, ChainBreak | None]:
+async def _check(
+    location: DatabaseLocation, *, node_id: str
+) -> tuple[ChainVerifier, ChainBreak | None]:
     database = await open_database(location, max_size=2)
     try:
+        async with database.connection() as conn:
+            await check_claimed_by(conn, node_id=node_id)
         store = AuditStore(database)
         verifier = ChainVerifier()
         if not await store.exists():

@@ -13,12 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from services.core.audit.store import MIGRATIONS_DIR, AuditStore
-from services.core.db.location import ExternalDatabase
-from services.core.db.migrations import apply_migrations
-from services.core.db.pool import open_database
 from tests.cli.node_process import HASHEX, postgres_processes
-from tests.core.test_audit import _entry
+from tests.core.test_audit import _fill_log
 
 PASSWORD = "s3cret-pw"
 # Addresses nothing listens on: a command must refuse before it would dial them.
@@ -91,7 +87,7 @@ def test_an_external_node_without_its_url_refuses_and_starts_no_postgres(
 def test_the_url_in_the_0600_file_is_the_nodes_database(
     data_dir: Path, empty_database: str
 ) -> None:
-    asyncio.run(_fill_audit_log(empty_database, 3))
+    asyncio.run(_fill_log(empty_database, 3))
     init(
         data_dir, "--database", "external", "--database-url-file", "-",
         stdin_text=_with_password(empty_database) + "\n",
@@ -114,7 +110,7 @@ def test_the_url_in_the_0600_file_is_the_nodes_database(
 def test_a_node_toml_holding_a_password_is_refused_unless_owner_only(
     data_dir: Path, empty_database: str
 ) -> None:
-    asyncio.run(_fill_audit_log(empty_database, 2))
+    asyncio.run(_fill_log(empty_database, 2))
     init(data_dir, "--database", "external")
     config = data_dir / "node.toml"
     with config.open("a", encoding="utf-8") as file:
@@ -163,12 +159,3 @@ def _with_password(url: str) -> str:
     """`url` with a password in its query (the test server does not ask for one: it is carried
     along, as the secret a real URL would hold)."""
     return f"{url}{'&' if '?' in url else '?'}password={PASSWORD}"
-
-
-async def _fill_audit_log(url: str, count: int) -> None:
-    database = await open_database(ExternalDatabase(url, source="the test"), max_size=2)
-    try:
-        await apply_migrations(database.pool, MIGRATIONS_DIR)
-        await AuditStore(database).append([_entry(n) for n in range(count)])
-    finally:
-        await database.close()
