@@ -144,11 +144,14 @@ class NodeConfig:
         """Every setting as text for the start-up log, with the database password hidden."""
         shown = {f.name: str(getattr(self, f.name)) for f in fields(self)}
         del shown["database_url_source"]
-        shown["database_url"] = (
-            f"{mask_database_url(self.database_url)} (from {self.database_url_source})"
-            if self.database_url
-            else "none given"
-        )
+        if self.database_url:
+            shown["database_url"] = (
+                f"{mask_database_url(self.database_url)} (from {self.database_url_source})"
+            )
+        elif self.database == EMBEDDED:
+            shown["database_url"] = "none (embedded)"
+        else:
+            shown["database_url"] = f"from {DATABASE_URL_FILE} when the database opens"
         return shown
 
 

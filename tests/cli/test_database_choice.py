@@ -107,6 +107,19 @@ def test_the_url_in_the_0600_file_is_the_nodes_database(
     assert f"run `chmod 600 {url_file}`" in done.stderr
 
 
+def test_the_password_of_the_url_in_the_file_is_never_shown(data_dir: Path) -> None:
+    url = f"postgresql://hashex:{PASSWORD}@{NOWHERE}/hashex"
+    init(data_dir, "--database", "external", "--database-url-file", "-", stdin_text=url)
+    done = run("node", "up", "--data-dir", data_dir)
+    assert done.returncode == 3
+    assert f"cannot connect to the database at postgresql://hashex:***@{NOWHERE}/hashex" in (
+        done.stderr
+    )
+    assert "URL from " + str(data_dir / "keys" / "database-url") in done.stderr
+    assert PASSWORD not in done.stderr + done.stdout
+    assert_no_embedded_server(data_dir)
+
+
 def test_a_node_toml_holding_a_password_is_refused_unless_owner_only(
     data_dir: Path, empty_database: str
 ) -> None:

@@ -152,6 +152,7 @@ async def open_database(
     ever starts a server: see services/core/db/location.py."""
     if isinstance(location, ExternalDatabase):
         url = location.url
+        _log.info("opening the node's external database (URL from %s)", location.source)
         pool = await _create_pool(url, min_size=min_size, max_size=max_size)
         return Database(pool=pool, display_url=mask_database_url(url), url=url)
     data_dir = location.data_dir
