@@ -319,7 +319,7 @@ async def bench_database(admin_url: str | None) -> AsyncIterator[str | None]:
 
 @asynccontextmanager
 async def opened_database(config: NodeConfig) -> AsyncIterator[Database]:
-    database = await open_database(database_url=config.database_url, data_dir=config.data_dir)
+    database = await open_database(config.database_location())
     try:
         yield database
     finally:
@@ -701,7 +701,13 @@ async def prepare_node(
     (its PDQ index then is one segment, the layout queries are fastest on)."""
     directory = await stack.enter_async_context(scratch_dir())
     url = await stack.enter_async_context(bench_database(args.database_url))
-    config = NodeConfig(node_id=NODE_ID, data_dir=directory, database_url=url)
+    config = NodeConfig(
+        node_id=NODE_ID,
+        data_dir=directory,
+        database="embedded" if url is None else "external",
+        database_url=url,
+        database_url_source="--database-url" if url else "",
+    )
     create_case_key(config.case_key_path)
     database = await stack.enter_async_context(opened_database(config))
     progress(f"database: {database.display_url}; loading {corpus.n:,} media")

@@ -657,14 +657,17 @@ async def bench_databases(admin_url: str | None) -> AsyncIterator[dict[str, str 
             await admin.close()
 
 
-def init_nodes(root: Path) -> dict[str, Path]:
-    """`hashex node init` for both, and their peer cards (pinned only when timing starts)."""
+def init_nodes(root: Path, *, external: bool) -> dict[str, Path]:
+    """`hashex node init` for both, and their peer cards (pinned only when timing starts);
+    `external`: their databases' URLs come as DATABASE_URL (see node_config)."""
     dirs = {}
+    database = "external" if external else "embedded"
     for node_id in (ORIGIN, RECEIVER):
         data_dir = root / node_id
         cli(
             "node", "init", "--node-id", node_id, "--listen", "127.0.0.1:0",
-            "--gateway-listen", f"127.0.0.1:{free_port()}", "--data-dir", data_dir,
+            "--gateway-listen", f"127.0.0.1:{free_port()}", "--database", database,
+            "--data-dir", data_dir,
         )  # fmt: skip
         cli("peer", "card", "--out", root / f"{node_id}.card", "--data-dir", data_dir)
         dirs[node_id] = data_dir
@@ -712,7 +715,7 @@ async def run(
     async with AsyncExitStack() as stack:
         root = await stack.enter_async_context(scratch_dir())
         urls = await stack.enter_async_context(bench_databases(args.database_url))
-        dirs = await asyncio.to_thread(init_nodes, root)
+        dirs = await asyncio.to_thread(init_nodes, root, external=args.database_url is not None)
         origin = await start_node(node_config(dirs[ORIGIN], urls[ORIGIN]))
         stack.push_async_callback(origin.stop)
         progress(f"origin up ({origin.database.display_url}); loading {corpus.n:,} media")

@@ -1,9 +1,11 @@
 """`hashex audit verify`: recompute the gateway's audit hash chain and say whether it is intact.
 
-It reads the node's database directly (DATABASE_URL, else the embedded PostgreSQL in the data
-directory), not through the gateway: the check must not depend on the service it checks. With
-the embedded database it may run while the node is up: the embedded server is shared between
-processes on the same data directory (each process holds it; the last to let go stops it).
+It reads the node's database directly (the one chosen at `hashex node init`: external, or the
+embedded PostgreSQL in the data directory), not through the gateway: the check must not depend
+on the service it checks. With the embedded database it may run while the node is up: the
+embedded server is shared between processes on the same data directory (each process holds it;
+the last to let go stops it). It never starts an embedded server for a node that chose an
+external database.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from pathlib import Path
 
 from services.cli import exit_codes
 from services.cli.node_client import add_data_dir_option, run_command
 from services.core.audit.chain import ChainBreak, ChainVerifier
 from services.core.audit.store import AuditStore
 from services.core.config import load_config
+from services.core.db.location import DatabaseLocation
 from services.core.db.pool import open_database
+from services.core.node_claim.store import check_claimed_by
 
 # The check ran and found the log altered (as `lookup` uses 1 for "ran, found nothing").
 LOG_ALTERED = 1
@@ -36,7 +39,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="recompute the audit log's hash chain",
         description=(
             "Recompute the hash chain of every audit record in the node's database "
-            "(DATABASE_URL, else the embedded PostgreSQL in --data-dir; the node may be running). "
+            "(the one its node.toml chooses: external, or embedded in --data-dir; the node may be "
+            "running). "
             "Prints the record count and the last digest when intact: keep them elsewhere, so "
             "that records cut off the end can be noticed later too."
         ),
@@ -51,7 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _verify(ns: argparse.Namespace) -> int:
     config = load_config(ns.data_dir.resolve())
-    verifier, broken = asyncio.run(_check(config.database_url, config.data_dir))
+    verifier, broken = asyncio.run(_check(config.database_location(), node_id=config.node_id))
     if broken is not None:
         print(
             f"audit log ALTERED at record {broken.seq}: {broken.reason} "
@@ -64,10 +68,12 @@ def _verify(ns: argparse.Namespace) -> int:
 
 
 async def _check(
-    database_url: str | None, data_dir: Path
+    location: DatabaseLocation, *, node_id: str
 ) -> tuple[ChainVerifier, ChainBreak | None]:
-    database = await open_database(database_url=database_url, data_dir=data_dir, max_size=2)
+    database = await open_database(location, max_size=2)
     try:
+        async with database.connection() as conn:
+            await check_claimed_by(conn, node_id=node_id)
         store = AuditStore(database)
         verifier = ChainVerifier()
         if not await store.exists():

@@ -7,6 +7,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from services.cli import exit_codes
@@ -22,8 +23,10 @@ from services.core.config import (
     load_config,
     write_config,
 )
-from services.core.db.pool import Database
+from services.core.db.location import DATABASE_URL_FILE, EMBEDDED, EXTERNAL
+from services.core.db.pool import Database, mask_database_url
 from services.core.logs import configure_logging
+from services.core.secretfile import read_secret, write_secret
 from services.core.signing import rotate
 from services.core.trust import check_endpoint
 from services.gateway.composition import start_node
@@ -75,6 +78,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="NAME_OR_IP",
         help="another DNS name or IP address for the gateway certificate (repeatable)",
     )
+    init.add_argument(
+        "--database",
+        choices=[EMBEDDED, EXTERNAL],
+        default=None,
+        help="where the node's database lives, chosen once: embedded (default: a PostgreSQL "
+        "in the data directory, started by the node) or external (your server; its URL from "
+        "DATABASE_URL or keys/database-url)",
+    )
+    init.add_argument(
+        "--database-url-file",
+        metavar="PATH",
+        type=Path,
+        help="with --database external: copy the database URL (it may hold the password) from "
+        "PATH, or stdin for -, into keys/database-url (mode 0600)",
+    )
     add_data_dir_option(init)
     init.set_defaults(func=lambda ns: run_command(_init, ns))
     rotate_key = node_sub.add_parser(
@@ -96,9 +114,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Run the whole node in one process: the registry, the sync service (pulling from "
             "every pinned peer) and the gateway (mutual TLS on gateway_listen, the port peers "
             "and units use), plus the admin socket run/admin.sock (owner only) for this "
-            "machine's own `hashex` commands, every call checked and audited, "
-            "with the embedded PostgreSQL in the data directory (or DATABASE_URL). Stops "
-            "cleanly on Ctrl-C or SIGTERM, PostgreSQL included."
+            "machine's own `hashex` commands, every call checked and audited, on the database "
+            "node.toml chooses (the embedded PostgreSQL in the data directory, or an external "
+            "one). Stops cleanly on Ctrl-C or SIGTERM, PostgreSQL included."
         ),
         epilog="example: hashex node up --data-dir ~/hashex/gb-nca",
     )
@@ -116,8 +134,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = registry_sub.add_parser(
         "serve",
         help="serve the registry until SIGTERM",
-        description="Serve the registry of the node in --data-dir (database: DATABASE_URL, else "
-        "the embedded PostgreSQL). Stops cleanly on SIGTERM.",
+        description="Serve the registry of the node in --data-dir (on the database its node.toml "
+        "chooses). Stops cleanly on SIGTERM.",
     )
     add_data_dir_option(serve)
     serve.set_defaults(func=lambda ns: run_command(lambda n: _up(n, _serve_registry), ns))
@@ -132,6 +150,12 @@ def _init(ns: argparse.Namespace) -> int:
     hosts = [check_host(host) for host in ns.gateway_host]
     data_dir = ns.data_dir.resolve()
     created_config = not (data_dir / CONFIG_FILE).exists()
+    url_for_embedded = ns.database == EMBEDDED or (created_config and ns.database is None)
+    if ns.database_url_file is not None and url_for_embedded:
+        raise CommandFailed(
+            exit_codes.BAD_INPUT, "--database-url-file is for --database external only"
+        )
+    database_url = _read_database_url(ns.database_url_file)
     if created_config:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_config(
@@ -140,6 +164,7 @@ def _init(ns: argparse.Namespace) -> int:
             listen=ns.listen,
             gateway_listen=ns.gateway_listen,
             gateway_endpoint=ns.gateway_endpoint,
+            database=ns.database or EMBEDDED,
         )
     config = load_config(data_dir)
     if config.node_id != node_id:
@@ -147,18 +172,76 @@ def _init(ns: argparse.Namespace) -> int:
             exit_codes.BAD_INPUT,
             f"{data_dir} already holds node {config.node_id!r}; choose another --data-dir",
         )
+    if ns.database is not None and ns.database != config.database:
+        raise CommandFailed(
+            exit_codes.BAD_INPUT,
+            f"node {node_id} chose the {config.database} database when it was created; it is "
+            f"chosen once (to move the node, migrate its data and edit database in "
+            f"{config.config_file})",
+        )
+    if database_url is not None and config.database != EXTERNAL:
+        raise CommandFailed(
+            exit_codes.BAD_INPUT,
+            f"node {node_id} uses the embedded database: --database-url-file is for external",
+        )
     done = ensure_node_material(config, gateway_hosts=hosts)
+    if database_url is not None:
+        done.append(_store_database_url(config, database_url))
     if not created_config and not done:
         print(f"node {node_id} already initialised in {data_dir}; nothing changed")
         return exit_codes.OK
     print(f"node {node_id} {'created' if created_config else 'completed'} in {data_dir}")
     if created_config:
         print(f"  configuration: {data_dir / CONFIG_FILE}")
+        print(f"  database:      {_database_line(config, url_stored=database_url is not None)}")
     for line in done:
         print(f"  {line}")
     print(f"start it with:   hashex node up --data-dir {data_dir}")
     print(f"peer card:       hashex peer card --out {node_id}.card --data-dir {data_dir}")
     return exit_codes.OK
+
+
+def _read_database_url(path: Path | None) -> str | None:
+    """The URL in `path` (stdin for -), checked non-empty; None without --database-url-file."""
+    if path is None:
+        return None
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandFailed(
+            exit_codes.BAD_INPUT, f"cannot read --database-url-file {path}: {exc}"
+        ) from None
+    url = text.strip()
+    if not url or "\n" in url:
+        raise CommandFailed(
+            exit_codes.BAD_INPUT, f"--database-url-file {path} must hold one database URL"
+        )
+    return url
+
+
+def _store_database_url(config: NodeConfig, url: str) -> str:
+    """Write `url` to keys/database-url (0600); an existing, different one is never replaced."""
+    path = config.data_dir / DATABASE_URL_FILE
+    if path.exists():
+        if read_secret(path).decode("utf-8", errors="replace").strip() == url:
+            return f"database URL:  {path} (unchanged)"
+        raise CommandFailed(
+            exit_codes.BAD_INPUT,
+            f"{path} already holds another database URL; remove it first to replace it",
+        )
+    write_secret(path, url.encode("utf-8") + b"\n")
+    return f"database URL:  {path} ({mask_database_url(url)}, mode 0600)"
+
+
+def _database_line(config: NodeConfig, *, url_stored: bool) -> str:
+    if config.database == EMBEDDED:
+        return f"embedded PostgreSQL in {config.data_dir / 'pg'} (started by the node)"
+    if url_stored:
+        return f"external, URL in {config.data_dir / DATABASE_URL_FILE}"
+    return (
+        f"external: give its URL in DATABASE_URL or {config.data_dir / DATABASE_URL_FILE} "
+        "(mode 0600) before starting the node"
+    )
 
 
 def _rotate_key(ns: argparse.Namespace) -> int:

@@ -8,8 +8,9 @@ to `hashex registry serve`. `hashex node up` runs the same three in one process.
                      Units, Federation, Admin to --sync as raw bytes, the verified caller in
                      MAC'd headers (services/gateway/standalone.py)
 
-All three open the same database (DATABASE_URL: the embedded PostgreSQL belongs to one process,
-`hashex node up`) and share keys/internal.key.
+All three open the same database, the node's external one (`hashex node init --database
+external`; its URL from DATABASE_URL or keys/database-url): the embedded PostgreSQL belongs to
+one process, `hashex node up`. They share keys/internal.key.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Run the node's sync service on its own: pull from every pinned peer, and serve "
             "Federation, Admin and Units on an internal plaintext port (loopback unless "
             "allow_plaintext_non_loopback = true) for `hashex gateway serve` to forward to. "
-            "Database: DATABASE_URL. Needs keys/internal.key (shared with the gateway)."
+            "Database: the node's (node.toml chooses it). Needs keys/internal.key (shared with "
+            "the gateway)."
         ),
         epilog="example: hashex sync run --data-dir /data --registry registry:7700",
     )
@@ -53,7 +55,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=(
             "Run the node's gateway on its own (mutual TLS on gateway_listen), forwarding "
             "Registry to --registry and Units, Federation and Admin to --sync. Database (for "
-            "the audit log): DATABASE_URL. Needs keys/internal.key (shared with sync)."
+            "the audit log): the node's (node.toml chooses it). Needs keys/internal.key (shared "
+            "with sync)."
         ),
         epilog="example: hashex gateway serve --data-dir /data --registry registry:7700 "
         "--sync sync:7701",

@@ -1,6 +1,9 @@
 """`hashex sync status`: per peer, how far this node has replicated its log, the lag, and the
-last error; `hashex sync quarantine`: the peers' entries this node set aside. Both asked of the
-running node on its loopback port (Admin.GetSyncStatus, Admin.ListQuarantine)."""
+last error; `hashex sync quarantine`: the peers' entries this node set aside; `hashex sync
+resync`. Each asks the node's Admin service (GetSyncStatus, ListQuarantine, ResyncPeer): with
+--cert through the gateway; else at --node; else, when the services run apart, at the address
+`hashex sync run` wrote into the data directory (run/sync.addr); else on the node's own port
+(`hashex node up` serves Admin there)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
+import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -17,10 +21,13 @@ from hashex.v1 import federation_pb2, federation_pb2_grpc
 from services.cli import exit_codes
 from services.cli.json_output import write_json
 from services.cli.node_client import (
+    CommandFailed,
     add_node_options,
+    node_address,
     node_channel,
     run_command,
 )
+from services.core.config import NodeConfig
 
 M = TypeVar("M", bound=Message)
 
@@ -110,9 +117,42 @@ def _resync(ns: argparse.Namespace) -> int:
 
 
 def _ask(ns: argparse.Namespace, call: Callable[[federation_pb2_grpc.AdminStub], M]) -> M:
-    """One Admin call: the loopback port, or with --cert the gateway over mutual TLS."""
-    with node_channel(ns) as channel:
-        return call(federation_pb2_grpc.AdminStub(channel))
+    """One Admin call, where the node's sync service answers it (see the module docstring)."""
+    towards = _towards_sync(ns)
+    with node_channel(towards) as channel:
+        try:
+            return call(federation_pb2_grpc.AdminStub(channel))
+        except grpc.RpcError as error:
+            if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise CommandFailed(exit_codes.NODE_ERROR, _no_admin_at(towards)) from None
+            raise
+
+
+def _towards_sync(ns: argparse.Namespace) -> argparse.Namespace:
+    """`ns` unless the node's services run apart (`hashex sync run` announced its address) and
+    the command was not told where to go: then the sync service's internal port serves only
+    callers its gateway signed, so the way in is the gateway with an operator certificate."""
+    if ns.node or getattr(ns, "cert", None):
+        return ns
+    announced = NodeConfig(node_id="unknown", data_dir=ns.data_dir).sync_address_file
+    try:
+        address = announced.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return ns
+    raise CommandFailed(
+        exit_codes.BAD_INPUT,
+        f"the node's services run apart (sync at {address}, which serves only calls its "
+        "gateway forwards): ask through the gateway with --cert OPERATOR.pem (an operator "
+        "certificate: `hashex unit issue NAME --operator --out DIR`)",
+    )
+
+
+def _no_admin_at(ns: argparse.Namespace) -> str:
+    where = "the gateway" if getattr(ns, "cert", None) else node_address(ns)
+    return (
+        f"{where} does not serve the node's Admin service (do its services run apart?): "
+        "give --cert OPERATOR.pem to ask through the node's gateway"
+    )
 
 
 def _print(ns: argparse.Namespace, response: M, text: Callable[[M], str]) -> None:

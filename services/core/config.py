@@ -1,13 +1,17 @@
 """The node's one typed configuration: read once at start from the node's `node.toml` and the
 environment, validated with clear errors, secrets masked when printed.
 
-Precedence: environment (`HASHEX_*`, `DATABASE_URL`) over `node.toml` over defaults.
+Precedence: environment (`HASHEX_*`, `DATABASE_URL`) over `node.toml` over defaults. Where the
+database lives is the node's own choice, made at `hashex node init` (`database = "embedded"` or
+`"external"`, see services/core/db/location.py); a node.toml holding a database password is
+refused unless only its owner can read it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -16,7 +20,15 @@ from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from services.core.db.pool import mask_database_url
+from services.core.db.location import (
+    DATABASE_URL_ENV,
+    DATABASE_URL_FILE,
+    EMBEDDED,
+    DatabaseChoice,
+    DatabaseLocation,
+    locate_database,
+)
+from services.core.db.pool import has_password, mask_database_url
 from services.core.errors import FailedPrecondition, InvalidArgument
 
 CONFIG_FILE = "node.toml"
@@ -43,8 +55,12 @@ class NodeConfig:
     # host:port of the registry's internal port when it runs apart (`hashex registry serve`);
     # every call on it but health needs the caller the node's gateway signed.
     listen: str = DEFAULT_LISTEN
-    # None: the embedded PostgreSQL in `data_dir/pg`.
+    # "embedded": the PostgreSQL in `data_dir/pg`; "external": the server at `database_url`
+    # (from DATABASE_URL, or keys/database-url, or this file when only its owner can read it).
+    database: DatabaseChoice = EMBEDDED
     database_url: str | None = field(default=None, repr=False)
+    # Where database_url came from (DATABASE_URL or node.toml's path); not a setting.
+    database_url_source: str = field(default="", repr=False)
     pdq_default_max_distance: int = 31
     max_message_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: float = 10.0
@@ -102,6 +118,12 @@ class NodeConfig:
         return self.data_dir / "run" / "gateway.addr"
 
     @property
+    def sync_address_file(self) -> Path:
+        """Written by `hashex sync run` (the services apart) with its internal port's address,
+        read by `hashex sync status` and the other sync admin commands."""
+        return self.data_dir / "run" / "sync.addr"
+
+    @property
     def address_file(self) -> Path:
         """Written by `hashex registry serve` (the registry run apart) with its bound address."""
         return self.data_dir / "run" / "registry.addr"
@@ -111,12 +133,34 @@ class NodeConfig:
         """The Unix socket `hashex node up` serves the node's own commands on (owner only)."""
         return self.data_dir / "run" / "admin.sock"
 
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / CONFIG_FILE
+
+    def database_location(self) -> DatabaseLocation:
+        """Where this node's database is, as chosen in node.toml; FailedPrecondition naming
+        where the URL is expected (an external database without one) or what contradicts the
+        choice. Never an embedded database for a node that chose an external one."""
+        return locate_database(
+            choice=self.database,
+            data_dir=self.data_dir,
+            config_file=self.config_file,
+            url=self.database_url,
+            url_source=self.database_url_source,
+        )
+
     def masked(self) -> dict[str, str]:
         """Every setting as text for the start-up log, with the database password hidden."""
         shown = {f.name: str(getattr(self, f.name)) for f in fields(self)}
-        shown["database_url"] = (
-            mask_database_url(self.database_url) if self.database_url else "embedded"
-        )
+        del shown["database_url_source"]
+        if self.database_url:
+            shown["database_url"] = (
+                f"{mask_database_url(self.database_url)} (from {self.database_url_source})"
+            )
+        elif self.database == EMBEDDED:
+            shown["database_url"] = "none (embedded)"
+        else:
+            shown["database_url"] = f"from {DATABASE_URL_FILE} when the database opens"
         return shown
 
 
@@ -173,13 +217,31 @@ def load_config(data_dir: Path, env: Mapping[str, str] | None = None) -> NodeCon
         raw: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(f"{path}: {exc}") from None
-    return _from_values(data_dir, {**raw.get("node", {}), **_from_env(env)}, path)
+    in_file: dict[str, Any] = raw.get("node", {})
+    _refuse_readable_password(path, in_file.get("database_url"))
+    from_env = _from_env(env)
+    url_source = DATABASE_URL_ENV if "database_url" in from_env else str(path)
+    return _from_values(data_dir, {**in_file, **from_env}, path, url_source=url_source)
+
+
+def _refuse_readable_password(path: Path, url: object) -> None:
+    """A database password in node.toml is a secret in a file others may read (node.toml is
+    created 0644): refused, naming the file and the fix, unless the file is owner-only."""
+    if not isinstance(url, str) or not has_password(url):
+        return
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise FailedPrecondition(
+            f"{path} holds a database password and is readable by group or others (mode "
+            f"{mode:o}): move the URL to {path.parent / DATABASE_URL_FILE} (mode 0600) or "
+            f"DATABASE_URL and remove database_url from {path.name}, or run `chmod 600 {path}`"
+        )
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    if env.get("DATABASE_URL"):
-        values["database_url"] = env["DATABASE_URL"]
+    if env.get(DATABASE_URL_ENV):
+        values["database_url"] = env[DATABASE_URL_ENV]
     if env.get("HASHEX_LISTEN"):
         values["listen"] = env["HASHEX_LISTEN"]
     if env.get("HASHEX_GATEWAY_LISTEN"):
@@ -189,8 +251,10 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-def _from_values(data_dir: Path, values: dict[str, Any], source: Path) -> NodeConfig:
-    known = {f.name for f in fields(NodeConfig)} - {"data_dir"}
+def _from_values(
+    data_dir: Path, values: dict[str, Any], source: Path, *, url_source: str
+) -> NodeConfig:
+    known = {f.name for f in fields(NodeConfig)} - _NOT_SETTINGS
     for old, why in _REMOVED.items():
         if old in values:
             raise InvalidArgument(f"{source}: {old} was removed: {why}; delete the line")
@@ -205,7 +269,12 @@ def _from_values(data_dir: Path, values: dict[str, Any], source: Path) -> NodeCo
         raise InvalidArgument(f"{source}: unknown setting(s) {', '.join(unknown)}")
     if "node_id" not in values:
         raise InvalidArgument(f"{source}: node_id is missing")
-    config = NodeConfig(data_dir=data_dir.resolve(), **_typed(values, source))
+    typed = _typed(values, source)
+    config = NodeConfig(
+        data_dir=data_dir.resolve(),
+        database_url_source=url_source if typed.get("database_url") else "",
+        **typed,
+    )
     check_node_id(config.node_id)
     check_listen(config.listen)
     _check_address("gateway_listen", config.gateway_listen, source)
@@ -234,12 +303,18 @@ def _from_values(data_dir: Path, values: dict[str, Any], source: Path) -> NodeCo
     return config
 
 
+# NodeConfig's fields that are not node.toml settings.
+_NOT_SETTINGS = {"data_dir", "database_url_source"}
+
+
 def _settings_model() -> type[BaseModel]:
     """NodeConfig's settings as a pydantic model: each of its type, nothing converted (a text
     "no" is not a boolean, 7700 is not an address), whole numbers accepted as seconds."""
     hints = get_type_hints(NodeConfig)
     settings: dict[str, Any] = {
-        f.name: (hints[f.name], f.default) for f in fields(NodeConfig) if f.name != "data_dir"
+        f.name: (hints[f.name], f.default)
+        for f in fields(NodeConfig)
+        if f.name not in _NOT_SETTINGS
     }
     return create_model(
         "NodeSettings", __config__=ConfigDict(strict=True, extra="forbid"), **settings
@@ -269,6 +344,8 @@ def _typed(values: dict[str, Any], source: Path) -> dict[str, Any]:
         for error in invalid.errors():
             key = ".".join(str(part) for part in error["loc"][:1])
             expected = _EXPECTED.get(error["type"], error["msg"])
+            if error["type"] == "literal_error":
+                expected = f"expected {error.get('ctx', {}).get('expected', 'another value')}"
             shown = "" if key in _SECRET_SETTINGS else f", not {error['input']!r}"
             problems.append(f"{key}: {expected}{shown}")
         raise InvalidArgument(f"{source}: {'; '.join(dict.fromkeys(problems))}") from None
@@ -288,12 +365,13 @@ def write_config(
     listen: str = DEFAULT_LISTEN,
     gateway_listen: str = DEFAULT_GATEWAY_LISTEN,
     gateway_endpoint: str = "",
+    database: DatabaseChoice = EMBEDDED,
 ) -> Path:
     """Write a fresh `node.toml` (the operator edits it afterwards)."""
     path = data_dir / CONFIG_FILE
     path.write_text(
         "# hashex node configuration; environment variables HASHEX_LISTEN,\n"
-        "# HASHEX_GATEWAY_LISTEN, DATABASE_URL and HASHEX_LOG_LEVEL override these.\n"
+        "# HASHEX_GATEWAY_LISTEN and HASHEX_LOG_LEVEL override these.\n"
         "[node]\n"
         f'node_id = "{check_node_id(node_id)}"\n'
         f'listen = "{listen}"\n'
@@ -305,7 +383,10 @@ def write_config(
             else '# gateway_endpoint = "hashex.example.org:7443"  (what peers dial)\n'
         )
         + "pdq_default_max_distance = 31\n"
-        '# database_url = "postgresql://user@host/hashex"  (default: embedded PostgreSQL)\n',
+        '# Where the database lives, chosen at `hashex node init`: "embedded" (PostgreSQL in\n'
+        '# pg/, started by the node) or "external" (URL from DATABASE_URL or keys/database-url,\n'
+        "# mode 0600; never a password here unless this file is mode 0600).\n"
+        f'database = "{database}"\n',
         encoding="utf-8",
     )
     return path

@@ -82,7 +82,7 @@ async def start_node(config: NodeConfig, *, clock: Clock = SYSTEM_CLOCK) -> Runn
     require_node_material(config)
     own_ca_pem = (config.tls_dir / "ca.pem").read_bytes()
     trust = TrustStore(config.peers_dir, own_ca_pem, own_node_id=config.node_id)
-    database = await open_database(database_url=config.database_url, data_dir=config.data_dir)
+    database = await open_database(config.database_location())
     started: list[RunningServer | RunningGateway | RunningSync] = []
     try:
         await apply_migration_plan(database.pool, MIGRATIONS)

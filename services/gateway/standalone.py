@@ -75,7 +75,7 @@ async def start_gateway_service(
     secret = load_internal_key(config.data_dir)
     own_ca_pem = (config.tls_dir / "ca.pem").read_bytes()
     trust = TrustStore(config.peers_dir, own_ca_pem, own_node_id=config.node_id)
-    database = await open_database(database_url=config.database_url, data_dir=config.data_dir)
+    database = await open_database(config.database_location())
     limit = config.max_message_bytes
     channels = (
         internal_channel(registry_address, max_message_bytes=limit),

@@ -71,7 +71,7 @@ async def start_registry(config: NodeConfig, *, follow_replicas: bool = False) -
     """Start everything; on failure, stop what was started and re-raise. `follow_replicas`:
     the sync service runs in another process, so poll for the records it replicates."""
     _log.info("starting registry with %s", config.masked())
-    database = await open_database(database_url=config.database_url, data_dir=config.data_dir)
+    database = await open_database(config.database_location())
     try:
         await apply_migration_plan(database.pool, MIGRATIONS)
         registry = await open_registry(config, database)

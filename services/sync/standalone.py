@@ -155,6 +155,7 @@ class RunningSyncService:
         finally:
             await self.database.close()
             self.telemetry.shutdown()
+            self.config.sync_address_file.unlink(missing_ok=True)
 
 
 async def start_sync_service(
@@ -171,7 +172,7 @@ async def start_sync_service(
     secret = load_internal_key(config.data_dir)
     own_ca_pem = (config.tls_dir / "ca.pem").read_bytes()
     trust = TrustStore(config.peers_dir, own_ca_pem, own_node_id=config.node_id)
-    database = await open_database(database_url=config.database_url, data_dir=config.data_dir)
+    database = await open_database(config.database_location())
     registry_channel = internal_channel(
         registry_address, max_message_bytes=config.max_message_bytes
     )
@@ -214,4 +215,8 @@ async def start_sync_service(
         raise
     host = listen.rpartition(":")[0]
     database.watch([server.set_serving])
-    return RunningSyncService(config, database, sync, server, registry_channel, telemetry, host)
+    running = RunningSyncService(config, database, sync, server, registry_channel, telemetry, host)
+    # Where this node's own sync admin commands find it (`hashex sync status`).
+    config.sync_address_file.parent.mkdir(parents=True, exist_ok=True)
+    config.sync_address_file.write_text(running.address + "\n", encoding="utf-8")
+    return running

@@ -21,8 +21,10 @@ from services.core.audit.chain import AuditEntry, ChainVerifier, seal_all
 from services.core.audit.recorder import AuditRecorder
 from services.core.audit.store import MIGRATIONS_DIR, AuditStore
 from services.core.config import write_config
+from services.core.db.location import EmbeddedDatabase
 from services.core.db.migrations import apply_migrations
 from services.core.db.pool import open_database
+from services.core.node_claim import store as node_claim
 from tests.store_calls import database_of
 
 T0 = datetime(2026, 11, 2, 9, 30, 0, 123456, tzinfo=UTC)
@@ -100,12 +102,21 @@ async def test_the_audit_migration_takes_over_the_log_an_earlier_release_created
 
 
 async def _fill_log(url: str, count: int) -> None:
+    """gb-nca's database (claimed, as its first start does) with `count` audit records."""
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     try:
-        await apply_migrations(pool, MIGRATIONS_DIR)
+        await _as_node_started(pool, "gb-nca")
         await AuditStore(database_of(pool)).append([_entry(n) for n in range(count)])
     finally:
         await pool.close()
+
+
+async def _as_node_started(pool: Any, node_id: str) -> None:
+    """What a node's first start leaves: the database claimed for it, its audit table."""
+    await apply_migrations(pool, node_claim.MIGRATIONS_DIR, component=node_claim.COMPONENT)
+    await apply_migrations(pool, MIGRATIONS_DIR)
+    async with pool.acquire() as conn:
+        await node_claim.claim_database(conn, node_id=node_id, case_key_fingerprint=None)
 
 
 async def _tamper(url: str, seq: int) -> None:
@@ -125,11 +136,12 @@ def test_audit_verify_passes_then_names_the_tampered_record(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    write_config(tmp_path, node_id="gb-nca")
+    write_config(tmp_path, node_id="gb-nca", database="external")
     monkeypatch.setenv("DATABASE_URL", empty_database)
     verify = ["audit", "verify", "--data-dir", str(tmp_path)]
-    assert hashex_main(verify) == 0
-    assert "intact: 0 records" in capsys.readouterr().out  # the gateway never ran here
+    # No node ever ran here: not "intact: 0 records", which would vouch for a log never kept.
+    assert hashex_main(verify) == 3
+    assert "no node has started on this database yet" in capsys.readouterr().err
 
     asyncio.run(_fill_log(empty_database, 7))
     assert hashex_main(verify) == 0
@@ -140,6 +152,12 @@ def test_audit_verify_passes_then_names_the_tampered_record(
     error = capsys.readouterr().err
     assert "ALTERED at record 4" in error and "3 records before it are intact" in error
 
+    other = tmp_path / "us-fbi"
+    other.mkdir()
+    write_config(other, node_id="us-fbi", database="external")
+    assert hashex_main(["audit", "verify", "--data-dir", str(other)]) == 3
+    assert "this database belongs to node 'gb-nca', not 'us-fbi'" in capsys.readouterr().err
+
 
 async def test_audit_verify_shares_the_embedded_database_of_a_running_node(
     node_data_dir: Path,
@@ -147,9 +165,9 @@ async def test_audit_verify_shares_the_embedded_database_of_a_running_node(
     """The node holds its embedded PostgreSQL; `hashex audit verify` in another process joins
     it, checks, and lets go without stopping it under the node."""
     write_config(node_data_dir, node_id="gb-nca")
-    database = await open_database(database_url=None, data_dir=node_data_dir)
+    database = await open_database(EmbeddedDatabase(node_data_dir))
     try:
-        await apply_migrations(database.pool, MIGRATIONS_DIR)
+        await _as_node_started(database.pool, "gb-nca")
         await AuditStore(database).append([_entry(n) for n in range(3)])
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         verify = await asyncio.create_subprocess_exec(

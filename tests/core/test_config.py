@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.core.config import load_config, require_node_material, write_config
+from services.core.db.location import EmbeddedDatabase, ExternalDatabase
 from services.core.errors import FailedPrecondition, InvalidArgument
 
 
@@ -58,6 +59,7 @@ def test_invalid_settings_are_refused(tmp_path: Path, extra: str, message: str) 
         ("rate_limit_hashes_burst = 2.5", "rate_limit_hashes_burst: expected a whole number"),
         ("max_request_bytes = true", "max_request_bytes: expected a whole number"),
         ('database_url = ["postgresql://u:s3cret@db/h"]', "database_url: expected a string"),
+        ('database = "elsewhere"', "database: expected 'embedded' or 'external'"),
     ],
 )
 def test_each_setting_is_of_its_type(tmp_path: Path, extra: str, message: str) -> None:
@@ -115,3 +117,35 @@ def test_a_node_missing_keys_or_certificates_is_told_how_to_complete_itself(
     assert "tls/node.key" in message and "keys/signing/ed25519_1.key" in message
     assert "tls/ca.pem" not in message
     assert f"hashex node init --node-id gb-nca --data-dir {tmp_path}" in message
+
+
+def test_the_database_is_where_the_node_chose(tmp_path: Path) -> None:
+    url = "postgresql://hashex:s3cret@db.internal/hashex"
+    write_config(tmp_path, node_id="gb-nca")
+    assert load_config(tmp_path, env={}).database_location() == EmbeddedDatabase(tmp_path)
+    with pytest.raises(FailedPrecondition, match="unset DATABASE_URL for this node"):
+        load_config(tmp_path, env={"DATABASE_URL": url}).database_location()
+
+    (tmp_path / "node.toml").unlink()
+    write_config(tmp_path, node_id="gb-nca", database="external")
+    config = load_config(tmp_path, env={"DATABASE_URL": url})
+    assert config.database_location() == ExternalDatabase(url, source="DATABASE_URL")
+    shown = config.masked()
+    assert shown["database"] == "external" and "s3cret" not in str(shown)
+    assert shown["database_url"] == "postgresql://hashex:***@db.internal/hashex (from DATABASE_URL)"
+    with pytest.raises(FailedPrecondition) as refused:
+        load_config(tmp_path, env={}).database_location()
+    assert f"write the URL to {tmp_path / 'keys' / 'database-url'} (mode 0600" in str(refused.value)
+
+
+def test_a_password_in_node_toml_needs_an_owner_only_file(tmp_path: Path) -> None:
+    path = write_config(tmp_path, node_id="gb-nca", database="external")
+    path.write_text(path.read_text() + 'database_url = "host=db user=u password=s3cret"\n')
+    path.chmod(0o640)
+    with pytest.raises(FailedPrecondition) as refused:
+        load_config(tmp_path, env={})
+    assert f"{path} holds a database password" in str(refused.value)
+    assert "s3cret" not in str(refused.value)
+    path.chmod(0o600)
+    location = load_config(tmp_path, env={}).database_location()
+    assert location == ExternalDatabase("host=db user=u password=s3cret", source=str(path))

@@ -22,6 +22,7 @@ from services.core.db.embedded import (
     is_process_alive,
     start_embedded,
 )
+from services.core.db.location import EmbeddedDatabase, ExternalDatabase
 from services.core.db.migrations import apply_migrations, load_migrations
 from services.core.db.pool import mask_database_url, open_database
 from services.core.errors import FailedPrecondition, Unavailable
@@ -46,7 +47,7 @@ def write_migrations(directory: Path, files: dict[str, str]) -> Path:
 
 
 async def test_embedded_database_survives_a_restart_and_stops_fully(node_data_dir: Path) -> None:
-    database = await open_database(database_url=None, data_dir=node_data_dir)
+    database = await open_database(EmbeddedDatabase(node_data_dir))
     assert database.embedded is not None
     first_pid = database.embedded.postmaster_pid
     await database.pool.execute(
@@ -56,7 +57,7 @@ async def test_embedded_database_survives_a_restart_and_stops_fully(node_data_di
     assert not is_process_alive(first_pid)
     assert json.loads((node_data_dir / "pg" / HANDLE_PIDS_FILE).read_text()) == []
 
-    database = await open_database(database_url=None, data_dir=node_data_dir)
+    database = await open_database(EmbeddedDatabase(node_data_dir))
     try:
         assert database.embedded is not None
         assert database.embedded.postmaster_pid != first_pid
@@ -109,7 +110,7 @@ def test_only_dead_pids_are_cleared(tmp_path: Path) -> None:
 async def test_an_unreachable_database_is_unavailable_without_its_password(tmp_path: Path) -> None:
     url = "postgresql://hashex:s3cret-pw@127.0.0.1:1/hashex"
     with pytest.raises(Unavailable) as raised:
-        await open_database(database_url=url, data_dir=tmp_path)
+        await open_database(ExternalDatabase(url, source="a test"))
     assert "s3cret-pw" not in str(raised.value)
     assert "hashex:***@127.0.0.1:1" in str(raised.value)
 

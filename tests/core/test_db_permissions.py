@@ -74,7 +74,8 @@ async def test_a_parent_it_cannot_traverse_is_refused_and_left_alone(node_data_d
         f"the embedded PostgreSQL runs as the system user embedded_postgres, which cannot "
         f"traverse {closed} (mode 0700, root:root), a parent of the data directory {data_dir}; "
         "choose a data directory under a path it can traverse (such as /var/lib/hashex), grant "
-        f"traverse permission yourself (chmod g+x {closed}), or set DATABASE_URL"
+        f"traverse permission yourself (chmod g+x {closed}), or use an external database "
+        '(database = "external" in node.toml)'
     )
     assert modes_along(data_dir) == before
     assert not postgres_processes(data_dir / "pg")

@@ -310,10 +310,15 @@ def postgres_processes(pgdata: Path) -> list[psutil.Process]:
     return found
 
 
-def init_agency(data_dir: Path, node_id: str, *, extra_config: str = FAST_SYNC) -> None:
+def init_agency(
+    data_dir: Path, node_id: str, *, extra_config: str = FAST_SYNC, database: str = "external"
+) -> None:
+    """`hashex node init` for an agency whose database is `database` (external: its URL comes
+    from DATABASE_URL, as the Agency gives it)."""
     cli(
         "node", "init", "--node-id", node_id, "--listen", "127.0.0.1:0",
-        "--gateway-listen", f"127.0.0.1:{free_port()}", "--data-dir", data_dir,
+        "--gateway-listen", f"127.0.0.1:{free_port()}", "--database", database,
+        "--data-dir", data_dir,
     )  # fmt: skip
     with (data_dir / "node.toml").open("a", encoding="utf-8") as config:
         config.write(extra_config)
@@ -352,7 +357,8 @@ async def federation(
             databases.append(name)
             url = pg.url_of(name)
         data_dir = root / node_id
-        init_agency(data_dir, node_id, extra_config=sync_config)
+        database = "embedded" if url is None else "external"
+        init_agency(data_dir, node_id, extra_config=sync_config, database=database)
         agencies[node_id] = Agency(node_id, data_dir, url, clock=clock)
     pin_each_other(list(agencies.values()), root)
     fed = Federation(agencies, root)

@@ -7,6 +7,7 @@ headers, and writes the audit record itself."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,9 +23,11 @@ from services.core.audit.chain import AuditRecord
 from services.core.caller import Caller
 from services.core.config import NodeConfig, load_config
 from services.core.forwarded_caller import caller_metadata, load_internal_key
+from services.core.secretfile import write_secret
 from services.gateway.standalone import RunningGatewayService, start_gateway_service
 from services.registry.app import RunningRegistry, start_registry
 from services.sync.standalone import RunningSyncService, start_sync_service
+from tests.cli.node_process import hashex
 from tests.federation.harness import FAST_SYNC, cli, init_agency
 from tests.gateway.harness import request_digest
 from tests.registry.node_harness import md5, submission
@@ -279,6 +282,33 @@ async def test_units_and_admin_are_served_by_sync_behind_the_gateway(apart: Apar
     admin = federation_pb2_grpc.AdminStub(apart.gateway_channel(operator))
     status = await admin.GetSyncStatus(federation_pb2.GetSyncStatusRequest(), timeout=TIMEOUT_S)
     assert status.node_id == OWN and [p.peer_id for p in status.peers] == [PEER]
+
+
+async def test_sync_status_runs_apart_through_the_gateway(apart: Apart) -> None:
+    """Run apart, `hashex sync status` answered UNIMPLEMENTED (it asked the registry's port).
+    With only --data-dir it now says to go through the gateway (sync's internal port serves
+    only calls the gateway signed); with an operator certificate it is answered."""
+    data_dir = apart.config.data_dir
+    assert apart.config.sync_address_file.read_text().strip() == apart.sync.address
+    done = await asyncio.to_thread(hashex, "sync", "status", "--json", "--data-dir", data_dir)
+    assert done.returncode == 2
+    [line] = [ln for ln in done.stderr.splitlines() if ln.startswith("hashex:")]
+    assert "services run apart" in line and "--cert OPERATOR.pem" in line
+    assert "UNIMPLEMENTED" not in line
+
+    operator = tls.issue_operator_certificate(apart.ca, name="ops")
+    cert_dir = data_dir.parent / "ops"
+    cert_dir.mkdir(exist_ok=True)
+    (cert_dir / "ops.pem").write_bytes(operator.certificate_pem)
+    write_secret(cert_dir / "ops.key", operator.private_key_pem)
+    (cert_dir / "ca.pem").write_bytes(apart.ca.certificate_pem)
+    done = await asyncio.to_thread(
+        hashex, "sync", "status", "--json", "--cert", cert_dir / "ops.pem",
+        "--gateway", apart.gateway.address, "--data-dir", data_dir,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["node_id"] == OWN and [p["peer_id"] for p in status["peers"]] == [PEER]
 
 
 async def test_an_oversized_streamed_request_is_refused_before_it_goes_upstream(

@@ -26,7 +26,10 @@ class Node:
     channel: grpc.aio.Channel
 
 
-def init_node_dir(data_dir: Path, node_id: str = "test-node") -> None:
+def init_node_dir(
+    data_dir: Path, node_id: str = "test-node", *, database: str = "external"
+) -> None:
+    """`hashex node init`; an external database's URL is given as DATABASE_URL (running_node)."""
     code = hashex_main(
         [
             "node",
@@ -35,6 +38,8 @@ def init_node_dir(data_dir: Path, node_id: str = "test-node") -> None:
             node_id,
             "--listen",
             "127.0.0.1:0",
+            "--database",
+            database,
             "--data-dir",
             str(data_dir),
         ]

@@ -33,7 +33,7 @@ async def test_a_killed_postmaster_is_answered_unavailable_then_restarted(
     node_data_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    init_node_dir(node_data_dir)
+    init_node_dir(node_data_dir, database="embedded")
     config = load_config(node_data_dir, env={})
     running = await start_registry(config)
     channel = signed_channel(running.address, config)

@@ -1,8 +1,9 @@
-"""Opening a node's database: an asyncpg pool on DATABASE_URL, or on the embedded PostgreSQL in the
-node's data directory when no URL is configured; and the one way the services' logic runs its
-stores' statements, `Database.transaction()` / `Database.connection()`, so that a store never
-opens a transaction of its own and a caller that needs several owners' writes in one
-transaction (sync applying a batch) passes the same connection to each.
+"""Opening a node's database: an asyncpg pool on its external database's URL, or on the embedded
+PostgreSQL in the node's data directory (which of the two: services/core/db/location.py); and
+the one way the services' logic runs its stores' statements, `Database.transaction()` /
+`Database.connection()`, so that a store never opens a transaction of its own and a caller that
+needs several owners' writes in one transaction (sync applying a batch) passes the same
+connection to each.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -27,6 +27,7 @@ from services.core.db.health import (
     is_connection_failure,
     probe_by_connecting,
 )
+from services.core.db.location import DatabaseLocation, ExternalDatabase
 from services.core.errors import DATABASE_UNREACHABLE, FailedPrecondition, Unavailable
 
 _log = logging.getLogger(__name__)
@@ -144,14 +145,18 @@ class Database:
 
 
 async def open_database(
-    *, database_url: str | None, data_dir: Path, min_size: int = 1, max_size: int = 10
+    location: DatabaseLocation, *, min_size: int = 1, max_size: int = 10
 ) -> Database:
-    """A pool on `database_url`, or on database `hashex` of the embedded server in
-    `data_dir / "pg"` (started, and the database created, as needed)."""
-    if database_url:
-        pool = await _create_pool(database_url, min_size=min_size, max_size=max_size)
-        return Database(pool=pool, display_url=mask_database_url(database_url), url=database_url)
-    server = await asyncio.to_thread(start_embedded, data_dir / "pg", runtime_dir=data_dir / "run")
+    """A pool on the external database's URL, or on database `hashex` of the embedded server in
+    `data_dir / "pg"` (started, and the database created, as needed). Only an EmbeddedDatabase
+    ever starts a server: see services/core/db/location.py."""
+    if isinstance(location, ExternalDatabase):
+        url = location.url
+        _log.info("opening the node's external database (URL from %s)", location.source)
+        pool = await _create_pool(url, min_size=min_size, max_size=max_size)
+        return Database(pool=pool, display_url=mask_database_url(url), url=url)
+    data_dir = location.data_dir
+    server = await asyncio.to_thread(start_embedded, location.pgdata, runtime_dir=data_dir / "run")
     try:
         await ensure_database(server.uri(), EMBEDDED_DATABASE)
         url = server.uri(EMBEDDED_DATABASE)
@@ -229,6 +234,11 @@ def _scrubbed(url: str, exc: BaseException) -> str:
     for secret in _passwords(url):
         text = text.replace(secret, "***")
     return text
+
+
+def has_password(url: str) -> bool:
+    """Whether `url` carries a password (in URL or `key=value` form)."""
+    return bool(_passwords(url))
 
 
 def _passwords(url: str) -> list[str]:

@@ -11,7 +11,7 @@ would open `/root` or an agency's home directory to every local user. Here:
   user lacks (`0700` becomes `0710` for a directory of group root);
 - any other directory is never changed: one it cannot traverse is refused with one line naming
   the directory and the ways out (a data directory under a traversable path such as
-  /var/lib/hashex, granting traverse permission by hand, or DATABASE_URL);
+  /var/lib/hashex, granting traverse permission by hand, or an external database);
 - a data directory too long a path for PostgreSQL's Unix socket is refused, because the wheel
   would move the socket under its runtime directory and widen that path's parents too.
 """
@@ -49,7 +49,7 @@ def make_reachable_by_system_user(pgdata: Path, owned: Path) -> None:
         raise FailedPrecondition(
             f"the data directory {owned} is too long a path for PostgreSQL's Unix socket "
             f"({pgdata / SOCKET_NAME} must stay within {_MAX_SOCKET_PATH_BYTES} bytes); "
-            "choose a shorter data directory or set DATABASE_URL"
+            'choose a shorter data directory or an external database (database = "external")'
         )
     ensure_user_exists(SYSTEM_USER)
     _make_reachable(pgdata, owned)
@@ -118,13 +118,14 @@ def _unreachable(directory: Path, info: os.stat_result, bit: int, target: Path, 
             f"the embedded PostgreSQL runs as {who}, which cannot traverse {directory} ({mode}), "
             f"a parent of the data directory {owned}; choose a data directory under a path it "
             "can traverse (such as /var/lib/hashex), grant traverse permission yourself "
-            f"(chmod {grant} {directory}), or set DATABASE_URL"
+            f"(chmod {grant} {directory}), or use an external database (database = "
+            '"external" in node.toml)'
         )
     return (
         f"the embedded PostgreSQL runs as {who}, which cannot traverse {directory} ({mode}), a "
         f"parent of the PostgreSQL programs in {target}; install hashex where that user can "
-        f"reach it, grant traverse permission yourself (chmod {grant} {directory}), or set "
-        "DATABASE_URL"
+        f"reach it, grant traverse permission yourself (chmod {grant} {directory}), or use an "
+        'external database (database = "external" in node.toml)'
     )
 
 

@@ -1,5 +1,6 @@
 """The node a database belongs to: claimed by the first node that starts on it, checked by every
-start after that (`hashex node up`, `registry serve`, `sync run`, `gateway serve`).
+start after that (`hashex node up`, `registry serve`, `sync run`, `gateway serve`) and by
+`hashex audit verify`, which reports only on a log its node kept.
 
 A node started on another node's database would serve that node's records and offer its change
 log as its own to every peer. `claim_database` refuses it with one line naming both nodes, and
@@ -22,6 +23,8 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _log = logging.getLogger(__name__)
 
 _READ = "SELECT node_id, case_key_fingerprint FROM node_claim WHERE only_row FOR UPDATE"
+_READ_ONLY = "SELECT node_id, case_key_fingerprint FROM node_claim WHERE only_row"
+_TABLE_EXISTS = "SELECT to_regclass('node_claim') IS NOT NULL"
 _CLAIM = "INSERT INTO node_claim (node_id, case_key_fingerprint) VALUES ($1, $2)"
 _COMPLETE = "UPDATE node_claim SET case_key_fingerprint = $1 WHERE only_row"
 
@@ -51,7 +54,8 @@ async def claim_database(conn: Any, *, node_id: str, case_key_fingerprint: str |
         if claim.node_id != node_id:
             raise WrongDatabase(
                 f"this database belongs to node {claim.node_id!r}, not {node_id!r}: give node "
-                f"{node_id!r} its own database (DATABASE_URL or its data directory's pg/)"
+                f"{node_id!r} its own database (an external one of its own, or the embedded "
+                "one in its data directory)"
             )
         if case_key_fingerprint is None:
             return claim
@@ -65,3 +69,22 @@ async def claim_database(conn: Any, *, node_id: str, case_key_fingerprint: str |
                 "): restore keys/case.key from the node's backup"
             )
         return claim
+
+
+async def check_claimed_by(conn: Any, *, node_id: str) -> NodeClaim:
+    """For a command that only reads the node's database (`hashex audit verify`): the claim, if
+    `node_id` holds it; WrongDatabase when another node does or none ever started on it (what
+    such a database holds is not this node's, and reporting on it would mislead)."""
+    row = await conn.fetchrow(_READ_ONLY) if await conn.fetchval(_TABLE_EXISTS) else None
+    if row is None:
+        raise WrongDatabase(
+            f"no node has started on this database yet, so it holds nothing of node {node_id!r}:"
+            f" check the node's database URL, or start the node first"
+        )
+    claim = NodeClaim(row["node_id"], row["case_key_fingerprint"])
+    if claim.node_id != node_id:
+        raise WrongDatabase(
+            f"this database belongs to node {claim.node_id!r}, not {node_id!r}: check the "
+            "node's database URL"
+        )
+    return claim
