@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from services.core import tls
 from services.core.audit.recorder import AuditRecorder
+from services.core.audit.spool import SPOOL_FILE, AuditSpool
 from services.core.audit.store import AuditStore
 from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.config import NodeConfig, require_node_material
@@ -91,7 +92,8 @@ async def start_node(config: NodeConfig, *, clock: Clock = SYSTEM_CLOCK) -> Runn
             registry, default_max_distance=config.pdq_default_max_distance
         )
         audit = AuditStore(database)
-        recorder = AuditRecorder(audit)
+        recorder = AuditRecorder(audit, spool=AuditSpool(config.data_dir / SPOOL_FILE))
+        await recorder.drain_spool()  # records of an outage the last run ended in
         # Batches the pullers reject go into the same audit chain as the gateway's calls, from
         # the first pull on (the gateway itself starts last).
         sync = await start_sync(
@@ -132,7 +134,7 @@ async def start_node(config: NodeConfig, *, clock: Clock = SYSTEM_CLOCK) -> Runn
             await _stop(part, config)
         await database.close()
         raise
-    database.watch([local.set_serving, gateway.server.set_serving])
+    database.watch([local.set_serving, gateway.server.set_serving, recorder.on_database_change])
     node = RunningNode(config, database, registry, sync, local, gateway, telemetry)
     config.address_file.parent.mkdir(parents=True, exist_ok=True)
     config.address_file.write_text(node.address + "\n", encoding="utf-8")

@@ -76,17 +76,28 @@ async def test_store_appends_a_chain_that_reads_back_identically(db_pool: Any) -
 
 
 async def test_the_audit_migration_takes_over_the_log_an_earlier_release_created(
-    empty_database: str,
+    empty_database: str, tmp_path: Path
 ) -> None:
     """Releases before 0.2 created audit_log as migration 1 of the `gateway` component: the
     audit component's first migration finds it, keeps every record and the triggers."""
+    then = tmp_path / "then"
+    then.mkdir()
+    first = MIGRATIONS_DIR / "0001_audit_log.sql"
+    (then / first.name).write_bytes(first.read_bytes())
     pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
     try:
-        await apply_migrations(pool, MIGRATIONS_DIR, component="gateway")  # as then
-        await AuditStore(database_of(pool)).append([_entry(n) for n in range(3)])
+        await apply_migrations(pool, then, component="gateway")  # as then
+        await pool.executemany(  # records as that release wrote them (no `calls` column)
+            "INSERT INTO audit_log VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            [_old_row(r) for r in seal_all([_entry(n) for n in range(3)], after=None)],
+        )
         await apply_migrations(pool, MIGRATIONS_DIR)
-        versions = await pool.fetch("SELECT component, version FROM schema_version ORDER BY 1")
-        assert [tuple(v) for v in versions] == [("audit", 1), ("gateway", 1)]
+        versions = await pool.fetch("SELECT component, version FROM schema_version ORDER BY 1, 2")
+        assert [tuple(v) for v in versions] == [("audit", 1), ("audit", 2), ("gateway", 1)]
+        verifier = ChainVerifier()
+        assert [verifier.check(r) async for r in AuditStore(database_of(pool)).records()] == [
+            None
+        ] * 3
         assert [r.seq async for r in AuditStore(database_of(pool)).records()] == [1, 2, 3]
         with pytest.raises(asyncpg.RaiseError, match="append-only"):
             await pool.execute("DELETE FROM audit_log")
@@ -97,6 +108,15 @@ async def test_the_audit_migration_takes_over_the_log_an_earlier_release_created
         assert triggers == 2
     finally:
         await pool.close()
+
+
+def _old_row(record: Any) -> tuple[Any, ...]:
+    e = record.entry
+    return (
+        record.seq, e.at, e.duration_ms, e.caller, e.fingerprint, e.role, e.method,
+        e.request_messages, e.response_messages, e.request_digest, e.status,
+        record.previous_digest, record.digest,
+    )  # fmt: skip
 
 
 async def _fill_log(url: str, count: int) -> None:
