@@ -20,6 +20,7 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
     "/hashex.v1.Units/FederatedLookup": frozenset({"unit"}),
     "/hashex.v1.Federation/Pull": frozenset({"peer"}),
     "/hashex.v1.Federation/PeerLookup": frozenset({"peer"}),
+    "/hashex.v1.Federation/GetAuditCheckpoint": frozenset({"peer"}),
     "/hashex.v1.Admin/": frozenset({"operator"}),
     "/grpc.health.v1.Health/": ANY_AUTHENTICATED,
     "/grpc.reflection.v1alpha.ServerReflection/": ANY_AUTHENTICATED,

@@ -31,7 +31,11 @@ from services.registry.app import open_registry
 from services.registry.registry import Registry
 from services.registry.servicer import RegistryServicer
 from services.sync.app import RunningSync, start_sync
-from services.sync.audit_rejections import audit_quarantines, audit_rejections
+from services.sync.audit_rejections import (
+    audit_contradictions,
+    audit_quarantines,
+    audit_rejections,
+)
 from services.sync.federated_lookup import FederatedLookup
 from services.sync.store import MIGRATIONS
 from services.sync.units_servicer import UnitsServicer
@@ -102,6 +106,9 @@ async def start_node(config: NodeConfig, *, clock: Clock = SYSTEM_CLOCK) -> Runn
             records=registry.store,
             on_rejected=audit_rejections(recorder.record, now=lambda: datetime.now(UTC)),
             on_quarantined=audit_quarantines(recorder.record, now=lambda: datetime.now(UTC)),
+            on_audit_contradiction=audit_contradictions(
+                recorder.record, now=lambda: datetime.now(UTC)
+            ),
             index=registry,
             trust=trust,
             lookup=registry_servicer.answer_lookup,

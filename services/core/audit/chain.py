@@ -8,7 +8,7 @@ digest covers its canonical bytes and the previous record's digest, so editing, 
 reordering any record breaks the chain from there on; `ChainVerifier` recomputes it and names the
 first record that does not fit. Cutting records off the end leaves a shorter valid chain: the
 node's peers hold signed checkpoints of its log (count and head digest,
-services.core.audit.checkpoint) to contradict it.
+services.sync.audit_checkpoints) to contradict it.
 
 A record may stand for several calls (`calls`): refusals of one caller within a window are
 aggregated (services.core.audit.refusals), so that a flood of refused calls costs a bounded
