@@ -443,7 +443,7 @@ _AUDIT_CONTRADICTION = """
 INSERT INTO sync_audit_contradictions (origin, kind, description, kept_body, kept_key_id,
     kept_signature, received_body, received_key_id, received_signature)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-ON CONFLICT (origin, kept_body, received_body) DO NOTHING
+ON CONFLICT (origin, kept_body) DO NOTHING
 RETURNING id
 """
 

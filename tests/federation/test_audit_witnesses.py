@@ -5,7 +5,10 @@ error, audited by the receiver and shown in its `hashex sync status`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,21 @@ async def _truncate_audit_log(url: str, *, keep: int) -> None:
         await connection.close()
 
 
+async def _verify_against_peers(agency: Agency) -> tuple[int, str, str]:
+    """`hashex audit verify --against-peers` of `agency`, in a process of its own."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    if agency.database_url:
+        env["DATABASE_URL"] = agency.database_url
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli.main", "audit", "verify", "--against-peers",
+        "--timeout", "5", "--data-dir", str(agency.data_dir),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
 async def test_a_peer_detects_a_truncated_audit_log(
     pg_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -64,6 +82,9 @@ async def test_a_peer_detects_a_truncated_audit_log(
 
         await wait_for(witnessed, WAIT_S, "us-hsi kept no checkpoint of gb-nca's audit log")
         assert (await receiver.status()).peers[0].audit_alarm == ""
+        code, out, err = await _verify_against_peers(origin)
+        assert code == 0, (out, err)
+        assert "us-hsi: intact: agrees with its checkpoint at" in out
 
         assert origin.database_url is not None
         await _truncate_audit_log(origin.database_url, keep=2)
@@ -82,6 +103,10 @@ async def test_a_peer_detects_a_truncated_audit_log(
             for r in await receiver.fetch("SELECT status FROM audit_log WHERE role = 'peer'")
         ]
         assert "AUDIT_LOG_TRUNCATED" in statuses
+        code, out, err = await _verify_against_peers(origin)
+        assert code == 1, (out, err)
+        assert "us-hsi: truncated: this node signed" in out
+        assert "ALTERED: contradicted by the checkpoints of us-hsi (truncated)" in err
         # The proof: both signed checkpoints of the origin, kept by the receiver.
         [proof] = await receiver.fetch(
             "SELECT kind, kept_body, received_body FROM sync_audit_contradictions"
@@ -101,6 +126,19 @@ async def test_a_peer_detects_a_truncated_audit_log(
             return "after" in await receiver.media_ids("gb-nca")
 
         await wait_for(replicated, WAIT_S, "replication stopped after the alarm")
+
+
+async def test_verify_against_peers_reports_unwitnessed_logs_as_such(
+    pg_server: Any, tmp_path: Path
+) -> None:
+    """A peer that cannot be reached is named as such and the command exits 5, never 0."""
+    async with federation(["gb-nca", "us-hsi"], tmp_path, pg_server, start=False) as fed:
+        origin = fed["gb-nca"]
+        await origin.start()
+        code, out, err = await _verify_against_peers(origin)
+        assert code == 5, (out, err)
+        assert "us-hsi: unreachable: UNAVAILABLE" in out
+        assert "not witnessed by us-hsi" in err
 
 
 def _key() -> NodeSigningKey:

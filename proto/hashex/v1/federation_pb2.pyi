@@ -662,8 +662,9 @@ class PeerSyncStatus(_message.Message):
     resyncing: _builtins.bool
     """A resync of this peer is under way (`hashex sync resync`): its records are being re-pulled."""
     audit_alarm: _builtins.str
-    """Empty while this peer's audit checkpoints agree; else the latest contradiction found
-    ("audit log truncated: ..." or "audit log rewritten: ..."), kept until an operator acts.
+    """Empty while this peer's audit checkpoints agree; else the contradiction found ("audit log
+    truncated: ..." or "audit log rewritten: ..."). The checkpoint it contradicts stays kept as
+    evidence, and later checkpoints of this peer are compared with it.
     """
     @_builtins.property
     def last_success_at(self) -> _timestamp_pb2.Timestamp: ...

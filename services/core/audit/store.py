@@ -46,7 +46,8 @@ class AuditHead:
 
 @dataclass(frozen=True)
 class AuditQuery:
-    """Filters of `hashex audit show`, each None for "any"; times as [since, until)."""
+    """Filters of `hashex audit show`, each None for "any"; times as [since, until), seqs
+    below before_seq."""
 
     limit: int = DEFAULT_SHOW_LIMIT
     caller: str | None = None
@@ -54,6 +55,7 @@ class AuditQuery:
     status: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    before_seq: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.limit <= MAX_SHOW_LIMIT:
@@ -139,6 +141,9 @@ class AuditStore:
         if query.until is not None:
             args.append(query.until)
             where.append(f"at < ${len(args)}")
+        if query.before_seq is not None:
+            args.append(query.before_seq)
+            where.append(f"seq < ${len(args)}")
         args.append(query.limit)
         condition = f"WHERE {' AND '.join(where)} " if where else ""
         sql = (

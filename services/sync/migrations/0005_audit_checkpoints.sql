@@ -24,5 +24,7 @@ CREATE TABLE sync_audit_contradictions (
     received_key_id    text        NOT NULL,
     received_signature bytea       NOT NULL,
     detected_at        timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (origin, kept_body, received_body)
+    -- One per checkpoint kept: later contradictions of the same one add no proof (and would
+    -- otherwise cost a row with every keep-alive).
+    UNIQUE (origin, kept_body)
 );
