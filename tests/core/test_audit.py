@@ -19,6 +19,7 @@ import pytest
 from services.cli.main import main as hashex_main
 from services.core.audit.chain import AuditEntry, ChainVerifier, seal_all
 from services.core.audit.recorder import AuditRecorder
+from services.core.audit.refusals import OVERFLOW_CALLER, RefusalWindows
 from services.core.audit.store import MIGRATIONS_DIR, AuditStore
 from services.core.config import write_config
 from services.core.db.migrations import apply_migrations
@@ -189,3 +190,21 @@ async def test_audit_verify_shares_the_embedded_database_of_a_running_node(
         assert await database.pool.fetchval("SELECT count(*) FROM audit_log") == 3
     finally:
         await database.close()
+
+
+def test_refusal_windows_bound_the_rows_of_many_callers() -> None:
+    """Callers beyond the open windows' bound (an unauthenticated caller picks the identity it
+    presents) share one overflow window per outcome: the rows stay bounded, the count exact."""
+    windows = RefusalWindows(window_s=60.0, max_open=2)
+    refused = [
+        replace(_entry(n, "PERMISSION_DENIED"), caller=f"spiffe://hashex/node/x{n}")
+        for n in range(6)
+    ]
+    written = [windows.admit(entry, now=0.0).entry for entry in refused]
+    assert [e.caller if e else None for e in written] == [
+        refused[0].caller, refused[1].caller, OVERFLOW_CALLER, None, None, None,
+    ]  # fmt: skip
+    assert windows.due(now=59.9) == []
+    [overflow] = windows.due(now=60.0)
+    assert (overflow.caller, overflow.method, overflow.calls) == (OVERFLOW_CALLER, "*", 3)
+    assert windows.admit(refused[0], now=61.0).entry == refused[0]  # a new window
