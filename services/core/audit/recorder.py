@@ -124,7 +124,7 @@ class AuditRecorder:
                     await self._drain_spool()
                     records = await self._store.append([e for e, _ in batch])
                 except Unavailable as error:
-                    self._spool_or_fail(batch, error)
+                    await self._spool_or_fail(batch, error)
                 except Exception as error:
                     for _, waiting in batch:
                         waiting.set_exception(error)
@@ -133,7 +133,7 @@ class AuditRecorder:
                         waiting.set_result(stored)
         return [await f for f in futures]
 
-    def _spool_or_fail(
+    async def _spool_or_fail(
         self,
         batch: list[tuple[AuditEntry, asyncio.Future[AuditRecord | None]]],
         error: Exception,
@@ -141,7 +141,8 @@ class AuditRecorder:
         try:
             if self._spool is None:
                 raise error
-            self._spool.append([e for e, _ in batch])
+            # fsync off the event loop: other calls go on meanwhile.
+            await asyncio.to_thread(self._spool.append, [e for e, _ in batch])
         except (Unavailable, SpoolFull) as failed:
             for _, waiting in batch:
                 waiting.set_exception(failed)
