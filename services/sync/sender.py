@@ -15,7 +15,7 @@ goes out on catching up and every `pull_keepalive_s` while idle. So replication 
 commit, and an idle federation makes one call, one log line and one audit record per peer per
 hold instead of one every poll. No gRPC here: the servicer converts and maps errors.
 
-Every stream starts with a signed checkpoint of this node's audit log
+A signed checkpoint of this node's audit log starts every stream and precedes every keep-alive
 (services.sync.audit_checkpoints), signed with the newest key the caller already knows (one
 published at or before its cursor), so that it verifies before any batch teaches a newer one.
 """
@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from hashex.v1 import federation_pb2
+from services.core.audit.store import AuditHead
 from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.errors import FailedPrecondition
 from services.core.signing import Keyring
@@ -46,17 +47,9 @@ POLICY_RECHECK_S = 1.0
 class AuditHeads(Protocol):
     """services.core.audit.store.AuditStore: this node's audit log, read for checkpoints."""
 
-    async def head(self) -> AuditHeadLike: ...
+    async def head(self) -> AuditHead: ...
 
     async def digest_at(self, seq: int) -> bytes | None: ...
-
-
-class AuditHeadLike(Protocol):
-    @property
-    def count(self) -> int: ...
-
-    @property
-    def digest(self) -> bytes: ...
 
 
 @dataclass(frozen=True)
