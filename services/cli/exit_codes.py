@@ -30,6 +30,7 @@ EPILOG = """exit codes:
   2  bad input: nothing was sent or stored
   3  the node could not be reached or failed
   4  not found: the media, series, victim or peer named does not exist
-  5  lookup --peers: incomplete, a peer did not answer (matches found are still printed)
+  5  incomplete: a peer asked did not answer (lookup --peers: matches found are still
+     printed; audit verify --against-peers: the log is not witnessed by every peer)
   6  refused: the certificate or its role does not allow this; nothing was changed
   141  the output was closed early (as by `| head`)"""

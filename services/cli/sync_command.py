@@ -221,6 +221,8 @@ def render(response: federation_pb2.GetSyncStatusResponse) -> str:
     for p in response.peers:
         if p.resyncing:
             lines.append(f"{p.peer_id}: resync under way (its log is pulled again from seq 1)")
+        if p.audit_alarm:
+            lines.append(f"{p.peer_id}: ALARM {p.audit_alarm}")
         if p.last_error:
             when = _when(p.last_error_at if p.HasField("last_error_at") else None)
             lines.append(f"{p.peer_id}: last error at {when}: {p.last_error}")

@@ -7,6 +7,8 @@ store (the node shares them with its other services); `start_gateway` never clos
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from services.core import tls
 from services.core.audit.chain import AuditEntry, AuditRecord
 from services.core.audit.recorder import AuditRecorder
+from services.core.audit.refusals import WINDOW_S
 from services.core.audit.store import AuditStore
 from services.core.config import NodeConfig
 from services.core.server import RunningServer, ServiceBinding, build_server
@@ -28,6 +31,9 @@ from services.gateway.wrapper import GatewayInterceptor, GatewayLimits, Verifier
 
 _log = logging.getLogger(__name__)
 
+# How often ended refusal windows are stored when no call arrives to store them.
+REFUSAL_FLUSH_S = WINDOW_S / 4
+
 
 @dataclass
 class RunningGateway:
@@ -35,8 +41,10 @@ class RunningGateway:
     server: RunningServer
     audit: AuditStore
     recorder: AuditRecorder
+    # Stores the aggregated refusals of ended windows while no call comes to do it.
+    flushing: asyncio.Task[None]
 
-    async def record(self, entry: AuditEntry) -> AuditRecord:
+    async def record(self, entry: AuditEntry) -> AuditRecord | None:
         """Append an event that did not arrive as a call (for example a batch the node's own
         puller rejected) to the same chain, through the same serialised appender."""
         return await self.recorder.record(entry)
@@ -55,6 +63,13 @@ class RunningGateway:
         """NOT_SERVING, let calls in flight finish (their audit records included), stop."""
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         await self.server.stop(grace)
+        self.flushing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.flushing
+        try:
+            await self.recorder.flush()
+        except Exception:
+            _log.exception("could not store the aggregated refusals of the last window")
         _log.info("gateway of %s stopped", self.config.node_id)
 
 
@@ -122,7 +137,7 @@ async def start_gateway(
         )
     if own_ca_pem is None:
         own_ca_pem = (config.tls_dir / "ca.pem").read_bytes()
-    recorder = recorder or AuditRecorder(audit)
+    recorder = recorder or AuditRecorder(audit, clock=clock)
     verifier = CallerVerifier(
         own_node_id=config.node_id, own_ca_pem=own_ca_pem, trust=trust, now=wall_clock
     )
@@ -139,6 +154,9 @@ async def start_gateway(
         max_message_bytes=max(config.max_message_bytes, 2 * config.max_request_bytes),
         interceptors=[interceptor],
     )
-    running = RunningGateway(config, server, audit, recorder)
+    flushing = asyncio.create_task(
+        recorder.keep_flushing(REFUSAL_FLUSH_S), name="audit-refusal-flush"
+    )
+    running = RunningGateway(config, server, audit, recorder, flushing)
     _log.info("gateway of %s serving on %s", config.node_id, running.address)
     return running

@@ -37,6 +37,7 @@ METHOD_GRANTS: Mapping[str, frozenset[str]] = {
     "/hashex.v1.Units/FederatedLookup": _READ,
     "/hashex.v1.Federation/Pull": frozenset({"peer"}),
     "/hashex.v1.Federation/PeerLookup": frozenset({"peer"}),
+    "/hashex.v1.Federation/GetAuditCheckpoint": frozenset({"peer"}),
     "/hashex.v1.Admin/": frozenset({"operator", "admin"}),
     "/grpc.health.v1.Health/": ANY_AUTHENTICATED,
     "/grpc.reflection.v1alpha.ServerReflection/": ANY_AUTHENTICATED,

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from services.core import tls
 from services.core.audit.recorder import AuditRecorder
+from services.core.audit.spool import SPOOL_FILE, AuditSpool
 from services.core.audit.store import AuditStore
 from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.config import NodeConfig, require_node_material
@@ -31,7 +32,11 @@ from services.registry.app import open_registry
 from services.registry.registry import Registry
 from services.registry.servicer import RegistryServicer
 from services.sync.app import RunningSync, start_sync
-from services.sync.audit_rejections import audit_quarantines, audit_rejections
+from services.sync.audit_rejections import (
+    audit_contradictions,
+    audit_quarantines,
+    audit_rejections,
+)
 from services.sync.federated_lookup import FederatedLookup
 from services.sync.store import MIGRATIONS
 from services.sync.units_servicer import UnitsServicer
@@ -92,7 +97,8 @@ async def start_node(config: NodeConfig, *, clock: Clock = SYSTEM_CLOCK) -> Runn
             registry, default_max_distance=config.pdq_default_max_distance
         )
         audit = AuditStore(database)
-        recorder = AuditRecorder(audit)
+        recorder = AuditRecorder(audit, spool=AuditSpool(config.data_dir / SPOOL_FILE))
+        await recorder.drain_spool()  # records of an outage the last run ended in
         # Batches the pullers reject go into the same audit chain as the gateway's calls, from
         # the first pull on (the gateway itself starts last).
         sync = await start_sync(
@@ -101,6 +107,9 @@ async def start_node(config: NodeConfig, *, clock: Clock = SYSTEM_CLOCK) -> Runn
             records=registry.store,
             on_rejected=audit_rejections(recorder.record, now=lambda: datetime.now(UTC)),
             on_quarantined=audit_quarantines(recorder.record, now=lambda: datetime.now(UTC)),
+            on_audit_contradiction=audit_contradictions(
+                recorder.record, now=lambda: datetime.now(UTC)
+            ),
             index=registry,
             trust=trust,
             lookup=registry_servicer.answer_lookup,
@@ -133,7 +142,7 @@ async def start_node(config: NodeConfig, *, clock: Clock = SYSTEM_CLOCK) -> Runn
             await _stop(part, config)
         await database.close()
         raise
-    database.watch([local.set_serving, gateway.server.set_serving])
+    database.watch([local.set_serving, gateway.server.set_serving, recorder.on_database_change])
     node = RunningNode(config, database, registry, sync, local, gateway, telemetry)
     config.gateway_address_file.write_text(node.gateway_address + "\n", encoding="utf-8")
     return node

@@ -15,6 +15,8 @@ import grpc
 from hashex.v1 import federation_pb2, registry_pb2
 from services.core import tls
 from services.core.audit import store as audit_log
+from services.core.audit.recorder import AuditRecorder
+from services.core.audit.spool import SPOOL_FILE, AuditSpool
 from services.core.caller import current_caller
 from services.core.config import NodeConfig, require_node_material
 from services.core.db.migrations import apply_migration_plan
@@ -102,10 +104,14 @@ async def start_gateway_service(
         async with database.connection() as conn:
             # No case key here: the registry checks that; this checks the node id.
             await node_claim.claim_database(conn, node_id=config.node_id, case_key_fingerprint=None)
+        audit = audit_log.AuditStore(database)
+        recorder = AuditRecorder(audit, spool=AuditSpool(config.data_dir / SPOOL_FILE))
+        await recorder.drain_spool()  # records of an outage the last run ended in
         gateway = await start_gateway(
             config,
             bindings,
-            audit=audit_log.AuditStore(database),
+            audit=audit,
+            recorder=recorder,
             trust=trust,
             identity=lambda: tls.load_certified_key(
                 certificate_path=config.tls_dir / "node.pem", key_path=config.tls_dir / "node.key"
@@ -118,7 +124,7 @@ async def start_gateway_service(
             await channel.close(None)
         await database.close()
         raise
-    database.watch([gateway.server.set_serving])
+    database.watch([gateway.server.set_serving, recorder.on_database_change])
     running = RunningGatewayService(config, database, gateway, channels, telemetry)
     config.gateway_address_file.parent.mkdir(parents=True, exist_ok=True)
     config.gateway_address_file.write_text(running.address + "\n", encoding="utf-8")

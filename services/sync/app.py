@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from services.core import tls
+from services.core.audit.store import AuditStore
 from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.config import NodeConfig
 from services.core.db.pool import Database
@@ -27,12 +28,14 @@ from services.core.peer_card import PeerCard
 from services.core.server import ServiceBinding
 from services.core.signing import Keyring
 from services.registry.store import RegistryStore
+from services.sync.audit_checkpoints import Contradiction
 from services.sync.batches import BatchRejected, VerifiedBatch
 from services.sync.log_watcher import LogWatcher
 from services.sync.peer_client import PeerClients, PeerDirectory
 from services.sync.policy import SharingPolicy, load_policy
 from services.sync.puller import (
     IndexSink,
+    OnAuditContradiction,
     OnQuarantined,
     OnRejected,
     PeerPuller,
@@ -53,6 +56,10 @@ async def _log_rejection(peer_id: str, rejected: BatchRejected) -> None:
 
 async def _quarantine_logged_only(peer_id: str, batch: VerifiedBatch) -> None:
     """The puller logs every quarantine itself; a node passes an auditor instead."""
+
+
+async def _contradiction_logged_only(peer_id: str, found: Contradiction) -> None:
+    """The puller logs every contradiction itself; a node passes an auditor instead."""
 
 
 class PullerSupervisor:
@@ -202,6 +209,7 @@ async def _status(node_id: str, store: SyncStore, supervisor: PullerSupervisor) 
         cards=supervisor.cards(),
         cursors=await store.cursors(),
         states={peer_id: p.state for peer_id, p in supervisor.pullers.items()},
+        audit_alarms=await store.audit_alarms(),
     )
 
 
@@ -215,6 +223,7 @@ async def start_sync(
     trust: PeerDirectory,
     on_rejected: OnRejected = _log_rejection,
     on_quarantined: OnQuarantined = _quarantine_logged_only,
+    on_audit_contradiction: OnAuditContradiction = _contradiction_logged_only,
     identity: Callable[[], tls.CertifiedKey] | None = None,
     keyring: Callable[[], Keyring] | None = None,
     policy_for: Callable[[str], SharingPolicy | None] | None = None,
@@ -230,8 +239,10 @@ async def start_sync(
     keys/signing (re-read each supervisor pass, so a key added by `hashex node rotate-key` is
     logged within `pull_interval_s`), policy/<peer>.toml. `on_rejected(peer_id, rejection)` is
     awaited for every rejected batch and `on_quarantined(peer_id, batch)` for every applied
-    batch with quarantined entries (the node audits both). `run_pullers=False` serves only
-    (tests drive pullers themselves). `clock` times holds, keep-alives, pauses and deadlines."""
+    batch with quarantined entries, `on_audit_contradiction(peer_id, found)` for every new
+    contradiction in a peer's audit checkpoints (the node audits all three).
+    `run_pullers=False` serves only (tests drive pullers themselves). `clock` times holds,
+    keep-alives, pauses and deadlines."""
     store = SyncStore(database=database, records=records)
     if keyring is None:
         keys_dir = config.signing_keys_dir
@@ -255,9 +266,15 @@ async def start_sync(
         keyring=keyring,
         policy_for=policy_for,
         holding=holding,
+        audit=AuditStore(database),
+        now=now,
     )
     federation = FederationServicer(
-        node_id=config.node_id, sender=sender, lookup=lookup, policy_for=policy_for
+        node_id=config.node_id,
+        sender=sender,
+        lookup=lookup,
+        policy_for=policy_for,
+        held_checkpoint=store.audit_checkpoint,
     )
     deps = PullDeps(
         node_id=config.node_id,
@@ -269,6 +286,7 @@ async def start_sync(
         ),
         on_rejected=on_rejected,
         on_quarantined=on_quarantined,
+        on_audit_contradiction=on_audit_contradiction,
         settings=PullSettings(
             interval_s=config.pull_interval_s,
             backoff_max_s=config.pull_backoff_max_s,

@@ -1,16 +1,19 @@
-"""Rejected batches and quarantined entries as records of the node's audit chain
-(services.core.audit): the security tests and the operator expect a forged, misaddressed or
-replayed batch, and a batch whose entries were set aside, to leave a trace next to the calls the
-gateway records, with a digest of the batch, never its content."""
+"""Rejected batches, quarantined entries and contradicted audit checkpoints as records of the
+node's audit chain (services.core.audit): the security tests and the operator expect a forged,
+misaddressed or replayed batch, a batch whose entries were set aside, and a peer's audit log
+found cut or rewritten, to leave a trace next to the calls the gateway records, with a digest of
+the batch or checkpoint, never its content."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from services.core.audit.chain import AuditEntry
+from services.sync.audit_checkpoints import Contradiction
 from services.sync.batches import BatchRejected, VerifiedBatch
-from services.sync.puller import OnQuarantined, OnRejected
+from services.sync.puller import OnAuditContradiction, OnQuarantined, OnRejected
 
 PULL_METHOD = "/hashex.v1.Federation/Pull"
 
@@ -35,6 +38,18 @@ def audit_quarantines(record: Record, *, now: Callable[[], datetime]) -> OnQuara
     async def audit(peer_id: str, batch: VerifiedBatch) -> None:
         status = f"ENTRIES_QUARANTINED:{len(batch.quarantined)}"
         await record(_entry(peer_id, batch.digest, status, now()))
+
+    return audit
+
+
+def audit_contradictions(record: Record, *, now: Callable[[], datetime]) -> OnAuditContradiction:
+    """One record per contradiction found in a peer's audit checkpoints (AUDIT_LOG_TRUNCATED or
+    AUDIT_LOG_REWRITTEN), with the digest of the checkpoint body that contradicts."""
+
+    async def audit(peer_id: str, found: Contradiction) -> None:
+        status = f"AUDIT_LOG_{found.kind.upper()}"
+        digest = hashlib.sha256(found.received.body).digest()
+        await record(_entry(peer_id, digest, status, now()))
 
     return audit
 

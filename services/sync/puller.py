@@ -26,6 +26,13 @@ from hashex.v1 import federation_pb2
 from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.peer_card import PeerCard
 from services.registry.model import PdqEntry
+from services.sync.audit_checkpoints import (
+    CheckpointRefused,
+    Contradiction,
+    HeldCheckpoint,
+    contradiction,
+    verify_checkpoint,
+)
 from services.sync.batches import (
     BatchRejected,
     Checkpoint,
@@ -40,6 +47,13 @@ _log = logging.getLogger(__name__)
 
 OnRejected = Callable[[str, BatchRejected], Awaitable[None]]
 OnQuarantined = Callable[[str, VerifiedBatch], Awaitable[None]]
+OnAuditContradiction = Callable[[str, Contradiction], Awaitable[None]]
+
+
+async def _nothing_more(peer_id: str, found: Contradiction) -> None:
+    """The puller logs every contradiction; a node also audits it."""
+
+
 OpenPull = Callable[[str, federation_pb2.PullRequest, float], Any]
 
 
@@ -91,6 +105,7 @@ class PullDeps:
     open_pull: OpenPull
     on_rejected: OnRejected
     on_quarantined: OnQuarantined
+    on_audit_contradiction: OnAuditContradiction = _nothing_more
     settings: PullSettings = field(default_factory=PullSettings)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     rng: random.Random = field(default_factory=random.Random)
@@ -133,6 +148,7 @@ class PeerPuller:
         await deps.store.thin_checkpoints(self.peer_id)
         keys = {k.key_id: k.public_key for k in card.signing_keys}
         keys.update(await deps.store.learned_keys(self.peer_id))
+        held = await deps.store.audit_checkpoint(self.peer_id)
         request = federation_pb2.PullRequest(
             after_seq=cursor.seq,
             after_digest=cursor.digest,
@@ -140,6 +156,7 @@ class PeerPuller:
             max_entries_per_batch=deps.settings.max_entries,
             after_chain=cursor.chain,
             wait_s=int(deps.settings.hold_s) if hold else 0,
+            audit_checkpoint_count=held.record_count if held else 0,
         )
         self.held = False
         stream = deps.open_pull(self.peer_id, request, deps.clock.real_s(deps.settings.deadline_s))
@@ -149,6 +166,9 @@ class PeerPuller:
                 async for response in _responses(stream):
                     if self._stopping:  # a held pull outlives stop(): apply nothing more
                         break
+                    if response.HasField("audit_checkpoint"):
+                        held = await self._witness(response.audit_checkpoint, keys, held)
+                        continue
                     if response.HasField("keep_alive"):
                         await applier.finish()  # caught up means applied
                         head = response.keep_alive.origin_last_seq
@@ -186,6 +206,33 @@ class PeerPuller:
             _cancel(stream)
         self._succeeded()
         return applier.applied
+
+    async def _witness(
+        self,
+        signed: federation_pb2.SignedAuditCheckpoint,
+        keys: dict[str, bytes],
+        held: HeldCheckpoint | None,
+    ) -> HeldCheckpoint | None:
+        """Keep the peer's audit checkpoint, or keep and report how it contradicts the one
+        held (services.sync.audit_checkpoints); returns the one now held. Neither stops the
+        pull."""
+        deps = self._deps
+        try:
+            got = verify_checkpoint(signed, origin=self.peer_id, recipient=deps.node_id, keys=keys)
+        except CheckpointRefused as refused:
+            _log.warning("audit checkpoint from %s refused: %s", self.peer_id, refused)
+            return held
+        found = contradiction(held, got)
+        if found is None:
+            await deps.store.keep_audit_checkpoint(self.peer_id, got.held)
+            return got.held
+        if await deps.store.record_audit_contradiction(self.peer_id, found):
+            _log.error(
+                "%s; both signed checkpoints are kept as proof (`hashex sync status`)",
+                found.describe(self.peer_id),
+            )
+            await deps.on_audit_contradiction(self.peer_id, found)
+        return held
 
     async def _divergence(self, refused: federation_pb2.PullRequest) -> Divergence:
         """Where the origin's history parts from the one applied here (found once per cursor:

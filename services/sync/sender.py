@@ -14,6 +14,10 @@ for up to this node's `pull_hold_s`, batches follow each commit (LogWatcher), an
 goes out on catching up and every `pull_keepalive_s` while idle. So replication latency is the
 commit, and an idle federation makes one call, one log line and one audit record per peer per
 hold instead of one every poll. No gRPC here: the servicer converts and maps errors.
+
+A signed checkpoint of this node's audit log starts every stream and precedes every keep-alive
+(services.sync.audit_checkpoints), signed with the newest key the caller already knows (one
+published at or before its cursor), so that it verifies before any batch teaches a newer one.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
 
 from hashex.v1 import federation_pb2
+from services.core.audit.store import AuditHead
 from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.errors import FailedPrecondition
 from services.core.signing import Keyring
-from services.sync.batches import BatchChain, entries_per_batch
+from services.sync.audit_checkpoints import sign_checkpoint
+from services.sync.batches import BatchChain, entries_per_batch, key_for
 from services.sync.log_watcher import LogWatcher
 from services.sync.policy import SharingPolicy
 from services.sync.store import SyncStore
@@ -34,6 +42,14 @@ from services.sync.store import SyncStore
 PolicyFor = Callable[[str], SharingPolicy | None]
 # How often a held, idle pull looks whether the sharing policy for its caller changed.
 POLICY_RECHECK_S = 1.0
+
+
+class AuditHeads(Protocol):
+    """services.core.audit.store.AuditStore: this node's audit log, read for checkpoints."""
+
+    async def head(self) -> AuditHead: ...
+
+    async def digest_at(self, seq: int) -> bytes | None: ...
 
 
 @dataclass(frozen=True)
@@ -64,8 +80,13 @@ class LogSender:
         keyring: Callable[[], Keyring],
         policy_for: PolicyFor,
         holding: Holding | None = None,
+        audit: AuditHeads | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        """`holding` None: pulls always end at the log's end (wait_s is ignored)."""
+        """`holding` None: pulls always end at the log's end (wait_s is ignored). `audit`
+        None: no audit checkpoint is sent (a sync service without an audit log)."""
+        self._audit = audit
+        self._now = now
         self._node_id = node_id
         self._store = store
         self._keyring = keyring
@@ -74,7 +95,9 @@ class LogSender:
 
     async def batches_for(
         self, recipient: str, request: federation_pb2.PullRequest
-    ) -> AsyncIterator[federation_pb2.SignedBatch | KeepAlive]:
+    ) -> AsyncIterator[
+        federation_pb2.SignedBatch | KeepAlive | federation_pb2.SignedAuditCheckpoint
+    ]:
         """Signed batches up to the log's end; then, when the caller asked to wait, batches as
         the log grows and keep-alives while it does not, until the hold ends, the sharing
         policy for the caller changes, or the node stops."""
@@ -92,6 +115,12 @@ class LogSender:
         ticket = await holding.watcher.ticket() if holding else None
         last = await self._store.last_seq()
         await self._check_history(recipient, request, last)
+        schedule = await self._store.key_schedule(self._keyring())
+        # The count the caller keeps; within the stream, the count last sent (it keeps each).
+        witness = request.audit_checkpoint_count
+        if self._audit is not None:
+            checkpoint, witness = await self._audit_checkpoint(recipient, request, witness)
+            yield checkpoint
         chain = BatchChain(
             origin=self._node_id,
             recipient=recipient,
@@ -99,7 +128,7 @@ class LogSender:
             generation=generation,
             previous_digest=request.after_digest,
             previous_chain=await self._store.chain_at(after) or b"",
-            schedule=await self._store.key_schedule(self._keyring()),
+            schedule=schedule,
             max_entries=max_entries,
         )
         while True:
@@ -113,8 +142,14 @@ class LogSender:
                 after = rows[-1].seq
             if holding is None or ticket is None:
                 return
+            if self._audit is not None:
+                checkpoint, witness = await self._audit_checkpoint(recipient, request, witness)
+                yield checkpoint
             yield KeepAlive(last)
             async for _ in self._idle(holding, ticket, until, recipient, current):
+                if self._audit is not None:
+                    checkpoint, witness = await self._audit_checkpoint(recipient, request, witness)
+                    yield checkpoint
                 yield KeepAlive(last)
             if holding.watcher.closed or holding.clock.monotonic() >= until:
                 return
@@ -141,6 +176,27 @@ class LogSender:
                 keepalive_at = now + holding.keepalive_s
             pause = min(POLICY_RECHECK_S, keepalive_at - now, until - now)
             await holding.watcher.wait(ticket, holding.clock.real_s(max(pause, 0.0)))
+
+    async def _audit_checkpoint(
+        self, recipient: str, request: federation_pb2.PullRequest, witness: int
+    ) -> tuple[federation_pb2.SignedAuditCheckpoint, int]:
+        """A checkpoint of this node's audit log for `recipient`, with this log's digest at
+        `witness`; and its count (the next witness). Signed with the newest key published at or
+        before the caller's cursor: one it knows already."""
+        assert self._audit is not None
+        head = await self._audit.head()
+        schedule = await self._store.key_schedule(self._keyring())
+        signed = sign_checkpoint(
+            key=key_for(request.after_seq + 1, schedule),
+            origin=self._node_id,
+            recipient=recipient,
+            record_count=head.count,
+            head_digest=head.digest,
+            witness_count=witness,
+            witness_digest=await self._audit.digest_at(witness) if witness else None,
+            at=self._now(),
+        )
+        return signed, head.count
 
     async def _check_history(
         self, recipient: str, request: federation_pb2.PullRequest, last: int

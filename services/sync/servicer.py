@@ -1,5 +1,6 @@
-"""gRPC face of the sync service: Federation.Pull and Federation.PeerLookup (for peers, through
-the gateway, which verified the caller) and Admin.GetSyncStatus. Converts, calls, maps errors.
+"""gRPC face of the sync service: Federation.Pull, PeerLookup and GetAuditCheckpoint (for peers,
+through the gateway, which verified the caller) and Admin.GetSyncStatus. Converts, calls, maps
+errors.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from services.core.errors import InvalidArgument, PermissionDenied
 from services.core.rpc_status import handles_errors, handles_stream_errors
 from services.core.server import ServiceBinding
 from services.registry.convert import timestamp
+from services.sync.audit_checkpoints import HeldCheckpoint
 from services.sync.policy_filter import filter_lookup
 from services.sync.sender import KeepAlive, LogSender, PolicyFor
 from services.sync.status import SyncStatus
@@ -50,10 +52,23 @@ def _calling_peer() -> Caller:
     return caller
 
 
+class HeldCheckpoints(Protocol):
+    """services.sync.store.SyncStore.audit_checkpoint: the latest kept of an origin's log."""
+
+    async def __call__(self, origin: str) -> HeldCheckpoint | None: ...
+
+
 class FederationServicer(federation_pb2_grpc.FederationServicer):
     def __init__(
-        self, *, node_id: str, sender: LogSender, lookup: LocalLookup, policy_for: PolicyFor
+        self,
+        *,
+        node_id: str,
+        sender: LogSender,
+        lookup: LocalLookup,
+        policy_for: PolicyFor,
+        held_checkpoint: HeldCheckpoints,
     ) -> None:
+        self._held_checkpoint = held_checkpoint
         self._node_id = node_id
         self._sender = sender
         self._lookup = lookup
@@ -75,6 +90,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                 yield federation_pb2.PullResponse(
                     keep_alive=federation_pb2.KeepAlive(origin_last_seq=item.origin_last_seq)
                 )
+            elif isinstance(item, federation_pb2.SignedAuditCheckpoint):
+                yield federation_pb2.PullResponse(audit_checkpoint=item)
             else:
                 yield federation_pb2.PullResponse(batch=item)
 
@@ -88,6 +105,16 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         return federation_pb2.PeerLookupResponse(
             lookup=filter_lookup(answer, policy, origin=self._node_id)
         )
+
+    @handles_errors
+    async def GetAuditCheckpoint(
+        self, request: federation_pb2.GetAuditCheckpointRequest, context: Context
+    ) -> federation_pb2.GetAuditCheckpointResponse:
+        peer = _calling_peer()
+        held = await self._held_checkpoint(peer.node_id)
+        if held is None:
+            return federation_pb2.GetAuditCheckpointResponse(held=False)
+        return federation_pb2.GetAuditCheckpointResponse(held=True, checkpoint=held.signed())
 
 
 class AdminServicer(federation_pb2_grpc.AdminServicer):
@@ -130,6 +157,7 @@ class AdminServicer(federation_pb2_grpc.AdminServicer):
                 rejected_batches=peer.rejected_batches,
                 quarantined_entries=peer.quarantined_entries,
                 resyncing=peer.resyncing,
+                audit_alarm=peer.audit_alarm,
             )
             if peer.last_success_at is not None:
                 item.last_success_at.CopyFrom(timestamp(peer.last_success_at))

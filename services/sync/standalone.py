@@ -54,7 +54,11 @@ from services.core.trust import TrustStore
 from services.registry.model import PdqEntry
 from services.registry.store import RegistryStore
 from services.sync.app import RunningSync, start_sync
-from services.sync.audit_rejections import audit_quarantines, audit_rejections
+from services.sync.audit_rejections import (
+    audit_contradictions,
+    audit_quarantines,
+    audit_rejections,
+)
 from services.sync.federated_lookup import FederatedLookup
 from services.sync.store import MIGRATIONS
 from services.sync.units_servicer import UnitsServicer
@@ -195,6 +199,9 @@ async def start_sync_service(
             trust=trust,
             on_rejected=audit_rejections(recorder.record, now=lambda: datetime.now(UTC)),
             on_quarantined=audit_quarantines(recorder.record, now=lambda: datetime.now(UTC)),
+            on_audit_contradiction=audit_contradictions(
+                recorder.record, now=lambda: datetime.now(UTC)
+            ),
             lookup=lookup,
             run_pullers=run_pullers,
         )

@@ -26,6 +26,8 @@ class PeerSyncStatus:
     rejected_batches: int
     quarantined_entries: int
     resyncing: bool
+    # The latest contradiction found in the peer's audit checkpoints ("" when none).
+    audit_alarm: str = ""
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,11 @@ def combine(
     cards: Mapping[str, PeerCard],
     cursors: Mapping[str, CursorRow],
     states: Mapping[str, PeerState],
+    audit_alarms: Mapping[str, str] | None = None,
 ) -> SyncStatus:
     """One row per pinned peer (and per peer still holding a cursor), sorted by id."""
     peers = []
-    for peer_id in sorted(set(cards) | set(cursors)):
+    for peer_id in sorted(set(cards) | set(cursors) | set(audit_alarms or {})):
         card, row, state = cards.get(peer_id), cursors.get(peer_id), states.get(peer_id)
         cursor_seq = row.cursor.seq if row else 0
         peer_last = max(row.peer_last_seq if row else 0, state.peer_last_seq if state else 0)
@@ -63,6 +66,7 @@ def combine(
                 rejected_batches=state.rejected_batches if state else 0,
                 quarantined_entries=row.quarantined_entries if row else 0,
                 resyncing=row.resyncing if row else False,
+                audit_alarm=(audit_alarms or {}).get(peer_id, ""),
             )
         )
     return SyncStatus(node_id=node_id, local_last_seq=local_last_seq, peers=tuple(peers))

@@ -30,6 +30,7 @@ from services.core.signing import (
 from services.registry.model import PdqEntry
 from services.registry.store import MIGRATIONS as RECORD_MIGRATIONS
 from services.registry.store import RegistryStore
+from services.sync.audit_checkpoints import Contradiction, HeldCheckpoint
 from services.sync.batches import ActiveKey, Checkpoint, Cursor, VerifiedBatch
 from services.sync.entries import RotatedKey, decode_entry, key_rotation_entry
 
@@ -273,6 +274,44 @@ class SyncStore:
             rows = await conn.fetch(_CHECKPOINTS, peer_id)
         return [Checkpoint(r["seq"], bytes(r["chain"])) for r in rows]
 
+    # --- peers' audit checkpoints (services.sync.audit_checkpoints) ---
+
+    async def audit_checkpoint(self, origin: str) -> HeldCheckpoint | None:
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(_AUDIT_CHECKPOINT, origin)
+        if row is None:
+            return None
+        return HeldCheckpoint(
+            row["record_count"],
+            bytes(row["head_digest"]),
+            bytes(row["body"]),
+            row["key_id"],
+            bytes(row["signature"]),
+        )
+
+    async def keep_audit_checkpoint(self, origin: str, held: HeldCheckpoint) -> None:
+        async with self._db.connection() as conn:
+            await conn.execute(
+                _KEEP_AUDIT_CHECKPOINT, origin, held.record_count, held.head_digest, held.body,
+                held.key_id, held.signature,
+            )  # fmt: skip
+
+    async def record_audit_contradiction(self, origin: str, found: Contradiction) -> bool:
+        """Keep `found` with both signed checkpoints; False when it was kept already."""
+        kept, received = found.kept, found.received
+        async with self._db.connection() as conn:
+            inserted = await conn.fetchval(
+                _AUDIT_CONTRADICTION, origin, found.kind, found.describe(origin), kept.body,
+                kept.key_id, kept.signature, received.body, received.key_id, received.signature,
+            )  # fmt: skip
+        return inserted is not None
+
+    async def audit_alarms(self) -> dict[str, str]:
+        """Origin → the description of the latest contradiction found in its checkpoints."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(_AUDIT_ALARMS)
+        return {r["origin"]: r["description"] for r in rows}
+
 
 def _rotation_entry(keyring: Keyring, version: int) -> PendingEntry:
     new, previous = keyring.by_id(key_id(version)), keyring.by_id(key_id(version - 1))
@@ -385,4 +424,30 @@ _LEARNED_KEYS = "SELECT key_id, public_key FROM sync_peer_keys WHERE peer_id = $
 _LEARN_KEY = """
 INSERT INTO sync_peer_keys (peer_id, key_id, public_key, learned_at_seq) VALUES ($1, $2, $3, $4)
 ON CONFLICT (peer_id, key_id) DO NOTHING
+"""
+
+_AUDIT_CHECKPOINT = """
+SELECT record_count, head_digest, body, key_id, signature FROM sync_audit_checkpoints
+WHERE origin = $1
+"""
+
+_KEEP_AUDIT_CHECKPOINT = """
+INSERT INTO sync_audit_checkpoints (origin, record_count, head_digest, body, key_id, signature)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (origin) DO UPDATE SET record_count = EXCLUDED.record_count,
+    head_digest = EXCLUDED.head_digest, body = EXCLUDED.body, key_id = EXCLUDED.key_id,
+    signature = EXCLUDED.signature, received_at = now()
+"""
+
+_AUDIT_CONTRADICTION = """
+INSERT INTO sync_audit_contradictions (origin, kind, description, kept_body, kept_key_id,
+    kept_signature, received_body, received_key_id, received_signature)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (origin, kept_body) DO NOTHING
+RETURNING id
+"""
+
+_AUDIT_ALARMS = """
+SELECT DISTINCT ON (origin) origin, description FROM sync_audit_contradictions
+ORDER BY origin, id DESC
 """

@@ -19,6 +19,7 @@ import pytest
 from services.cli.main import main as hashex_main
 from services.core.audit.chain import AuditEntry, ChainVerifier, seal_all
 from services.core.audit.recorder import AuditRecorder
+from services.core.audit.refusals import OVERFLOW_CALLER, RefusalWindows
 from services.core.audit.store import MIGRATIONS_DIR, AuditStore
 from services.core.config import write_config
 from services.core.db.location import EmbeddedDatabase
@@ -78,17 +79,28 @@ async def test_store_appends_a_chain_that_reads_back_identically(db_pool: Any) -
 
 
 async def test_the_audit_migration_takes_over_the_log_an_earlier_release_created(
-    empty_database: str,
+    empty_database: str, tmp_path: Path
 ) -> None:
     """Releases before 0.2 created audit_log as migration 1 of the `gateway` component: the
     audit component's first migration finds it, keeps every record and the triggers."""
+    then = tmp_path / "then"
+    then.mkdir()
+    first = MIGRATIONS_DIR / "0001_audit_log.sql"
+    (then / first.name).write_bytes(first.read_bytes())
     pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
     try:
-        await apply_migrations(pool, MIGRATIONS_DIR, component="gateway")  # as then
-        await AuditStore(database_of(pool)).append([_entry(n) for n in range(3)])
+        await apply_migrations(pool, then, component="gateway")  # as then
+        await pool.executemany(  # records as that release wrote them (no `calls` column)
+            "INSERT INTO audit_log VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            [_old_row(r) for r in seal_all([_entry(n) for n in range(3)], after=None)],
+        )
         await apply_migrations(pool, MIGRATIONS_DIR)
-        versions = await pool.fetch("SELECT component, version FROM schema_version ORDER BY 1")
-        assert [tuple(v) for v in versions] == [("audit", 1), ("gateway", 1)]
+        versions = await pool.fetch("SELECT component, version FROM schema_version ORDER BY 1, 2")
+        assert [tuple(v) for v in versions] == [("audit", 1), ("audit", 2), ("gateway", 1)]
+        verifier = ChainVerifier()
+        assert [verifier.check(r) async for r in AuditStore(database_of(pool)).records()] == [
+            None
+        ] * 3
         assert [r.seq async for r in AuditStore(database_of(pool)).records()] == [1, 2, 3]
         with pytest.raises(asyncpg.RaiseError, match="append-only"):
             await pool.execute("DELETE FROM audit_log")
@@ -99,6 +111,15 @@ async def test_the_audit_migration_takes_over_the_log_an_earlier_release_created
         assert triggers == 2
     finally:
         await pool.close()
+
+
+def _old_row(record: Any) -> tuple[Any, ...]:
+    e = record.entry
+    return (
+        record.seq, e.at, e.duration_ms, e.caller, e.fingerprint, e.role, e.method,
+        e.request_messages, e.response_messages, e.request_digest, e.status,
+        record.previous_digest, record.digest,
+    )  # fmt: skip
 
 
 async def _fill_log(url: str, count: int) -> None:
@@ -187,3 +208,21 @@ async def test_audit_verify_shares_the_embedded_database_of_a_running_node(
         assert await database.pool.fetchval("SELECT count(*) FROM audit_log") == 3
     finally:
         await database.close()
+
+
+def test_refusal_windows_bound_the_rows_of_many_callers() -> None:
+    """Callers beyond the open windows' bound (an unauthenticated caller picks the identity it
+    presents) share one overflow window per outcome: the rows stay bounded, the count exact."""
+    windows = RefusalWindows(window_s=60.0, max_open=2)
+    refused = [
+        replace(_entry(n, "PERMISSION_DENIED"), caller=f"spiffe://hashex/node/x{n}")
+        for n in range(6)
+    ]
+    written = [windows.admit(entry, now=0.0).entry for entry in refused]
+    assert [e.caller if e else None for e in written] == [
+        refused[0].caller, refused[1].caller, OVERFLOW_CALLER, None, None, None,
+    ]  # fmt: skip
+    assert windows.due(now=59.9) == []
+    [overflow] = windows.due(now=60.0)
+    assert (overflow.caller, overflow.method, overflow.calls) == (OVERFLOW_CALLER, "*", 3)
+    assert windows.admit(refused[0], now=61.0).entry == refused[0]  # a new window

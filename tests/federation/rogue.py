@@ -78,7 +78,9 @@ class RogueOrigin(federation_pb2_grpc.FederationServicer):
         asked = federation_pb2.PullRequest()
         asked.CopyFrom(request)
         asked.wait_s = 0
-        return [r.batch async for r in stub.Pull(asked, timeout=CALL_TIMEOUT_S)]
+        return [
+            r.batch async for r in stub.Pull(asked, timeout=CALL_TIMEOUT_S) if r.HasField("batch")
+        ]
 
     async def close(self) -> None:
         if self._channel is not None:

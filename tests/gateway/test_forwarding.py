@@ -167,7 +167,9 @@ async def test_a_peers_pull_reaches_sync_as_that_peer(apart: Apart) -> None:
     responses = [
         r async for r in apart.peer().Pull(federation_pb2.PullRequest(), timeout=TIMEOUT_S)
     ]
-    bodies = [federation_pb2.BatchBody.FromString(r.batch.body) for r in responses]
+    bodies = [
+        federation_pb2.BatchBody.FromString(r.batch.body) for r in responses if r.HasField("batch")
+    ]
     assert bodies and {(b.origin, b.recipient) for b in bodies} == {(OWN, PEER)}
     assert sum(len(b.entries) for b in bodies) >= 1
     answer = await apart.peer().PeerLookup(
@@ -235,9 +237,11 @@ async def test_the_sync_port_runs_a_call_as_a_caller_only_with_a_valid_mac(apart
         assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED, why
     valid = caller_metadata(secret, PULL, peer, now_s=now)
     responses = [r async for r in sync.Pull(federation_pb2.PullRequest(), metadata=valid)]
-    assert {federation_pb2.BatchBody.FromString(r.batch.body).recipient for r in responses} == {
-        PEER
-    }
+    assert {
+        federation_pb2.BatchBody.FromString(r.batch.body).recipient
+        for r in responses
+        if r.HasField("batch")
+    } == {PEER}
 
 
 async def test_upstream_errors_come_back_unchanged(apart: Apart) -> None:

@@ -58,6 +58,123 @@ PEER_LOOKUP_OUTCOME_FAILED: PeerLookupOutcome.ValueType  # 6
 Global___PeerLookupOutcome: _TypeAlias = PeerLookupOutcome  # noqa: Y015
 
 @_typing.final
+class GetAuditCheckpointRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAuditCheckpointRequest: _TypeAlias = GetAuditCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class GetAuditCheckpointResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELD_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    held: _builtins.bool
+    @_builtins.property
+    def checkpoint(self) -> Global___SignedAuditCheckpoint: ...
+    def __init__(
+        self,
+        *,
+        held: _builtins.bool = ...,
+        checkpoint: Global___SignedAuditCheckpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "held", b"held"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAuditCheckpointResponse: _TypeAlias = GetAuditCheckpointResponse  # noqa: Y015
+
+@_typing.final
+class SignedAuditCheckpoint(_message.Message):
+    """The origin's statement of how long its audit log is and what its last record's digest is,
+    signed like a batch. A receiver keeps the latest it verified; a later one with a lower
+    record_count, or the same record_count with another head_digest, or a witness_digest other
+    than the head_digest it keeps, proves the origin's audit log was cut or rewritten.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """A serialized AuditCheckpoint; receivers refuse more than 512 bytes."""
+    key_id: _builtins.str
+    """The signing key, `ed25519:<n>` (at most 32 characters), one of the origin's keys."""
+    signature: _builtins.bytes
+    """Ed25519 (64 bytes) over the ASCII bytes "hashex.v1.AuditCheckpoint\\0" followed by `body`."""
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "key_id", b"key_id", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedAuditCheckpoint: _TypeAlias = SignedAuditCheckpoint  # noqa: Y015
+
+@_typing.final
+class AuditCheckpoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    RECORD_COUNT_FIELD_NUMBER: _builtins.int
+    HEAD_DIGEST_FIELD_NUMBER: _builtins.int
+    MADE_AT_FIELD_NUMBER: _builtins.int
+    WITNESS_COUNT_FIELD_NUMBER: _builtins.int
+    WITNESS_DIGEST_FIELD_NUMBER: _builtins.int
+    origin: _builtins.str
+    """The node whose audit log this is (and who signed it)."""
+    recipient: _builtins.str
+    """The node it was sent to; any other receiver refuses it."""
+    record_count: _builtins.int
+    """Records in the origin's audit log (its last seq: seqs have no gaps)."""
+    head_digest: _builtins.bytes
+    """The digest of the last record (32 bytes; 32 zero bytes for an empty log)."""
+    witness_count: _builtins.int
+    """PullRequest.audit_checkpoint_count, and the origin's digest of its record at that count
+    now (32 bytes; empty when its log no longer has that many records).
+    """
+    witness_digest: _builtins.bytes
+    @_builtins.property
+    def made_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        origin: _builtins.str = ...,
+        recipient: _builtins.str = ...,
+        record_count: _builtins.int = ...,
+        head_digest: _builtins.bytes = ...,
+        made_at: _timestamp_pb2.Timestamp | None = ...,
+        witness_count: _builtins.int = ...,
+        witness_digest: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["made_at", b"made_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head_digest", b"head_digest", "made_at", b"made_at", "origin", b"origin", "recipient", b"recipient", "record_count", b"record_count", "witness_count", b"witness_count", "witness_digest", b"witness_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditCheckpoint: _TypeAlias = AuditCheckpoint  # noqa: Y015
+
+@_typing.final
 class PullRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -67,6 +184,7 @@ class PullRequest(_message.Message):
     MAX_ENTRIES_PER_BATCH_FIELD_NUMBER: _builtins.int
     AFTER_CHAIN_FIELD_NUMBER: _builtins.int
     WAIT_S_FIELD_NUMBER: _builtins.int
+    AUDIT_CHECKPOINT_COUNT_FIELD_NUMBER: _builtins.int
     after_seq: _builtins.int
     """The last sequence number the caller has applied from this origin (0: none)."""
     after_digest: _builtins.bytes
@@ -91,6 +209,10 @@ class PullRequest(_message.Message):
     `pull_keepalive_s` (default 30) while idle; it ends the stream early when its sharing
     policy for the caller changes. Callers then pull again at once.
     """
+    audit_checkpoint_count: _builtins.int
+    """The record_count of the latest checkpoint of the origin's audit log the caller keeps (0:
+    none); the origin states its own digest at that count in the checkpoint it sends.
+    """
     def __init__(
         self,
         *,
@@ -100,10 +222,11 @@ class PullRequest(_message.Message):
         max_entries_per_batch: _builtins.int = ...,
         after_chain: _builtins.bytes = ...,
         wait_s: _builtins.int = ...,
+        audit_checkpoint_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_chain", b"after_chain", "after_digest", b"after_digest", "after_seq", b"after_seq", "max_entries_per_batch", b"max_entries_per_batch", "policy_generation", b"policy_generation", "wait_s", b"wait_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_chain", b"after_chain", "after_digest", b"after_digest", "after_seq", b"after_seq", "audit_checkpoint_count", b"audit_checkpoint_count", "max_entries_per_batch", b"max_entries_per_batch", "policy_generation", b"policy_generation", "wait_s", b"wait_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -115,23 +238,31 @@ class PullResponse(_message.Message):
 
     BATCH_FIELD_NUMBER: _builtins.int
     KEEP_ALIVE_FIELD_NUMBER: _builtins.int
+    AUDIT_CHECKPOINT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def batch(self) -> Global___SignedBatch:
-        """Exactly one of the two is set."""
+        """Exactly one of the three is set."""
 
     @_builtins.property
     def keep_alive(self) -> Global___KeepAlive:
         """The origin is caught up and holding the stream open (only when the request's wait_s > 0)."""
+
+    @_builtins.property
+    def audit_checkpoint(self) -> Global___SignedAuditCheckpoint:
+        """The origin's signed audit checkpoint: the first message of every stream (one per pull, at
+        most 512 + 100 bytes), from origins of this release on.
+        """
 
     def __init__(
         self,
         *,
         batch: Global___SignedBatch | None = ...,
         keep_alive: Global___KeepAlive | None = ...,
+        audit_checkpoint: Global___SignedAuditCheckpoint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "keep_alive", b"keep_alive"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_checkpoint", b"audit_checkpoint", "batch", b"batch", "keep_alive", b"keep_alive"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "keep_alive", b"keep_alive"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_checkpoint", b"audit_checkpoint", "batch", b"batch", "keep_alive", b"keep_alive"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -553,6 +684,7 @@ class PeerSyncStatus(_message.Message):
     REJECTED_BATCHES_FIELD_NUMBER: _builtins.int
     QUARANTINED_ENTRIES_FIELD_NUMBER: _builtins.int
     RESYNCING_FIELD_NUMBER: _builtins.int
+    AUDIT_ALARM_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     endpoint: _builtins.str
     cursor_seq: _builtins.int
@@ -571,6 +703,11 @@ class PeerSyncStatus(_message.Message):
     """Entries of this peer's batches quarantined (never applied, never retried), all time."""
     resyncing: _builtins.bool
     """A resync of this peer is under way (`hashex sync resync`): its records are being re-pulled."""
+    audit_alarm: _builtins.str
+    """Empty while this peer's audit checkpoints agree; else the contradiction found ("audit log
+    truncated: ..." or "audit log rewritten: ..."). The checkpoint it contradicts stays kept as
+    evidence, and later checkpoints of this peer are compared with it.
+    """
     @_builtins.property
     def last_success_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -590,10 +727,11 @@ class PeerSyncStatus(_message.Message):
         rejected_batches: _builtins.int = ...,
         quarantined_entries: _builtins.int = ...,
         resyncing: _builtins.bool = ...,
+        audit_alarm: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_error_at", b"last_error_at", "last_success_at", b"last_success_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_entries", b"applied_entries", "cursor_seq", b"cursor_seq", "endpoint", b"endpoint", "lag", b"lag", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_success_at", b"last_success_at", "peer_id", b"peer_id", "peer_last_seq", b"peer_last_seq", "quarantined_entries", b"quarantined_entries", "rejected_batches", b"rejected_batches", "resyncing", b"resyncing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_entries", b"applied_entries", "audit_alarm", b"audit_alarm", "cursor_seq", b"cursor_seq", "endpoint", b"endpoint", "lag", b"lag", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_success_at", b"last_success_at", "peer_id", b"peer_id", "peer_last_seq", b"peer_last_seq", "quarantined_entries", b"quarantined_entries", "rejected_batches", b"rejected_batches", "resyncing", b"resyncing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

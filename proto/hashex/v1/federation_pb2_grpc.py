@@ -47,6 +47,11 @@ class FederationStub:
                 request_serializer=hashex_dot_v1_dot_federation__pb2.PeerLookupRequest.SerializeToString,
                 response_deserializer=hashex_dot_v1_dot_federation__pb2.PeerLookupResponse.FromString,
                 _registered_method=True)
+        self.GetAuditCheckpoint = channel.unary_unary(
+                '/hashex.v1.Federation/GetAuditCheckpoint',
+                request_serializer=hashex_dot_v1_dot_federation__pb2.GetAuditCheckpointRequest.SerializeToString,
+                response_deserializer=hashex_dot_v1_dot_federation__pb2.GetAuditCheckpointResponse.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -72,6 +77,16 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAuditCheckpoint(self, request, context):
+        """The latest checkpoint of the CALLER's audit log that the serving node keeps (received
+        with the caller's pulls from it), so that the caller can prove its own log against it
+        (`hashex audit verify --against-peers`). One small message each way; `held` false when
+        the serving node keeps none of the caller's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -84,6 +99,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.PeerLookup,
                     request_deserializer=hashex_dot_v1_dot_federation__pb2.PeerLookupRequest.FromString,
                     response_serializer=hashex_dot_v1_dot_federation__pb2.PeerLookupResponse.SerializeToString,
+            ),
+            'GetAuditCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuditCheckpoint,
+                    request_deserializer=hashex_dot_v1_dot_federation__pb2.GetAuditCheckpointRequest.FromString,
+                    response_serializer=hashex_dot_v1_dot_federation__pb2.GetAuditCheckpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -143,6 +163,33 @@ class Federation:
             '/hashex.v1.Federation/PeerLookup',
             hashex_dot_v1_dot_federation__pb2.PeerLookupRequest.SerializeToString,
             hashex_dot_v1_dot_federation__pb2.PeerLookupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuditCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashex.v1.Federation/GetAuditCheckpoint',
+            hashex_dot_v1_dot_federation__pb2.GetAuditCheckpointRequest.SerializeToString,
+            hashex_dot_v1_dot_federation__pb2.GetAuditCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

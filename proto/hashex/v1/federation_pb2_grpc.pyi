@@ -45,6 +45,12 @@ class FederationStub:
     """Looks hashes up among the serving node's own records (not those it replicated from others),
     under its sharing policy for the caller. Same limits as Registry.Lookup.
     """
+    GetAuditCheckpoint: _grpc.UnaryUnaryMultiCallable[_federation_pb2.GetAuditCheckpointRequest, _federation_pb2.GetAuditCheckpointResponse]
+    """The latest checkpoint of the CALLER's audit log that the serving node keeps (received
+    with the caller's pulls from it), so that the caller can prove its own log against it
+    (`hashex audit verify --against-peers`). One small message each way; `held` false when
+    the serving node keeps none of the caller's.
+    """
 
 @_typing.type_check_only
 class FederationAsyncStub(FederationStub):
@@ -62,6 +68,12 @@ class FederationAsyncStub(FederationStub):
     PeerLookup: _aio.UnaryUnaryMultiCallable[_federation_pb2.PeerLookupRequest, _federation_pb2.PeerLookupResponse]  # type: ignore[assignment]
     """Looks hashes up among the serving node's own records (not those it replicated from others),
     under its sharing policy for the caller. Same limits as Registry.Lookup.
+    """
+    GetAuditCheckpoint: _aio.UnaryUnaryMultiCallable[_federation_pb2.GetAuditCheckpointRequest, _federation_pb2.GetAuditCheckpointResponse]  # type: ignore[assignment]
+    """The latest checkpoint of the CALLER's audit log that the serving node keeps (received
+    with the caller's pulls from it), so that the caller can prove its own log against it
+    (`hashex audit verify --against-peers`). One small message each way; `held` false when
+    the serving node keeps none of the caller's.
     """
 
 class FederationServicer(metaclass=_abc_1.ABCMeta):
@@ -89,6 +101,18 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_federation_pb2.PeerLookupResponse, _abc.Awaitable[_federation_pb2.PeerLookupResponse]]:
         """Looks hashes up among the serving node's own records (not those it replicated from others),
         under its sharing policy for the caller. Same limits as Registry.Lookup.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAuditCheckpoint(
+        self,
+        request: _federation_pb2.GetAuditCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.GetAuditCheckpointResponse, _abc.Awaitable[_federation_pb2.GetAuditCheckpointResponse]]:
+        """The latest checkpoint of the CALLER's audit log that the serving node keeps (received
+        with the caller's pulls from it), so that the caller can prove its own log against it
+        (`hashex audit verify --against-peers`). One small message each way; `held` false when
+        the serving node keeps none of the caller's.
         """
 
 def add_FederationServicer_to_server(servicer: FederationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,8 +6,14 @@ A record says who called (identity URI, certificate fingerprint, role), what (me
 or case data asked about — the outcome (status code name), when and for how long. Each record's
 digest covers its canonical bytes and the previous record's digest, so editing, deleting or
 reordering any record breaks the chain from there on; `ChainVerifier` recomputes it and names the
-first record that does not fit. (Cutting records off the end leaves a shorter valid chain; the
-count and last digest that `hashex audit verify` prints are what an operator keeps elsewhere.)
+first record that does not fit. Cutting records off the end leaves a shorter valid chain: the
+node's peers hold signed checkpoints of its log (count and head digest,
+services.sync.audit_checkpoints) to contradict it.
+
+A record may stand for several calls (`calls`): refusals of one caller within a window are
+aggregated (services.core.audit.refusals), so that a flood of refused calls costs a bounded
+number of rows. `calls` is part of the canonical bytes only when it is not 1, so records written
+before aggregation existed keep their digests.
 
 Pure: no grpc, no SQL.
 """
@@ -42,12 +48,17 @@ class AuditEntry:
     response_messages: int
     request_digest: bytes
     status: str
+    # How many calls this record stands for (more than 1: refusals aggregated in a window; the
+    # request digest is then SHA-256 over the calls' request digests, in order).
+    calls: int = 1
 
     def __post_init__(self) -> None:
         if self.at.tzinfo is None:
             raise ValueError("audit times must be timezone-aware")
         if len(self.request_digest) != DIGEST_BYTES:
             raise ValueError("request_digest must be a SHA-256 digest")
+        if self.calls < 1:
+            raise ValueError("an audit record stands for at least one call")
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,8 @@ def canonical_bytes(seq: int, entry: AuditEntry) -> bytes:
         "request_digest": entry.request_digest.hex(),
         "status": entry.status,
     }
+    if entry.calls != 1:
+        document["calls"] = entry.calls
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("ascii")
 
 
