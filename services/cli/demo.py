@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.cli import exit_codes
 from services.cli.demo_images import cropped, resized, synthetic_image
 from services.core.db.system_user_access import untraversable_directory
 
@@ -228,6 +229,10 @@ def de_unit_looks_up_a_new_seizure(root: Path, de_dir: Path) -> None:
     print("\n# Asking the peers live does not get round their policy either (exit code 1):")
     restricted_md5 = md5_of(root / "de-new.jsonl", "img100.png")
     hashex("lookup", f"md5:{restricted_md5}", "--peers", *unit)
+    print("\n# alice is an analyst: she may look up, not submit (refused, exit code 6, audited):")
+    refused = hashex("submit", root / "de-new.jsonl", *unit, check=False)
+    if refused.returncode != exit_codes.REFUSED:
+        raise SystemExit(f"demo failed: an analyst's submit exited {refused.returncode}, not 6")
 
 
 def run_demo(root: Path) -> None:

@@ -19,6 +19,7 @@ from services.core.audit.chain import AuditEntry
 from services.core.audit.store import MIGRATIONS_DIR, AuditStore
 from services.core.config import write_config
 from services.core.db.migrations import apply_migrations
+from services.core.node_claim import store as node_claim
 from tests.store_calls import database_of
 
 T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
@@ -46,6 +47,10 @@ def _entry(n: int, caller: str, status: str = "OK", calls: int = 1) -> AuditEntr
 async def _fill(url: str) -> None:
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     try:
+        # What the node's first start leaves: the database claimed for it, its audit table.
+        await apply_migrations(pool, node_claim.MIGRATIONS_DIR, component=node_claim.COMPONENT)
+        async with pool.acquire() as conn:
+            await node_claim.claim_database(conn, node_id="gb-nca", case_key_fingerprint=None)
         await apply_migrations(pool, MIGRATIONS_DIR)
         entries = [_entry(n, ALICE if n % 2 else BOB) for n in range(10)]
         entries[7] = replace(entries[7], status="PERMISSION_DENIED", calls=40)
@@ -56,7 +61,7 @@ async def _fill(url: str) -> None:
 
 @pytest.fixture
 def node(empty_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    write_config(tmp_path, node_id="gb-nca")
+    write_config(tmp_path, node_id="gb-nca", database="external")
     monkeypatch.setenv("DATABASE_URL", empty_database)
     asyncio.run(_fill(empty_database))
     return tmp_path
