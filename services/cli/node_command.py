@@ -24,7 +24,7 @@ from services.core.config import (
 )
 from services.core.db.pool import Database
 from services.core.logs import configure_logging
-from services.core.signing import rotate
+from services.core.signing import revoke, rotate
 from services.core.trust import check_endpoint
 from services.gateway.composition import start_node
 from services.registry.app import start_registry
@@ -79,14 +79,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "rotate-key",
         help="add a new signing key version",
         description=(
-            "Create the next Ed25519 signing key (ed25519:<n+1>), which signs from now on. Old "
-            "keys are kept so earlier signatures still verify; the node publishes the new key to "
-            "its peers in its change log, signed by the previous key."
+            "Create the next Ed25519 signing key (ed25519:<n+1>), which signs from now on and "
+            "retires the previous one (still valid for what it signed). The rotation is signed "
+            "by the previous key at once and recorded in keys/signing/history.json; the node "
+            "publishes it to its peers in its change log. The old key file may be deleted "
+            "afterwards: new peers verify the whole history from the card."
         ),
         epilog="example: hashex node rotate-key --data-dir ~/hashex/gb-nca",
     )
     add_data_dir_option(rotate_key)
     rotate_key.set_defaults(func=lambda ns: run_command(_rotate_key, ns))
+    revoke_key = node_sub.add_parser(
+        "revoke-key",
+        help="revoke a compromised old signing key",
+        description=(
+            "Mark an old signing key revoked (after a compromise): this node signs nothing more "
+            "with it, and peers that pin the new card (`hashex peer card`, then `hashex peer "
+            "add --replace` at each peer) refuse every batch it signs for seqs of this node's "
+            "log from --from-seq on (--entirely: all). The current key cannot be revoked: run "
+            "`hashex node rotate-key` first."
+        ),
+        epilog="example: hashex node revoke-key ed25519:1 --entirely --data-dir ~/hashex/gb-nca",
+    )
+    revoke_key.add_argument("key_id", help="the key to revoke, e.g. ed25519:1")
+    scope = revoke_key.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--entirely", action="store_true", help="revoke for every seq")
+    scope.add_argument(
+        "--from-seq", type=int, metavar="SEQ", help="revoke from this seq of the log on"
+    )
+    add_data_dir_option(revoke_key)
+    revoke_key.set_defaults(func=lambda ns: run_command(_revoke_key, ns))
     up = node_sub.add_parser(
         "up",
         help="run the node until Ctrl-C or SIGTERM",
@@ -161,10 +183,27 @@ def _init(ns: argparse.Namespace) -> int:
 def _rotate_key(ns: argparse.Namespace) -> int:
     config = load_config(ns.data_dir.resolve())
     key = rotate(config.signing_keys_dir)
-    print(f"new signing key {key.key_id} {key.public_hex} (now current; older keys kept)")
+    print(f"new signing key {key.key_id} {key.public_hex} (now current; the previous one retired)")
     print(
         "a running node publishes it to its peers within seconds, signed by the previous key; "
-        "new peers need a fresh card (`hashex peer card`)"
+        "new peers need a fresh card (`hashex peer card`). Delete an old key file only once "
+        "every peer pulled past the rotation (`hashex sync status`), or send them the new card."
+    )
+    return exit_codes.OK
+
+
+def _revoke_key(ns: argparse.Namespace) -> int:
+    config = load_config(ns.data_dir.resolve())
+    from_seq = 1 if ns.entirely else ns.from_seq
+    record, changed = revoke(config.signing_keys_dir, ns.key_id, from_seq=from_seq)
+    scope = "entirely" if record.revoked_from_seq == 1 else f"from seq {record.revoked_from_seq} on"
+    if not changed:
+        print(f"{record.key_id} was already revoked {scope}; nothing changed")
+        return exit_codes.OK
+    print(f"{record.key_id} revoked {scope}: this node signs nothing more with it")
+    print(
+        "peers learn it from the new card: `hashex peer card --out CARD`, then at each peer "
+        "`hashex peer add CARD --replace` (after confirming it with them out of band)"
     )
     return exit_codes.OK
 

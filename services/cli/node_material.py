@@ -21,7 +21,8 @@ from services.core import tls
 from services.core.config import NodeConfig
 from services.core.errors import FailedPrecondition, InvalidArgument
 from services.core.forwarded_caller import ensure_internal_key
-from services.core.signing import create_first_key
+from services.core.key_history import history_path
+from services.core.signing import create_first_key, record_history
 from services.registry.cases import create_case_key
 
 # Renew the node certificate on a re-run when it has less than this left.
@@ -54,6 +55,9 @@ def ensure_node_material(
     if not any(config.signing_keys_dir.glob("ed25519_*.key")):
         key = create_first_key(config.signing_keys_dir)
         done.append(f"signing key:   {key.key_id} {key.public_hex}")
+    elif not history_path(config.signing_keys_dir).exists():
+        record_history(config.signing_keys_dir)
+        done.append(f"key history:   {history_path(config.signing_keys_dir)} (old keys may go)")
     if internal_key := ensure_internal_key(config.data_dir):
         done.append(f"internal key:  {internal_key} (gateway <-> services apart)")
     ca, ca_created = _ensure_ca(config)

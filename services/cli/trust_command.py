@@ -22,6 +22,8 @@ from services.core.config import NodeConfig, check_node_id, load_config
 from services.core.errors import FailedPrecondition, InvalidArgument
 from services.core.signing import Keyring
 from services.core.trust import (
+    PeerCard,
+    PeerKey,
     TrustStore,
     check_endpoint,
     deny,
@@ -288,7 +290,10 @@ def _list(ns: argparse.Namespace) -> int:
             "node_id": peer_id,
             "endpoint": card.endpoint,
             "ca_sha256": card.ca_fingerprint,
-            "keys": [k.key_id for k in card.signing_keys],
+            "keys": [
+                {"key_id": k.key_id, "state": state, "revoked_from_seq": k.revoked_from_seq}
+                for k, state in _key_states(card)
+            ],
             "policy_generation": policy.generation if policy else None,
             "ca_denied": card.ca_fingerprint in denied,
         }
@@ -298,10 +303,34 @@ def _list(ns: argparse.Namespace) -> int:
         shown = f"generation {policy.generation}" if policy else "none (nothing shared)"
         print(f"{peer_id}  {card.endpoint}")
         print(f"  CA sha256 {card.ca_fingerprint}{'  (DENIED)' if row['ca_denied'] else ''}")
-        print(f"  keys {', '.join(k.key_id for k in card.signing_keys)}; policy {shown}")
+        keys = ", ".join(_shown_key(k, state) for k, state in _key_states(card))
+        print(f"  keys {keys}; policy {shown}")
     if not ns.json:
         print(f"{len(peers)} peer(s) pinned; {len(denied)} certificate fingerprint(s) denied")
     return exit_codes.OK
+
+
+def _key_states(card: PeerCard) -> list[tuple[PeerKey, str]]:
+    """Each key of the card's history: current (the newest), retired (rotated away from, valid
+    for what it signed before) or revoked."""
+    return [
+        (
+            key,
+            "revoked"
+            if key.revoked_from_seq
+            else "current"
+            if key == card.current_key
+            else "retired",
+        )
+        for key in card.signing_keys
+    ]
+
+
+def _shown_key(key: PeerKey, state: str) -> str:
+    if state != "revoked":
+        return f"{key.key_id} ({state})"
+    scope = "entirely" if key.revoked_from_seq == 1 else f"from seq {key.revoked_from_seq}"
+    return f"{key.key_id} (revoked {scope})"
 
 
 def _remove(ns: argparse.Namespace) -> int:

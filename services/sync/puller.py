@@ -34,6 +34,7 @@ from services.sync.batches import (
     verify_batch_in_steps,
 )
 from services.sync.divergence import Divergence, HistoryDiverged, is_divergence, locate
+from services.sync.origin_keys import OriginKey, origin_keys, published
 from services.sync.store import SyncStore
 
 _log = logging.getLogger(__name__)
@@ -131,8 +132,7 @@ class PeerPuller:
             raise LookupError(f"{self.peer_id} is no longer a pinned peer")
         cursor = await deps.store.cursor(self.peer_id)
         await deps.store.thin_checkpoints(self.peer_id)
-        keys = {k.key_id: k.public_key for k in card.signing_keys}
-        keys.update(await deps.store.learned_keys(self.peer_id))
+        keys = origin_keys(card.signing_keys, await deps.store.learned_keys(self.peer_id))
         request = federation_pb2.PullRequest(
             after_seq=cursor.seq,
             after_digest=cursor.digest,
@@ -164,7 +164,8 @@ class PeerPuller:
                     batch = await self._verified(response.batch, cursor, keys)
                     await applier.start(batch, expected=cursor)
                     cursor = batch.cursor
-                    keys.update({k.key_id: k.public_key for k in batch.new_keys})
+                    for key in batch.new_keys:
+                        keys = published(keys, key.key_id, key.public_key, key.seq)
             except Exception:
                 await applier.finish()  # its own failure, if any, takes precedence
                 raise
@@ -241,7 +242,7 @@ class PeerPuller:
         self.state.failures = 0
 
     async def _verified(
-        self, signed: federation_pb2.SignedBatch, cursor: Cursor, keys: dict[str, bytes]
+        self, signed: federation_pb2.SignedBatch, cursor: Cursor, keys: dict[str, OriginKey]
     ) -> VerifiedBatch:
         """Verification and parsing are CPU work on the event loop: done in steps, with a pause
         after each so the batch before this one keeps talking to the database meanwhile."""

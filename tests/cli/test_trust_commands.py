@@ -303,3 +303,34 @@ def test_no_command_prints_a_secret(gb: Path, us: Path, run: Run, tmp_path: Path
     assert "PRIVATE KEY" not in printed
     secrets = [p.read_text().split()[-1] for p in (gb / "keys" / "signing").glob("*.key")]
     assert secrets and not any(secret in printed for secret in secrets)
+
+
+def test_key_history_survives_deleting_a_key_and_peer_list_shows_each_keys_state(
+    gb: Path, us: Path, run: Run, tmp_path: Path
+) -> None:
+    code, _, err = run("peer", "add", card_of(run, gb, tmp_path / "gb.card"), "--data-dir", us)
+    assert code == 0, err
+    run("node", "rotate-key", "--data-dir", gb)
+    run("node", "rotate-key", "--data-dir", gb)
+    (gb / "keys" / "signing" / "ed25519_1.key").unlink()
+    code, _, err = run("node", "revoke-key", "ed25519:3", "--entirely", "--data-dir", gb)
+    assert code == 3 and "current signing key" in err and "rotate-key" in err
+    code, out, _ = run("node", "revoke-key", "ed25519:1", "--from-seq", "5", "--data-dir", gb)
+    assert code == 0 and "ed25519:1 revoked from seq 5 on" in out
+    code, out, _ = run("node", "revoke-key", "ed25519:1", "--from-seq", "9", "--data-dir", gb)
+    assert code == 0 and "already revoked from seq 5 on; nothing changed" in out
+    code, _, err = run("node", "revoke-key", "ed25519:7", "--entirely", "--data-dir", gb)
+    assert code == 4 and "never had a signing key 'ed25519:7'" in err
+
+    card = read_card(card_of(run, gb, tmp_path / "gb2.card"))
+    assert [(k.key_id, k.revoked_from_seq) for k in card.signing_keys] == [
+        ("ed25519:1", 5),
+        ("ed25519:2", 0),
+        ("ed25519:3", 0),
+    ], "the deleted key stays in the history the card carries"
+    code, out, err = run("peer", "add", tmp_path / "gb2.card", "--replace", "--data-dir", us)
+    assert code == 0, err
+    code, out, _ = run("peer", "list", "--data-dir", us)
+    assert "keys ed25519:1 (revoked from seq 5), ed25519:2 (retired), ed25519:3 (current)" in out
+    code, out, _ = run("peer", "list", "--json", "--data-dir", us)
+    assert '{"key_id": "ed25519:1", "state": "revoked", "revoked_from_seq": 5}' in out

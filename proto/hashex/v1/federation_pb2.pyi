@@ -175,7 +175,9 @@ class SignedBatch(_message.Message):
     body: _builtins.bytes
     """A serialized BatchBody."""
     key_id: _builtins.str
-    """The signing key, `ed25519:<n>`, one of the origin's published keys."""
+    """The signing key, `ed25519:<n>`, one of the origin's published keys, valid for the batch's
+    seq range (see KeyRotation).
+    """
     signature: _builtins.bytes
     """Ed25519 over the ASCII bytes "hashex.v1.BatchBody\\0" followed by `body`."""
     def __init__(
@@ -327,7 +329,16 @@ Global___MediaRetraction: _TypeAlias = MediaRetraction  # noqa: Y015
 
 @_typing.final
 class KeyRotation(_message.Message):
-    """A new signing key of the origin, signed by the key it succeeds."""
+    """A new signing key of the origin, signed by the key it succeeds. Publishing key n+1 at seq R
+    retires every older key: a retired key is valid only for batches ending at or before R; the
+    newest key is valid for every seq (an origin whose old key file is gone signs older seqs with
+    it). A key the receiver already knows with the same public key (its pinned card lists the
+    origin's whole key history) needs no voucher; any other key is accepted only when
+    `signed_by_key_id` is a known key valid at this entry's seq and the signature verifies.
+    Revocations (after a compromise) travel on the card (`revoked_from_seq` of a key: it signs no
+    batch reaching that seq; 1: none at all); a receiver refuses a batch signed by a key not valid
+    for it (`revoked_key`, `retired_key`).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -340,6 +351,7 @@ class KeyRotation(_message.Message):
     public_key: _builtins.bytes
     """32 bytes."""
     signed_by_key_id: _builtins.str
+    """Empty when the predecessor's key file was gone before the rotation was recorded."""
     signature: _builtins.bytes
     """Ed25519 by `signed_by_key_id` over "hashex.v1.KeyRotation\\0" + key_id + "\\0" + public_key."""
     def __init__(
