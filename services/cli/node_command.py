@@ -7,11 +7,17 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 from services.cli import exit_codes
 from services.cli.node_client import CommandFailed, add_data_dir_option, run_command
-from services.cli.node_material import check_host, ensure_node_material
+from services.cli.node_material import (
+    check_host,
+    ensure_node_material,
+    node_cert_paths,
+    renew_node_certificate,
+)
 from services.core.config import (
     CONFIG_FILE,
     DEFAULT_GATEWAY_LISTEN,
@@ -44,7 +50,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Create a node in --data-dir: node.toml, the case-data key, the Ed25519 signing key, "
             "the node CA (tls/ca.pem) and the node's gateway certificate (tls/node.pem); keys "
             "are mode 0600. Re-running with the same node id creates only what is missing (and "
-            "renews the node certificate when it is near expiry or lacks a --gateway-host)."
+            "renews the node certificate when it is near expiry or expired, or lacks a "
+            "--gateway-host; `hashex node renew-cert` renews it at any time)."
         ),
         epilog="example: hashex node init --node-id gb-nca --data-dir ~/hashex/gb-nca",
     )
@@ -89,6 +96,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_data_dir_option(rotate_key)
     rotate_key.set_defaults(func=lambda ns: run_command(_rotate_key, ns))
+    renew_cert = node_sub.add_parser(
+        "renew-cert",
+        help="renew the node's gateway certificate now (also when expired)",
+        description=(
+            "Issue tls/node.pem afresh from the node CA (valid 30 days), with the same host "
+            "names, whatever the state of the current one. A running node needs no restart: "
+            "the gateway presents the new certificate from its next connection on, the sync "
+            "service from its next channel to a peer."
+        ),
+        epilog="example: hashex node renew-cert --data-dir ~/hashex/gb-nca",
+    )
+    add_data_dir_option(renew_cert)
+    renew_cert.set_defaults(func=lambda ns: run_command(_renew_cert, ns))
     revoke_key = node_sub.add_parser(
         "revoke-key",
         help="revoke a compromised old signing key",
@@ -189,6 +209,25 @@ def _rotate_key(ns: argparse.Namespace) -> int:
         "new peers need a fresh card (`hashex peer card`). Delete an old key file only once "
         "every peer pulled past the rotation (`hashex sync status`), or send them the new card."
     )
+    return exit_codes.OK
+
+
+def _renew_cert(ns: argparse.Namespace) -> int:
+    config = load_config(ns.data_dir.resolve())
+    now = datetime.now(UTC)
+    renewal = renew_node_certificate(config, now=now)
+    old = renewal.old_expiry
+    if old is None:
+        before = "there was no readable certificate"
+    elif old <= now:
+        before = f"the old one had expired on {old:%Y-%m-%d %H:%M} UTC"
+    else:
+        before = f"the old one would have expired on {old:%Y-%m-%d %H:%M} UTC"
+    print(
+        f"renewed the node certificate {node_cert_paths(config)[0]}: valid until "
+        f"{renewal.new_expiry:%Y-%m-%d %H:%M} UTC ({before})"
+    )
+    print("a running node presents it from its next connection on; no restart needed")
     return exit_codes.OK
 
 
