@@ -129,6 +129,15 @@ async def test_a_running_gateway_presents_the_renewed_certificate_without_restar
     try:
         with pytest.raises(ssl.SSLCertVerificationError, match="expired"):
             await asyncio.to_thread(served_certificate, gateway.port, ca.certificate_pem, client)
+        # What grpc reports for it reaches the user as what it is.
+        (client / "ca.pem").write_bytes(ca.certificate_pem)
+        code, _, err = await asyncio.to_thread(
+            run, capsys, "stats", "--cert", client / "unit.pem",
+            "--gateway", f"127.0.0.1:{gateway.port}", "--data-dir", node,
+        )  # fmt: skip
+        assert code == 3
+        assert "presents a certificate that has expired" in err and "renew-cert" in err
+        assert "is it running" not in err
         code, _, err = await asyncio.to_thread(
             run, capsys, "node", "renew-cert", "--data-dir", node
         )
@@ -139,3 +148,45 @@ async def test_a_running_gateway_presents_the_renewed_certificate_without_restar
         assert renewed.not_valid_after_utc > datetime.now(UTC) + timedelta(days=29)
     finally:
         await gateway.stop(0)
+
+
+def unit_files(directory: Path, ca: tls.NodeCa, *, now: datetime, ca_pem: bytes = b"") -> Path:
+    """desk.pem, desk.key and ca.pem as `hashex unit issue` writes them, issued at `now`."""
+    unit = tls.issue_unit_certificate(ca, unit="desk", now=now)
+    pem = directory / "desk.pem"
+    tls.write_certified_key(unit, certificate_path=pem, key_path=directory / "desk.key")
+    (directory / "ca.pem").write_bytes(ca_pem or ca.certificate_pem)
+    return pem
+
+
+@pytest.mark.parametrize(
+    ("issued", "said"),
+    [(timedelta(days=-40), "expired on"), (timedelta(days=3), "is not valid before")],
+)
+def test_an_unusable_unit_certificate_is_named_before_dialing(
+    node: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], issued: timedelta, said: str
+) -> None:
+    ca = load_ca(load_config(node))
+    pem = unit_files(tmp_path, ca, now=datetime.now(UTC) + issued)
+    # Port 9 (discard) on loopback: nothing there; the command must not even try.
+    code, _, err = run(
+        capsys, "stats", "--cert", pem, "--gateway", "127.0.0.1:9", "--data-dir", node
+    )
+    assert code == 2
+    assert f"the certificate {pem} {said}" in err
+    assert "ask the node's operator for a new one (`hashex unit issue" in err
+    assert "is it running" not in err
+
+
+def test_an_expired_node_ca_file_is_named_before_dialing(
+    node: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = load_ca(load_config(node))
+    old_ca = tls.create_node_ca(
+        node_id="gb-nca", valid_for=timedelta(days=10), now=datetime.now(UTC) - timedelta(days=20)
+    )
+    pem = unit_files(tmp_path, ca, now=datetime.now(UTC), ca_pem=old_ca.certificate_pem)
+    code, _, err = run(
+        capsys, "stats", "--cert", pem, "--gateway", "127.0.0.1:9", "--data-dir", node
+    )
+    assert code == 2 and f"the node's CA certificate {tmp_path / 'ca.pem'} expired on" in err
