@@ -30,6 +30,7 @@ from services.core.trust import (
     make_card,
     parse_fingerprint,
     pin_card,
+    read_card,
     unpin,
 )
 from services.registry.model import check_id
@@ -44,6 +45,9 @@ from services.sync.policy import (
 )
 
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+# `peer add --policy`: what a new peer receives. share-all saves DEFAULT_POLICY; share-nothing
+# saves none, which is what "nothing shared" is.
+_POLICY_CHOICES = ("share-all", "share-nothing")
 
 
 def register(sub: _Sub) -> None:
@@ -94,10 +98,20 @@ def _register_peer(sub: _Sub) -> None:
     add = peer_sub.add_parser(
         "add",
         help="pin a peer's card",
-        description="Verify a peer's card and pin it; a new peer gets the default sharing "
-        "policy. Confirm the printed CA fingerprint with the peer's operator out of band.",
+        description="Verify a peer's card and pin it. A peer without a sharing policy needs "
+        "an explicit --policy choice; an existing policy is kept (change it with `hashex "
+        "policy set`). Confirm the printed CA fingerprint with the peer's operator out of band.",
+        epilog="example: hashex peer add us-fbi.card --policy share-nothing, then "
+        "hashex policy set us-fbi --categories vics-us:1",
     )
     add.add_argument("card", type=Path, help="the card file received from the peer")
+    add.add_argument(
+        "--policy",
+        choices=_POLICY_CHOICES,
+        help="what a new peer receives: share-all (every category and algorithm, victim "
+        "status disclosed, desk withheld) or share-nothing (no policy saved: nothing leaves "
+        "until `hashex policy set`); required when the peer has no policy yet",
+    )
     add.add_argument(
         "--replace", action="store_true", help="replace a different card pinned for that peer"
     )
@@ -259,6 +273,14 @@ def _add(ns: argparse.Namespace) -> int:
         data = ns.card.read_bytes()
     except OSError as error:
         raise _bad(f"cannot read card file {ns.card}: {error.strerror}") from None
+    peer_id = read_card(data).node_id
+    existing = load_policy(config.policy_dir, peer_id)
+    if existing is None and ns.policy is None and peer_id != config.node_id:
+        raise _bad(
+            f"choose what {peer_id} receives: --policy share-all (every category and algorithm, "
+            "victim status disclosed, desk withheld) or --policy share-nothing (nothing until "
+            f"`hashex policy set {peer_id} ...`); nothing was pinned"
+        )
     try:
         result = pin_card(config.peers_dir, data, own_node_id=config.node_id, replace=ns.replace)
     except FailedPrecondition as error:
@@ -267,15 +289,25 @@ def _add(ns: argparse.Namespace) -> int:
     verb = {"pinned": "pinned", "replaced": "replaced the card of", "unchanged": "already pinned"}
     print(f"{verb[result.outcome]} peer {card.node_id} at {card.endpoint}")
     print(f"  CA:   sha256 {card.ca_fingerprint}  <- confirm with {card.node_id}'s operator")
-    print(f"  keys: {', '.join(k.key_id for k in card.signing_keys)}")
-    if load_policy(config.policy_dir, card.node_id) is None:
+    keys = ", ".join(_shown_key(k, state) for k, state in _key_states(card))
+    print(f"  keys: {keys}")
+    if existing is not None:
+        ignored = f" (--policy {ns.policy} not applied)" if ns.policy else ""
+        print(
+            f"  policy: the existing one, generation {existing.generation}, is kept{ignored}; "
+            f"see `hashex policy show {card.node_id}`, change it with `hashex policy set`"
+        )
+    elif ns.policy == "share-all":
         save_policy(config.policy_dir, card.node_id, DEFAULT_POLICY)
         print(
-            f"  policy: the default (every category and algorithm, victim status disclosed, "
-            f"desk withheld); change it with `hashex policy set {card.node_id} ...`"
+            "  policy: share-all (every category and algorithm, victim status disclosed, desk "
+            f"withheld); narrow it with `hashex policy set {card.node_id} ...`"
         )
     else:
-        print(f"  policy: the existing one is kept (`hashex policy show {card.node_id}`)")
+        print(
+            f"  policy: share-nothing; nothing leaves for {card.node_id} until "
+            f"`hashex policy set {card.node_id} ...`"
+        )
     return exit_codes.OK
 
 
