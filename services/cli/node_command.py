@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
-from services.cli import exit_codes
+from services.cli import exit_codes, node_status
 from services.cli.node_client import CommandFailed, add_data_dir_option, run_command
 from services.cli.node_material import (
     check_host,
@@ -129,6 +129,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_data_dir_option(revoke_key)
     revoke_key.set_defaults(func=lambda ns: run_command(_revoke_key, ns))
+    node_status.register(node_sub)
     up = node_sub.add_parser(
         "up",
         help="run the node until Ctrl-C or SIGTERM",

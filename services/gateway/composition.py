@@ -11,6 +11,7 @@ that is already gone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from services.core import tls
 from services.core.audit.recorder import AuditRecorder
 from services.core.audit.store import AuditStore
+from services.core.cert_expiry import node_certificates, watch_expiry
 from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.config import NodeConfig, require_node_material
 from services.core.db.migrations import apply_migration_plan
@@ -47,6 +49,8 @@ class RunningNode:
     local: RunningServer
     gateway: RunningGateway
     telemetry: Telemetry
+    # Warns in the log of certificates near expiry, at start and once a day.
+    expiry_watch: asyncio.Task[None]
 
     @property
     def address(self) -> str:
@@ -61,6 +65,7 @@ class RunningNode:
         """Pulls peers hold open end first, then the gateway (no new outside calls), pullers,
         the loopback port, the database (stopping an embedded PostgreSQL)."""
         _log.info("stopping node %s", self.config.node_id)
+        self.expiry_watch.cancel()
         try:
             await self.sync.release_pulls()
             await self.gateway.stop()
@@ -133,7 +138,10 @@ async def start_node(config: NodeConfig, *, clock: Clock = SYSTEM_CLOCK) -> Runn
         await database.close()
         raise
     database.watch([local.set_serving, gateway.server.set_serving])
-    node = RunningNode(config, database, registry, sync, local, gateway, telemetry)
+    expiry_watch = asyncio.create_task(
+        watch_expiry(node_certificates(config), clock=clock), name="certificate-expiry"
+    )
+    node = RunningNode(config, database, registry, sync, local, gateway, telemetry, expiry_watch)
     config.address_file.parent.mkdir(parents=True, exist_ok=True)
     config.address_file.write_text(node.address + "\n", encoding="utf-8")
     config.gateway_address_file.write_text(node.gateway_address + "\n", encoding="utf-8")

@@ -5,6 +5,7 @@ its next connection without a restart."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
 from datetime import UTC, datetime, timedelta
@@ -190,3 +191,28 @@ def test_an_expired_node_ca_file_is_named_before_dialing(
         capsys, "stats", "--cert", pem, "--gateway", "127.0.0.1:9", "--data-dir", node
     )
     assert code == 2 and f"the node's CA certificate {tmp_path / 'ca.pem'} expired on" in err
+
+
+def test_node_status_warns_seven_days_before_a_certificate_expires(
+    node: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "node", "status", "--data-dir", node)
+    assert code == 0 and "node gb-nca: not running" in out
+    assert "WARNING" not in out + err
+    assert "signing key ed25519:1: current" in out
+
+    config = load_config(node)
+    soon = tls.issue_node_certificate(load_ca(config), now=datetime.now(UTC) - timedelta(days=25))
+    certificate_path, key_path = node_cert_paths(config)
+    tls.replace_certified_key(soon, certificate_path=certificate_path, key_path=key_path)
+    code, out, err = run(capsys, "node", "status", "--data-dir", node)
+    assert code == 0
+    assert f"WARNING: the node certificate {certificate_path} expires in 4 days" in out
+    assert "hashex node renew-cert" in err
+    code, out, _ = run(capsys, "node", "status", "--json", "--data-dir", node)
+    report = json.loads(out)
+    warned = [c["name"] for c in report["certificates"] if c["warning"]]
+    assert warned == ["node certificate"]
+    assert report["signing_keys"] == [
+        {"key_id": "ed25519:1", "state": "current", "revoked_from_seq": 0, "file_present": True}
+    ]
