@@ -14,16 +14,20 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypeAlias
 
+from hashex.v1 import federation_pb2, federation_pb2_grpc
 from services.cli import exit_codes
-from services.cli.node_client import CommandFailed, add_data_dir_option, run_command
+from services.cli.node_client import (
+    CommandFailed,
+    add_data_dir_option,
+    node_channel,
+    run_command,
+)
 from services.cli.node_material import ca_paths, load_ca
 from services.core import tls
 from services.core.config import NodeConfig, check_node_id, load_config
 from services.core.errors import FailedPrecondition, InvalidArgument
 from services.core.signing import Keyring
 from services.core.trust import (
-    PeerCard,
-    PeerKey,
     TrustStore,
     check_endpoint,
     deny,
@@ -34,6 +38,7 @@ from services.core.trust import (
     unpin,
 )
 from services.registry.model import check_id
+from services.sync.origin_keys import KeyStatus, key_statuses
 from services.sync.policy import (
     DEFAULT_POLICY,
     SharingPolicy,
@@ -48,6 +53,13 @@ _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 # `peer add --policy`: what a new peer receives. share-all saves DEFAULT_POLICY; share-nothing
 # saves none, which is what "nothing shared" is.
 _POLICY_CHOICES = ("share-all", "share-nothing")
+# How long `peer list` waits for the running node's view of the peers' keys.
+_ASK_NODE_S = 10.0
+_PROTO_KEY_STATES = {
+    "current": federation_pb2.PeerSigningKey.STATE_CURRENT,
+    "retired": federation_pb2.PeerSigningKey.STATE_RETIRED,
+    "revoked": federation_pb2.PeerSigningKey.STATE_REVOKED,
+}
 
 
 def register(sub: _Sub) -> None:
@@ -289,7 +301,7 @@ def _add(ns: argparse.Namespace) -> int:
     verb = {"pinned": "pinned", "replaced": "replaced the card of", "unchanged": "already pinned"}
     print(f"{verb[result.outcome]} peer {card.node_id} at {card.endpoint}")
     print(f"  CA:   sha256 {card.ca_fingerprint}  <- confirm with {card.node_id}'s operator")
-    keys = ", ".join(_shown_key(k, state) for k, state in _key_states(card))
+    keys = ", ".join(map(_shown_key, key_statuses(card.signing_keys, ())))
     print(f"  keys: {keys}")
     if existing is not None:
         ignored = f" (--policy {ns.policy} not applied)" if ns.policy else ""
@@ -316,15 +328,24 @@ def _list(ns: argparse.Namespace) -> int:
     store = _store(config)
     peers = store.peers()
     denied = store.denied()
+    known = _keys_known_to_the_running_node(ns, config)
     for peer_id, card in sorted(peers.items()):
         policy = load_policy(config.policy_dir, peer_id)
+        keys = (known or {}).get(peer_id) or key_statuses(card.signing_keys, ())
         row = {
             "node_id": peer_id,
             "endpoint": card.endpoint,
             "ca_sha256": card.ca_fingerprint,
             "keys": [
-                {"key_id": k.key_id, "state": state, "revoked_from_seq": k.revoked_from_seq}
-                for k, state in _key_states(card)
+                {
+                    "key_id": k.key_id,
+                    "state": k.state,
+                    "retired_at_seq": k.retired_at_seq,
+                    "revoked_from_seq": k.revoked_from_seq,
+                    "on_card": k.on_card,
+                    "from_log": k.from_log,
+                }
+                for k in keys
             ],
             "policy_generation": policy.generation if policy else None,
             "ca_denied": card.ca_fingerprint in denied,
@@ -335,34 +356,60 @@ def _list(ns: argparse.Namespace) -> int:
         shown = f"generation {policy.generation}" if policy else "none (nothing shared)"
         print(f"{peer_id}  {card.endpoint}")
         print(f"  CA sha256 {card.ca_fingerprint}{'  (DENIED)' if row['ca_denied'] else ''}")
-        keys = ", ".join(_shown_key(k, state) for k, state in _key_states(card))
-        print(f"  keys {keys}; policy {shown}")
+        print(f"  keys {', '.join(map(_shown_key, keys))}; policy {shown}")
     if not ns.json:
         print(f"{len(peers)} peer(s) pinned; {len(denied)} certificate fingerprint(s) denied")
+        if known is None:
+            print(
+                "keys as the pinned cards list them; with the node running, those peers rotated "
+                "to since are shown too"
+            )
     return exit_codes.OK
 
 
-def _key_states(card: PeerCard) -> list[tuple[PeerKey, str]]:
-    """Each key of the card's history: current (the newest), retired (rotated away from, valid
-    for what it signed before) or revoked."""
-    return [
-        (
-            key,
-            "revoked"
-            if key.revoked_from_seq
-            else "current"
-            if key == card.current_key
-            else "retired",
-        )
-        for key in card.signing_keys
-    ]
+def _keys_known_to_the_running_node(
+    ns: argparse.Namespace, config: NodeConfig
+) -> dict[str, list[KeyStatus]] | None:
+    """Each peer's keys as the running node knows them (card and log), or None when the node
+    is not running or does not answer (the cards alone are shown then)."""
+    if not config.address_file.exists():
+        return None
+    local = argparse.Namespace(data_dir=ns.data_dir, node=None, cert=None, gateway=None)
+    try:
+        with node_channel(local) as channel:
+            response = federation_pb2_grpc.AdminStub(channel).GetSyncStatus(
+                federation_pb2.GetSyncStatusRequest(), timeout=_ASK_NODE_S
+            )
+    except CommandFailed:
+        return None
+    states = {v: k for k, v in _PROTO_KEY_STATES.items()}
+    return {
+        p.peer_id: [
+            KeyStatus(
+                k.key_id,
+                states.get(k.state, "current"),
+                k.retired_at_seq,
+                k.revoked_from_seq,
+                k.on_card,
+                k.from_log,
+            )
+            for k in p.signing_keys
+        ]
+        for p in response.peers
+    }
 
 
-def _shown_key(key: PeerKey, state: str) -> str:
-    if state != "revoked":
-        return f"{key.key_id} ({state})"
-    scope = "entirely" if key.revoked_from_seq == 1 else f"from seq {key.revoked_from_seq}"
-    return f"{key.key_id} (revoked {scope})"
+def _shown_key(key: KeyStatus) -> str:
+    if key.state == "revoked":
+        seq = key.revoked_from_seq
+        state = "revoked entirely" if seq == 1 else f"revoked from seq {seq}"
+    elif key.state == "retired" and key.retired_at_seq:
+        state = f"retired at seq {key.retired_at_seq}"
+    else:
+        state = key.state
+    if not key.on_card:
+        state += ", learned from its log"
+    return f"{key.key_id} ({state})"
 
 
 def _remove(ns: argparse.Namespace) -> int:

@@ -196,12 +196,14 @@ async def _resync(peer_id: str, store: SyncStore, supervisor: PullerSupervisor) 
 
 
 async def _status(node_id: str, store: SyncStore, supervisor: PullerSupervisor) -> SyncStatus:
+    cards, cursors = supervisor.cards(), await store.cursors()
     return combine(
         node_id=node_id,
         local_last_seq=await store.last_seq(),
-        cards=supervisor.cards(),
-        cursors=await store.cursors(),
+        cards=cards,
+        cursors=cursors,
         states={peer_id: p.state for peer_id, p in supervisor.pullers.items()},
+        learned={p: await store.learned_keys(p) for p in sorted(set(cards) | set(cursors))},
     )
 
 

@@ -105,6 +105,47 @@ def retired_by(keys: Mapping[str, OriginKey], new_key_id: str, seq: int) -> dict
     }
 
 
+@dataclass(frozen=True)
+class KeyStatus:
+    """One key of an origin as `hashex sync status` and `hashex peer list` show it."""
+
+    key_id: str
+    state: str  # "current", "retired" or "revoked"
+    retired_at_seq: int
+    revoked_from_seq: int
+    on_card: bool
+    from_log: bool
+
+
+def key_statuses(card_keys: Sequence[PeerKey], learned: Sequence[LearnedKey]) -> list[KeyStatus]:
+    """Every key known of the origin, oldest first: the newest not revoked is current."""
+    keys = origin_keys(card_keys, learned)
+    on_card = {k.key_id for k in card_keys}
+    from_log = {k.key_id for k in learned}
+    ordered = sorted(keys.values(), key=lambda k: parse_key_id(k.key_id))
+    newest = max((parse_key_id(k.key_id) for k in ordered), default=0)
+    statuses = []
+    for key in ordered:
+        state = (
+            "revoked"
+            if key.revoked_from_seq
+            else "current"
+            if parse_key_id(key.key_id) == newest
+            else "retired"
+        )
+        statuses.append(
+            KeyStatus(
+                key.key_id,
+                state,
+                key.retired_at_seq,
+                key.revoked_from_seq,
+                key.key_id in on_card,
+                key.key_id in from_log,
+            )
+        )
+    return statuses
+
+
 def as_origin_keys(keys: Mapping[str, OriginKey | bytes]) -> dict[str, OriginKey]:
     """Plain public keys (`key_id` → 32 bytes) as keys with no window limits."""
     return {

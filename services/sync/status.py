@@ -3,11 +3,12 @@ with what the running puller knows (last success, last error, rejections since s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from services.core.peer_card import PeerCard
+from services.sync.origin_keys import KeyStatus, LearnedKey, key_statuses
 from services.sync.puller import PeerState
 from services.sync.store import CursorRow
 
@@ -26,6 +27,8 @@ class PeerSyncStatus:
     rejected_batches: int
     quarantined_entries: int
     resyncing: bool
+    # Its signing keys as this node knows them (card and log), oldest first.
+    signing_keys: tuple[KeyStatus, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ def combine(
     cards: Mapping[str, PeerCard],
     cursors: Mapping[str, CursorRow],
     states: Mapping[str, PeerState],
+    learned: Mapping[str, Sequence[LearnedKey]],
 ) -> SyncStatus:
     """One row per pinned peer (and per peer still holding a cursor), sorted by id."""
     peers = []
@@ -63,6 +67,9 @@ def combine(
                 rejected_batches=state.rejected_batches if state else 0,
                 quarantined_entries=row.quarantined_entries if row else 0,
                 resyncing=row.resyncing if row else False,
+                signing_keys=tuple(
+                    key_statuses(card.signing_keys if card else (), learned.get(peer_id, ()))
+                ),
             )
         )
     return SyncStatus(node_id=node_id, local_last_seq=local_last_seq, peers=tuple(peers))

@@ -261,6 +261,31 @@ async def test_a_batch_signed_by_a_revoked_key_is_refused_and_reported(
     assert len((await lookup(receiver, md5("m")))[0].matches) == 1
 
 
+async def test_sync_status_shows_the_keys_a_peer_rotated_to(
+    nodes: tuple[SyncNode, SyncNode], capsys: pytest.CaptureFixture[str]
+) -> None:
+    origin, receiver = nodes
+    origin.set_policy("us-fbi", SharingPolicy())
+    await origin.registry.submit_batch([media("m")])
+    await asyncio.to_thread(rotate, origin.config.signing_keys_dir)
+    await origin.sync.store.log_key_rotations(origin.keyring())
+    await puller(receiver).pull_once()
+    async with admin_port(receiver) as address:
+        code = await asyncio.to_thread(hashex_main, ["sync", "status", "--node", address])
+        assert code == 0
+        text = capsys.readouterr().out
+        assert (
+            "gb-nca: keys ed25519:1 (retired at seq 2), "
+            "ed25519:2 (current, learned from its log)" in text
+        ), "the card pinned before the rotation lists key 1 only"
+        await asyncio.to_thread(hashex_main, ["sync", "status", "--json", "--node", address])
+        [peer] = json.loads(capsys.readouterr().out)["peers"]
+        assert [(k["keyId"], k["state"], k["onCard"]) for k in peer["signingKeys"]] == [
+            ("ed25519:1", "STATE_RETIRED", True),
+            ("ed25519:2", "STATE_CURRENT", False),
+        ]
+
+
 async def test_pullers_run_continuously_and_stop_cleanly(
     db_pool: Any, second_pool: Any, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from hashex.v1 import common_pb2 as _common_pb2
 from hashex.v1 import registry_pb2 as _registry_pb2
 import builtins as _builtins
@@ -523,6 +524,7 @@ class PeerSyncStatus(_message.Message):
     REJECTED_BATCHES_FIELD_NUMBER: _builtins.int
     QUARANTINED_ENTRIES_FIELD_NUMBER: _builtins.int
     RESYNCING_FIELD_NUMBER: _builtins.int
+    SIGNING_KEYS_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     endpoint: _builtins.str
     cursor_seq: _builtins.int
@@ -545,6 +547,13 @@ class PeerSyncStatus(_message.Message):
     def last_success_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def last_error_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def signing_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerSigningKey]:
+        """The peer's signing keys as this node knows them, oldest first: those on its pinned card
+        and those learned from the KeyRotation entries of its log (a key it rotated to after the
+        card was pinned). At most 256 from the card plus those its log published.
+        """
+
     def __init__(
         self,
         *,
@@ -560,14 +569,78 @@ class PeerSyncStatus(_message.Message):
         rejected_batches: _builtins.int = ...,
         quarantined_entries: _builtins.int = ...,
         resyncing: _builtins.bool = ...,
+        signing_keys: _abc.Iterable[Global___PeerSigningKey] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_error_at", b"last_error_at", "last_success_at", b"last_success_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_entries", b"applied_entries", "cursor_seq", b"cursor_seq", "endpoint", b"endpoint", "lag", b"lag", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_success_at", b"last_success_at", "peer_id", b"peer_id", "peer_last_seq", b"peer_last_seq", "quarantined_entries", b"quarantined_entries", "rejected_batches", b"rejected_batches", "resyncing", b"resyncing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_entries", b"applied_entries", "cursor_seq", b"cursor_seq", "endpoint", b"endpoint", "lag", b"lag", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_success_at", b"last_success_at", "peer_id", b"peer_id", "peer_last_seq", b"peer_last_seq", "quarantined_entries", b"quarantined_entries", "rejected_batches", b"rejected_batches", "resyncing", b"resyncing", "signing_keys", b"signing_keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PeerSyncStatus: _TypeAlias = PeerSyncStatus  # noqa: Y015
+
+@_typing.final
+class PeerSigningKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[PeerSigningKey._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: PeerSigningKey._State.ValueType  # 0
+        STATE_CURRENT: PeerSigningKey._State.ValueType  # 1
+        """The newest key known: valid for every seq."""
+        STATE_RETIRED: PeerSigningKey._State.ValueType  # 2
+        """A successor was published at `retired_at_seq`: valid for batches ending at or before it
+        (0 when the successor is known from the card but its rotation not yet pulled).
+        """
+        STATE_REVOKED: PeerSigningKey._State.ValueType  # 3
+        """Revoked on the pinned card: valid for no batch reaching `revoked_from_seq` (1: none)."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: PeerSigningKey.State.ValueType  # 0
+    STATE_CURRENT: PeerSigningKey.State.ValueType  # 1
+    """The newest key known: valid for every seq."""
+    STATE_RETIRED: PeerSigningKey.State.ValueType  # 2
+    """A successor was published at `retired_at_seq`: valid for batches ending at or before it
+    (0 when the successor is known from the card but its rotation not yet pulled).
+    """
+    STATE_REVOKED: PeerSigningKey.State.ValueType  # 3
+    """Revoked on the pinned card: valid for no batch reaching `revoked_from_seq` (1: none)."""
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RETIRED_AT_SEQ_FIELD_NUMBER: _builtins.int
+    REVOKED_FROM_SEQ_FIELD_NUMBER: _builtins.int
+    ON_CARD_FIELD_NUMBER: _builtins.int
+    FROM_LOG_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """`ed25519:<n>`."""
+    state: Global___PeerSigningKey.State.ValueType
+    retired_at_seq: _builtins.int
+    revoked_from_seq: _builtins.int
+    on_card: _builtins.bool
+    """On the pinned card / published in the peer's log (applied here); at least one is true."""
+    from_log: _builtins.bool
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        state: Global___PeerSigningKey.State.ValueType = ...,
+        retired_at_seq: _builtins.int = ...,
+        revoked_from_seq: _builtins.int = ...,
+        on_card: _builtins.bool = ...,
+        from_log: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_log", b"from_log", "key_id", b"key_id", "on_card", b"on_card", "retired_at_seq", b"retired_at_seq", "revoked_from_seq", b"revoked_from_seq", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerSigningKey: _TypeAlias = PeerSigningKey  # noqa: Y015
 
 @_typing.final
 class ListQuarantineRequest(_message.Message):
