@@ -114,10 +114,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="revoke a compromised old signing key",
         description=(
             "Mark an old signing key revoked (after a compromise): this node signs nothing more "
-            "with it, and peers that pin the new card (`hashex peer card`, then `hashex peer "
-            "add --replace` at each peer) refuse every batch it signs for seqs of this node's "
-            "log from --from-seq on (--entirely: all). The current key cannot be revoked: run "
-            "`hashex node rotate-key` first."
+            "with it and publishes the revocation in its change log; peers learn it at their "
+            "next pull (new peers from the card) and refuse every batch it signs for seqs of "
+            "this node's log from --from-seq on (--entirely: all). The current key cannot be "
+            "revoked: run `hashex node rotate-key` first."
         ),
         epilog="example: hashex node revoke-key ed25519:1 --entirely --data-dir ~/hashex/gb-nca",
     )
@@ -242,8 +242,8 @@ def _revoke_key(ns: argparse.Namespace) -> int:
         return exit_codes.OK
     print(f"{record.key_id} revoked {scope}: this node signs nothing more with it")
     print(
-        "peers learn it from the new card: `hashex peer card --out CARD`, then at each peer "
-        "`hashex peer add CARD --replace` (after confirming it with them out of band)"
+        "a running node publishes the revocation in its log within seconds; peers learn it "
+        "at their next pull, new peers from the card (`hashex peer card`)"
     )
     return exit_codes.OK
 

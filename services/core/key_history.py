@@ -12,7 +12,9 @@ A key's validity window, as receivers apply it (services.sync.origin_keys):
   (a newer key may sign older seqs too: an origin whose old key file is gone does so);
 - the current (newest) key is valid for every seq;
 - a REVOKED key (compromise) signs nothing from `revoked_from_seq` on (1: revoked entirely).
-  Revocation only ever widens, and the current key cannot be revoked (rotate first).
+  Revocation only ever widens, and the current key cannot be revoked (rotate first). The sync
+  service publishes each revocation as a KeyRevocation entry of the change log (peers learn it
+  at their next pull); the card carries it to new peers.
 
 The file holds public data only (no secret), one line of canonical JSON, replaced atomically.
 """

@@ -40,8 +40,8 @@ from services.core.signing import (
     sign_bytes,
     verify_bytes,
 )
-from services.sync.entries import Change, RotatedKey, decode_entry, parse_entry
-from services.sync.origin_keys import OriginKey, as_origin_keys, published
+from services.sync.entries import Change, RevokedKey, RotatedKey, decode_entry, parse_entry
+from services.sync.origin_keys import OriginKey, as_origin_keys, published, revoked
 from services.sync.policy import SharingPolicy
 from services.sync.policy_filter import filter_log_row
 
@@ -226,6 +226,8 @@ class VerifiedBatch:
     changes: tuple[Change, ...]
     # Keys the batch published (each verified by its predecessor), in order.
     new_keys: tuple[RotatedKey, ...]
+    # Keys the batch revoked, in order.
+    revoked_keys: tuple[RevokedKey, ...] = ()
     # Entries left out of `changes`, with why.
     quarantined: tuple[QuarantinedEntry, ...] = ()
     # The origin's log chain at last_seq (empty from an origin of an older release).
@@ -316,6 +318,7 @@ def _verify(
             raise BatchRejected(*refused)
         _check_position(body, cursor)
         changes, new_keys, quarantined = yield from _verified_entries(body, known)
+        revocations = tuple(c for c in changes if isinstance(c, RevokedKey))
     except BatchRejected as rejected:
         rejected.origin_last_seq = max(body.origin_last_seq, body.last_seq)
         raise
@@ -328,6 +331,7 @@ def _verify(
         digest=digest_of(signed.body),
         changes=changes,
         new_keys=new_keys,
+        revoked_keys=revocations,
         quarantined=quarantined,
         chain=bytes(body.chain_after),
     )
@@ -397,6 +401,9 @@ def _verified_entries(
             _check_rotation(change, known)
             known = published(known, change.key_id, change.public_key, change.seq)
             new_keys.append(change)
+        if isinstance(change, RevokedKey):
+            _check_revocation(change)
+            known = revoked(known, change.key_id, change.revoked_from_seq)
         changes.append(change)
     return tuple(changes), tuple(new_keys), tuple(quarantined)
 
@@ -406,6 +413,18 @@ def _claimed_seq(data: bytes) -> int:
         return int(decode_entry(data).seq)
     except InvalidArgument:
         return 0
+
+
+def _check_revocation(revocation: RevokedKey) -> None:
+    """Like a rotation, part of the origin's signature chain: a malformed one refuses the batch."""
+    try:
+        parse_key_id(revocation.key_id)
+    except InvalidArgument:
+        raise BatchRejected(
+            "bad_key_revocation", "a key revocation names a malformed key id"
+        ) from None
+    if revocation.revoked_from_seq < 1:
+        raise BatchRejected("bad_key_revocation", "a key revocation must start at seq 1 or later")
 
 
 def _check_rotation(rotation: RotatedKey, known: Mapping[str, OriginKey]) -> None:

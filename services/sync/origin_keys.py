@@ -9,9 +9,9 @@ batch (services.core.key_history states the windows) when:
 - it is not revoked for the batch: a key revoked from seq S signs only batches ending before S
   (S = 1: nothing at all).
 A newer key may sign older seqs (an origin whose old key file is gone does), so there is no
-lower bound. Revocations reach a receiver with the card the origin's operator sends after a
-compromise (`hashex peer add --replace`); a revocation on the pinned card applies whatever the
-receiver learned from the log before.
+lower bound. Revocations reach a receiver two ways: the KeyRevocation entries of the origin's
+log (in a batch signed by a valid key, so a receiver that pinned the card long before learns it
+at its next pull) and the card a new peer pins. The widest revocation known applies.
 
 Pure: no SQL, no gRPC.
 """
@@ -63,8 +63,18 @@ class LearnedKey:
     learned_at_seq: int
 
 
+@dataclass(frozen=True)
+class LearnedRevocation:
+    """A revocation learned from the origin's log."""
+
+    key_id: str
+    revoked_from_seq: int
+
+
 def origin_keys(
-    card_keys: Sequence[PeerKey], learned: Iterable[LearnedKey]
+    card_keys: Sequence[PeerKey],
+    learned: Iterable[LearnedKey],
+    revocations: Iterable[LearnedRevocation] = (),
 ) -> dict[str, OriginKey]:
     """Every key of the origin known here, with its window. The card's public key wins over a
     learned one of the same id (the batch that tried to publish another key for an id on the
@@ -79,7 +89,19 @@ def origin_keys(
         )
     for key in from_log:
         keys = retired_by(keys, key.key_id, key.learned_at_seq)
+    for revocation in revocations:
+        keys = revoked(keys, revocation.key_id, revocation.revoked_from_seq)
     return keys
+
+
+def revoked(keys: Mapping[str, OriginKey], key_id: str, from_seq: int) -> dict[str, OriginKey]:
+    """`keys` with `key_id` revoked from `from_seq` on, unless it already is from earlier (a
+    revocation only widens); a key not known here is left alone (it verifies nothing anyway)."""
+    changed = dict(keys)
+    key = changed.get(key_id)
+    if key is not None and not 0 < key.revoked_from_seq <= from_seq:
+        changed[key_id] = replace(key, revoked_from_seq=from_seq)
+    return changed
 
 
 def published(
@@ -117,9 +139,13 @@ class KeyStatus:
     from_log: bool
 
 
-def key_statuses(card_keys: Sequence[PeerKey], learned: Sequence[LearnedKey]) -> list[KeyStatus]:
-    """Every key known of the origin, oldest first: the newest not revoked is current."""
-    keys = origin_keys(card_keys, learned)
+def key_statuses(
+    card_keys: Sequence[PeerKey],
+    learned: Sequence[LearnedKey],
+    revocations: Sequence[LearnedRevocation] = (),
+) -> list[KeyStatus]:
+    """Every key known of the origin, oldest first: the newest is current unless revoked."""
+    keys = origin_keys(card_keys, learned, revocations)
     on_card = {k.key_id for k in card_keys}
     from_log = {k.key_id for k in learned}
     ordered = sorted(keys.values(), key=lambda k: parse_key_id(k.key_id))

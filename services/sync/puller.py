@@ -34,7 +34,7 @@ from services.sync.batches import (
     verify_batch_in_steps,
 )
 from services.sync.divergence import Divergence, HistoryDiverged, is_divergence, locate
-from services.sync.origin_keys import OriginKey, origin_keys, published
+from services.sync.origin_keys import OriginKey, origin_keys, published, revoked
 from services.sync.store import SyncStore
 
 _log = logging.getLogger(__name__)
@@ -132,7 +132,11 @@ class PeerPuller:
             raise LookupError(f"{self.peer_id} is no longer a pinned peer")
         cursor = await deps.store.cursor(self.peer_id)
         await deps.store.thin_checkpoints(self.peer_id)
-        keys = origin_keys(card.signing_keys, await deps.store.learned_keys(self.peer_id))
+        keys = origin_keys(
+            card.signing_keys,
+            await deps.store.learned_keys(self.peer_id),
+            await deps.store.learned_revocations(self.peer_id),
+        )
         request = federation_pb2.PullRequest(
             after_seq=cursor.seq,
             after_digest=cursor.digest,
@@ -166,6 +170,8 @@ class PeerPuller:
                     cursor = batch.cursor
                     for key in batch.new_keys:
                         keys = published(keys, key.key_id, key.public_key, key.seq)
+                    for revocation in batch.revoked_keys:
+                        keys = revoked(keys, revocation.key_id, revocation.revoked_from_seq)
             except Exception:
                 await applier.finish()  # its own failure, if any, takes precedence
                 raise

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.core.peer_card import PeerCard
-from services.sync.origin_keys import KeyStatus, LearnedKey, key_statuses
+from services.sync.origin_keys import KeyStatus, LearnedKey, LearnedRevocation, key_statuses
 from services.sync.puller import PeerState
 from services.sync.store import CursorRow
 
@@ -46,6 +46,7 @@ def combine(
     cursors: Mapping[str, CursorRow],
     states: Mapping[str, PeerState],
     learned: Mapping[str, Sequence[LearnedKey]],
+    revocations: Mapping[str, Sequence[LearnedRevocation]],
 ) -> SyncStatus:
     """One row per pinned peer (and per peer still holding a cursor), sorted by id."""
     peers = []
@@ -68,7 +69,11 @@ def combine(
                 quarantined_entries=row.quarantined_entries if row else 0,
                 resyncing=row.resyncing if row else False,
                 signing_keys=tuple(
-                    key_statuses(card.signing_keys if card else (), learned.get(peer_id, ()))
+                    key_statuses(
+                        card.signing_keys if card else (),
+                        learned.get(peer_id, ()),
+                        revocations.get(peer_id, ()),
+                    )
                 ),
             )
         )

@@ -1,7 +1,8 @@
-"""Every SQL statement of the sync service — its cursors per peer and the keys it learned —
-as named transactions returning dataclasses; and the transactions that span owners: applying a
-peer's batch (the registry's records, through RegistryStore.apply_replicated, with this
-service's cursor) and logging key rotations (through the core change log).
+"""Every SQL statement of the sync service — its cursors per peer and the keys and key
+revocations it learned — as named transactions returning dataclasses; and the transactions that
+span owners: applying a peer's batch (the registry's records, through
+RegistryStore.apply_replicated, with this service's cursor) and logging key rotations and
+revocations (through the core change log).
 
 The sender reads this node's change log; the receiver applies a verified batch of a peer's
 entries and advances its cursor in ONE transaction, so an interrupted pull leaves either the
@@ -26,8 +27,14 @@ from services.registry.model import PdqEntry
 from services.registry.store import MIGRATIONS as RECORD_MIGRATIONS
 from services.registry.store import RegistryStore
 from services.sync.batches import ActiveKey, Checkpoint, Cursor, VerifiedBatch
-from services.sync.entries import RotatedKey, decode_entry, key_rotation_entry
-from services.sync.origin_keys import LearnedKey
+from services.sync.entries import (
+    RevokedKey,
+    RotatedKey,
+    decode_entry,
+    key_revocation_entry,
+    key_rotation_entry,
+)
+from services.sync.origin_keys import LearnedKey, LearnedRevocation
 
 COMPONENT = "sync"
 # Checkpoints of each origin's chain kept: the newest this many, then one per this many seqs.
@@ -137,6 +144,25 @@ class SyncStore:
             await changelog.append_entries(conn, [_rotation_entry(r) for r in pending])
         return [r.key_id for r in pending]
 
+    async def log_key_revocations(self, keyring: Keyring) -> list[str]:
+        """Append a KeyRevocation entry for every revoked key of the history whose revocation
+        the log does not hold yet (or holds narrower); returns their ids."""
+        async with self._db.transaction() as conn:
+            await changelog.lock_change_log(conn)
+            logged: dict[str, int] = {}
+            for row in await changelog.key_revocations(conn):
+                revocation = decode_entry(row.entry).key_revocation
+                seq = logged.get(revocation.key_id, revocation.revoked_from_seq)
+                logged[revocation.key_id] = min(seq, revocation.revoked_from_seq)
+            pending = [
+                r
+                for r in keyring.history
+                if r.revoked_from_seq
+                and r.revoked_from_seq < logged.get(r.key_id, r.revoked_from_seq + 1)
+            ]
+            await changelog.append_entries(conn, [_revocation_entry(r) for r in pending])
+        return [r.key_id for r in pending]
+
     # --- peers' logs (receiver side) ---
 
     async def cursor(self, peer_id: str) -> Cursor:
@@ -192,10 +218,16 @@ class SyncStore:
             rows = await conn.fetch(_LEARNED_KEYS, peer_id)
         return [LearnedKey(r["key_id"], bytes(r["public_key"]), r["learned_at_seq"]) for r in rows]
 
+    async def learned_revocations(self, peer_id: str) -> list[LearnedRevocation]:
+        """The revocations learned from `peer_id`'s log (the widest per key)."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(_LEARNED_REVOCATIONS, peer_id)
+        return [LearnedRevocation(r["key_id"], r["revoked_from_seq"]) for r in rows]
+
     async def apply_batch(self, *, peer_id: str, batch: VerifiedBatch, expected: Cursor) -> Applied:
         """Apply `batch` from `peer_id` and advance the cursor, all or nothing. `expected` is the
         cursor the batch was verified against; FailedPrecondition if it moved meanwhile."""
-        changes = [c for c in batch.changes if not isinstance(c, RotatedKey)]
+        changes = [c for c in batch.changes if not isinstance(c, RotatedKey | RevokedKey)]
         async with self._db.transaction() as conn:
             locked = await _locked_cursor(conn, peer_id)
             current, resyncing = _cursor(locked), bool(locked["resyncing"])
@@ -205,6 +237,14 @@ class SyncStore:
             applied = await self._records.apply_replicated(conn, origin=peer_id, changes=changes)
             for key in batch.new_keys:
                 await conn.execute(_LEARN_KEY, peer_id, key.key_id, key.public_key, key.seq)
+            for revocation in batch.revoked_keys:
+                await conn.execute(
+                    _LEARN_REVOCATION,
+                    peer_id,
+                    revocation.key_id,
+                    revocation.revoked_from_seq,
+                    revocation.seq,
+                )
             if batch.quarantined:
                 await conn.executemany(
                     _QUARANTINE_ENTRY,
@@ -273,6 +313,15 @@ class SyncStore:
         async with self._db.connection() as conn:
             rows = await conn.fetch(_CHECKPOINTS, peer_id)
         return [Checkpoint(r["seq"], bytes(r["chain"])) for r in rows]
+
+
+def _revocation_entry(record: KeyRecord) -> PendingEntry:
+    return PendingEntry(
+        EntryKind.KEY_REVOCATION,
+        lambda seq, moment: key_revocation_entry(
+            seq, moment, key_id=record.key_id, revoked_from_seq=record.revoked_from_seq
+        ),
+    )
 
 
 def _rotation_entry(record: KeyRecord) -> PendingEntry:
@@ -380,6 +429,18 @@ WHERE peer_id = $1
 _LEARNED_KEYS = """
 SELECT key_id, public_key, learned_at_seq FROM sync_peer_keys WHERE peer_id = $1
 ORDER BY learned_at_seq
+"""
+
+_LEARNED_REVOCATIONS = """
+SELECT key_id, revoked_from_seq FROM sync_peer_key_revocations WHERE peer_id = $1 ORDER BY key_id
+"""
+
+# A revocation only widens: the smallest seq known stays.
+_LEARN_REVOCATION = """
+INSERT INTO sync_peer_key_revocations (peer_id, key_id, revoked_from_seq, learned_at_seq)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (peer_id, key_id) DO UPDATE SET
+    revoked_from_seq = least(sync_peer_key_revocations.revoked_from_seq, EXCLUDED.revoked_from_seq)
 """
 
 _LEARN_KEY = """

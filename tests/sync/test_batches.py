@@ -27,8 +27,8 @@ from services.sync.batches import (
     VerifiedBatch,
     verify_batch,
 )
-from services.sync.entries import key_rotation_entry
-from services.sync.origin_keys import OriginKey, published
+from services.sync.entries import key_revocation_entry, key_rotation_entry
+from services.sync.origin_keys import OriginKey, published, revoked
 from services.sync.policy import SharingPolicy
 from tests.sync.helpers import (
     CAID_A,
@@ -332,7 +332,8 @@ def rotated_log(signature: bytes = b"", signed_by: str = "") -> list[LogRow]:
 def receive_windowed(
     batches: list[federation_pb2.SignedBatch], keys: dict[str, OriginKey]
 ) -> list[VerifiedBatch]:
-    """As the puller receives: each published key retires the older ones."""
+    """As the puller receives: each published key retires the older ones, each revocation
+    applies from the next batch on."""
     verified, cursor = [], Cursor()
     for signed in batches:
         batch = verify_batch(signed, origin=ORIGIN, recipient=RECIPIENT, cursor=cursor, keys=keys)
@@ -340,6 +341,8 @@ def receive_windowed(
         cursor = batch.cursor
         for key in batch.new_keys:
             keys = published(keys, key.key_id, key.public_key, key.seq)
+        for revocation in batch.revoked_keys:
+            keys = revoked(keys, revocation.key_id, revocation.revoked_from_seq)
     return verified
 
 
@@ -393,3 +396,33 @@ def test_without_the_old_key_the_new_one_signs_the_whole_history_and_the_card_vo
             {KEY1.key_id: OriginKey(KEY1.key_id, KEY1.public_key)},
         )
     assert rejected.value.reason == "bad_key_rotation"
+
+
+def test_a_revocation_in_the_log_stops_the_key_from_the_next_batch_on() -> None:
+    revocation = LogRow(
+        3,
+        EntryKind.KEY_REVOCATION,
+        key_revocation_entry(3, MOMENT, key_id=KEY1.key_id, revoked_from_seq=1),
+    )
+    log = [*log_of([True, True]), revocation, *log_of([True] * 5)[3:]]
+    keys = {
+        KEY1.key_id: OriginKey(KEY1.key_id, KEY1.public_key),
+        KEY2.key_id: OriginKey(KEY2.key_id, KEY2.public_key),
+    }
+    by_key2 = chain(max_entries=3, schedule=(ActiveKey(0, KEY2),)).batches(log, 5)
+    [first, _] = receive_windowed(by_key2, keys)
+    assert [(r.key_id, r.revoked_from_seq) for r in first.revoked_keys] == [("ed25519:1", 1)]
+    assert [c.seq for c in first.changes] == [1, 2, 3]
+    # A thief of key 1 signs what follows the revocation: refused.
+    forged = chain(max_entries=3, schedule=(ActiveKey(0, KEY1),)).batches(log, 5)
+    with pytest.raises(BatchRejected) as rejected:
+        receive_windowed([by_key2[0], forged[1]], keys)
+    assert rejected.value.reason == "revoked_key"
+
+
+def test_a_malformed_revocation_refuses_the_batch() -> None:
+    bad = key_revocation_entry(1, MOMENT, key_id=KEY1.key_id, revoked_from_seq=0)
+    batches = chain().batches([LogRow(1, EntryKind.KEY_REVOCATION, bad)], 1)
+    with pytest.raises(BatchRejected) as rejected:
+        receive(batches, Cursor())
+    assert rejected.value.reason == "bad_key_revocation"

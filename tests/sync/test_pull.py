@@ -33,6 +33,7 @@ from services.registry.model import IdentificationStatus, LookupResult, MediaSub
 from services.sync.audit_rejections import audit_quarantines, audit_rejections
 from services.sync.batches import BatchRejected
 from services.sync.divergence import Divergence, HistoryDiverged
+from services.sync.origin_keys import LearnedRevocation
 from services.sync.policy import SharingPolicy
 from services.sync.puller import PeerPuller
 from services.sync.store import CHECKPOINTS_KEPT
@@ -284,6 +285,36 @@ async def test_sync_status_shows_the_keys_a_peer_rotated_to(
             ("ed25519:1", "STATE_RETIRED", True),
             ("ed25519:2", "STATE_CURRENT", False),
         ]
+
+
+async def test_a_peer_that_pinned_the_card_long_ago_learns_a_revocation_from_the_log(
+    nodes: tuple[SyncNode, SyncNode],
+) -> None:
+    origin, receiver = nodes
+    origin.set_policy("us-fbi", SharingPolicy())
+    keys_dir = origin.config.signing_keys_dir
+    await origin.registry.submit_batch([media("m")])
+    await asyncio.to_thread(rotate, keys_dir)
+    await origin.sync.store.log_key_rotations(origin.keyring())
+    await puller(receiver).pull_once()
+    await asyncio.to_thread(revoke, keys_dir, "ed25519:1", from_seq=1)
+    assert await origin.sync.store.log_key_revocations(origin.keyring()) == ["ed25519:1"]
+    assert await origin.sync.store.log_key_revocations(origin.keyring()) == [], "logged once"
+    await puller(receiver).pull_once()
+    assert await receiver.sync.store.learned_revocations("gb-nca") == [
+        LearnedRevocation("ed25519:1", 1)
+    ]
+    status = await receiver.sync.admin.GetSyncStatus(federation_pb2.GetSyncStatusRequest(), None)
+    [peer] = status.peers
+    assert [(k.key_id, k.state) for k in peer.signing_keys] == [
+        ("ed25519:1", federation_pb2.PeerSigningKey.STATE_REVOKED),
+        ("ed25519:2", federation_pb2.PeerSigningKey.STATE_CURRENT),
+    ]
+    # A wider policy re-offers the whole log: key 2 signs it all, key 1's seqs included.
+    origin.set_policy("us-fbi", SharingPolicy(disclose_desk=True))
+    await puller(receiver).pull_once()
+    assert receiver.rejections == []
+    assert len((await lookup(receiver, md5("m")))[0].matches) == 1
 
 
 async def test_pullers_run_continuously_and_stop_cleanly(

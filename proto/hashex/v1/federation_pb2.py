@@ -27,7 +27,7 @@ from hashex.v1 import common_pb2 as hashex_dot_v1_dot_common__pb2
 from hashex.v1 import registry_pb2 as hashex_dot_v1_dot_registry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahashex/v1/federation.proto\x12\thashex.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hashex/v1/common.proto\x1a\x18hashex/v1/registry.proto\"\x95\x01\n\x0bPullRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\x14\n\x0c\x61\x66ter_digest\x18\x02 \x01(\x0c\x12\x19\n\x11policy_generation\x18\x03 \x01(\x04\x12\x1d\n\x15max_entries_per_batch\x18\x04 \x01(\r\x12\x13\n\x0b\x61\x66ter_chain\x18\x05 \x01(\x0c\x12\x0e\n\x06wait_s\x18\x06 \x01(\r\"_\n\x0cPullResponse\x12%\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x16.hashex.v1.SignedBatch\x12(\n\nkeep_alive\x18\x02 \x01(\x0b\x32\x14.hashex.v1.KeepAlive\"$\n\tKeepAlive\x12\x17\n\x0forigin_last_seq\x18\x01 \x01(\x04\"=\n\x11PeerLookupRequest\x12(\n\x06lookup\x18\x01 \x01(\x0b\x32\x18.hashex.v1.LookupRequest\"?\n\x12PeerLookupResponse\x12)\n\x06lookup\x18\x01 \x01(\x0b\x32\x19.hashex.v1.LookupResponse\">\n\x0bSignedBatch\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\xdc\x01\n\tBatchBody\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x11\n\tfirst_seq\x18\x03 \x01(\x04\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\x12\x17\n\x0fprevious_digest\x18\x05 \x01(\x0c\x12\x19\n\x11policy_generation\x18\x06 \x01(\x04\x12\x0f\n\x07\x65ntries\x18\x07 \x03(\x0c\x12\x17\n\x0forigin_last_seq\x18\x08 \x01(\x04\x12\x14\n\x0c\x63hain_before\x18\t \x01(\x0c\x12\x13\n\x0b\x63hain_after\x18\n \x01(\x0c\"\xfe\x01\n\x0b\x43hangeEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12.\n\nchanged_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05media\x18\x03 \x01(\x0b\x32\x10.hashex.v1.MediaH\x00\x12\x30\n\nretraction\x18\x04 \x01(\x0b\x32\x1a.hashex.v1.MediaRetractionH\x00\x12#\n\x06series\x18\x05 \x01(\x0b\x32\x11.hashex.v1.SeriesH\x00\x12.\n\x0ckey_rotation\x18\x06 \x01(\x0b\x32\x16.hashex.v1.KeyRotationH\x00\x42\x08\n\x06\x63hange\"#\n\x0fMediaRetraction\x12\x10\n\x08media_id\x18\x01 \x01(\t\"^\n\x0bKeyRotation\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x18\n\x10signed_by_key_id\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"n\n\x16\x46\x65\x64\x65ratedLookupRequest\x12(\n\x06lookup\x18\x01 \x01(\x0b\x32\x18.hashex.v1.LookupRequest\x12\x11\n\task_peers\x18\x02 \x01(\x08\x12\x17\n\x0fpeer_timeout_ms\x18\x03 \x01(\r\"<\n\x0bPeerOutcome\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61sked\x18\x02 \x01(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"k\n\x17\x46\x65\x64\x65ratedLookupResponse\x12)\n\x06lookup\x18\x01 \x01(\x0b\x32\x19.hashex.v1.LookupResponse\x12%\n\x05peers\x18\x02 \x03(\x0b\x32\x16.hashex.v1.PeerOutcome\"$\n\x11ResyncPeerRequest\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\"-\n\x12ResyncPeerResponse\x12\x17\n\x0fwithdrawn_media\x18\x01 \x01(\x04\"\x16\n\x14GetSyncStatusRequest\"\xfb\x02\n\x0ePeerSyncStatus\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x12\n\ncursor_seq\x18\x03 \x01(\x04\x12\x15\n\rpeer_last_seq\x18\x04 \x01(\x04\x12\x0b\n\x03lag\x18\x05 \x01(\x04\x12\x33\n\x0flast_success_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x31\n\rlast_error_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x61pplied_entries\x18\t \x01(\x04\x12\x18\n\x10rejected_batches\x18\n \x01(\x04\x12\x1b\n\x13quarantined_entries\x18\x0b \x01(\x04\x12\x11\n\tresyncing\x18\x0c \x01(\x08\x12/\n\x0csigning_keys\x18\r \x03(\x0b\x32\x19.hashex.v1.PeerSigningKey\"\xfe\x01\n\x0ePeerSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x1f.hashex.v1.PeerSigningKey.State\x12\x16\n\x0eretired_at_seq\x18\x03 \x01(\x04\x12\x18\n\x10revoked_from_seq\x18\x04 \x01(\x04\x12\x0f\n\x07on_card\x18\x05 \x01(\x08\x12\x10\n\x08\x66rom_log\x18\x06 \x01(\x08\"W\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_CURRENT\x10\x01\x12\x11\n\rSTATE_RETIRED\x10\x02\x12\x11\n\rSTATE_REVOKED\x10\x03\"I\n\x15ListQuarantineRequest\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x66ter_id\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"\xab\x01\n\x10QuarantinedEntry\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x13\n\x0b\x65ntry_bytes\x18\x05 \x01(\x04\x12\x14\n\x0c\x62\x61tch_digest\x18\x06 \x01(\x0c\x12\x32\n\x0equarantined_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x16ListQuarantineResponse\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.hashex.v1.QuarantinedEntry\x12\x0c\n\x04more\x18\x02 \x01(\x08\"j\n\x15GetSyncStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x16\n\x0elocal_last_seq\x18\x02 \x01(\x04\x12(\n\x05peers\x18\x03 \x03(\x0b\x32\x19.hashex.v1.PeerSyncStatus2\x92\x01\n\nFederation\x12\x39\n\x04Pull\x12\x16.hashex.v1.PullRequest\x1a\x17.hashex.v1.PullResponse0\x01\x12I\n\nPeerLookup\x12\x1c.hashex.v1.PeerLookupRequest\x1a\x1d.hashex.v1.PeerLookupResponse2a\n\x05Units\x12X\n\x0f\x46\x65\x64\x65ratedLookup\x12!.hashex.v1.FederatedLookupRequest\x1a\".hashex.v1.FederatedLookupResponse2\xfd\x01\n\x05\x41\x64min\x12R\n\rGetSyncStatus\x12\x1f.hashex.v1.GetSyncStatusRequest\x1a .hashex.v1.GetSyncStatusResponse\x12U\n\x0eListQuarantine\x12 .hashex.v1.ListQuarantineRequest\x1a!.hashex.v1.ListQuarantineResponse\x12I\n\nResyncPeer\x12\x1c.hashex.v1.ResyncPeerRequest\x1a\x1d.hashex.v1.ResyncPeerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahashex/v1/federation.proto\x12\thashex.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hashex/v1/common.proto\x1a\x18hashex/v1/registry.proto\"\x95\x01\n\x0bPullRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\x14\n\x0c\x61\x66ter_digest\x18\x02 \x01(\x0c\x12\x19\n\x11policy_generation\x18\x03 \x01(\x04\x12\x1d\n\x15max_entries_per_batch\x18\x04 \x01(\r\x12\x13\n\x0b\x61\x66ter_chain\x18\x05 \x01(\x0c\x12\x0e\n\x06wait_s\x18\x06 \x01(\r\"_\n\x0cPullResponse\x12%\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x16.hashex.v1.SignedBatch\x12(\n\nkeep_alive\x18\x02 \x01(\x0b\x32\x14.hashex.v1.KeepAlive\"$\n\tKeepAlive\x12\x17\n\x0forigin_last_seq\x18\x01 \x01(\x04\"=\n\x11PeerLookupRequest\x12(\n\x06lookup\x18\x01 \x01(\x0b\x32\x18.hashex.v1.LookupRequest\"?\n\x12PeerLookupResponse\x12)\n\x06lookup\x18\x01 \x01(\x0b\x32\x19.hashex.v1.LookupResponse\">\n\x0bSignedBatch\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\xdc\x01\n\tBatchBody\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x11\n\tfirst_seq\x18\x03 \x01(\x04\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\x12\x17\n\x0fprevious_digest\x18\x05 \x01(\x0c\x12\x19\n\x11policy_generation\x18\x06 \x01(\x04\x12\x0f\n\x07\x65ntries\x18\x07 \x03(\x0c\x12\x17\n\x0forigin_last_seq\x18\x08 \x01(\x04\x12\x14\n\x0c\x63hain_before\x18\t \x01(\x0c\x12\x13\n\x0b\x63hain_after\x18\n \x01(\x0c\"\xb2\x02\n\x0b\x43hangeEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12.\n\nchanged_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05media\x18\x03 \x01(\x0b\x32\x10.hashex.v1.MediaH\x00\x12\x30\n\nretraction\x18\x04 \x01(\x0b\x32\x1a.hashex.v1.MediaRetractionH\x00\x12#\n\x06series\x18\x05 \x01(\x0b\x32\x11.hashex.v1.SeriesH\x00\x12.\n\x0ckey_rotation\x18\x06 \x01(\x0b\x32\x16.hashex.v1.KeyRotationH\x00\x12\x32\n\x0ekey_revocation\x18\x07 \x01(\x0b\x32\x18.hashex.v1.KeyRevocationH\x00\x42\x08\n\x06\x63hange\"#\n\x0fMediaRetraction\x12\x10\n\x08media_id\x18\x01 \x01(\t\"^\n\x0bKeyRotation\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x18\n\x10signed_by_key_id\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"9\n\rKeyRevocation\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x18\n\x10revoked_from_seq\x18\x02 \x01(\x04\"n\n\x16\x46\x65\x64\x65ratedLookupRequest\x12(\n\x06lookup\x18\x01 \x01(\x0b\x32\x18.hashex.v1.LookupRequest\x12\x11\n\task_peers\x18\x02 \x01(\x08\x12\x17\n\x0fpeer_timeout_ms\x18\x03 \x01(\r\"<\n\x0bPeerOutcome\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61sked\x18\x02 \x01(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"k\n\x17\x46\x65\x64\x65ratedLookupResponse\x12)\n\x06lookup\x18\x01 \x01(\x0b\x32\x19.hashex.v1.LookupResponse\x12%\n\x05peers\x18\x02 \x03(\x0b\x32\x16.hashex.v1.PeerOutcome\"$\n\x11ResyncPeerRequest\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\"-\n\x12ResyncPeerResponse\x12\x17\n\x0fwithdrawn_media\x18\x01 \x01(\x04\"\x16\n\x14GetSyncStatusRequest\"\xfb\x02\n\x0ePeerSyncStatus\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x12\n\ncursor_seq\x18\x03 \x01(\x04\x12\x15\n\rpeer_last_seq\x18\x04 \x01(\x04\x12\x0b\n\x03lag\x18\x05 \x01(\x04\x12\x33\n\x0flast_success_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x31\n\rlast_error_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x61pplied_entries\x18\t \x01(\x04\x12\x18\n\x10rejected_batches\x18\n \x01(\x04\x12\x1b\n\x13quarantined_entries\x18\x0b \x01(\x04\x12\x11\n\tresyncing\x18\x0c \x01(\x08\x12/\n\x0csigning_keys\x18\r \x03(\x0b\x32\x19.hashex.v1.PeerSigningKey\"\xfe\x01\n\x0ePeerSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x1f.hashex.v1.PeerSigningKey.State\x12\x16\n\x0eretired_at_seq\x18\x03 \x01(\x04\x12\x18\n\x10revoked_from_seq\x18\x04 \x01(\x04\x12\x0f\n\x07on_card\x18\x05 \x01(\x08\x12\x10\n\x08\x66rom_log\x18\x06 \x01(\x08\"W\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_CURRENT\x10\x01\x12\x11\n\rSTATE_RETIRED\x10\x02\x12\x11\n\rSTATE_REVOKED\x10\x03\"I\n\x15ListQuarantineRequest\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x66ter_id\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"\xab\x01\n\x10QuarantinedEntry\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x13\n\x0b\x65ntry_bytes\x18\x05 \x01(\x04\x12\x14\n\x0c\x62\x61tch_digest\x18\x06 \x01(\x0c\x12\x32\n\x0equarantined_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x16ListQuarantineResponse\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.hashex.v1.QuarantinedEntry\x12\x0c\n\x04more\x18\x02 \x01(\x08\"j\n\x15GetSyncStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x16\n\x0elocal_last_seq\x18\x02 \x01(\x04\x12(\n\x05peers\x18\x03 \x03(\x0b\x32\x19.hashex.v1.PeerSyncStatus2\x92\x01\n\nFederation\x12\x39\n\x04Pull\x12\x16.hashex.v1.PullRequest\x1a\x17.hashex.v1.PullResponse0\x01\x12I\n\nPeerLookup\x12\x1c.hashex.v1.PeerLookupRequest\x1a\x1d.hashex.v1.PeerLookupResponse2a\n\x05Units\x12X\n\x0f\x46\x65\x64\x65ratedLookup\x12!.hashex.v1.FederatedLookupRequest\x1a\".hashex.v1.FederatedLookupResponse2\xfd\x01\n\x05\x41\x64min\x12R\n\rGetSyncStatus\x12\x1f.hashex.v1.GetSyncStatusRequest\x1a .hashex.v1.GetSyncStatusResponse\x12U\n\x0eListQuarantine\x12 .hashex.v1.ListQuarantineRequest\x1a!.hashex.v1.ListQuarantineResponse\x12I\n\nResyncPeer\x12\x1c.hashex.v1.ResyncPeerRequest\x1a\x1d.hashex.v1.ResyncPeerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,41 +49,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHBODY']._serialized_start=604
   _globals['_BATCHBODY']._serialized_end=824
   _globals['_CHANGEENTRY']._serialized_start=827
-  _globals['_CHANGEENTRY']._serialized_end=1081
-  _globals['_MEDIARETRACTION']._serialized_start=1083
-  _globals['_MEDIARETRACTION']._serialized_end=1118
-  _globals['_KEYROTATION']._serialized_start=1120
-  _globals['_KEYROTATION']._serialized_end=1214
-  _globals['_FEDERATEDLOOKUPREQUEST']._serialized_start=1216
-  _globals['_FEDERATEDLOOKUPREQUEST']._serialized_end=1326
-  _globals['_PEEROUTCOME']._serialized_start=1328
-  _globals['_PEEROUTCOME']._serialized_end=1388
-  _globals['_FEDERATEDLOOKUPRESPONSE']._serialized_start=1390
-  _globals['_FEDERATEDLOOKUPRESPONSE']._serialized_end=1497
-  _globals['_RESYNCPEERREQUEST']._serialized_start=1499
-  _globals['_RESYNCPEERREQUEST']._serialized_end=1535
-  _globals['_RESYNCPEERRESPONSE']._serialized_start=1537
-  _globals['_RESYNCPEERRESPONSE']._serialized_end=1582
-  _globals['_GETSYNCSTATUSREQUEST']._serialized_start=1584
-  _globals['_GETSYNCSTATUSREQUEST']._serialized_end=1606
-  _globals['_PEERSYNCSTATUS']._serialized_start=1609
-  _globals['_PEERSYNCSTATUS']._serialized_end=1988
-  _globals['_PEERSIGNINGKEY']._serialized_start=1991
-  _globals['_PEERSIGNINGKEY']._serialized_end=2245
-  _globals['_PEERSIGNINGKEY_STATE']._serialized_start=2158
-  _globals['_PEERSIGNINGKEY_STATE']._serialized_end=2245
-  _globals['_LISTQUARANTINEREQUEST']._serialized_start=2247
-  _globals['_LISTQUARANTINEREQUEST']._serialized_end=2320
-  _globals['_QUARANTINEDENTRY']._serialized_start=2323
-  _globals['_QUARANTINEDENTRY']._serialized_end=2494
-  _globals['_LISTQUARANTINERESPONSE']._serialized_start=2496
-  _globals['_LISTQUARANTINERESPONSE']._serialized_end=2580
-  _globals['_GETSYNCSTATUSRESPONSE']._serialized_start=2582
-  _globals['_GETSYNCSTATUSRESPONSE']._serialized_end=2688
-  _globals['_FEDERATION']._serialized_start=2691
-  _globals['_FEDERATION']._serialized_end=2837
-  _globals['_UNITS']._serialized_start=2839
-  _globals['_UNITS']._serialized_end=2936
-  _globals['_ADMIN']._serialized_start=2939
-  _globals['_ADMIN']._serialized_end=3192
+  _globals['_CHANGEENTRY']._serialized_end=1133
+  _globals['_MEDIARETRACTION']._serialized_start=1135
+  _globals['_MEDIARETRACTION']._serialized_end=1170
+  _globals['_KEYROTATION']._serialized_start=1172
+  _globals['_KEYROTATION']._serialized_end=1266
+  _globals['_KEYREVOCATION']._serialized_start=1268
+  _globals['_KEYREVOCATION']._serialized_end=1325
+  _globals['_FEDERATEDLOOKUPREQUEST']._serialized_start=1327
+  _globals['_FEDERATEDLOOKUPREQUEST']._serialized_end=1437
+  _globals['_PEEROUTCOME']._serialized_start=1439
+  _globals['_PEEROUTCOME']._serialized_end=1499
+  _globals['_FEDERATEDLOOKUPRESPONSE']._serialized_start=1501
+  _globals['_FEDERATEDLOOKUPRESPONSE']._serialized_end=1608
+  _globals['_RESYNCPEERREQUEST']._serialized_start=1610
+  _globals['_RESYNCPEERREQUEST']._serialized_end=1646
+  _globals['_RESYNCPEERRESPONSE']._serialized_start=1648
+  _globals['_RESYNCPEERRESPONSE']._serialized_end=1693
+  _globals['_GETSYNCSTATUSREQUEST']._serialized_start=1695
+  _globals['_GETSYNCSTATUSREQUEST']._serialized_end=1717
+  _globals['_PEERSYNCSTATUS']._serialized_start=1720
+  _globals['_PEERSYNCSTATUS']._serialized_end=2099
+  _globals['_PEERSIGNINGKEY']._serialized_start=2102
+  _globals['_PEERSIGNINGKEY']._serialized_end=2356
+  _globals['_PEERSIGNINGKEY_STATE']._serialized_start=2269
+  _globals['_PEERSIGNINGKEY_STATE']._serialized_end=2356
+  _globals['_LISTQUARANTINEREQUEST']._serialized_start=2358
+  _globals['_LISTQUARANTINEREQUEST']._serialized_end=2431
+  _globals['_QUARANTINEDENTRY']._serialized_start=2434
+  _globals['_QUARANTINEDENTRY']._serialized_end=2605
+  _globals['_LISTQUARANTINERESPONSE']._serialized_start=2607
+  _globals['_LISTQUARANTINERESPONSE']._serialized_end=2691
+  _globals['_GETSYNCSTATUSRESPONSE']._serialized_start=2693
+  _globals['_GETSYNCSTATUSRESPONSE']._serialized_end=2799
+  _globals['_FEDERATION']._serialized_start=2802
+  _globals['_FEDERATION']._serialized_end=2948
+  _globals['_UNITS']._serialized_start=2950
+  _globals['_UNITS']._serialized_end=3047
+  _globals['_ADMIN']._serialized_start=3050
+  _globals['_ADMIN']._serialized_end=3303
 # @@protoc_insertion_point(module_scope)

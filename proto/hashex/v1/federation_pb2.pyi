@@ -274,6 +274,7 @@ class ChangeEntry(_message.Message):
     RETRACTION_FIELD_NUMBER: _builtins.int
     SERIES_FIELD_NUMBER: _builtins.int
     KEY_ROTATION_FIELD_NUMBER: _builtins.int
+    KEY_REVOCATION_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     @_builtins.property
     def changed_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -289,6 +290,8 @@ class ChangeEntry(_message.Message):
 
     @_builtins.property
     def key_rotation(self) -> Global___KeyRotation: ...
+    @_builtins.property
+    def key_revocation(self) -> Global___KeyRevocation: ...
     def __init__(
         self,
         *,
@@ -298,12 +301,13 @@ class ChangeEntry(_message.Message):
         retraction: Global___MediaRetraction | None = ...,
         series: _common_pb2.Series | None = ...,
         key_rotation: Global___KeyRotation | None = ...,
+        key_revocation: Global___KeyRevocation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "changed_at", b"changed_at", "key_rotation", b"key_rotation", "media", b"media", "retraction", b"retraction", "series", b"series"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "changed_at", b"changed_at", "key_revocation", b"key_revocation", "key_rotation", b"key_rotation", "media", b"media", "retraction", b"retraction", "series", b"series"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "changed_at", b"changed_at", "key_rotation", b"key_rotation", "media", b"media", "retraction", b"retraction", "seq", b"seq", "series", b"series"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "changed_at", b"changed_at", "key_revocation", b"key_revocation", "key_rotation", b"key_rotation", "media", b"media", "retraction", b"retraction", "seq", b"seq", "series", b"series"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["media", "retraction", "series", "key_rotation"]  # noqa: Y015
+    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["media", "retraction", "series", "key_rotation", "key_revocation"]  # noqa: Y015
     _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_change) -> _WhichOneofReturnType_change | None: ...
 
@@ -337,8 +341,8 @@ class KeyRotation(_message.Message):
     origin's whole key history) needs no voucher; any other key is accepted only when
     `signed_by_key_id` is a known key valid at this entry's seq and the signature verifies.
     Revocations (after a compromise) travel on the card (`revoked_from_seq` of a key: it signs no
-    batch reaching that seq; 1: none at all); a receiver refuses a batch signed by a key not valid
-    for it (`revoked_key`, `retired_key`).
+    batch reaching that seq; 1: none at all) and in the log (KeyRevocation); a receiver refuses a
+    batch signed by a key not valid for it (`revoked_key`, `retired_key`).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -370,6 +374,36 @@ class KeyRotation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KeyRotation: _TypeAlias = KeyRotation  # noqa: Y015
+
+@_typing.final
+class KeyRevocation(_message.Message):
+    """One of the origin's keys revoked (after a compromise): it signs no batch reaching
+    `revoked_from_seq` (1: none at all). Carried in a batch signed by a valid key, which vouches
+    for it; receivers that pinned the origin's card before the revocation learn it here, and keep
+    the widest revocation they know (card or log). An origin never revokes its current key.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    REVOKED_FROM_SEQ_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """`ed25519:<n>`."""
+    revoked_from_seq: _builtins.int
+    """>= 1."""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        revoked_from_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "revoked_from_seq", b"revoked_from_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyRevocation: _TypeAlias = KeyRevocation  # noqa: Y015
 
 @_typing.final
 class FederatedLookupRequest(_message.Message):
