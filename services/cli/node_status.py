@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,13 +18,17 @@ from services.core.cert_expiry import certificate_states, node_certificates
 from services.core.config import NodeConfig, load_config
 from services.core.signing import Keyring
 
+# How long `node status` waits for the gateway to accept a connection.
+_CONNECT_S = 2.0
+
 
 def register(node_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = node_sub.add_parser(
         "status",
         help="whether the node runs, certificate expiry, signing keys",
         description=(
-            "Show, from the data directory, whether the node runs (the addresses it wrote), "
+            "Show, from the data directory, whether the node runs (its gateway accepts "
+            "connections at the address it wrote), "
             "when its node CA and node certificate expire (WARNING from 7 days before), and "
             "its signing keys (current, retired, revoked, file deleted). Exit 0 whatever it "
             "shows; a warning is printed on stderr too."
@@ -47,11 +52,12 @@ def _status(ns: argparse.Namespace) -> int:
 
 def node_report(config: NodeConfig, now: datetime) -> dict[str, Any]:
     states = certificate_states(node_certificates(config), now)
+    gateway = _read(config.gateway_address_file)
     keyring = Keyring.load(config.signing_keys_dir)
     return {
         "node_id": config.node_id,
-        "running": config.address_file.exists(),
-        "gateway": _read(config.gateway_address_file),
+        "running": _answers(gateway),
+        "gateway": gateway,
         "certificates": [
             {
                 "name": s.certificate.name,
@@ -84,6 +90,19 @@ def _read(path: Path) -> str | None:
         return path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
+
+
+def _answers(address: str | None) -> bool:
+    """Whether something accepts connections at the gateway address the node wrote (a node
+    that was killed leaves the file behind)."""
+    if not address:
+        return False
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_S):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _print(report: dict[str, Any]) -> None:

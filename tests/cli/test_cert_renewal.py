@@ -147,8 +147,14 @@ async def test_a_running_gateway_presents_the_renewed_certificate_without_restar
         renewed = x509.load_der_x509_certificate(der)
         assert renewed.not_valid_after_utc == expiry(certificate_path)
         assert renewed.not_valid_after_utc > datetime.now(UTC) + timedelta(days=29)
+        config.gateway_address_file.parent.mkdir(parents=True, exist_ok=True)
+        config.gateway_address_file.write_text(f"127.0.0.1:{gateway.port}\n")
+        _, out, _ = await asyncio.to_thread(run, capsys, "node", "status", "--data-dir", node)
+        assert f"node gb-nca: running, gateway 127.0.0.1:{gateway.port}" in out
     finally:
         await gateway.stop(0)
+    _, out, _ = run(capsys, "node", "status", "--data-dir", node)
+    assert "node gb-nca: not running" in out, "the address file left behind says nothing"
 
 
 def unit_files(directory: Path, ca: tls.NodeCa, *, now: datetime, ca_pem: bytes = b"") -> Path:
