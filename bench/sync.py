@@ -357,7 +357,7 @@ async def replicate(node: RunningNode, config: NodeConfig, go: Go) -> dict[str, 
         # The unit's channel is connected first, and the last media is not there yet.
         if any(go.probe.found(await stub.Lookup(go.probe.request(), timeout=10))):  # type: ignore[misc]
             raise RuntimeError("the receiver found the last media before pulling")
-        cli("peer", "add", go.origin_card, "--data-dir", config.data_dir)
+        cli("peer", "add", go.origin_card, "--policy", "share-all", "--data-dir", config.data_dir)
         if profile is not None:
             profile.enable()
         timeline.started = time.monotonic()
@@ -727,7 +727,10 @@ async def run(
         stack.push_async_callback(receiver.stop)
         status, address = await receiver.ask(None)
         progress(f"receiver {status} (gateway {address}); pinning each other, pulling")
-        cli("peer", "add", root / f"{RECEIVER}.card", "--data-dir", dirs[ORIGIN])
+        cli(
+            "peer", "add", root / f"{RECEIVER}.card", "--policy", "share-all",
+            "--data-dir", dirs[ORIGIN],
+        )  # fmt: skip
         profile = cProfile.Profile() if args.profile else None
         pg_pid = postmaster_pid(origin)
         cpu_before, pg_before = cpu_s(), tree_cpu_s(pg_pid)

@@ -162,7 +162,10 @@ def set_up_agencies(root: Path) -> dict[str, Path]:
     for node_id, data_dir in dirs.items():
         for other in dirs:
             if other != node_id:
-                hashex("peer", "add", root / f"{other}.card", "--data-dir", data_dir)
+                hashex(
+                    "peer", "add", root / f"{other}.card", "--policy", "share-all",
+                    "--data-dir", data_dir,
+                )  # fmt: skip
     print("\n# Sharing policy, enforced at the source before signing:")
     hashex("policy", "set", "de-bka", "--no-victim-status", "--data-dir", dirs["gb-nca"])
     hashex(

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
@@ -22,7 +23,7 @@ from hashex.v1 import registry_pb2_grpc
 from services.cli import exit_codes
 from services.core.config import CONFIG_FILE, NodeConfig
 from services.core.errors import DATABASE_UNREACHABLE, HashexError, InvalidArgument, NotFound
-from services.core.tls import channel_credentials, load_certified_key
+from services.core.tls import channel_credentials, load_certified_key, validity_problem
 from services.gateway.admin_socket import socket_target
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "hashex"
@@ -131,6 +132,7 @@ def node_channel(ns: argparse.Namespace) -> Iterator[grpc.Channel]:
             raise CommandFailed(
                 exit_codes.BAD_INPUT, f"the node's CA certificate {ca_path} is missing"
             ) from None
+        _check_current(identity.certificate_pem, ca, cert, ca_path)
         credentials = channel_credentials(identity, trusted_server_cas=[ca])
         channel = grpc.secure_channel(address, credentials, options=options)
     else:
@@ -140,6 +142,26 @@ def node_channel(ns: argparse.Namespace) -> Iterator[grpc.Channel]:
             yield channel
         except grpc.RpcError as error:
             raise rpc_failure(error, address) from None
+
+
+def _check_current(certificate_pem: bytes, ca_pem: bytes, cert: Path, ca_path: Path) -> None:
+    """Refuse, before dialing, a certificate the gateway would refuse anyway as a bare "cannot
+    reach": say which one is out of its validity and what to do."""
+    now = datetime.now(UTC)
+    problem = validity_problem(certificate_pem, now)
+    if problem is not None:
+        raise CommandFailed(
+            exit_codes.BAD_INPUT,
+            f"the certificate {cert} {problem}; ask the node's operator for a new one "
+            "(`hashex unit issue NAME --out DIR`)",
+        )
+    problem = validity_problem(ca_pem, now)
+    if problem is not None:
+        raise CommandFailed(
+            exit_codes.BAD_INPUT,
+            f"the node's CA certificate {ca_path} {problem}; ask the node's operator for its "
+            "current ca.pem",
+        )
 
 
 @contextmanager
@@ -159,6 +181,15 @@ def rpc_failure(error: grpc.RpcError, address: str) -> CommandFailed:
     if code == grpc.StatusCode.UNAVAILABLE and details.startswith(_ANSWERED_UNAVAILABLE):
         # The node answered: its database is out of reach (the details say what was stored).
         return CommandFailed(exit_codes.NODE_ERROR, f"the node is unavailable: {details}")
+    server_problem = (
+        _server_certificate_problem(details) if code == grpc.StatusCode.UNAVAILABLE else None
+    )
+    if server_problem is not None:
+        return CommandFailed(
+            exit_codes.NODE_ERROR,
+            f"the node's gateway at {address} presents a certificate that {server_problem}; "
+            "its operator renews it with `hashex node renew-cert` (no restart needed)",
+        )
     if code == grpc.StatusCode.UNAVAILABLE:
         return CommandFailed(
             exit_codes.NODE_ERROR,
@@ -168,6 +199,23 @@ def rpc_failure(error: grpc.RpcError, address: str) -> CommandFailed:
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return CommandFailed(exit_codes.REFUSED, f"refused by the node ({code.name}): {details}")
     return CommandFailed(exit_codes.NODE_ERROR, f"the node answered {code.name}: {details}")
+
+
+# What grpc (BoringSSL) says when the server's certificate is out of its validity, as a real
+# handshake reports it (tests/cli/test_cert_renewal.py).
+_SERVER_CERTIFICATE_PROBLEMS = {
+    "certificate has expired": "has expired",
+    "certificate is not yet valid": "is not valid yet (is either machine's clock wrong?)",
+}
+
+
+def _server_certificate_problem(details: str) -> str | None:
+    if "CERTIFICATE_VERIFY_FAILED" not in details:
+        return None
+    for reported, meaning in _SERVER_CERTIFICATE_PROBLEMS.items():
+        if reported in details:
+            return meaning
+    return None
 
 
 def run_command(body: Callable[[argparse.Namespace], int], ns: argparse.Namespace) -> int:

@@ -7,12 +7,18 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from services.cli import exit_codes
+from services.cli import exit_codes, node_status
 from services.cli.node_client import CommandFailed, add_data_dir_option, run_command
-from services.cli.node_material import check_host, ensure_node_material
+from services.cli.node_material import (
+    check_host,
+    ensure_node_material,
+    node_cert_paths,
+    renew_node_certificate,
+)
 from services.core.config import (
     CONFIG_FILE,
     DEFAULT_GATEWAY_LISTEN,
@@ -27,7 +33,7 @@ from services.core.db.location import DATABASE_URL_FILE, EMBEDDED, EXTERNAL
 from services.core.db.pool import Database, mask_database_url
 from services.core.logs import configure_logging
 from services.core.secretfile import read_secret, write_secret
-from services.core.signing import rotate
+from services.core.signing import revoke, rotate
 from services.core.trust import check_endpoint
 from services.gateway.composition import start_node
 from services.registry.app import start_registry
@@ -47,7 +53,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Create a node in --data-dir: node.toml, the case-data key, the Ed25519 signing key, "
             "the node CA (tls/ca.pem) and the node's gateway certificate (tls/node.pem); keys "
             "are mode 0600. Re-running with the same node id creates only what is missing (and "
-            "renews the node certificate when it is near expiry or lacks a --gateway-host)."
+            "renews the node certificate when it is near expiry or expired, or lacks a "
+            "--gateway-host; `hashex node renew-cert` renews it at any time)."
         ),
         epilog="example: hashex node init --node-id gb-nca --data-dir ~/hashex/gb-nca",
     )
@@ -99,14 +106,50 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "rotate-key",
         help="add a new signing key version",
         description=(
-            "Create the next Ed25519 signing key (ed25519:<n+1>), which signs from now on. Old "
-            "keys are kept so earlier signatures still verify; the node publishes the new key to "
-            "its peers in its change log, signed by the previous key."
+            "Create the next Ed25519 signing key (ed25519:<n+1>), which signs from now on and "
+            "retires the previous one (still valid for what it signed). The rotation is signed "
+            "by the previous key at once and recorded in keys/signing/history.json; the node "
+            "publishes it to its peers in its change log. The old key file may be deleted "
+            "afterwards: new peers verify the whole history from the card."
         ),
         epilog="example: hashex node rotate-key --data-dir ~/hashex/gb-nca",
     )
     add_data_dir_option(rotate_key)
     rotate_key.set_defaults(func=lambda ns: run_command(_rotate_key, ns))
+    renew_cert = node_sub.add_parser(
+        "renew-cert",
+        help="renew the node's gateway certificate now (also when expired)",
+        description=(
+            "Issue tls/node.pem afresh from the node CA (valid 30 days), with the same host "
+            "names, whatever the state of the current one. A running node needs no restart: "
+            "the gateway presents the new certificate from its next connection on, the sync "
+            "service from its next channel to a peer."
+        ),
+        epilog="example: hashex node renew-cert --data-dir ~/hashex/gb-nca",
+    )
+    add_data_dir_option(renew_cert)
+    renew_cert.set_defaults(func=lambda ns: run_command(_renew_cert, ns))
+    revoke_key = node_sub.add_parser(
+        "revoke-key",
+        help="revoke a compromised old signing key",
+        description=(
+            "Mark an old signing key revoked (after a compromise): this node signs nothing more "
+            "with it and publishes the revocation in its change log; peers learn it at their "
+            "next pull (new peers from the card) and refuse every batch it signs for seqs of "
+            "this node's log from --from-seq on (--entirely: all). The current key cannot be "
+            "revoked: run `hashex node rotate-key` first."
+        ),
+        epilog="example: hashex node revoke-key ed25519:1 --entirely --data-dir ~/hashex/gb-nca",
+    )
+    revoke_key.add_argument("key_id", help="the key to revoke, e.g. ed25519:1")
+    scope = revoke_key.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--entirely", action="store_true", help="revoke for every seq")
+    scope.add_argument(
+        "--from-seq", type=int, metavar="SEQ", help="revoke from this seq of the log on"
+    )
+    add_data_dir_option(revoke_key)
+    revoke_key.set_defaults(func=lambda ns: run_command(_revoke_key, ns))
+    node_status.register(node_sub)
     up = node_sub.add_parser(
         "up",
         help="run the node until Ctrl-C or SIGTERM",
@@ -247,10 +290,46 @@ def _database_line(config: NodeConfig, *, url_stored: bool) -> str:
 def _rotate_key(ns: argparse.Namespace) -> int:
     config = load_config(ns.data_dir.resolve())
     key = rotate(config.signing_keys_dir)
-    print(f"new signing key {key.key_id} {key.public_hex} (now current; older keys kept)")
+    print(f"new signing key {key.key_id} {key.public_hex} (now current; the previous one retired)")
     print(
         "a running node publishes it to its peers within seconds, signed by the previous key; "
-        "new peers need a fresh card (`hashex peer card`)"
+        "new peers need a fresh card (`hashex peer card`). Delete an old key file only once "
+        "every peer pulled past the rotation (`hashex sync status`), or send them the new card."
+    )
+    return exit_codes.OK
+
+
+def _renew_cert(ns: argparse.Namespace) -> int:
+    config = load_config(ns.data_dir.resolve())
+    now = datetime.now(UTC)
+    renewal = renew_node_certificate(config, now=now)
+    old = renewal.old_expiry
+    if old is None:
+        before = "there was no readable certificate"
+    elif old <= now:
+        before = f"the old one had expired on {old:%Y-%m-%d %H:%M} UTC"
+    else:
+        before = f"the old one would have expired on {old:%Y-%m-%d %H:%M} UTC"
+    print(
+        f"renewed the node certificate {node_cert_paths(config)[0]}: valid until "
+        f"{renewal.new_expiry:%Y-%m-%d %H:%M} UTC ({before})"
+    )
+    print("a running node presents it from its next connection on; no restart needed")
+    return exit_codes.OK
+
+
+def _revoke_key(ns: argparse.Namespace) -> int:
+    config = load_config(ns.data_dir.resolve())
+    from_seq = 1 if ns.entirely else ns.from_seq
+    record, changed = revoke(config.signing_keys_dir, ns.key_id, from_seq=from_seq)
+    scope = "entirely" if record.revoked_from_seq == 1 else f"from seq {record.revoked_from_seq} on"
+    if not changed:
+        print(f"{record.key_id} was already revoked {scope}; nothing changed")
+        return exit_codes.OK
+    print(f"{record.key_id} revoked {scope}: this node signs nothing more with it")
+    print(
+        "a running node publishes the revocation in its log within seconds; peers learn it "
+        "at their next pull, new peers from the card (`hashex peer card`)"
     )
     return exit_codes.OK
 

@@ -3,14 +3,18 @@ is kept, each missing piece is created, so re-running init repairs a node and ch
 a complete one.
 
 The one piece init may replace is the node's own certificate (tls/node.pem): it is short-lived,
-so a re-run renews it when it is near expiry, was issued by another CA, or lacks a host name the
-operator now asks for. Its old host names are carried over, so a renewal never drops one.
+so a re-run renews it when it is near expiry (or expired), was issued by another CA, or lacks a
+host name the operator now asks for; `hashex node renew-cert` renews it at any time
+(`renew_node_certificate`). Its old host names are carried over, so a renewal never drops one.
+A running node picks the new certificate up without a restart: the gateway re-reads it for each
+new connection, the sync service for each new channel to a peer.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +25,8 @@ from services.core import tls
 from services.core.config import NodeConfig
 from services.core.errors import FailedPrecondition, InvalidArgument
 from services.core.forwarded_caller import ensure_internal_key
-from services.core.signing import create_first_key
+from services.core.key_history import history_path
+from services.core.signing import create_first_key, record_history
 from services.registry.cases import create_case_key
 
 # Renew the node certificate on a re-run when it has less than this left.
@@ -54,6 +59,9 @@ def ensure_node_material(
     if not any(config.signing_keys_dir.glob("ed25519_*.key")):
         key = create_first_key(config.signing_keys_dir)
         done.append(f"signing key:   {key.key_id} {key.public_hex}")
+    elif not history_path(config.signing_keys_dir).exists():
+        record_history(config.signing_keys_dir)
+        done.append(f"key history:   {history_path(config.signing_keys_dir)} (old keys may go)")
     if internal_key := ensure_internal_key(config.data_dir):
         done.append(f"internal key:  {internal_key} (gateway <-> services apart)")
     ca, ca_created = _ensure_ca(config)
@@ -106,7 +114,12 @@ def _ensure_ca(config: NodeConfig) -> tuple[tls.NodeCa, bool]:
 
 
 def _ensure_node_certificate(
-    config: NodeConfig, ca: tls.NodeCa, requested: Sequence[str], now: datetime
+    config: NodeConfig,
+    ca: tls.NodeCa,
+    requested: Sequence[str],
+    now: datetime,
+    *,
+    force: bool = False,
 ) -> str | None:
     """Issue tls/node.pem when needed; returns why it did, or None when the current one stays."""
     certificate_path, key_path = node_cert_paths(config)
@@ -121,6 +134,8 @@ def _ensure_node_certificate(
         old_hosts = _hosts_of(current.certificate)
         hosts += old_hosts
         reason = _renewal_reason(current.certificate, ca, set(hosts) - set(old_hosts), now)
+    if force:
+        reason = reason or "renewed"
     if reason is None:
         return None
     unique = list(dict.fromkeys(hosts))
@@ -131,6 +146,31 @@ def _ensure_node_certificate(
     return reason
 
 
+@dataclass(frozen=True)
+class Renewal:
+    """What `renew_node_certificate` did: the old certificate's expiry (None when there was
+    none) and the new one's."""
+
+    old_expiry: datetime | None
+    new_expiry: datetime
+
+
+def renew_node_certificate(config: NodeConfig, *, now: datetime | None = None) -> Renewal:
+    """Issue tls/node.pem afresh from the node CA, whatever its state (valid, near expiry,
+    expired, missing), keeping its host names."""
+    certificate_path = node_cert_paths(config)[0]
+    old_expiry: datetime | None = None
+    if certificate_path.exists():
+        try:
+            old = x509.load_pem_x509_certificate(certificate_path.read_bytes())
+            old_expiry = old.not_valid_after_utc
+        except ValueError:
+            old_expiry = None
+    _ensure_node_certificate(config, load_ca(config), [], now or datetime.now(UTC), force=True)
+    new = x509.load_pem_x509_certificate(certificate_path.read_bytes())
+    return Renewal(old_expiry, new.not_valid_after_utc)
+
+
 def _renewal_reason(
     certificate: x509.Certificate, ca: tls.NodeCa, new_hosts: set[str], now: datetime
 ) -> str | None:
@@ -138,8 +178,11 @@ def _renewal_reason(
         certificate.verify_directly_issued_by(ca.material.certificate)
     except (ValueError, TypeError, InvalidSignature):
         return "re-issued by the node CA"
-    if certificate.not_valid_after_utc - now < RENEW_BEFORE:
-        return "renewed before expiry"
+    expiry = certificate.not_valid_after_utc
+    if expiry <= now:
+        return f"renewed: it had expired on {expiry:%Y-%m-%d %H:%M} UTC"
+    if expiry - now < RENEW_BEFORE:
+        return f"renewed before expiry (it would have expired on {expiry:%Y-%m-%d %H:%M} UTC)"
     if new_hosts:
         return "re-issued with host(s) " + ", ".join(sorted(new_hosts))
     return None

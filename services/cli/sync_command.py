@@ -219,6 +219,8 @@ def render(response: federation_pb2.GetSyncStatusResponse) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     for p in response.peers:
+        if p.signing_keys:
+            lines.append(f"{p.peer_id}: keys {', '.join(map(shown_key, p.signing_keys))}")
         if p.resyncing:
             lines.append(f"{p.peer_id}: resync under way (its log is pulled again from seq 1)")
         if p.audit_alarm:
@@ -227,6 +229,21 @@ def render(response: federation_pb2.GetSyncStatusResponse) -> str:
             when = _when(p.last_error_at if p.HasField("last_error_at") else None)
             lines.append(f"{p.peer_id}: last error at {when}: {p.last_error}")
     return "\n".join(lines) + "\n"
+
+
+def shown_key(key: federation_pb2.PeerSigningKey) -> str:
+    """`ed25519:2 (current)`, `ed25519:1 (retired at seq 40)`, `... (revoked entirely)`; a key
+    known only from the peer's log (rotated to after its card was pinned) says so."""
+    if key.state == federation_pb2.PeerSigningKey.STATE_REVOKED:
+        seq = key.revoked_from_seq
+        state = "revoked entirely" if seq == 1 else f"revoked from seq {seq}"
+    elif key.state == federation_pb2.PeerSigningKey.STATE_RETIRED:
+        state = f"retired at seq {key.retired_at_seq}" if key.retired_at_seq else "retired"
+    else:
+        state = "current"
+    if not key.on_card:
+        state += ", learned from its log"
+    return f"{key.key_id} ({state})"
 
 
 def _when(stamp: Timestamp | None) -> str:

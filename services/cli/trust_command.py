@@ -14,8 +14,14 @@ import json
 from pathlib import Path
 from typing import TypeAlias
 
+from hashex.v1 import federation_pb2, federation_pb2_grpc
 from services.cli import exit_codes
-from services.cli.node_client import CommandFailed, add_data_dir_option, run_command
+from services.cli.node_client import (
+    CommandFailed,
+    add_data_dir_option,
+    node_channel,
+    run_command,
+)
 from services.cli.node_material import ca_paths
 from services.core import tls
 from services.core.config import NodeConfig, check_node_id, load_config
@@ -28,9 +34,11 @@ from services.core.trust import (
     make_card,
     parse_fingerprint,
     pin_card,
+    read_card,
     unpin,
 )
 from services.registry.model import check_id
+from services.sync.origin_keys import KeyStatus, key_statuses
 from services.sync.policy import (
     DEFAULT_POLICY,
     SharingPolicy,
@@ -42,6 +50,16 @@ from services.sync.policy import (
 )
 
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+# `peer add --policy`: what a new peer receives. share-all saves DEFAULT_POLICY; share-nothing
+# saves none, which is what "nothing shared" is.
+_POLICY_CHOICES = ("share-all", "share-nothing")
+# How long `peer list` waits for the running node's view of the peers' keys.
+_ASK_NODE_S = 10.0
+_PROTO_KEY_STATES = {
+    "current": federation_pb2.PeerSigningKey.STATE_CURRENT,
+    "retired": federation_pb2.PeerSigningKey.STATE_RETIRED,
+    "revoked": federation_pb2.PeerSigningKey.STATE_REVOKED,
+}
 
 
 def register(sub: _Sub) -> None:
@@ -68,10 +86,20 @@ def _register_peer(sub: _Sub) -> None:
     add = peer_sub.add_parser(
         "add",
         help="pin a peer's card",
-        description="Verify a peer's card and pin it; a new peer gets the default sharing "
-        "policy. Confirm the printed CA fingerprint with the peer's operator out of band.",
+        description="Verify a peer's card and pin it. A peer without a sharing policy needs "
+        "an explicit --policy choice; an existing policy is kept (change it with `hashex "
+        "policy set`). Confirm the printed CA fingerprint with the peer's operator out of band.",
+        epilog="example: hashex peer add us-fbi.card --policy share-nothing, then "
+        "hashex policy set us-fbi --categories vics-us:1",
     )
     add.add_argument("card", type=Path, help="the card file received from the peer")
+    add.add_argument(
+        "--policy",
+        choices=_POLICY_CHOICES,
+        help="what a new peer receives: share-all (every category and algorithm, victim "
+        "status disclosed, desk withheld) or share-nothing (no policy saved: nothing leaves "
+        "until `hashex policy set`); required when the peer has no policy yet",
+    )
     add.add_argument(
         "--replace", action="store_true", help="replace a different card pinned for that peer"
     )
@@ -204,6 +232,14 @@ def _add(ns: argparse.Namespace) -> int:
         data = ns.card.read_bytes()
     except OSError as error:
         raise _bad(f"cannot read card file {ns.card}: {error.strerror}") from None
+    peer_id = read_card(data).node_id
+    existing = load_policy(config.policy_dir, peer_id)
+    if existing is None and ns.policy is None and peer_id != config.node_id:
+        raise _bad(
+            f"choose what {peer_id} receives: --policy share-all (every category and algorithm, "
+            "victim status disclosed, desk withheld) or --policy share-nothing (nothing until "
+            f"`hashex policy set {peer_id} ...`); nothing was pinned"
+        )
     try:
         result = pin_card(config.peers_dir, data, own_node_id=config.node_id, replace=ns.replace)
     except FailedPrecondition as error:
@@ -212,15 +248,25 @@ def _add(ns: argparse.Namespace) -> int:
     verb = {"pinned": "pinned", "replaced": "replaced the card of", "unchanged": "already pinned"}
     print(f"{verb[result.outcome]} peer {card.node_id} at {card.endpoint}")
     print(f"  CA:   sha256 {card.ca_fingerprint}  <- confirm with {card.node_id}'s operator")
-    print(f"  keys: {', '.join(k.key_id for k in card.signing_keys)}")
-    if load_policy(config.policy_dir, card.node_id) is None:
+    keys = ", ".join(map(_shown_key, key_statuses(card.signing_keys, ())))
+    print(f"  keys: {keys}")
+    if existing is not None:
+        ignored = f" (--policy {ns.policy} not applied)" if ns.policy else ""
+        print(
+            f"  policy: the existing one, generation {existing.generation}, is kept{ignored}; "
+            f"see `hashex policy show {card.node_id}`, change it with `hashex policy set`"
+        )
+    elif ns.policy == "share-all":
         save_policy(config.policy_dir, card.node_id, DEFAULT_POLICY)
         print(
-            f"  policy: the default (every category and algorithm, victim status disclosed, "
-            f"desk withheld); change it with `hashex policy set {card.node_id} ...`"
+            "  policy: share-all (every category and algorithm, victim status disclosed, desk "
+            f"withheld); narrow it with `hashex policy set {card.node_id} ...`"
         )
     else:
-        print(f"  policy: the existing one is kept (`hashex policy show {card.node_id}`)")
+        print(
+            f"  policy: share-nothing; nothing leaves for {card.node_id} until "
+            f"`hashex policy set {card.node_id} ...`"
+        )
     return exit_codes.OK
 
 
@@ -229,13 +275,25 @@ def _list(ns: argparse.Namespace) -> int:
     store = _store(config)
     peers = store.peers()
     denied = store.denied()
+    known = _keys_known_to_the_running_node(ns, config)
     for peer_id, card in sorted(peers.items()):
         policy = load_policy(config.policy_dir, peer_id)
+        keys = (known or {}).get(peer_id) or key_statuses(card.signing_keys, ())
         row = {
             "node_id": peer_id,
             "endpoint": card.endpoint,
             "ca_sha256": card.ca_fingerprint,
-            "keys": [k.key_id for k in card.signing_keys],
+            "keys": [
+                {
+                    "key_id": k.key_id,
+                    "state": k.state,
+                    "retired_at_seq": k.retired_at_seq,
+                    "revoked_from_seq": k.revoked_from_seq,
+                    "on_card": k.on_card,
+                    "from_log": k.from_log,
+                }
+                for k in keys
+            ],
             "policy_generation": policy.generation if policy else None,
             "ca_denied": card.ca_fingerprint in denied,
         }
@@ -245,10 +303,60 @@ def _list(ns: argparse.Namespace) -> int:
         shown = f"generation {policy.generation}" if policy else "none (nothing shared)"
         print(f"{peer_id}  {card.endpoint}")
         print(f"  CA sha256 {card.ca_fingerprint}{'  (DENIED)' if row['ca_denied'] else ''}")
-        print(f"  keys {', '.join(k.key_id for k in card.signing_keys)}; policy {shown}")
+        print(f"  keys {', '.join(map(_shown_key, keys))}; policy {shown}")
     if not ns.json:
         print(f"{len(peers)} peer(s) pinned; {len(denied)} certificate fingerprint(s) denied")
+        if known is None:
+            print(
+                "keys as the pinned cards list them; with the node running, those peers rotated "
+                "to since are shown too"
+            )
     return exit_codes.OK
+
+
+def _keys_known_to_the_running_node(
+    ns: argparse.Namespace, config: NodeConfig
+) -> dict[str, list[KeyStatus]] | None:
+    """Each peer's keys as the running node knows them (card and log), or None when the node
+    is not running or does not answer (the cards alone are shown then)."""
+    if not config.address_file.exists():
+        return None
+    local = argparse.Namespace(data_dir=ns.data_dir, node=None, cert=None, gateway=None)
+    try:
+        with node_channel(local) as channel:
+            response = federation_pb2_grpc.AdminStub(channel).GetSyncStatus(
+                federation_pb2.GetSyncStatusRequest(), timeout=_ASK_NODE_S
+            )
+    except CommandFailed:
+        return None
+    states = {v: k for k, v in _PROTO_KEY_STATES.items()}
+    return {
+        p.peer_id: [
+            KeyStatus(
+                k.key_id,
+                states.get(k.state, "current"),
+                k.retired_at_seq,
+                k.revoked_from_seq,
+                k.on_card,
+                k.from_log,
+            )
+            for k in p.signing_keys
+        ]
+        for p in response.peers
+    }
+
+
+def _shown_key(key: KeyStatus) -> str:
+    if key.state == "revoked":
+        seq = key.revoked_from_seq
+        state = "revoked entirely" if seq == 1 else f"revoked from seq {seq}"
+    elif key.state == "retired" and key.retired_at_seq:
+        state = f"retired at seq {key.retired_at_seq}"
+    else:
+        state = key.state
+    if not key.on_card:
+        state += ", learned from its log"
+    return f"{key.key_id} ({state})"
 
 
 def _remove(ns: argparse.Namespace) -> int:

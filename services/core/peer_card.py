@@ -1,8 +1,12 @@
 """The peer card: the small signed file operators exchange to federate two nodes.
 
 A card names a node (id, the endpoint its gateway listens on), its CA certificate (what the
-receiving node pins for that id) and every public signing key it has. The file is one line of
-canonical JSON:
+receiving node pins for that id) and the history of its public signing keys: every key it ever
+had, oldest first, the last one current, each older one retired (valid for the batches up to the
+rotation that published its successor) and a revoked one marked with the seq of the origin's log
+from which it signs nothing (`revoked_from_seq`, 1: entirely; left out when not revoked, so a
+card without revocations has the bytes it always had). See services.core.key_history for the
+validity windows. The file is one line of canonical JSON:
 
     {"card":"<base64 of the card bytes>","format":"hashex.v1.PeerCard","key_id":"ed25519:<n>",
      "signature":"<base64>"}
@@ -53,10 +57,12 @@ _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 
 @dataclass(frozen=True)
 class PeerKey:
-    """One public signing key of a peer: `ed25519:<n>` and its 32 raw bytes."""
+    """One public signing key of a peer: `ed25519:<n>`, its 32 raw bytes, and the seq of the
+    peer's log from which it signs nothing (0: not revoked; 1: revoked entirely)."""
 
     key_id: str
     public_key: bytes
+    revoked_from_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,9 @@ def make_card(*, node_id: str, endpoint: str, ca_certificate_pem: bytes, keyring
         node_id=node_id,
         endpoint=endpoint,
         ca_certificate_pem=ca_certificate_pem,
-        signing_keys=tuple(PeerKey(k.key_id, k.public_key) for k in keyring.all()),
+        signing_keys=tuple(
+            PeerKey(r.key_id, r.public_key, r.revoked_from_seq) for r in keyring.history
+        ),
     )
     _check_card(card)
     body = _card_bytes(card)
@@ -194,11 +202,17 @@ def _parse_key(item: Any, index: int) -> PeerKey:
     where = f"peer card signing_keys[{index}]"
     if not isinstance(item, dict):
         raise InvalidArgument(f"{where} must be an object")
-    _exact_keys(item, {"key_id", "public_key"}, where)
+    fields = {"key_id", "public_key"}
+    _exact_keys(item, fields | ({"revoked_from_seq"} & set(item)), where)
     public_hex = _text(item, "public_key")
     if not _HEX_KEY.fullmatch(public_hex):
         raise InvalidArgument(f"{where}.public_key must be 64 lowercase hex characters")
-    return PeerKey(_text(item, "key_id"), bytes.fromhex(public_hex))
+    revoked = item.get("revoked_from_seq", 0)
+    if "revoked_from_seq" in item and (
+        not isinstance(revoked, int) or isinstance(revoked, bool) or revoked < 1
+    ):
+        raise InvalidArgument(f"{where}.revoked_from_seq must be a seq >= 1")
+    return PeerKey(_text(item, "key_id"), bytes.fromhex(public_hex), revoked)
 
 
 def _check_card(card: PeerCard) -> None:
@@ -211,6 +225,8 @@ def _check_card(card: PeerCard) -> None:
         raise InvalidArgument("peer card signing keys must be listed once each, oldest first")
     if any(len(k.public_key) != 32 for k in card.signing_keys):
         raise InvalidArgument("peer card signing keys must be 32-byte Ed25519 public keys")
+    if card.current_key.revoked_from_seq:
+        raise InvalidArgument("peer card's current signing key is revoked: it can sign nothing")
     _check_ca(card.ca_certificate_pem, card.node_id)
 
 
@@ -250,11 +266,16 @@ def _card_bytes(card: PeerCard) -> bytes:
             "ca_certificate_pem": card.ca_certificate_pem.decode("ascii"),
             "endpoint": card.endpoint,
             "node_id": card.node_id,
-            "signing_keys": [
-                {"key_id": k.key_id, "public_key": k.public_key.hex()} for k in card.signing_keys
-            ],
+            "signing_keys": [_key_json(k) for k in card.signing_keys],
         }
     )
+
+
+def _key_json(key: PeerKey) -> dict[str, Any]:
+    shown: dict[str, Any] = {"key_id": key.key_id, "public_key": key.public_key.hex()}
+    if key.revoked_from_seq:
+        shown["revoked_from_seq"] = key.revoked_from_seq
+    return shown
 
 
 def _file_bytes(outer: dict[str, Any]) -> bytes:

@@ -330,6 +330,23 @@ def channel_credentials(
     )
 
 
+def validity_problem(certificate_pem: bytes, now: datetime) -> str | None:
+    """What makes a certificate unusable at `now` ("expired on ...", "is not valid before
+    ..."), or None while it is valid (or not a certificate at all: loading it says so)."""
+    try:
+        certificate = x509.load_pem_x509_certificate(certificate_pem)
+    except ValueError:
+        return None
+    if now < certificate.not_valid_before_utc:
+        return (
+            f"is not valid before {certificate.not_valid_before_utc:%Y-%m-%d %H:%M} UTC "
+            "(is this machine's clock right?)"
+        )
+    if now > certificate.not_valid_after_utc:
+        return f"expired on {certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+    return None
+
+
 def certificate_fingerprint(certificate_pem: bytes) -> str:
     """SHA-256 over the DER encoding, lowercase hex: what peers pin and deny-lists name. Takes
     PEM because that is what `auth_context()["x509_pem_cert"]` hands a handler."""

@@ -11,6 +11,7 @@ sync (pullers), gateway; stop in reverse, so no call arrives at a service that i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from services.core import tls
 from services.core.audit.recorder import AuditRecorder
 from services.core.audit.spool import SPOOL_FILE, AuditSpool
 from services.core.audit.store import AuditStore
+from services.core.cert_expiry import node_certificates, watch_expiry
 from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.config import NodeConfig, require_node_material
 from services.core.db.migrations import apply_migration_plan
@@ -53,6 +55,8 @@ class RunningNode:
     local: RunningServer
     gateway: RunningGateway
     telemetry: Telemetry
+    # Warns in the log of certificates near expiry, at start and once a day.
+    expiry_watch: asyncio.Task[None]
 
     @property
     def address(self) -> str:
@@ -67,6 +71,7 @@ class RunningNode:
         """Pulls peers hold open end first, then the gateway (no new outside calls), pullers,
         the admin socket, the database (stopping an embedded PostgreSQL)."""
         _log.info("stopping node %s", self.config.node_id)
+        self.expiry_watch.cancel()
         try:
             await self.sync.release_pulls()
             await self.gateway.stop()
@@ -143,7 +148,10 @@ async def start_node(config: NodeConfig, *, clock: Clock = SYSTEM_CLOCK) -> Runn
         await database.close()
         raise
     database.watch([local.set_serving, gateway.server.set_serving, recorder.on_database_change])
-    node = RunningNode(config, database, registry, sync, local, gateway, telemetry)
+    expiry_watch = asyncio.create_task(
+        watch_expiry(node_certificates(config), clock=clock), name="certificate-expiry"
+    )
+    node = RunningNode(config, database, registry, sync, local, gateway, telemetry, expiry_watch)
     config.gateway_address_file.write_text(node.gateway_address + "\n", encoding="utf-8")
     return node
 

@@ -6,6 +6,7 @@ service as raw bytes (services.gateway.forwarding), with the verified caller in 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from services.core.audit import store as audit_log
 from services.core.audit.recorder import AuditRecorder
 from services.core.audit.spool import SPOOL_FILE, AuditSpool
 from services.core.caller import current_caller
+from services.core.cert_expiry import node_certificates, watch_expiry
+from services.core.clock import SYSTEM_CLOCK
 from services.core.config import NodeConfig, require_node_material
 from services.core.db.migrations import apply_migration_plan
 from services.core.db.pool import Database, open_database
@@ -44,12 +47,15 @@ class RunningGatewayService:
     gateway: RunningGateway
     channels: tuple[grpc.aio.Channel, ...]
     telemetry: Telemetry
+    # Warns in the log of certificates near expiry, at start and once a day.
+    expiry_watch: asyncio.Task[None]
 
     @property
     def address(self) -> str:
         return self.gateway.address
 
     async def stop(self) -> None:
+        self.expiry_watch.cancel()
         try:
             await self.gateway.stop()
             for channel in self.channels:
@@ -125,7 +131,10 @@ async def start_gateway_service(
         await database.close()
         raise
     database.watch([gateway.server.set_serving, recorder.on_database_change])
-    running = RunningGatewayService(config, database, gateway, channels, telemetry)
+    expiry_watch = asyncio.create_task(
+        watch_expiry(node_certificates(config), clock=SYSTEM_CLOCK), name="certificate-expiry"
+    )
+    running = RunningGatewayService(config, database, gateway, channels, telemetry, expiry_watch)
     config.gateway_address_file.parent.mkdir(parents=True, exist_ok=True)
     config.gateway_address_file.write_text(running.address + "\n", encoding="utf-8")
     return running

@@ -35,7 +35,7 @@ from services.core.caller import Caller, calling_as
 from services.core.errors import InvalidArgument
 from services.core.request_decoding import decode_request, request_class_of
 from services.core.rpc_status import abort_with
-from services.core.server import ServerInterceptor, rewrap_handler
+from services.core.server import ServerInterceptor, call_status_name, rewrap_handler
 from services.gateway import authz
 from services.gateway.identity import Presented, Unauthenticated
 from services.gateway.limits import InFlight, RateLimiter
@@ -148,7 +148,7 @@ class GatewayInterceptor(ServerInterceptor):
             except BaseException as error:
                 await self._finish(call, context, error)
                 raise
-            call.responses = 1 if _status_name(context, None) == "OK" else 0
+            call.responses = 1 if call_status_name(context, None) == "OK" else 0
             if not await self._finish(call, context, None):
                 await _abort(
                     context,
@@ -398,7 +398,7 @@ class GatewayInterceptor(ServerInterceptor):
             call.in_flight = False
         if call.recorded:
             return True
-        return await self._record(call, _status_name(context, error))
+        return await self._record(call, call_status_name(context, error))
 
     async def _record(self, call: _Call, status: str) -> bool:
         """Store the call's audit record; False (and logged) when it could not be stored."""
@@ -460,24 +460,6 @@ class _ServedContext:
 async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
     await context.abort(code, message)
     raise AssertionError("context.abort returned")
-
-
-def _status_name(context: Context, error: BaseException | None) -> str:
-    """The status the client sees: what the call was aborted with or set, CANCELLED for a call
-    cancelled or abandoned, UNKNOWN for an exception grpc turns into UNKNOWN."""
-    if isinstance(error, asyncio.CancelledError | GeneratorExit):
-        return "CANCELLED"
-    if error is not None and not isinstance(error, grpc.aio.AbortError):
-        return "UNKNOWN"
-    code = context.code()
-    if code is None:
-        return "OK"
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    for known in grpc.StatusCode:
-        if known.value[0] == code:
-            return known.name
-    return "UNKNOWN"
 
 
 async def _never_called(request: Any, context: Context) -> AsyncIterator[Any]:

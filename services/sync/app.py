@@ -90,9 +90,13 @@ class PullerSupervisor:
 
     async def reconcile(self) -> None:
         """Log new signing keys; start pullers for newly pinned peers, stop removed ones."""
-        added = await self.deps.store.log_key_rotations(self._keyring())
+        keyring = self._keyring()
+        added = await self.deps.store.log_key_rotations(keyring)
         if added:
             _log.info("logged key rotation(s) %s", ", ".join(added))
+        revoked = await self.deps.store.log_key_revocations(keyring)
+        if revoked:
+            _log.warning("logged the revocation of signing key(s) %s", ", ".join(revoked))
         pinned = set(self._cards.peers())
         for peer_id in sorted(pinned - set(self._tasks)):
             puller = self.pullers.setdefault(peer_id, PeerPuller(peer_id, self.deps))
@@ -203,13 +207,16 @@ async def _resync(peer_id: str, store: SyncStore, supervisor: PullerSupervisor) 
 
 
 async def _status(node_id: str, store: SyncStore, supervisor: PullerSupervisor) -> SyncStatus:
+    cards, cursors = supervisor.cards(), await store.cursors()
     return combine(
         node_id=node_id,
         local_last_seq=await store.last_seq(),
-        cards=supervisor.cards(),
-        cursors=await store.cursors(),
+        cards=cards,
+        cursors=cursors,
         states={peer_id: p.state for peer_id, p in supervisor.pullers.items()},
         audit_alarms=await store.audit_alarms(),
+        learned={p: await store.learned_keys(p) for p in sorted(set(cards) | set(cursors))},
+        revocations={p: await store.learned_revocations(p) for p in set(cards) | set(cursors)},
     )
 
 
@@ -310,6 +317,7 @@ async def start_sync(
         resync=lambda peer_id: _resync(peer_id, store, supervisor),
     )
     await store.log_key_rotations(keyring())
+    await store.log_key_revocations(keyring())
     if run_pullers:
         supervisor.start()
     return RunningSync(config, store, clients, federation, admin, supervisor, watcher)

@@ -9,9 +9,12 @@ signature covers the exact body bytes, which carry the exact entry bytes; nothin
 re-serialised to check a signature.
 
 The signing key of a batch is the newest key activated before its first entry (key 1 from the
-start, key n from the seq of the KeyRotation entry that published it); a batch ends right after
-a key rotation, so a receiver has learned a key, from an entry signed by its predecessor, before
-any batch is signed with it.
+start, key n from the seq of the KeyRotation entry that published it), unless that key's file is
+gone or the key is revoked: then the newest usable key signs (a newer key may sign older seqs).
+A batch ends right after a key rotation, so a receiver has learned a key, from an entry signed
+by its predecessor or from the card, before any batch is signed with it. The receiver accepts a
+batch only under a key valid for it (services.sync.origin_keys: not retired before the batch
+ends, not revoked for it).
 
 Pure: no SQL, no gRPC.
 """
@@ -37,7 +40,8 @@ from services.core.signing import (
     sign_bytes,
     verify_bytes,
 )
-from services.sync.entries import Change, RotatedKey, decode_entry, parse_entry
+from services.sync.entries import Change, RevokedKey, RotatedKey, decode_entry, parse_entry
+from services.sync.origin_keys import OriginKey, as_origin_keys, published, revoked
 from services.sync.policy import SharingPolicy
 from services.sync.policy_filter import filter_log_row
 
@@ -73,18 +77,28 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class ActiveKey:
-    """A signing key and the seq of the entry that published it (0 for the first key)."""
+    """A signing key and the seq of the entry that published it (0 for the first key); `key`
+    is None when the key may not sign (its file is gone, or it is revoked)."""
 
     activated_at: int
-    key: NodeSigningKey
+    key: NodeSigningKey | None
 
 
 def key_for(first_seq: int, schedule: Sequence[ActiveKey]) -> NodeSigningKey:
-    """The newest key activated before `first_seq`."""
-    usable = [k for k in schedule if k.activated_at < first_seq]
-    if not usable:
+    """The newest key activated before `first_seq`; when that one may not sign, the newest key
+    that may (valid for older seqs too)."""
+    active = [k for k in schedule if k.activated_at < first_seq]
+    if not active:
         raise InvalidArgument(f"no signing key is active before seq {first_seq}")
-    return max(usable, key=lambda k: k.activated_at).key
+    chosen = max(active, key=lambda k: k.activated_at).key
+    if chosen is not None:
+        return chosen
+    usable = [k for k in schedule if k.key is not None]
+    if not usable:
+        raise InvalidArgument("no signing key of this node may sign: every one is gone or revoked")
+    newest = max(usable, key=lambda k: k.activated_at).key
+    assert newest is not None
+    return newest
 
 
 def entries_per_batch(requested: int) -> int:
@@ -212,6 +226,8 @@ class VerifiedBatch:
     changes: tuple[Change, ...]
     # Keys the batch published (each verified by its predecessor), in order.
     new_keys: tuple[RotatedKey, ...]
+    # Keys the batch revoked, in order.
+    revoked_keys: tuple[RevokedKey, ...] = ()
     # Entries left out of `changes`, with why.
     quarantined: tuple[QuarantinedEntry, ...] = ()
     # The origin's log chain at last_seq (empty from an origin of an older release).
@@ -229,11 +245,12 @@ def verify_batch(
     origin: str,
     recipient: str,
     cursor: Cursor,
-    keys: Mapping[str, bytes],
+    keys: Mapping[str, OriginKey | bytes],
 ) -> VerifiedBatch:
-    """The batch, verified against the signature, the origin's known keys (`key_id` → public
-    key) and the recipient's cursor; BatchRejected otherwise. The body is parsed only after its
-    signature verified, and the entries only after the body's framing checked out."""
+    """The batch, verified against the signature, the origin's known keys (`key_id` → key with
+    its validity window, or a bare public key) and the recipient's cursor; BatchRejected
+    otherwise. The body is parsed only after its signature verified, and the entries only after
+    the body's framing checked out."""
     steps = verify_batch_in_steps(
         signed, origin=origin, recipient=recipient, cursor=cursor, keys=keys
     )
@@ -255,7 +272,7 @@ def verify_batch_in_steps(
     origin: str,
     recipient: str,
     cursor: Cursor,
-    keys: Mapping[str, bytes],
+    keys: Mapping[str, OriginKey | bytes],
 ) -> Generator[None, None, VerifiedBatch]:
     """`verify_batch` as a generator that pauses (yields) every ENTRIES_PER_STEP entries and
     returns the batch: a caller on an event loop lets other tasks run at each pause."""
@@ -274,14 +291,17 @@ def _verify(
     origin: str,
     recipient: str,
     cursor: Cursor,
-    keys: Mapping[str, bytes],
+    keys: Mapping[str, OriginKey | bytes],
 ) -> Generator[None, None, VerifiedBatch]:
-    public_key = keys.get(signed.key_id)
-    if public_key is None:
+    known = as_origin_keys(keys)
+    signer = known.get(signed.key_id)
+    if signer is None:
         raise BatchRejected(
-            "unknown_key", f"the batch is signed with unknown key {signed.key_id!r}"
+            "unknown_key",
+            f"the batch is signed with unknown key {signed.key_id!r}; if {origin} rotated its "
+            f"key and deleted the old one, pin its current card (`hashex peer add --replace`)",
         )
-    if not verify_bytes(public_key, BATCH_DOMAIN, signed.body, signed.signature):
+    if not verify_bytes(signer.public_key, BATCH_DOMAIN, signed.body, signed.signature):
         raise BatchRejected("bad_signature", "the batch signature does not verify")
     body = federation_pb2.BatchBody()
     try:
@@ -293,8 +313,12 @@ def _verify(
     if body.recipient != recipient:
         raise BatchRejected("wrong_recipient", "the batch is addressed to another node")
     try:
+        refused = signer.refusal(body.last_seq)
+        if refused is not None:
+            raise BatchRejected(*refused)
         _check_position(body, cursor)
-        changes, new_keys, quarantined = yield from _verified_entries(body, keys)
+        changes, new_keys, quarantined = yield from _verified_entries(body, known)
+        revocations = tuple(c for c in changes if isinstance(c, RevokedKey))
     except BatchRejected as rejected:
         rejected.origin_last_seq = max(body.origin_last_seq, body.last_seq)
         raise
@@ -307,6 +331,7 @@ def _verify(
         digest=digest_of(signed.body),
         changes=changes,
         new_keys=new_keys,
+        revoked_keys=revocations,
         quarantined=quarantined,
         chain=bytes(body.chain_after),
     )
@@ -342,7 +367,7 @@ def _check_position(body: federation_pb2.BatchBody, cursor: Cursor) -> None:
 
 
 def _verified_entries(
-    body: federation_pb2.BatchBody, keys: Mapping[str, bytes]
+    body: federation_pb2.BatchBody, keys: Mapping[str, OriginKey]
 ) -> Generator[
     None, None, tuple[tuple[Change, ...], tuple[RotatedKey, ...], tuple[QuarantinedEntry, ...]]
 ]:
@@ -374,8 +399,11 @@ def _verified_entries(
         previous = change.seq
         if isinstance(change, RotatedKey):
             _check_rotation(change, known)
-            known[change.key_id] = change.public_key
+            known = published(known, change.key_id, change.public_key, change.seq)
             new_keys.append(change)
+        if isinstance(change, RevokedKey):
+            _check_revocation(change)
+            known = revoked(known, change.key_id, change.revoked_from_seq)
         changes.append(change)
     return tuple(changes), tuple(new_keys), tuple(quarantined)
 
@@ -387,18 +415,42 @@ def _claimed_seq(data: bytes) -> int:
         return 0
 
 
-def _check_rotation(rotation: RotatedKey, known: Mapping[str, bytes]) -> None:
+def _check_revocation(revocation: RevokedKey) -> None:
+    """Like a rotation, part of the origin's signature chain: a malformed one refuses the batch."""
+    try:
+        parse_key_id(revocation.key_id)
+    except InvalidArgument:
+        raise BatchRejected(
+            "bad_key_revocation", "a key revocation names a malformed key id"
+        ) from None
+    if revocation.revoked_from_seq < 1:
+        raise BatchRejected("bad_key_revocation", "a key revocation must start at seq 1 or later")
+
+
+def _check_rotation(rotation: RotatedKey, known: Mapping[str, OriginKey]) -> None:
+    """A key already known (from the card, which lists the whole key history) needs no
+    voucher: so a new peer verifies the whole history even when the origin deleted the old key
+    file. A key not known must be vouched for by a known key valid at the rotation's seq."""
     try:
         parse_key_id(rotation.key_id)
     except InvalidArgument:
         raise BatchRejected("bad_key_rotation", "a key rotation names a malformed key id") from None
     if len(rotation.public_key) != PUBLIC_KEY_BYTES:
         raise BatchRejected("bad_key_rotation", "a key rotation carries a malformed public key")
-    if known.get(rotation.key_id, rotation.public_key) != rotation.public_key:
-        raise BatchRejected("bad_key_rotation", f"key {rotation.key_id} is already another key")
+    already = known.get(rotation.key_id)
+    if already is not None:
+        if already.public_key != rotation.public_key:
+            raise BatchRejected("bad_key_rotation", f"key {rotation.key_id} is already another key")
+        return
     signer = known.get(rotation.signed_by_key_id)
     message = rotation_message(rotation.key_id, rotation.public_key)
-    if signer is None or not verify_bytes(signer, KEY_ROTATION_DOMAIN, message, rotation.signature):
+    if (
+        signer is None
+        or signer.refusal(rotation.seq) is not None
+        or not verify_bytes(signer.public_key, KEY_ROTATION_DOMAIN, message, rotation.signature)
+    ):
         raise BatchRejected(
-            "bad_key_rotation", f"key rotation to {rotation.key_id} does not verify"
+            "bad_key_rotation",
+            f"key rotation to {rotation.key_id} is not vouched for by a valid key (nor is the "
+            "key on the pinned card)",
         )

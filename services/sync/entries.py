@@ -1,5 +1,5 @@
 """What a receiver reads from a peer's change-log entries, and the entries sync itself writes
-(signing-key rotations).
+(signing-key rotations and revocations).
 
 The origin writes each change as a serialized `ChangeEntry` carrying the full state of the record
 after the change (services.registry.change_entries, in the transaction of the change). A receiver
@@ -45,6 +45,7 @@ KIND_OF_FIELD = {
     "retraction": EntryKind.RETRACTION,
     "series": EntryKind.SERIES,
     "key_rotation": EntryKind.KEY_ROTATION,
+    "key_revocation": EntryKind.KEY_REVOCATION,
 }
 
 
@@ -72,6 +73,18 @@ def key_rotation_entry(
     ).SerializeToString()
 
 
+def key_revocation_entry(
+    seq: int, changed_at: datetime, *, key_id: str, revoked_from_seq: int
+) -> bytes:
+    return federation_pb2.ChangeEntry(
+        seq=seq,
+        changed_at=convert.timestamp(changed_at),
+        key_revocation=federation_pb2.KeyRevocation(
+            key_id=key_id, revoked_from_seq=revoked_from_seq
+        ),
+    ).SerializeToString()
+
+
 # --- reading (a receiver) -------------------------------------------------------------------
 
 
@@ -86,7 +99,17 @@ class RotatedKey:
     signature: bytes
 
 
-Change = ReplicatedChange | RotatedKey
+@dataclass(frozen=True)
+class RevokedKey:
+    """One of the origin's keys revoked from `revoked_from_seq` on (vouched for by the batch's
+    signature); the caller checks the key id."""
+
+    seq: int
+    key_id: str
+    revoked_from_seq: int
+
+
+Change = ReplicatedChange | RotatedKey | RevokedKey
 
 
 def decode_entry(data: bytes) -> federation_pb2.ChangeEntry:
@@ -111,6 +134,9 @@ def parse_entry(data: bytes, *, origin: str) -> Change:
             return ReplicatedRetraction(entry.seq, changed_at, media_id)
         if which == "series":
             return _series(entry.seq, changed_at, entry.series, origin)
+        if which == "key_revocation":
+            revocation = entry.key_revocation
+            return RevokedKey(entry.seq, revocation.key_id, revocation.revoked_from_seq)
         if which == "key_rotation":
             rotation = entry.key_rotation
             return RotatedKey(

@@ -52,8 +52,8 @@ def filter_log_row(row: LogRow, policy: SharingPolicy | None) -> bytes | None:
 
 
 def _filter_log_row(row: LogRow, policy: SharingPolicy | None) -> bytes | None:
-    if row.kind == EntryKind.KEY_ROTATION:
-        return row.entry  # even without a policy: later batches are signed with that key
+    if row.kind in (EntryKind.KEY_ROTATION, EntryKind.KEY_REVOCATION):
+        return row.entry  # even without a policy: they decide which batches verify
     if policy is None:
         return None
     if row.kind == EntryKind.RETRACTION:

@@ -41,6 +41,7 @@ from services.sync.batches import (
     verify_batch_in_steps,
 )
 from services.sync.divergence import Divergence, HistoryDiverged, is_divergence, locate
+from services.sync.origin_keys import OriginKey, origin_keys, published, revoked
 from services.sync.store import SyncStore
 
 _log = logging.getLogger(__name__)
@@ -146,8 +147,11 @@ class PeerPuller:
             raise LookupError(f"{self.peer_id} is no longer a pinned peer")
         cursor = await deps.store.cursor(self.peer_id)
         await deps.store.thin_checkpoints(self.peer_id)
-        keys = {k.key_id: k.public_key for k in card.signing_keys}
-        keys.update(await deps.store.learned_keys(self.peer_id))
+        keys = origin_keys(
+            card.signing_keys,
+            await deps.store.learned_keys(self.peer_id),
+            await deps.store.learned_revocations(self.peer_id),
+        )
         held = await deps.store.audit_checkpoint(self.peer_id)
         request = federation_pb2.PullRequest(
             after_seq=cursor.seq,
@@ -167,7 +171,9 @@ class PeerPuller:
                     if self._stopping:  # a held pull outlives stop(): apply nothing more
                         break
                     if response.HasField("audit_checkpoint"):
-                        held = await self._witness(response.audit_checkpoint, keys, held)
+                        held = await self._witness(
+                            response.audit_checkpoint, _unrevoked(keys), held
+                        )
                         continue
                     if response.HasField("keep_alive"):
                         await applier.finish()  # caught up means applied
@@ -184,7 +190,10 @@ class PeerPuller:
                     batch = await self._verified(response.batch, cursor, keys)
                     await applier.start(batch, expected=cursor)
                     cursor = batch.cursor
-                    keys.update({k.key_id: k.public_key for k in batch.new_keys})
+                    for key in batch.new_keys:
+                        keys = published(keys, key.key_id, key.public_key, key.seq)
+                    for revocation in batch.revoked_keys:
+                        keys = revoked(keys, revocation.key_id, revocation.revoked_from_seq)
             except Exception:
                 await applier.finish()  # its own failure, if any, takes precedence
                 raise
@@ -288,7 +297,7 @@ class PeerPuller:
         self.state.failures = 0
 
     async def _verified(
-        self, signed: federation_pb2.SignedBatch, cursor: Cursor, keys: dict[str, bytes]
+        self, signed: federation_pb2.SignedBatch, cursor: Cursor, keys: dict[str, OriginKey]
     ) -> VerifiedBatch:
         """Verification and parsing are CPU work on the event loop: done in steps, with a pause
         after each so the batch before this one keeps talking to the database meanwhile."""
@@ -425,3 +434,9 @@ def _describe(error: Exception) -> str:
     if callable(code) and callable(details):
         return f"{code().name}: {details()}"
     return f"{type(error).__name__}: {error}"
+
+
+def _unrevoked(keys: dict[str, OriginKey]) -> dict[str, bytes]:
+    """The keys an audit checkpoint may be signed with: it states the origin's log now, so no
+    key revoked from any seq on vouches for it."""
+    return {k: v.public_key for k, v in keys.items() if not v.revoked_from_seq}

@@ -43,6 +43,11 @@ class LocalLookup(Protocol):
 
 FEDERATION = federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name
 ADMIN = federation_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
+_KEY_STATES = {
+    "current": federation_pb2.PeerSigningKey.STATE_CURRENT,
+    "retired": federation_pb2.PeerSigningKey.STATE_RETIRED,
+    "revoked": federation_pb2.PeerSigningKey.STATE_REVOKED,
+}
 
 
 def _calling_peer() -> Caller:
@@ -158,6 +163,17 @@ class AdminServicer(federation_pb2_grpc.AdminServicer):
                 quarantined_entries=peer.quarantined_entries,
                 resyncing=peer.resyncing,
                 audit_alarm=peer.audit_alarm,
+                signing_keys=[
+                    federation_pb2.PeerSigningKey(
+                        key_id=k.key_id,
+                        state=_KEY_STATES[k.state],
+                        retired_at_seq=k.retired_at_seq,
+                        revoked_from_seq=k.revoked_from_seq,
+                        on_card=k.on_card,
+                        from_log=k.from_log,
+                    )
+                    for k in peer.signing_keys
+                ],
             )
             if peer.last_success_at is not None:
                 item.last_success_at.CopyFrom(timestamp(peer.last_success_at))

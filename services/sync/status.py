@@ -3,11 +3,12 @@ with what the running puller knows (last success, last error, rejections since s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from services.core.peer_card import PeerCard
+from services.sync.origin_keys import KeyStatus, LearnedKey, LearnedRevocation, key_statuses
 from services.sync.puller import PeerState
 from services.sync.store import CursorRow
 
@@ -28,6 +29,8 @@ class PeerSyncStatus:
     resyncing: bool
     # The latest contradiction found in the peer's audit checkpoints ("" when none).
     audit_alarm: str = ""
+    # Its signing keys as this node knows them (card and log), oldest first.
+    signing_keys: tuple[KeyStatus, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ def combine(
     cards: Mapping[str, PeerCard],
     cursors: Mapping[str, CursorRow],
     states: Mapping[str, PeerState],
+    learned: Mapping[str, Sequence[LearnedKey]],
+    revocations: Mapping[str, Sequence[LearnedRevocation]],
     audit_alarms: Mapping[str, str] | None = None,
 ) -> SyncStatus:
     """One row per pinned peer (and per peer still holding a cursor), sorted by id."""
@@ -67,6 +72,13 @@ def combine(
                 quarantined_entries=row.quarantined_entries if row else 0,
                 resyncing=row.resyncing if row else False,
                 audit_alarm=(audit_alarms or {}).get(peer_id, ""),
+                signing_keys=tuple(
+                    key_statuses(
+                        card.signing_keys if card else (),
+                        learned.get(peer_id, ()),
+                        revocations.get(peer_id, ()),
+                    )
+                ),
             )
         )
     return SyncStatus(node_id=node_id, local_last_seq=local_last_seq, peers=tuple(peers))

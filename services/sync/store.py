@@ -1,7 +1,8 @@
-"""Every SQL statement of the sync service — its cursors per peer and the keys it learned —
-as named transactions returning dataclasses; and the transactions that span owners: applying a
-peer's batch (the registry's records, through RegistryStore.apply_replicated, with this
-service's cursor) and logging key rotations (through the core change log).
+"""Every SQL statement of the sync service — its cursors per peer and the keys and key
+revocations it learned — as named transactions returning dataclasses; and the transactions that
+span owners: applying a peer's batch (the registry's records, through
+RegistryStore.apply_replicated, with this service's cursor) and logging key rotations and
+revocations (through the core change log).
 
 The sender reads this node's change log; the receiver applies a verified batch of a peer's
 entries and advances its cursor in ONE transaction, so an interrupted pull leaves either the
@@ -20,19 +21,21 @@ from services.core.changelog import store as changelog
 from services.core.changelog.store import EntryKind, LogRow, PendingEntry
 from services.core.db.pool import Database
 from services.core.errors import FailedPrecondition
-from services.core.signing import (
-    KEY_ROTATION_DOMAIN,
-    Keyring,
-    key_id,
-    rotation_message,
-    sign_bytes,
-)
+from services.core.key_history import KeyRecord
+from services.core.signing import Keyring
 from services.registry.model import PdqEntry
 from services.registry.store import MIGRATIONS as RECORD_MIGRATIONS
 from services.registry.store import RegistryStore
 from services.sync.audit_checkpoints import Contradiction, HeldCheckpoint
 from services.sync.batches import ActiveKey, Checkpoint, Cursor, VerifiedBatch
-from services.sync.entries import RotatedKey, decode_entry, key_rotation_entry
+from services.sync.entries import (
+    RevokedKey,
+    RotatedKey,
+    decode_entry,
+    key_revocation_entry,
+    key_rotation_entry,
+)
+from services.sync.origin_keys import LearnedKey, LearnedRevocation
 
 COMPONENT = "sync"
 # Checkpoints of each origin's chain kept: the newest this many, then one per this many seqs.
@@ -115,28 +118,51 @@ class SyncStore:
         return {decode_entry(r.entry).key_rotation.key_id: r.seq for r in rows}
 
     async def key_schedule(self, keyring: Keyring) -> list[ActiveKey]:
-        """The keys that may sign, with their activation: the first key from the start, later
-        ones from the entry that published them (a key not logged yet signs nothing)."""
+        """Every key of the history with its activation: the first key from the start, later
+        ones from the entry that published them (a key not logged yet signs nothing). A key
+        whose file is gone or that is revoked is listed without its secret: it signs nothing,
+        the newest usable key signs its seqs instead."""
         activations = await self.logged_key_activations()
-        schedule = [ActiveKey(0, keyring.all()[0])]
-        schedule += [
-            ActiveKey(activations[k.key_id], k)
-            for k in keyring.all()[1:]
-            if k.key_id in activations
-        ]
+        schedule: list[ActiveKey] = []
+        for index, record in enumerate(keyring.history):
+            activated = 0 if index == 0 else activations.get(record.key_id)
+            if activated is None:
+                continue
+            usable = keyring.has(record.key_id) and not record.revoked_from_seq
+            schedule.append(ActiveKey(activated, keyring.by_id(record.key_id) if usable else None))
         return schedule
 
     async def log_key_rotations(self, keyring: Keyring) -> list[str]:
-        """Append a KeyRotation entry, signed by its predecessor, for every key of `keyring`
-        beyond the first that the log does not hold yet; returns their ids."""
+        """Append a KeyRotation entry for every key of the history beyond the first that the
+        log does not hold yet, with the signature its predecessor made at the rotation (none
+        when that key's file was gone before the rotation was recorded: receivers then accept
+        the key only from the card); returns their ids."""
         async with self._db.transaction() as conn:
             await changelog.lock_change_log(conn)
             rows = await changelog.key_rotations(conn)
             logged = {decode_entry(r.entry).key_rotation.key_id for r in rows}
-            pending = [k for k in keyring.all()[1:] if k.key_id not in logged]
-            entries = [_rotation_entry(keyring, k.version) for k in pending]
-            await changelog.append_entries(conn, entries)
-        return [k.key_id for k in pending]
+            pending = [r for r in keyring.history[1:] if r.key_id not in logged]
+            await changelog.append_entries(conn, [_rotation_entry(r) for r in pending])
+        return [r.key_id for r in pending]
+
+    async def log_key_revocations(self, keyring: Keyring) -> list[str]:
+        """Append a KeyRevocation entry for every revoked key of the history whose revocation
+        the log does not hold yet (or holds narrower); returns their ids."""
+        async with self._db.transaction() as conn:
+            await changelog.lock_change_log(conn)
+            logged: dict[str, int] = {}
+            for row in await changelog.key_revocations(conn):
+                revocation = decode_entry(row.entry).key_revocation
+                seq = logged.get(revocation.key_id, revocation.revoked_from_seq)
+                logged[revocation.key_id] = min(seq, revocation.revoked_from_seq)
+            pending = [
+                r
+                for r in keyring.history
+                if r.revoked_from_seq
+                and r.revoked_from_seq < logged.get(r.key_id, r.revoked_from_seq + 1)
+            ]
+            await changelog.append_entries(conn, [_revocation_entry(r) for r in pending])
+        return [r.key_id for r in pending]
 
     # --- peers' logs (receiver side) ---
 
@@ -187,15 +213,22 @@ class SyncStore:
             await conn.execute(_ENSURE_CURSOR, peer_id)
             await conn.execute(_PEER_HEAD, peer_id, last_seq)
 
-    async def learned_keys(self, peer_id: str) -> dict[str, bytes]:
+    async def learned_keys(self, peer_id: str) -> list[LearnedKey]:
+        """The keys learned from `peer_id`'s log, in the order they were published."""
         async with self._db.connection() as conn:
             rows = await conn.fetch(_LEARNED_KEYS, peer_id)
-        return {r["key_id"]: bytes(r["public_key"]) for r in rows}
+        return [LearnedKey(r["key_id"], bytes(r["public_key"]), r["learned_at_seq"]) for r in rows]
+
+    async def learned_revocations(self, peer_id: str) -> list[LearnedRevocation]:
+        """The revocations learned from `peer_id`'s log (the widest per key)."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(_LEARNED_REVOCATIONS, peer_id)
+        return [LearnedRevocation(r["key_id"], r["revoked_from_seq"]) for r in rows]
 
     async def apply_batch(self, *, peer_id: str, batch: VerifiedBatch, expected: Cursor) -> Applied:
         """Apply `batch` from `peer_id` and advance the cursor, all or nothing. `expected` is the
         cursor the batch was verified against; FailedPrecondition if it moved meanwhile."""
-        changes = [c for c in batch.changes if not isinstance(c, RotatedKey)]
+        changes = [c for c in batch.changes if not isinstance(c, RotatedKey | RevokedKey)]
         async with self._db.transaction() as conn:
             locked = await _locked_cursor(conn, peer_id)
             current, resyncing = _cursor(locked), bool(locked["resyncing"])
@@ -205,6 +238,14 @@ class SyncStore:
             applied = await self._records.apply_replicated(conn, origin=peer_id, changes=changes)
             for key in batch.new_keys:
                 await conn.execute(_LEARN_KEY, peer_id, key.key_id, key.public_key, key.seq)
+            for revocation in batch.revoked_keys:
+                await conn.execute(
+                    _LEARN_REVOCATION,
+                    peer_id,
+                    revocation.key_id,
+                    revocation.revoked_from_seq,
+                    revocation.seq,
+                )
             if batch.quarantined:
                 await conn.executemany(
                     _QUARANTINE_ENTRY,
@@ -313,20 +354,25 @@ class SyncStore:
         return {r["origin"]: r["description"] for r in rows}
 
 
-def _rotation_entry(keyring: Keyring, version: int) -> PendingEntry:
-    new, previous = keyring.by_id(key_id(version)), keyring.by_id(key_id(version - 1))
-    signature = sign_bytes(
-        previous, KEY_ROTATION_DOMAIN, rotation_message(new.key_id, new.public_key)
+def _revocation_entry(record: KeyRecord) -> PendingEntry:
+    return PendingEntry(
+        EntryKind.KEY_REVOCATION,
+        lambda seq, moment: key_revocation_entry(
+            seq, moment, key_id=record.key_id, revoked_from_seq=record.revoked_from_seq
+        ),
     )
+
+
+def _rotation_entry(record: KeyRecord) -> PendingEntry:
     return PendingEntry(
         EntryKind.KEY_ROTATION,
         lambda seq, moment: key_rotation_entry(
             seq,
             moment,
-            key_id=new.key_id,
-            public_key=new.public_key,
-            signed_by_key_id=previous.key_id,
-            signature=signature,
+            key_id=record.key_id,
+            public_key=record.public_key,
+            signed_by_key_id=record.signed_by_key_id,
+            signature=record.rotation_signature,
         ),
     )
 
@@ -419,7 +465,22 @@ SET cursor_seq = $2, cursor_digest = $3, policy_generation = $4, cursor_chain = 
 WHERE peer_id = $1
 """
 
-_LEARNED_KEYS = "SELECT key_id, public_key FROM sync_peer_keys WHERE peer_id = $1"
+_LEARNED_KEYS = """
+SELECT key_id, public_key, learned_at_seq FROM sync_peer_keys WHERE peer_id = $1
+ORDER BY learned_at_seq
+"""
+
+_LEARNED_REVOCATIONS = """
+SELECT key_id, revoked_from_seq FROM sync_peer_key_revocations WHERE peer_id = $1 ORDER BY key_id
+"""
+
+# A revocation only widens: the smallest seq known stays.
+_LEARN_REVOCATION = """
+INSERT INTO sync_peer_key_revocations (peer_id, key_id, revoked_from_seq, learned_at_seq)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (peer_id, key_id) DO UPDATE SET
+    revoked_from_seq = least(sync_peer_key_revocations.revoked_from_seq, EXCLUDED.revoked_from_seq)
+"""
 
 _LEARN_KEY = """
 INSERT INTO sync_peer_keys (peer_id, key_id, public_key, learned_at_seq) VALUES ($1, $2, $3, $4)

@@ -76,7 +76,8 @@ def test_folders_images_and_stdin_and_a_peer_that_did_not_answer(
     assert made.returncode == 0, made.stderr
     card = tmp_path / "us-fbi.card"
     assert hashex("peer", "card", "--out", card, "--data-dir", peer_dir).returncode == 0
-    assert hashex("peer", "add", card, "--data-dir", node_dir).returncode == 0
+    added = hashex("peer", "add", card, "--policy", "share-all", "--data-dir", node_dir)
+    assert added.returncode == 0
 
     at = ("--data-dir", node_dir)
     node = NodeProcess(node_dir)

@@ -3,6 +3,7 @@ run in-process on real data directories (no node needs to be running for any of 
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 
@@ -99,14 +100,18 @@ def test_peer_exchange_add_list_replace_remove(
     gb: Path, us: Path, run: Run, tmp_path: Path
 ) -> None:
     gb_card = card_of(run, gb, tmp_path / "gb.card")
-    code, out, err = run("peer", "add", gb_card, "--data-dir", us)
+    code, _, err = run("peer", "add", gb_card, "--data-dir", us)
+    assert code == 2 and "choose what gb-nca receives: --policy share-all" in err
+    assert "nothing was pinned" in err and not (us / "peers" / "gb-nca.card").exists()
+    code, out, err = run("peer", "add", gb_card, "--policy", "share-all", "--data-dir", us)
     assert code == 0, err
     assert "pinned peer gb-nca at hashex.nca.example:7443" in out
-    assert "policy: the default" in out
+    assert "policy: share-all (every category and algorithm" in out
     assert (us / "policy" / "gb-nca.toml").exists()
     assert (us / "peers" / "gb-nca.card").read_bytes() == gb_card.read_bytes()
-    code, out, _ = run("peer", "add", gb_card, "--data-dir", us)
-    assert code == 0 and "already pinned" in out and "existing one is kept" in out
+    code, out, _ = run("peer", "add", gb_card, "--policy", "share-nothing", "--data-dir", us)
+    assert code == 0 and "already pinned" in out
+    assert "the existing one, generation 1, is kept (--policy share-nothing not applied)" in out
 
     code, out, _ = run("peer", "list", "--data-dir", us)
     fingerprint = tls.certificate_fingerprint((gb / "tls" / "ca.pem").read_bytes())
@@ -194,7 +199,8 @@ def test_revoke_by_fingerprint_or_certificate(gb: Path, run: Run, tmp_path: Path
 
 
 def test_policy_show_and_set(gb: Path, us: Path, run: Run, tmp_path: Path) -> None:
-    run("peer", "add", card_of(run, gb, tmp_path / "gb.card"), "--data-dir", us)
+    share_all = ("--policy", "share-all")
+    run("peer", "add", card_of(run, gb, tmp_path / "gb.card"), *share_all, "--data-dir", us)
     code, out, _ = run("policy", "show", "gb-nca", "--data-dir", us)
     assert code == 0 and "generation = 1" in out and 'categories = ["all"]' in out
     code, out, err = run(
@@ -230,10 +236,77 @@ def test_policy_show_and_set(gb: Path, us: Path, run: Run, tmp_path: Path) -> No
 
 def test_no_command_prints_a_secret(gb: Path, us: Path, run: Run, tmp_path: Path) -> None:
     run("node", "rotate-key", "--data-dir", gb)
-    run("peer", "add", card_of(run, gb, tmp_path / "gb.card"), "--data-dir", us)
+    run(
+        "peer",
+        "add",
+        card_of(run, gb, tmp_path / "gb.card"),
+        "--policy",
+        "share-all",
+        "--data-dir",
+        us,
+    )
     run("unit", "issue", "ceop-desk", "--out", tmp_path / "unit", "--data-dir", gb)
     run("peer", "list", "--data-dir", us)
     printed = "".join(run.seen)
     assert "PRIVATE KEY" not in printed
     secrets = [p.read_text().split()[-1] for p in (gb / "keys" / "signing").glob("*.key")]
     assert secrets and not any(secret in printed for secret in secrets)
+
+
+def test_key_history_survives_deleting_a_key_and_peer_list_shows_each_keys_state(
+    gb: Path, us: Path, run: Run, tmp_path: Path
+) -> None:
+    gb_card = card_of(run, gb, tmp_path / "gb.card")
+    code, _, err = run("peer", "add", gb_card, "--policy", "share-nothing", "--data-dir", us)
+    assert code == 0, err
+    run("node", "rotate-key", "--data-dir", gb)
+    run("node", "rotate-key", "--data-dir", gb)
+    (gb / "keys" / "signing" / "ed25519_1.key").unlink()
+    code, _, err = run("node", "revoke-key", "ed25519:3", "--entirely", "--data-dir", gb)
+    assert code == 3 and "current signing key" in err and "rotate-key" in err
+    code, out, _ = run("node", "revoke-key", "ed25519:1", "--from-seq", "5", "--data-dir", gb)
+    assert code == 0 and "ed25519:1 revoked from seq 5 on" in out
+    code, out, _ = run("node", "revoke-key", "ed25519:1", "--from-seq", "9", "--data-dir", gb)
+    assert code == 0 and "already revoked from seq 5 on; nothing changed" in out
+    code, _, err = run("node", "revoke-key", "ed25519:7", "--entirely", "--data-dir", gb)
+    assert code == 4 and "never had a signing key 'ed25519:7'" in err
+
+    card = read_card(card_of(run, gb, tmp_path / "gb2.card"))
+    assert [(k.key_id, k.revoked_from_seq) for k in card.signing_keys] == [
+        ("ed25519:1", 5),
+        ("ed25519:2", 0),
+        ("ed25519:3", 0),
+    ], "the deleted key stays in the history the card carries"
+    code, out, err = run(
+        "peer", "add", tmp_path / "gb2.card", "--replace", "--policy", "share-nothing",
+        "--data-dir", us,
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, _ = run("peer", "list", "--data-dir", us)
+    assert "keys ed25519:1 (revoked from seq 5), ed25519:2 (retired), ed25519:3 (current)" in out
+    assert "with the node running, those peers rotated to since are shown too" in out
+    code, out, _ = run("peer", "list", "--json", "--data-dir", us)
+    [key1, *_] = json.loads(out)["keys"]
+    assert key1 == {
+        "key_id": "ed25519:1",
+        "state": "revoked",
+        "retired_at_seq": 0,
+        "revoked_from_seq": 5,
+        "on_card": True,
+        "from_log": False,
+    }
+
+
+def test_peer_add_share_nothing_saves_no_policy(
+    gb: Path, us: Path, run: Run, tmp_path: Path
+) -> None:
+    gb_card = card_of(run, gb, tmp_path / "gb.card")
+    code, out, err = run("peer", "add", gb_card, "--policy", "share-nothing", "--data-dir", us)
+    assert code == 0, err
+    assert "nothing leaves for gb-nca until `hashex policy set gb-nca ...`" in out
+    assert not (us / "policy" / "gb-nca.toml").exists()
+    code, out, _ = run("policy", "show", "gb-nca", "--data-dir", us)
+    assert code == 0 and "nothing is shared with it" in out
+    with pytest.raises(SystemExit) as usage:
+        run("peer", "add", gb_card, "--policy", "share-most", "--data-dir", us)
+    assert usage.value.code == 2 and "invalid choice: 'share-most'" in run.capsys.readouterr().err

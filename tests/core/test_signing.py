@@ -96,3 +96,47 @@ def test_framing_matches_the_contract() -> None:
     assert message == b"ed25519:2\0" + new.public_key
     vouch = signing.sign_bytes(KEY, signing.KEY_ROTATION_DOMAIN, message)
     VerifyKey(KEY.public_key).verify(b"hashex.v1.KeyRotation\0" + message, vouch)
+
+
+def test_the_key_history_outlives_deleted_key_files(tmp_path: Path) -> None:
+    first = signing.create_first_key(tmp_path)
+    second = signing.rotate(tmp_path)
+    (tmp_path / "ed25519_1.key").unlink()
+    keyring = signing.Keyring.load(tmp_path)
+    assert [k.key_id for k in keyring.all()] == ["ed25519:2"]
+    old, new = keyring.history
+    assert (old.key_id, old.public_key) == ("ed25519:1", first.public_key)
+    assert new.signed_by_key_id == "ed25519:1"
+    message = signing.rotation_message(new.key_id, second.public_key)
+    assert signing.verify_bytes(
+        first.public_key, signing.KEY_ROTATION_DOMAIN, message, new.rotation_signature
+    ), "the rotation was vouched for by key 1 when it happened"
+    assert "secret" not in (tmp_path / "history.json").read_text()
+    assert first.key.encode().hex() not in (tmp_path / "history.json").read_text()
+
+
+def test_revocation_only_widens_and_never_hits_the_current_key(tmp_path: Path) -> None:
+    signing.create_first_key(tmp_path)
+    signing.rotate(tmp_path)
+    with pytest.raises(FailedPrecondition, match="rotate-key"):
+        signing.revoke(tmp_path, "ed25519:2", from_seq=1)
+    with pytest.raises(InvalidArgument, match="seq 1 or later"):
+        signing.revoke(tmp_path, "ed25519:1", from_seq=0)
+    assert signing.revoke(tmp_path, "ed25519:1", from_seq=10)[1] is True
+    assert signing.revoke(tmp_path, "ed25519:1", from_seq=20)[1] is False
+    record, changed = signing.revoke(tmp_path, "ed25519:1", from_seq=1)
+    assert changed and record.revoked_from_seq == 1
+    assert signing.Keyring.load(tmp_path).record("ed25519:1").revoked_from_seq == 1
+
+
+def test_a_history_contradicting_the_key_files_is_refused(tmp_path: Path) -> None:
+    signing.create_first_key(tmp_path)
+    signing.rotate(tmp_path)
+    (tmp_path / "ed25519_2.key").unlink()
+    with pytest.raises(FailedPrecondition, match=r"ed25519:2 is recorded .* file is missing"):
+        signing.Keyring.load(tmp_path)
+    (tmp_path / "ed25519_1.key").unlink()
+    signing.create_signing_key(tmp_path / "ed25519_1.key")
+    signing.create_signing_key(tmp_path / "ed25519_2.key", version=2)
+    with pytest.raises(FailedPrecondition, match="not the key its history records"):
+        signing.Keyring.load(tmp_path)

@@ -270,3 +270,26 @@ def test_every_position_altered_is_refused(flip: int) -> None:
         tampered[position] ^= flip
         with pytest.raises(InvalidArgument):
             trust.read_card(bytes(tampered))
+
+
+def test_a_card_carries_revocations_and_refuses_a_revoked_current_key() -> None:
+    keys = keyring(3)
+    history = tuple(r.revoked(4) if r.key_id == "ed25519:1" else r for r in keys.history)
+    data = trust.make_card(
+        node_id="gb-nca",
+        endpoint="hashex.nca.example:7443",
+        ca_certificate_pem=GB_CA.certificate_pem,
+        keyring=Keyring(keys.keys, history),
+    )
+    card = trust.read_card(data)
+    assert [k.revoked_from_seq for k in card.signing_keys] == [4, 0, 0]
+    body = body_of("gb-nca", GB_CA.certificate_pem, keys)
+    listed: list[dict[str, object]] = body["signing_keys"]  # type: ignore[assignment]
+    for bad, why in ((0, "revoked_from_seq must be a seq >= 1"), ("4", "must be a seq")):
+        listed[0]["revoked_from_seq"] = bad
+        with pytest.raises(InvalidArgument, match=why):
+            trust.read_card(forge(body, keys.current))
+    listed[0].pop("revoked_from_seq")
+    listed[2]["revoked_from_seq"] = 1
+    with pytest.raises(InvalidArgument, match="current signing key is revoked"):
+        trust.read_card(forge(body, keys.current))

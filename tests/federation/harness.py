@@ -330,7 +330,10 @@ def pin_each_other(agencies: Sequence[Agency], root: Path) -> None:
     for agency in agencies:
         for other in agencies:
             if other is not agency:
-                cli("peer", "add", root / f"{other.node_id}.card", "--data-dir", agency.data_dir)
+                cli(
+                    "peer", "add", root / f"{other.node_id}.card", "--policy", "share-all",
+                    "--data-dir", agency.data_dir,
+                )  # fmt: skip
 
 
 @asynccontextmanager

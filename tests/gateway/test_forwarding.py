@@ -100,7 +100,7 @@ async def apart(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Asy
     init_agency(own_dir, OWN, extra_config=FAST_SYNC + f"max_request_bytes = {MAX_REQUEST_BYTES}\n")
     init_agency(peer_dir, PEER)
     cli("peer", "card", "--out", root / "peer.card", "--data-dir", peer_dir)
-    cli("peer", "add", root / "peer.card", "--data-dir", own_dir)
+    cli("peer", "add", root / "peer.card", "--policy", "share-all", "--data-dir", own_dir)
     name = await pg_server.create_database()
     config = load_config(own_dir, env={"DATABASE_URL": pg_server.url_of(name)})
     registry = await start_registry(config)

@@ -27,7 +27,8 @@ from services.sync.batches import (
     VerifiedBatch,
     verify_batch,
 )
-from services.sync.entries import key_rotation_entry
+from services.sync.entries import key_revocation_entry, key_rotation_entry
+from services.sync.origin_keys import OriginKey, published, revoked
 from services.sync.policy import SharingPolicy
 from tests.sync.helpers import (
     CAID_A,
@@ -308,3 +309,120 @@ def test_verified_batch_is_frozen() -> None:
     _, [batch] = receive([signed], Cursor())
     with pytest.raises(dataclasses.FrozenInstanceError):
         batch.last_seq = 9  # type: ignore[misc]
+
+
+def rotated_log(signature: bytes = b"", signed_by: str = "") -> list[LogRow]:
+    """Media 1-2, key 2 published at seq 3 (vouched for by key 1 unless told otherwise), 4-5."""
+    rotation = key_rotation_entry(
+        3,
+        MOMENT,
+        key_id=KEY2.key_id,
+        public_key=KEY2.public_key,
+        signed_by_key_id=signed_by or KEY1.key_id,
+        signature=signature
+        or sign_bytes(KEY1, KEY_ROTATION_DOMAIN, rotation_message(KEY2.key_id, KEY2.public_key)),
+    )
+    return [
+        *log_of([True, True]),
+        LogRow(3, EntryKind.KEY_ROTATION, rotation),
+        *log_of([True] * 5)[3:],
+    ]
+
+
+def receive_windowed(
+    batches: list[federation_pb2.SignedBatch], keys: dict[str, OriginKey]
+) -> list[VerifiedBatch]:
+    """As the puller receives: each published key retires the older ones, each revocation
+    applies from the next batch on."""
+    verified, cursor = [], Cursor()
+    for signed in batches:
+        batch = verify_batch(signed, origin=ORIGIN, recipient=RECIPIENT, cursor=cursor, keys=keys)
+        verified.append(batch)
+        cursor = batch.cursor
+        for key in batch.new_keys:
+            keys = published(keys, key.key_id, key.public_key, key.seq)
+        for revocation in batch.revoked_keys:
+            keys = revoked(keys, revocation.key_id, revocation.revoked_from_seq)
+    return verified
+
+
+def test_a_retired_key_signs_only_up_to_its_successors_publication() -> None:
+    # A sender that goes on signing with key 1 after publishing key 2.
+    batches = chain(max_entries=10, schedule=(ActiveKey(0, KEY1),)).batches(rotated_log(), 5)
+    assert [b.key_id for b in batches] == ["ed25519:1", "ed25519:1"]
+    keys = {KEY1.key_id: OriginKey(KEY1.key_id, KEY1.public_key)}
+    with pytest.raises(BatchRejected) as rejected:
+        receive_windowed(batches, keys)
+    assert rejected.value.reason == "retired_key"
+    assert "retired at seq 3 when its successor was published" in str(rejected.value)
+
+
+def test_a_batch_signed_by_a_revoked_key_is_refused_with_its_reason() -> None:
+    batches = chain(max_entries=2, schedule=(ActiveKey(0, KEY1),)).batches(log_of([True] * 5), 5)
+    entirely = {KEY1.key_id: OriginKey(KEY1.key_id, KEY1.public_key, revoked_from_seq=1)}
+    with pytest.raises(BatchRejected) as rejected:
+        receive_windowed(batches, entirely)
+    assert rejected.value.reason == "revoked_key"
+    assert str(rejected.value) == (
+        "the batch (up to seq 2) is signed with key ed25519:1, which its origin revoked entirely"
+    )
+    from_three = {KEY1.key_id: OriginKey(KEY1.key_id, KEY1.public_key, revoked_from_seq=3)}
+    assert len(receive_windowed(batches[:1], from_three)) == 1, "seqs 1-2 were signed before"
+    with pytest.raises(BatchRejected, match="revoked from seq 3 on") as rejected:
+        receive_windowed(batches[:2], from_three)
+    assert rejected.value.reason == "revoked_key"
+
+
+def test_without_the_old_key_the_new_one_signs_the_whole_history_and_the_card_vouches() -> None:
+    # The origin deleted key 1's file (or revoked it): key 2 signs seqs 1-3 too.
+    schedule = (ActiveKey(0, None), ActiveKey(3, KEY2))
+    batches = chain(max_entries=10, schedule=schedule).batches(rotated_log(), 5)
+    assert [b.key_id for b in batches] == ["ed25519:2", "ed25519:2"]
+    # A new peer whose card lists key 1 (revoked) and key 2 verifies everything, the rotation
+    # to key 2 included (it is on the card).
+    card = {
+        KEY1.key_id: OriginKey(KEY1.key_id, KEY1.public_key, revoked_from_seq=1),
+        KEY2.key_id: OriginKey(KEY2.key_id, KEY2.public_key),
+    }
+    verified = receive_windowed(batches, card)
+    assert [c.seq for b in verified for c in b.changes] == [1, 2, 3, 4, 5]
+    # A rotation without a voucher is accepted only for a key on the card.
+    unvouched = rotated_log(signature=bytes(64), signed_by="ed25519:1")
+    batches = chain(max_entries=10, schedule=schedule).batches(unvouched, 5)
+    assert len(receive_windowed(batches, {KEY2.key_id: card[KEY2.key_id]})) == 2
+    with pytest.raises(BatchRejected) as rejected:
+        receive_windowed(
+            chain(max_entries=10, schedule=((ActiveKey(0, KEY1),))).batches(unvouched, 5),
+            {KEY1.key_id: OriginKey(KEY1.key_id, KEY1.public_key)},
+        )
+    assert rejected.value.reason == "bad_key_rotation"
+
+
+def test_a_revocation_in_the_log_stops_the_key_from_the_next_batch_on() -> None:
+    revocation = LogRow(
+        3,
+        EntryKind.KEY_REVOCATION,
+        key_revocation_entry(3, MOMENT, key_id=KEY1.key_id, revoked_from_seq=1),
+    )
+    log = [*log_of([True, True]), revocation, *log_of([True] * 5)[3:]]
+    keys = {
+        KEY1.key_id: OriginKey(KEY1.key_id, KEY1.public_key),
+        KEY2.key_id: OriginKey(KEY2.key_id, KEY2.public_key),
+    }
+    by_key2 = chain(max_entries=3, schedule=(ActiveKey(0, KEY2),)).batches(log, 5)
+    [first, _] = receive_windowed(by_key2, keys)
+    assert [(r.key_id, r.revoked_from_seq) for r in first.revoked_keys] == [("ed25519:1", 1)]
+    assert [c.seq for c in first.changes] == [1, 2, 3]
+    # A thief of key 1 signs what follows the revocation: refused.
+    forged = chain(max_entries=3, schedule=(ActiveKey(0, KEY1),)).batches(log, 5)
+    with pytest.raises(BatchRejected) as rejected:
+        receive_windowed([by_key2[0], forged[1]], keys)
+    assert rejected.value.reason == "revoked_key"
+
+
+def test_a_malformed_revocation_refuses_the_batch() -> None:
+    bad = key_revocation_entry(1, MOMENT, key_id=KEY1.key_id, revoked_from_seq=0)
+    batches = chain().batches([LogRow(1, EntryKind.KEY_REVOCATION, bad)], 1)
+    with pytest.raises(BatchRejected) as rejected:
+        receive(batches, Cursor())
+    assert rejected.value.reason == "bad_key_revocation"

@@ -25,13 +25,15 @@ from services.core.algorithms import SignalValue
 from services.core.changelog import store as changelog
 from services.core.changelog.store import EntryKind, PendingEntry
 from services.core.server import build_server
-from services.core.signing import rotate
+from services.core.signing import Keyring, revoke, rotate
+from services.core.trust import make_card, pin_card
 from services.registry import convert
 from services.registry.change_entries import media_entry
 from services.registry.model import IdentificationStatus, LookupResult, MediaSubmission
 from services.sync.audit_rejections import audit_quarantines, audit_rejections
 from services.sync.batches import BatchRejected
 from services.sync.divergence import Divergence, HistoryDiverged
+from services.sync.origin_keys import LearnedRevocation
 from services.sync.policy import SharingPolicy
 from services.sync.puller import PeerPuller
 from services.sync.store import CHECKPOINTS_KEPT
@@ -200,7 +202,122 @@ async def test_a_rotated_key_is_learned_from_the_log(nodes: tuple[SyncNode, Sync
     await origin.registry.submit_batch([media("after")])
     await puller(receiver).pull_once()
     assert len((await lookup(receiver, md5("after")))[0].matches) == 1
-    assert set(await receiver.sync.store.learned_keys("gb-nca")) == {"ed25519:2"}
+    learned = await receiver.sync.store.learned_keys("gb-nca")
+    assert [k.key_id for k in learned] == ["ed25519:2"]
+
+
+async def test_a_new_peer_replicates_everything_after_the_old_key_file_is_deleted(
+    nodes: tuple[SyncNode, SyncNode],
+) -> None:
+    origin, receiver = nodes
+    origin.set_policy("us-fbi", SharingPolicy())
+    keys_dir = origin.config.signing_keys_dir
+    await origin.registry.submit_batch([media("before")])
+    await asyncio.to_thread(rotate, keys_dir)
+    (keys_dir / "ed25519_1.key").unlink()  # before the running node even logged the rotation
+    assert await origin.sync.store.log_key_rotations(origin.keyring()) == ["ed25519:2"]
+    await origin.registry.submit_batch([media("after")])
+    # us-fbi has pulled nothing yet: with the origin's current card it is a new peer.
+    await asyncio.to_thread(
+        pin_card, receiver.config.peers_dir, origin.card(), own_node_id="us-fbi", replace=True
+    )
+    await puller(receiver).pull_once()
+    assert [len(r.matches) for r in await lookup(receiver, md5("before"), md5("after"))] == [1, 1]
+    assert receiver.rejections == []
+    learned = await receiver.sync.store.learned_keys("gb-nca")
+    assert [k.key_id for k in learned] == ["ed25519:2"]
+
+
+async def test_a_batch_signed_by_a_revoked_key_is_refused_and_reported(
+    nodes: tuple[SyncNode, SyncNode],
+) -> None:
+    origin, receiver = nodes
+    origin.set_policy("us-fbi", SharingPolicy())
+    keys_dir = origin.config.signing_keys_dir
+    await origin.registry.submit_batch([media("m")])
+    await asyncio.to_thread(rotate, keys_dir)
+    await origin.sync.store.log_key_rotations(origin.keyring())
+    # The receiver pins a card revoking key 1 while the origin still signs with it (as a
+    # thief of key 1 would).
+    keyring = origin.keyring()
+    revoking = Keyring(
+        keyring.keys, tuple(r.revoked(1) if r.key_id == "ed25519:1" else r for r in keyring.history)
+    )
+    card = make_card(
+        node_id="gb-nca",
+        endpoint=origin.endpoint,
+        ca_certificate_pem=origin.ca.certificate_pem,
+        keyring=revoking,
+    )
+    await asyncio.to_thread(
+        pin_card, receiver.config.peers_dir, card, own_node_id="us-fbi", replace=True
+    )
+    with pytest.raises(BatchRejected) as rejected:
+        await puller(receiver).pull_once()
+    assert rejected.value.reason == "revoked_key"
+    [(peer_id, reported)] = receiver.rejections
+    assert peer_id == "gb-nca" and reported.reason == "revoked_key"
+    assert "signed with key ed25519:1, which its origin revoked entirely" in str(reported)
+    assert not (await lookup(receiver, md5("m")))[0].matches
+    # Once the origin revokes key 1 itself, key 2 signs its whole history.
+    await asyncio.to_thread(revoke, keys_dir, "ed25519:1", from_seq=1)
+    await puller(receiver).pull_once()
+    assert len((await lookup(receiver, md5("m")))[0].matches) == 1
+
+
+async def test_sync_status_shows_the_keys_a_peer_rotated_to(
+    nodes: tuple[SyncNode, SyncNode], capsys: pytest.CaptureFixture[str]
+) -> None:
+    origin, receiver = nodes
+    origin.set_policy("us-fbi", SharingPolicy())
+    await origin.registry.submit_batch([media("m")])
+    await asyncio.to_thread(rotate, origin.config.signing_keys_dir)
+    await origin.sync.store.log_key_rotations(origin.keyring())
+    await puller(receiver).pull_once()
+    async with admin_port(receiver) as address:
+        code = await asyncio.to_thread(hashex_main, ["sync", "status", "--node", address])
+        assert code == 0
+        text = capsys.readouterr().out
+        assert (
+            "gb-nca: keys ed25519:1 (retired at seq 2), "
+            "ed25519:2 (current, learned from its log)" in text
+        ), "the card pinned before the rotation lists key 1 only"
+        await asyncio.to_thread(hashex_main, ["sync", "status", "--json", "--node", address])
+        [peer] = json.loads(capsys.readouterr().out)["peers"]
+        assert [(k["keyId"], k["state"], k["onCard"]) for k in peer["signingKeys"]] == [
+            ("ed25519:1", "STATE_RETIRED", True),
+            ("ed25519:2", "STATE_CURRENT", False),
+        ]
+
+
+async def test_a_peer_that_pinned_the_card_long_ago_learns_a_revocation_from_the_log(
+    nodes: tuple[SyncNode, SyncNode],
+) -> None:
+    origin, receiver = nodes
+    origin.set_policy("us-fbi", SharingPolicy())
+    keys_dir = origin.config.signing_keys_dir
+    await origin.registry.submit_batch([media("m")])
+    await asyncio.to_thread(rotate, keys_dir)
+    await origin.sync.store.log_key_rotations(origin.keyring())
+    await puller(receiver).pull_once()
+    await asyncio.to_thread(revoke, keys_dir, "ed25519:1", from_seq=1)
+    assert await origin.sync.store.log_key_revocations(origin.keyring()) == ["ed25519:1"]
+    assert await origin.sync.store.log_key_revocations(origin.keyring()) == [], "logged once"
+    await puller(receiver).pull_once()
+    assert await receiver.sync.store.learned_revocations("gb-nca") == [
+        LearnedRevocation("ed25519:1", 1)
+    ]
+    status = await receiver.sync.admin.GetSyncStatus(federation_pb2.GetSyncStatusRequest(), None)
+    [peer] = status.peers
+    assert [(k.key_id, k.state) for k in peer.signing_keys] == [
+        ("ed25519:1", federation_pb2.PeerSigningKey.STATE_REVOKED),
+        ("ed25519:2", federation_pb2.PeerSigningKey.STATE_CURRENT),
+    ]
+    # A wider policy re-offers the whole log: key 2 signs it all, key 1's seqs included.
+    origin.set_policy("us-fbi", SharingPolicy(disclose_desk=True))
+    await puller(receiver).pull_once()
+    assert receiver.rejections == []
+    assert len((await lookup(receiver, md5("m")))[0].matches) == 1
 
 
 async def test_pullers_run_continuously_and_stop_cleanly(

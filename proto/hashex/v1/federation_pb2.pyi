@@ -342,7 +342,9 @@ class SignedBatch(_message.Message):
     body: _builtins.bytes
     """A serialized BatchBody."""
     key_id: _builtins.str
-    """The signing key, `ed25519:<n>`, one of the origin's published keys."""
+    """The signing key, `ed25519:<n>`, one of the origin's published keys, valid for the batch's
+    seq range (see KeyRotation).
+    """
     signature: _builtins.bytes
     """Ed25519 over the ASCII bytes "hashex.v1.BatchBody\\0" followed by `body`."""
     def __init__(
@@ -438,6 +440,7 @@ class ChangeEntry(_message.Message):
     RETRACTION_FIELD_NUMBER: _builtins.int
     SERIES_FIELD_NUMBER: _builtins.int
     KEY_ROTATION_FIELD_NUMBER: _builtins.int
+    KEY_REVOCATION_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     @_builtins.property
     def changed_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -453,6 +456,8 @@ class ChangeEntry(_message.Message):
 
     @_builtins.property
     def key_rotation(self) -> Global___KeyRotation: ...
+    @_builtins.property
+    def key_revocation(self) -> Global___KeyRevocation: ...
     def __init__(
         self,
         *,
@@ -462,12 +467,13 @@ class ChangeEntry(_message.Message):
         retraction: Global___MediaRetraction | None = ...,
         series: _common_pb2.Series | None = ...,
         key_rotation: Global___KeyRotation | None = ...,
+        key_revocation: Global___KeyRevocation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "changed_at", b"changed_at", "key_rotation", b"key_rotation", "media", b"media", "retraction", b"retraction", "series", b"series"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "changed_at", b"changed_at", "key_revocation", b"key_revocation", "key_rotation", b"key_rotation", "media", b"media", "retraction", b"retraction", "series", b"series"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "changed_at", b"changed_at", "key_rotation", b"key_rotation", "media", b"media", "retraction", b"retraction", "seq", b"seq", "series", b"series"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "changed_at", b"changed_at", "key_revocation", b"key_revocation", "key_rotation", b"key_rotation", "media", b"media", "retraction", b"retraction", "seq", b"seq", "series", b"series"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["media", "retraction", "series", "key_rotation"]  # noqa: Y015
+    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["media", "retraction", "series", "key_rotation", "key_revocation"]  # noqa: Y015
     _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_change) -> _WhichOneofReturnType_change | None: ...
 
@@ -494,7 +500,16 @@ Global___MediaRetraction: _TypeAlias = MediaRetraction  # noqa: Y015
 
 @_typing.final
 class KeyRotation(_message.Message):
-    """A new signing key of the origin, signed by the key it succeeds."""
+    """A new signing key of the origin, signed by the key it succeeds. Publishing key n+1 at seq R
+    retires every older key: a retired key is valid only for batches ending at or before R; the
+    newest key is valid for every seq (an origin whose old key file is gone signs older seqs with
+    it). A key the receiver already knows with the same public key (its pinned card lists the
+    origin's whole key history) needs no voucher; any other key is accepted only when
+    `signed_by_key_id` is a known key valid at this entry's seq and the signature verifies.
+    Revocations (after a compromise) travel on the card (`revoked_from_seq` of a key: it signs no
+    batch reaching that seq; 1: none at all) and in the log (KeyRevocation); a receiver refuses a
+    batch signed by a key not valid for it (`revoked_key`, `retired_key`).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -507,6 +522,7 @@ class KeyRotation(_message.Message):
     public_key: _builtins.bytes
     """32 bytes."""
     signed_by_key_id: _builtins.str
+    """Empty when the predecessor's key file was gone before the rotation was recorded."""
     signature: _builtins.bytes
     """Ed25519 by `signed_by_key_id` over "hashex.v1.KeyRotation\\0" + key_id + "\\0" + public_key."""
     def __init__(
@@ -524,6 +540,36 @@ class KeyRotation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KeyRotation: _TypeAlias = KeyRotation  # noqa: Y015
+
+@_typing.final
+class KeyRevocation(_message.Message):
+    """One of the origin's keys revoked (after a compromise): it signs no batch reaching
+    `revoked_from_seq` (1: none at all). Carried in a batch signed by a valid key, which vouches
+    for it; receivers that pinned the origin's card before the revocation learn it here, and keep
+    the widest revocation they know (card or log). An origin never revokes its current key.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    REVOKED_FROM_SEQ_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """`ed25519:<n>`."""
+    revoked_from_seq: _builtins.int
+    """>= 1."""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        revoked_from_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "revoked_from_seq", b"revoked_from_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyRevocation: _TypeAlias = KeyRevocation  # noqa: Y015
 
 @_typing.final
 class FederatedLookupRequest(_message.Message):
@@ -685,6 +731,7 @@ class PeerSyncStatus(_message.Message):
     QUARANTINED_ENTRIES_FIELD_NUMBER: _builtins.int
     RESYNCING_FIELD_NUMBER: _builtins.int
     AUDIT_ALARM_FIELD_NUMBER: _builtins.int
+    SIGNING_KEYS_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     endpoint: _builtins.str
     cursor_seq: _builtins.int
@@ -712,6 +759,13 @@ class PeerSyncStatus(_message.Message):
     def last_success_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def last_error_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def signing_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerSigningKey]:
+        """The peer's signing keys as this node knows them, oldest first: those on its pinned card
+        and those learned from the KeyRotation entries of its log (a key it rotated to after the
+        card was pinned). At most 256 from the card plus those its log published.
+        """
+
     def __init__(
         self,
         *,
@@ -728,14 +782,78 @@ class PeerSyncStatus(_message.Message):
         quarantined_entries: _builtins.int = ...,
         resyncing: _builtins.bool = ...,
         audit_alarm: _builtins.str = ...,
+        signing_keys: _abc.Iterable[Global___PeerSigningKey] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_error_at", b"last_error_at", "last_success_at", b"last_success_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_entries", b"applied_entries", "audit_alarm", b"audit_alarm", "cursor_seq", b"cursor_seq", "endpoint", b"endpoint", "lag", b"lag", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_success_at", b"last_success_at", "peer_id", b"peer_id", "peer_last_seq", b"peer_last_seq", "quarantined_entries", b"quarantined_entries", "rejected_batches", b"rejected_batches", "resyncing", b"resyncing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_entries", b"applied_entries", "audit_alarm", b"audit_alarm", "cursor_seq", b"cursor_seq", "endpoint", b"endpoint", "lag", b"lag", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_success_at", b"last_success_at", "peer_id", b"peer_id", "peer_last_seq", b"peer_last_seq", "quarantined_entries", b"quarantined_entries", "rejected_batches", b"rejected_batches", "resyncing", b"resyncing", "signing_keys", b"signing_keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PeerSyncStatus: _TypeAlias = PeerSyncStatus  # noqa: Y015
+
+@_typing.final
+class PeerSigningKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[PeerSigningKey._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: PeerSigningKey._State.ValueType  # 0
+        STATE_CURRENT: PeerSigningKey._State.ValueType  # 1
+        """The newest key known: valid for every seq."""
+        STATE_RETIRED: PeerSigningKey._State.ValueType  # 2
+        """A successor was published at `retired_at_seq`: valid for batches ending at or before it
+        (0 when the successor is known from the card but its rotation not yet pulled).
+        """
+        STATE_REVOKED: PeerSigningKey._State.ValueType  # 3
+        """Revoked on the pinned card: valid for no batch reaching `revoked_from_seq` (1: none)."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: PeerSigningKey.State.ValueType  # 0
+    STATE_CURRENT: PeerSigningKey.State.ValueType  # 1
+    """The newest key known: valid for every seq."""
+    STATE_RETIRED: PeerSigningKey.State.ValueType  # 2
+    """A successor was published at `retired_at_seq`: valid for batches ending at or before it
+    (0 when the successor is known from the card but its rotation not yet pulled).
+    """
+    STATE_REVOKED: PeerSigningKey.State.ValueType  # 3
+    """Revoked on the pinned card: valid for no batch reaching `revoked_from_seq` (1: none)."""
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RETIRED_AT_SEQ_FIELD_NUMBER: _builtins.int
+    REVOKED_FROM_SEQ_FIELD_NUMBER: _builtins.int
+    ON_CARD_FIELD_NUMBER: _builtins.int
+    FROM_LOG_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """`ed25519:<n>`."""
+    state: Global___PeerSigningKey.State.ValueType
+    retired_at_seq: _builtins.int
+    revoked_from_seq: _builtins.int
+    on_card: _builtins.bool
+    """On the pinned card / published in the peer's log (applied here); at least one is true."""
+    from_log: _builtins.bool
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        state: Global___PeerSigningKey.State.ValueType = ...,
+        retired_at_seq: _builtins.int = ...,
+        revoked_from_seq: _builtins.int = ...,
+        on_card: _builtins.bool = ...,
+        from_log: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_log", b"from_log", "key_id", b"key_id", "on_card", b"on_card", "retired_at_seq", b"retired_at_seq", "revoked_from_seq", b"revoked_from_seq", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerSigningKey: _TypeAlias = PeerSigningKey  # noqa: Y015
 
 @_typing.final
 class ListQuarantineRequest(_message.Message):

@@ -41,6 +41,7 @@ class EntryKind(IntEnum):
     RETRACTION = 2
     SERIES = 3
     KEY_ROTATION = 4
+    KEY_REVOCATION = 5
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,11 @@ async def key_rotations(conn: Any) -> list[LogRow]:
     return [_row(r) for r in await conn.fetch(_KEY_ROTATIONS)]
 
 
+async def key_revocations(conn: Any) -> list[LogRow]:
+    """Every signing-key revocation entry, in seq order (few: one per key revoked)."""
+    return [_row(r) for r in await conn.fetch(_KEY_REVOCATIONS)]
+
+
 def _row(r: Any) -> LogRow:
     before = r["media_before"]
     return LogRow(
@@ -156,4 +162,7 @@ SELECT seq, kind, entry, media_before, chain FROM change_log WHERE seq > $1 ORDE
 # The literal 4 (EntryKind.KEY_ROTATION) lets the partial index on key rotations serve it.
 _KEY_ROTATIONS = """
 SELECT seq, kind, entry, media_before, chain FROM change_log WHERE kind = 4 ORDER BY seq
+"""
+_KEY_REVOCATIONS = """
+SELECT seq, kind, entry, media_before, chain FROM change_log WHERE kind = 5 ORDER BY seq
 """
