@@ -319,7 +319,7 @@ def _keys_known_to_the_running_node(
 ) -> dict[str, list[KeyStatus]] | None:
     """Each peer's keys as the running node knows them (card and log), or None when the node
     is not running or does not answer (the cards alone are shown then)."""
-    if not config.address_file.exists():
+    if not config.admin_socket_path.is_socket():
         return None
     local = argparse.Namespace(data_dir=ns.data_dir, node=None, cert=None, gateway=None)
     try:

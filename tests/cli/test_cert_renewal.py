@@ -22,6 +22,7 @@ from services.core.audit.store import AuditStore
 from services.core.config import load_config
 from services.core.trust import TrustStore
 from services.gateway.app import start_gateway
+from tests.signed_caller import WORKING_ROLES
 from tests.store_calls import database_of
 
 
@@ -112,7 +113,7 @@ async def test_a_running_gateway_presents_the_renewed_certificate_without_restar
     expire_node_certificate(node)
     config = load_config(node)
     ca = load_ca(config)
-    unit = tls.issue_unit_certificate(ca, unit="desk")
+    unit = tls.issue_unit_certificate(ca, unit="desk", roles=WORKING_ROLES)
     client = tmp_path / "client"
     tls.write_certified_key(
         unit, certificate_path=client / "unit.pem", key_path=client / "unit.key"
@@ -159,7 +160,7 @@ async def test_a_running_gateway_presents_the_renewed_certificate_without_restar
 
 def unit_files(directory: Path, ca: tls.NodeCa, *, now: datetime, ca_pem: bytes = b"") -> Path:
     """desk.pem, desk.key and ca.pem as `hashex unit issue` writes them, issued at `now`."""
-    unit = tls.issue_unit_certificate(ca, unit="desk", now=now)
+    unit = tls.issue_unit_certificate(ca, unit="desk", roles=WORKING_ROLES, now=now)
     pem = directory / "desk.pem"
     tls.write_certified_key(unit, certificate_path=pem, key_path=directory / "desk.key")
     (directory / "ca.pem").write_bytes(ca_pem or ca.certificate_pem)

@@ -245,7 +245,17 @@ def test_no_command_prints_a_secret(gb: Path, us: Path, run: Run, tmp_path: Path
         "--data-dir",
         us,
     )
-    run("unit", "issue", "ceop-desk", "--out", tmp_path / "unit", "--data-dir", gb)
+    run(
+        "unit",
+        "issue",
+        "ceop-desk",
+        "--role",
+        "analyst",
+        "--out",
+        tmp_path / "unit",
+        "--data-dir",
+        gb,
+    )
     run("peer", "list", "--data-dir", us)
     printed = "".join(run.seen)
     assert "PRIVATE KEY" not in printed

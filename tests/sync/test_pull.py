@@ -284,9 +284,9 @@ async def test_sync_status_shows_the_keys_a_peer_rotated_to(
         ), "the card pinned before the rotation lists key 1 only"
         await asyncio.to_thread(hashex_main, ["sync", "status", "--json", "--node", address])
         [peer] = json.loads(capsys.readouterr().out)["peers"]
-        assert [(k["keyId"], k["state"], k["onCard"]) for k in peer["signingKeys"]] == [
-            ("ed25519:1", "STATE_RETIRED", True),
-            ("ed25519:2", "STATE_CURRENT", False),
+        assert [(k["key_id"], k["state"], k["on_card"]) for k in peer["signing_keys"]] == [
+            ("ed25519:1", "retired", True),
+            ("ed25519:2", "current", False),
         ]
 
 
