@@ -24,7 +24,7 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 DOMAIN = b"hashex.v1.AuditRecord\0"
 GENESIS_DIGEST = bytes(32)
@@ -77,7 +77,7 @@ def canonical_bytes(seq: int, entry: AuditEntry) -> bytes:
     """
     document = {
         "seq": seq,
-        "at_us": _micros(entry.at),
+        "at_us": micros(entry.at),
         "duration_ms": entry.duration_ms,
         "caller": entry.caller,
         "fingerprint": entry.fingerprint,
@@ -165,6 +165,11 @@ def clip(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
 
 
-def _micros(moment: datetime) -> int:
+def micros(moment: datetime) -> int:
+    """Microseconds since the epoch, exactly (the canonical form's and the spool's time)."""
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)

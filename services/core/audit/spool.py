@@ -25,18 +25,16 @@ import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from services.core.audit.chain import AuditEntry
+from services.core.audit.chain import AuditEntry, from_micros, micros
 
 _log = logging.getLogger(__name__)
 
 SPOOL_FILE = "audit-spool.jsonl"
 # About 40,000 records of ~400 bytes: hours of a busy gateway's calls.
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class SpoolFull(Exception):
@@ -144,9 +142,8 @@ def _line(document: dict[str, Any]) -> bytes:
 
 
 def _to_json(entry: AuditEntry) -> dict[str, Any]:
-    delta = entry.at - _EPOCH
     return {
-        "at_us": (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds,
+        "at_us": micros(entry.at),
         "duration_ms": entry.duration_ms,
         "caller": entry.caller,
         "fingerprint": entry.fingerprint,
@@ -162,7 +159,7 @@ def _to_json(entry: AuditEntry) -> dict[str, Any]:
 
 def _from_json(document: dict[str, Any]) -> AuditEntry:
     return AuditEntry(
-        at=_EPOCH + timedelta(microseconds=int(document["at_us"])),
+        at=from_micros(int(document["at_us"])),
         duration_ms=int(document["duration_ms"]),
         caller=str(document["caller"]),
         fingerprint=str(document["fingerprint"]),
