@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         lookup_command,
         media_command,
         node_command,
+        policy_command,
         records_command,
         service_command,
         submit_command,
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_command.register(sub)
     unit_command.register(sub)
     trust_command.register(sub)
+    policy_command.register(sub)
     sync_command.register(sub)
     service_command.register(sub)
     return parser

@@ -1,5 +1,5 @@
-"""`hashex peer ...` and `hashex policy ...`: the operator's trust decisions about peers (units'
-certificates: services.cli.unit_command).
+"""`hashex peer ...`: the operator's trust decisions about peers (what is shared with each:
+services.cli.policy_command; units' certificates: services.cli.unit_command).
 
 All of them work on the node's data directory, so they run with the node up or down; the running
 node re-reads peers, the deny-list and policies by itself. Every command can be re-run: doing
@@ -37,15 +37,10 @@ from services.core.trust import (
     read_card,
     unpin,
 )
-from services.registry.model import check_id
 from services.sync.origin_keys import KeyStatus, key_statuses
 from services.sync.policy import (
     DEFAULT_POLICY,
-    SharingPolicy,
     load_policy,
-    parse_algorithms,
-    parse_categories,
-    render_policy,
     save_policy,
 )
 
@@ -63,11 +58,6 @@ _PROTO_KEY_STATES = {
 
 
 def register(sub: _Sub) -> None:
-    _register_peer(sub)
-    _register_policy(sub)
-
-
-def _register_peer(sub: _Sub) -> None:
     peer = sub.add_parser("peer", help="exchange cards with peer nodes, pin, remove, revoke")
     peer_sub = peer.add_subparsers(dest="peer_command", metavar="COMMAND", required=True)
     card = peer_sub.add_parser(
@@ -124,57 +114,11 @@ def _register_peer(sub: _Sub) -> None:
     revoke.set_defaults(func=lambda ns: run_command(_revoke, ns))
 
 
-def _register_policy(sub: _Sub) -> None:
-    policy = sub.add_parser("policy", help="show and set what this node shares with a peer")
-    policy_sub = policy.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
-    show = policy_sub.add_parser("show", help="print a peer's sharing policy")
-    show.add_argument("peer_id", help="the peer's node id")
-    add_data_dir_option(show)
-    show.set_defaults(func=lambda ns: run_command(_policy_show, ns))
-    change = policy_sub.add_parser(
-        "set",
-        help="change a peer's sharing policy",
-        description="Change only the settings given; the rest stay. A change bumps the "
-        "policy generation, so entries a wider policy now allows are offered again.",
-        epilog="example: hashex policy set us-fbi --categories vics-us:1,vics-us:2 --no-desk",
-    )
-    change.add_argument("peer_id", help="the peer's node id")
-    change.add_argument(
-        "--categories",
-        nargs="+",
-        metavar="CATEGORY",
-        help="'all', 'uncategorised' or SCHEME:CODE (vics-us:0-4, caid-uk:A-C, "
-        "interpol-baseline:yes/no); space- or comma-separated",
-    )
-    change.add_argument(
-        "--algorithms", nargs="+", metavar="ALGORITHM", help="'all' or md5, sha1, sha256, ..."
-    )
-    change.add_argument(
-        "--victim-status",
-        dest="victim_status",
-        action=argparse.BooleanOptionalAction,
-        help="disclose victim identification status",
-    )
-    change.add_argument(
-        "--desk",
-        action=argparse.BooleanOptionalAction,
-        help="disclose the responsible victim-ID desk",
-    )
-    change.add_argument(
-        "--embargo", action="append", default=[], metavar="SERIES", help="embargo a series"
-    )
-    change.add_argument(
-        "--lift-embargo", action="append", default=[], metavar="SERIES", help="lift an embargo"
-    )
-    add_data_dir_option(change)
-    change.set_defaults(func=lambda ns: run_command(_policy_set, ns))
-
-
-def _config(ns: argparse.Namespace) -> NodeConfig:
+def node_config(ns: argparse.Namespace) -> NodeConfig:
     return load_config(ns.data_dir.resolve())
 
 
-def _store(config: NodeConfig) -> TrustStore:
+def trust_store(config: NodeConfig) -> TrustStore:
     ca_path = ca_paths(config)[0]
     own_ca = ca_path.read_bytes() if ca_path.exists() else b""
     return TrustStore(config.peers_dir, own_ca, own_node_id=config.node_id)
@@ -185,7 +129,7 @@ def _bad(message: str) -> CommandFailed:
 
 
 def _card(ns: argparse.Namespace) -> int:
-    config = _config(ns)
+    config = node_config(ns)
     endpoint = ns.endpoint or config.gateway_endpoint or _listened(config)
     try:
         check_endpoint(endpoint)
@@ -227,7 +171,7 @@ def _listened(config: NodeConfig) -> str:
 
 
 def _add(ns: argparse.Namespace) -> int:
-    config = _config(ns)
+    config = node_config(ns)
     try:
         data = ns.card.read_bytes()
     except OSError as error:
@@ -271,8 +215,8 @@ def _add(ns: argparse.Namespace) -> int:
 
 
 def _list(ns: argparse.Namespace) -> int:
-    config = _config(ns)
-    store = _store(config)
+    config = node_config(ns)
+    store = trust_store(config)
     peers = store.peers()
     denied = store.denied()
     known = _keys_known_to_the_running_node(ns, config)
@@ -360,7 +304,7 @@ def _shown_key(key: KeyStatus) -> str:
 
 
 def _remove(ns: argparse.Namespace) -> int:
-    config = _config(ns)
+    config = node_config(ns)
     peer_id = check_node_id(ns.peer_id)
     if not unpin(config.peers_dir, peer_id):
         print(f"peer {peer_id} was not pinned; nothing changed")
@@ -371,7 +315,7 @@ def _remove(ns: argparse.Namespace) -> int:
 
 
 def _revoke(ns: argparse.Namespace) -> int:
-    config = _config(ns)
+    config = node_config(ns)
     if ns.cert:
         try:
             fingerprint = tls.certificate_fingerprint(ns.cert.read_bytes())
@@ -386,60 +330,3 @@ def _revoke(ns: argparse.Namespace) -> int:
         return exit_codes.OK
     print(f"revoked sha256 {fingerprint}: the gateway refuses it from the next connection on")
     return exit_codes.OK
-
-
-def _policy_show(ns: argparse.Namespace) -> int:
-    config = _config(ns)
-    peer_id = check_node_id(ns.peer_id)
-    policy = load_policy(config.policy_dir, peer_id)
-    if policy is None:
-        pinned = peer_id in _store(config).peers()
-        if not pinned:
-            raise _bad(f"{peer_id} is not a pinned peer and has no policy")
-        print(f"# no sharing policy for {peer_id}: nothing is shared with it")
-        return exit_codes.OK
-    print(f"# {peer_id}")
-    print(render_policy(policy), end="")
-    return exit_codes.OK
-
-
-def _policy_set(ns: argparse.Namespace) -> int:
-    config = _config(ns)
-    peer_id = check_node_id(ns.peer_id)
-    if peer_id not in _store(config).peers():
-        raise _bad(f"{peer_id} is not a pinned peer; add its card first (`hashex peer add`)")
-    existing = load_policy(config.policy_dir, peer_id)
-    saved = save_policy(config.policy_dir, peer_id, _changed(existing or DEFAULT_POLICY, ns))
-    if saved == existing:
-        print(f"policy for {peer_id} unchanged (generation {saved.generation})")
-    else:
-        print(f"policy for {peer_id} saved as generation {saved.generation}:")
-    print(render_policy(saved), end="")
-    return exit_codes.OK
-
-
-def _changed(policy: SharingPolicy, ns: argparse.Namespace) -> SharingPolicy:
-    categories = policy.categories
-    if ns.categories is not None:
-        categories = parse_categories(_split(ns.categories))
-    algorithms = policy.algorithms
-    if ns.algorithms is not None:
-        algorithms = parse_algorithms(_split(ns.algorithms))
-    embargo = {check_id("series id", s) for s in _split(ns.embargo)}
-    lift = {check_id("series id", s) for s in _split(ns.lift_embargo)}
-    if embargo & lift:
-        raise _bad(f"series {', '.join(sorted(embargo & lift))} both embargoed and lifted")
-    return SharingPolicy(
-        categories=categories,
-        algorithms=algorithms,
-        disclose_victim_status=policy.disclose_victim_status
-        if ns.victim_status is None
-        else ns.victim_status,
-        disclose_desk=policy.disclose_desk if ns.desk is None else ns.desk,
-        embargoed_series=(policy.embargoed_series | embargo) - lift,
-        generation=policy.generation,
-    )
-
-
-def _split(values: list[str]) -> list[str]:
-    return [item.strip() for value in values for item in value.split(",") if item.strip()]
