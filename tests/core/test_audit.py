@@ -20,7 +20,7 @@ from services.cli.main import main as hashex_main
 from services.core.audit.chain import AuditEntry, ChainVerifier, seal_all
 from services.core.audit.recorder import AuditRecorder
 from services.core.audit.refusals import OVERFLOW_CALLER, RefusalWindows
-from services.core.audit.store import MIGRATIONS_DIR, AuditStore
+from services.core.audit.store import MIGRATIONS_DIR, AuditQuery, AuditStore, search_statement
 from services.core.config import write_config
 from services.core.db.location import EmbeddedDatabase
 from services.core.db.migrations import apply_migrations
@@ -96,7 +96,12 @@ async def test_the_audit_migration_takes_over_the_log_an_earlier_release_created
         )
         await apply_migrations(pool, MIGRATIONS_DIR)
         versions = await pool.fetch("SELECT component, version FROM schema_version ORDER BY 1, 2")
-        assert [tuple(v) for v in versions] == [("audit", 1), ("audit", 2), ("gateway", 1)]
+        assert [tuple(v) for v in versions] == [
+            ("audit", 1),
+            ("audit", 2),
+            ("audit", 3),
+            ("gateway", 1),
+        ]
         verifier = ChainVerifier()
         assert [verifier.check(r) async for r in AuditStore(database_of(pool)).records()] == [
             None
@@ -226,3 +231,23 @@ def test_refusal_windows_bound_the_rows_of_many_callers() -> None:
     [overflow] = windows.due(now=60.0)
     assert (overflow.caller, overflow.method, overflow.calls) == (OVERFLOW_CALLER, "*", 3)
     assert windows.admit(refused[0], now=61.0).entry == refused[0]  # a new window
+
+
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [
+        (AuditQuery(caller="spiffe://hashex/node/us-fbi"), "audit_log_caller_seq_idx"),
+        (AuditQuery(method="/hashex.v1.Federation/Pull"), "audit_log_method_seq_idx"),
+        (AuditQuery(since=T0, until=T0 + timedelta(hours=1)), "audit_log_at_brin_idx"),
+    ],
+)
+async def test_audit_show_filters_are_served_by_an_index(
+    db_pool: Any, query: AuditQuery, index: str
+) -> None:
+    """Without them a filtered page read the whole log (seq scans are priced out: the test
+    table is small enough that the planner would otherwise scan it anyway)."""
+    sql, args = search_statement(query)
+    async with db_pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {sql}", *args))
+    assert index in plan, plan

@@ -125,31 +125,7 @@ class AuditStore:
 
     async def search(self, query: AuditQuery) -> list[AuditRecord]:
         """Records matching `query`, newest first, at most `query.limit` of them."""
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (
-            ("caller", query.caller),
-            ("method", query.method),
-            ("status", query.status),
-        ):
-            if value is not None:
-                args.append(value)
-                where.append(f"{column} = ${len(args)}")
-        if query.since is not None:
-            args.append(query.since)
-            where.append(f"at >= ${len(args)}")
-        if query.until is not None:
-            args.append(query.until)
-            where.append(f"at < ${len(args)}")
-        if query.before_seq is not None:
-            args.append(query.before_seq)
-            where.append(f"seq < ${len(args)}")
-        args.append(query.limit)
-        condition = f"WHERE {' AND '.join(where)} " if where else ""
-        sql = (
-            f"SELECT {_COLUMNS} FROM audit_log {condition}"  # noqa: S608  # columns are ours
-            f"ORDER BY seq DESC LIMIT ${len(args)}"
-        )
+        sql, args = search_statement(query)
         async with self._db.connection() as conn:
             rows = await conn.fetch(sql, *args)
         return [_record(row) for row in rows]
@@ -212,3 +188,34 @@ def _record(row: Any) -> AuditRecord:
         previous_digest=bytes(row["previous_digest"]),
         digest=bytes(row["digest"]),
     )
+
+
+def search_statement(query: AuditQuery) -> tuple[str, list[Any]]:
+    """The statement `search` runs and its arguments (the filters given, newest first; the
+    migration 0003 indexes serve each filter)."""
+    where: list[str] = []
+    args: list[Any] = []
+    for column, value in (
+        ("caller", query.caller),
+        ("method", query.method),
+        ("status", query.status),
+    ):
+        if value is not None:
+            args.append(value)
+            where.append(f"{column} = ${len(args)}")
+    if query.since is not None:
+        args.append(query.since)
+        where.append(f"at >= ${len(args)}")
+    if query.until is not None:
+        args.append(query.until)
+        where.append(f"at < ${len(args)}")
+    if query.before_seq is not None:
+        args.append(query.before_seq)
+        where.append(f"seq < ${len(args)}")
+    args.append(query.limit)
+    condition = f"WHERE {' AND '.join(where)} " if where else ""
+    sql = (
+        f"SELECT {_COLUMNS} FROM audit_log {condition}"  # noqa: S608  # columns are ours
+        f"ORDER BY seq DESC LIMIT ${len(args)}"
+    )
+    return sql, args
