@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -41,11 +41,38 @@ class Gathered:
     # is an error, as it was asked for; in a folder it is skipped, as `hashex hash` skips it.
     named: set[Path] = field(default_factory=set)
     skipped: int = 0
+    # Where each item (a file, a hash file's record, a line, a hash argument) ends in `queries`.
+    item_ends: list[int] = field(default_factory=list)
+
+    def add_item(self, queries: Iterable[Query]) -> None:
+        before = len(self.queries)
+        self.queries.extend(queries)
+        if len(self.queries) > before:
+            self.item_ends.append(len(self.queries))
+
+    def items(self) -> list[list[SignalValue]]:
+        starts = [0, *self.item_ends[:-1]]
+        return [
+            [signal for signal, _ in self.queries[start:end]]
+            for start, end in zip(starts, self.item_ends, strict=True)
+        ]
 
 
 def collect_queries(arguments: Sequence[str], *, err: TextIO | None = None) -> list[Query]:
     """Every hash to look up with the label it is shown under; raises InvalidArgument naming
     every problem, before anything is sent."""
+    return _collect(arguments, err).queries
+
+
+def collect_items(
+    arguments: Sequence[str], *, err: TextIO | None = None
+) -> list[list[SignalValue]]:
+    """The hashes of each item given (an image, a hash file's record, a line of a hash list, a
+    hash argument), read and checked as collect_queries does."""
+    return _collect(arguments, err).items()
+
+
+def _collect(arguments: Sequence[str], err: TextIO | None) -> Gathered:
     notes = err or sys.stderr
     gathered = Gathered()
     for position, text in enumerate(arguments, start=1):
@@ -63,13 +90,13 @@ def collect_queries(arguments: Sequence[str], *, err: TextIO | None = None) -> l
         if gathered.skipped:
             raise InvalidArgument(f"nothing to look up: {gathered.skipped} files skipped")
         raise InvalidArgument("no hashes given: pass ALGO:HEX, a file or folder, or - for stdin")
-    return gathered.queries
+    return gathered
 
 
 def _gather(text: str, position: int, gathered: Gathered, notes: TextIO) -> None:
     if text == "-":
         lines = sys.stdin.read().splitlines()
-        gathered.queries.extend(_queries_from_lines("stdin", lines, gathered.problems))
+        _add_lines("stdin", lines, gathered)
         return
     path = Path(text)
     if path.is_dir():
@@ -81,7 +108,7 @@ def _gather(text: str, position: int, gathered: Gathered, notes: TextIO) -> None
     elif _LOOKS_LIKE_HASH.fullmatch(text.strip()):
         try:
             signal = parse_signal_text(text)
-            gathered.queries.append((signal, signal.text()))
+            gathered.add_item([(signal, signal.text())])
         except InvalidArgument as error:
             gathered.problems.extend(error.within(f"argument {position}").problems)
     else:
@@ -113,11 +140,11 @@ def _gather_file(path: Path, gathered: Gathered) -> None:
         except InvalidArgument as error:
             gathered.problems.extend(error.within(label).problems)
             return
-        gathered.queries.extend(
-            (signal, f"{Path(record.path).name} {signal.spec.name}")
-            for record in records
-            for signal in record_signals(record)
-        )
+        for record in records:
+            gathered.add_item(
+                (signal, f"{Path(record.path).name} {signal.spec.name}")
+                for signal in record_signals(record)
+            )
         return
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -128,24 +155,21 @@ def _gather_file(path: Path, gathered: Gathered) -> None:
     except OSError as error:
         gathered.problems.append(FieldProblem(label, f"cannot read it: {error.strerror or error}"))
         return
-    gathered.queries.extend(_queries_from_lines(path.name, lines, gathered.problems))
+    _add_lines(path.name, lines, gathered)
 
 
-def _queries_from_lines(
-    source: str, lines: Sequence[str], problems: list[FieldProblem]
-) -> list[Query]:
-    """ALGO:HEX lines (blank lines and # comments skipped); bad lines go to `problems`."""
-    queries = []
+def _add_lines(source: str, lines: Sequence[str], gathered: Gathered) -> None:
+    """ALGO:HEX lines (blank lines and # comments skipped), one item each; bad lines are
+    problems."""
     for number, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
         try:
             signal = parse_signal_text(text)
-            queries.append((signal, signal.text()))
+            gathered.add_item([(signal, signal.text())])
         except InvalidArgument as error:
-            problems.extend(error.within(f"{source} line {number}").problems)
-    return queries
+            gathered.problems.extend(error.within(f"{source} line {number}").problems)
 
 
 def _hash_images(gathered: Gathered, notes: TextIO) -> None:
@@ -179,6 +203,6 @@ def _hash_images(gathered: Gathered, notes: TextIO) -> None:
         else:
             gathered.problems.append(FieldProblem(label, outcome.reason))
             continue
-        gathered.queries.extend(
+        gathered.add_item(
             (signal, f"{path.name} {signal.spec.name}") for signal in record.signals()
         )

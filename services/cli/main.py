@@ -20,6 +20,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 def build_parser() -> argparse.ArgumentParser:
     from services.cli import (
         audit_command,
+        dedup_command,
         hash_command,
         lookup_command,
         media_command,
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     hash_command.register(sub)
     submit_command.register(sub)
     lookup_command.register(sub)
+    dedup_command.register(sub)
     records_command.register(sub)
     media_command.register(sub)
     audit_command.register(sub)

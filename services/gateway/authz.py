@@ -34,6 +34,7 @@ METHOD_GRANTS: Mapping[str, frozenset[str]] = {
     "/hashex.v1.Registry/LookupStream": _READ,
     "/hashex.v1.Registry/GetSeries": _READ_RECORDS,
     "/hashex.v1.Registry/GetStats": _READ_RECORDS,
+    "/hashex.v1.Registry/Dedup": frozenset({"analyst", "victim-id", "supervisor", "admin"}),
     "/hashex.v1.Units/FederatedLookup": _READ,
     "/hashex.v1.Federation/Pull": frozenset({"peer"}),
     "/hashex.v1.Federation/PeerLookup": frozenset({"peer"}),

@@ -72,6 +72,11 @@ class Registry:
         applying replicated records)."""
         return self._store
 
+    @property
+    def database(self) -> Database:
+        """The registry's database, for readers beside it (dedup reports)."""
+        return self._db
+
     async def load_index(self) -> int:
         """Fill the PDQ index from the database (at start) with one build; returns the count."""
         loaders = self._index.loaders()

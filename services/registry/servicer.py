@@ -13,6 +13,8 @@ from services.core.errors import FieldProblem, HashexError, InvalidArgument
 from services.core.rpc_status import handles_errors, handles_stream_errors
 from services.core.server import ServiceBinding
 from services.registry import convert
+from services.registry.dedup_convert import SeriesAsked, dedup_from_proto, dedup_response_to_proto
+from services.registry.dedup_report import DedupReporter
 from services.registry.model import SubmitCounts, Writer, check_id, check_text
 from services.registry.registry import Registry
 
@@ -24,6 +26,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     def __init__(self, registry: Registry, *, default_max_distance: int = 31) -> None:
         self._registry = registry
         self._default_max_distance = default_max_distance
+        self._dedup = DedupReporter(registry=registry, database=registry.database)
 
     def binding(self) -> ServiceBinding:
         return ServiceBinding(
@@ -142,6 +145,22 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         return registry_pb2.UpdateVictimResponse(
             victim=convert.victim_to_proto(victim), created=created
         )
+
+    @handles_errors
+    async def Dedup(
+        self, request: registry_pb2.DedupRequest, context: Context
+    ) -> registry_pb2.DedupResponse:
+        asked, distance = dedup_from_proto(request, node_id=self._registry.node_id)
+        if isinstance(asked, SeriesAsked):
+            report = await self._dedup.report_series(
+                origin=asked.origin,
+                series_id=asked.series_id,
+                page_token=asked.page_token,
+                max_distance=distance,
+            )
+        else:
+            report = await self._dedup.report_items(asked, max_distance=distance)
+        return dedup_response_to_proto(report)
 
     @handles_errors
     async def GetStats(

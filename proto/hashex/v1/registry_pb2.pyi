@@ -853,3 +853,287 @@ class GetStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
+
+@_typing.final
+class DedupItem(_message.Message):
+    """One media of a seizure: the hashes of one file (one line of a hash list is one item)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def signals(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Signal]:
+        """1-16 signals."""
+
+    def __init__(
+        self,
+        *,
+        signals: _abc.Iterable[_common_pb2.Signal] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signals", b"signals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DedupItem: _TypeAlias = DedupItem  # noqa: Y015
+
+@_typing.final
+class DedupItems(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___DedupItem]:
+        """1-1,000 items, at most 10,000 signals in all."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___DedupItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DedupItems: _TypeAlias = DedupItems  # noqa: Y015
+
+@_typing.final
+class DedupSeries(_message.Message):
+    """The media of one series held by this node, 1,000 media per page in media order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    origin: _builtins.str
+    """Empty means this node."""
+    series_id: _builtins.str
+    page_token: _builtins.str
+    """Empty for the first page, then the previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        origin: _builtins.str = ...,
+        series_id: _builtins.str = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin", "page_token", b"page_token", "series_id", b"series_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DedupSeries: _TypeAlias = DedupSeries  # noqa: Y015
+
+@_typing.final
+class DedupRequest(_message.Message):
+    """The cost of a report is that of a lookup of its signals (see LookupRequest's bounds), with at
+    most 20 matches per signal; clusters listed are at most 100 (those with most items first),
+    each naming at most 20 of its series.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    SERIES_FIELD_NUMBER: _builtins.int
+    PDQ_MAX_DISTANCE_FIELD_NUMBER: _builtins.int
+    pdq_max_distance: _builtins.int
+    """Largest PDQ distance counted as a near match, 0-31; absent means 31."""
+    @_builtins.property
+    def items(self) -> Global___DedupItems: ...
+    @_builtins.property
+    def series(self) -> Global___DedupSeries:
+        """Matches among records of the series' own origin are left out: the report says what the
+        rest of the federation knows of the series.
+        """
+
+    def __init__(
+        self,
+        *,
+        items: Global___DedupItems | None = ...,
+        series: Global___DedupSeries | None = ...,
+        pdq_max_distance: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_pdq_max_distance", b"_pdq_max_distance", "items", b"items", "pdq_max_distance", b"pdq_max_distance", "series", b"series", "source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_pdq_max_distance", b"_pdq_max_distance", "items", b"items", "pdq_max_distance", b"pdq_max_distance", "series", b"series", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__pdq_max_distance: _TypeAlias = _typing.Literal["pdq_max_distance"]  # noqa: Y015
+    _WhichOneofArgType__pdq_max_distance: _TypeAlias = _typing.Literal["_pdq_max_distance", b"_pdq_max_distance"]  # noqa: Y015
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["items", "series"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pdq_max_distance) -> _WhichOneofReturnType__pdq_max_distance | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___DedupRequest: _TypeAlias = DedupRequest  # noqa: Y015
+
+@_typing.final
+class DedupSeriesRef(_message.Message):
+    """A series in a report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MEDIA_COUNT_FIELD_NUMBER: _builtins.int
+    origin: _builtins.str
+    series_id: _builtins.str
+    name: _builtins.str
+    media_count: _builtins.int
+    def __init__(
+        self,
+        *,
+        origin: _builtins.str = ...,
+        series_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        media_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["media_count", b"media_count", "name", b"name", "origin", b"origin", "series_id", b"series_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DedupSeriesRef: _TypeAlias = DedupSeriesRef  # noqa: Y015
+
+@_typing.final
+class DedupCluster(_message.Message):
+    """Items matching media of one cluster of linked series (series linked by shared media, see the
+    node's linkage settings; a series linked to none is a cluster of its own).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    SERIES_FIELD_NUMBER: _builtins.int
+    SERIES_COUNT_FIELD_NUMBER: _builtins.int
+    EXACT_ITEMS_FIELD_NUMBER: _builtins.int
+    NEAR_ITEMS_FIELD_NUMBER: _builtins.int
+    CLOSEST_DISTANCE_FIELD_NUMBER: _builtins.int
+    cluster_id: _builtins.int
+    """Node-local: the same cluster has another id at another node."""
+    series_count: _builtins.int
+    """Series in the cluster in all."""
+    exact_items: _builtins.int
+    """Items with an exact match in the cluster."""
+    near_items: _builtins.int
+    """Items with only near matches in the cluster."""
+    closest_distance: _builtins.int
+    """Closest PDQ distance of a near match in the cluster; absent without one."""
+    @_builtins.property
+    def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___DedupSeriesRef]:
+        """Series of the cluster (at most 20), its smallest first."""
+
+    def __init__(
+        self,
+        *,
+        cluster_id: _builtins.int = ...,
+        series: _abc.Iterable[Global___DedupSeriesRef] | None = ...,
+        series_count: _builtins.int = ...,
+        exact_items: _builtins.int = ...,
+        near_items: _builtins.int = ...,
+        closest_distance: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_closest_distance", b"_closest_distance", "closest_distance", b"closest_distance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_closest_distance", b"_closest_distance", "closest_distance", b"closest_distance", "cluster_id", b"cluster_id", "exact_items", b"exact_items", "near_items", b"near_items", "series", b"series", "series_count", b"series_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__closest_distance: _TypeAlias = _typing.Literal["closest_distance"]  # noqa: Y015
+    _WhichOneofArgType__closest_distance: _TypeAlias = _typing.Literal["_closest_distance", b"_closest_distance"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__closest_distance) -> _WhichOneofReturnType__closest_distance | None: ...
+
+Global___DedupCluster: _TypeAlias = DedupCluster  # noqa: Y015
+
+@_typing.final
+class DedupOrigin(_message.Message):
+    """Items matching media of one origin."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    EXACT_ITEMS_FIELD_NUMBER: _builtins.int
+    NEAR_ITEMS_FIELD_NUMBER: _builtins.int
+    origin: _builtins.str
+    exact_items: _builtins.int
+    near_items: _builtins.int
+    def __init__(
+        self,
+        *,
+        origin: _builtins.str = ...,
+        exact_items: _builtins.int = ...,
+        near_items: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exact_items", b"exact_items", "near_items", b"near_items", "origin", b"origin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DedupOrigin: _TypeAlias = DedupOrigin  # noqa: Y015
+
+@_typing.final
+class DedupResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEW_ITEMS_FIELD_NUMBER: _builtins.int
+    EXACT_ITEMS_FIELD_NUMBER: _builtins.int
+    NEAR_ITEMS_FIELD_NUMBER: _builtins.int
+    UNCHECKED_ITEMS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_ITEMS_FIELD_NUMBER: _builtins.int
+    CLUSTERS_FIELD_NUMBER: _builtins.int
+    CLUSTER_COUNT_FIELD_NUMBER: _builtins.int
+    ORIGINS_FIELD_NUMBER: _builtins.int
+    ITEMS_WITHOUT_SERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    items: _builtins.int
+    """Items in this request (or this page of the series)."""
+    new_items: _builtins.int
+    """Items with no exact and no near match: new to the records this node holds."""
+    exact_items: _builtins.int
+    """Items with at least one exact match."""
+    near_items: _builtins.int
+    """Items with near matches only."""
+    unchecked_items: _builtins.int
+    """Items that could not be checked: their only hashes are PDQ of quality below 50."""
+    truncated_items: _builtins.int
+    """Items whose matches were cut by the bounds: their clusters and origins may be more."""
+    cluster_count: _builtins.int
+    """Clusters matched in all (more than `clusters` holds when over 100)."""
+    items_without_series: _builtins.int
+    """Items matching media that belong to no series."""
+    next_page_token: _builtins.str
+    """Series source only: set when more media of the series follow."""
+    @_builtins.property
+    def clusters(self) -> _containers.RepeatedCompositeFieldContainer[Global___DedupCluster]: ...
+    @_builtins.property
+    def origins(self) -> _containers.RepeatedCompositeFieldContainer[Global___DedupOrigin]: ...
+    def __init__(
+        self,
+        *,
+        items: _builtins.int = ...,
+        new_items: _builtins.int = ...,
+        exact_items: _builtins.int = ...,
+        near_items: _builtins.int = ...,
+        unchecked_items: _builtins.int = ...,
+        truncated_items: _builtins.int = ...,
+        clusters: _abc.Iterable[Global___DedupCluster] | None = ...,
+        cluster_count: _builtins.int = ...,
+        origins: _abc.Iterable[Global___DedupOrigin] | None = ...,
+        items_without_series: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_count", b"cluster_count", "clusters", b"clusters", "exact_items", b"exact_items", "items", b"items", "items_without_series", b"items_without_series", "near_items", b"near_items", "new_items", b"new_items", "next_page_token", b"next_page_token", "origins", b"origins", "truncated_items", b"truncated_items", "unchecked_items", b"unchecked_items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DedupResponse: _TypeAlias = DedupResponse  # noqa: Y015

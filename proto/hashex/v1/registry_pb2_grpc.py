@@ -79,6 +79,11 @@ class RegistryStub:
                 request_serializer=hashex_dot_v1_dot_registry__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=hashex_dot_v1_dot_registry__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.Dedup = channel.unary_unary(
+                '/hashex.v1.Registry/Dedup',
+                request_serializer=hashex_dot_v1_dot_registry__pb2.DedupRequest.SerializeToString,
+                response_deserializer=hashex_dot_v1_dot_registry__pb2.DedupResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -160,6 +165,17 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Dedup(self, request, context):
+        """A deduplication report for a seizure (items given by the caller, a page at a time) or for
+        a series this node holds: how many of its media are new, known exactly, or known only by a
+        PDQ near match among the records this node holds (its own and those replicated to it), and
+        to which series clusters and origins the matches belong. Media not asked are never
+        reported; an item whose only hashes are PDQ of quality below 50 is `unchecked`, never new.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +223,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=hashex_dot_v1_dot_registry__pb2.GetStatsRequest.FromString,
                     response_serializer=hashex_dot_v1_dot_registry__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'Dedup': grpc.unary_unary_rpc_method_handler(
+                    servicer.Dedup,
+                    request_deserializer=hashex_dot_v1_dot_registry__pb2.DedupRequest.FromString,
+                    response_serializer=hashex_dot_v1_dot_registry__pb2.DedupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -452,6 +473,33 @@ class Registry:
             '/hashex.v1.Registry/GetStats',
             hashex_dot_v1_dot_registry__pb2.GetStatsRequest.SerializeToString,
             hashex_dot_v1_dot_registry__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Dedup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashex.v1.Registry/Dedup',
+            hashex_dot_v1_dot_registry__pb2.DedupRequest.SerializeToString,
+            hashex_dot_v1_dot_registry__pb2.DedupResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,6 +90,13 @@ class RegistryStub:
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetStatsRequest, _registry_pb2.GetStatsResponse]
     """Counts of what this node holds."""
+    Dedup: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DedupRequest, _registry_pb2.DedupResponse]
+    """A deduplication report for a seizure (items given by the caller, a page at a time) or for
+    a series this node holds: how many of its media are new, known exactly, or known only by a
+    PDQ near match among the records this node holds (its own and those replicated to it), and
+    to which series clusters and origins the matches belong. Media not asked are never
+    reported; an item whose only hashes are PDQ of quality below 50 is `unchecked`, never new.
+    """
 
 @_typing.type_check_only
 class RegistryAsyncStub(RegistryStub):
@@ -130,6 +137,13 @@ class RegistryAsyncStub(RegistryStub):
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetStatsRequest, _registry_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Counts of what this node holds."""
+    Dedup: _aio.UnaryUnaryMultiCallable[_registry_pb2.DedupRequest, _registry_pb2.DedupResponse]  # type: ignore[assignment]
+    """A deduplication report for a seizure (items given by the caller, a page at a time) or for
+    a series this node holds: how many of its media are new, known exactly, or known only by a
+    PDQ near match among the records this node holds (its own and those replicated to it), and
+    to which series clusters and origins the matches belong. Media not asked are never
+    reported; an item whose only hashes are PDQ of quality below 50 is `unchecked`, never new.
+    """
 
 class RegistryServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -221,5 +235,18 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.GetStatsResponse, _abc.Awaitable[_registry_pb2.GetStatsResponse]]:
         """Counts of what this node holds."""
+
+    @_abc_1.abstractmethod
+    def Dedup(
+        self,
+        request: _registry_pb2.DedupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.DedupResponse, _abc.Awaitable[_registry_pb2.DedupResponse]]:
+        """A deduplication report for a seizure (items given by the caller, a page at a time) or for
+        a series this node holds: how many of its media are new, known exactly, or known only by a
+        PDQ near match among the records this node holds (its own and those replicated to it), and
+        to which series clusters and origins the matches belong. Media not asked are never
+        reported; an item whose only hashes are PDQ of quality below 50 is `unchecked`, never new.
+        """
 
 def add_RegistryServicer_to_server(servicer: RegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
