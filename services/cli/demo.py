@@ -229,6 +229,12 @@ def de_unit_looks_up_a_new_seizure(root: Path, de_dir: Path) -> None:
         "\n# victim status from DE; US's vics-us:4 records never reached DE."
     )
     hashex("lookup", "--file", root / "de-new.jsonl", *unit)
+    print(
+        "\n# How much of that seizure is new to what DE holds, known exactly, or only by a near"
+        "\n# match, and in which agencies' series (a deduplication report; nothing but hashes"
+        "\n# leaves the unit's machine):"
+    )
+    hashex("dedup", root / "de-new.jsonl", *unit)
     print("\n# Asking the peers live does not get round their policy either (exit code 1):")
     restricted_md5 = md5_of(root / "de-new.jsonl", "img100.png")
     hashex("lookup", f"md5:{restricted_md5}", "--peers", *unit)
