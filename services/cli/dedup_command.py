@@ -22,11 +22,11 @@ from services.cli.lookup_inputs import MAX_FILES, collect_items
 from services.cli.node_client import add_node_options, registry_stub, run_command
 from services.core.algorithms import SignalValue
 from services.core.errors import InvalidArgument
+from services.registry.contract import MAX_LOOKUP_SIGNALS as MAX_SIGNALS_PER_REQUEST
 from services.registry.convert import signal_to_proto
+from services.registry.dedup import MAX_ITEMS as MAX_ITEMS_PER_REQUEST
+from services.registry.dedup import MAX_SIGNALS_PER_ITEM
 
-MAX_ITEMS_PER_REQUEST = 1_000
-MAX_SIGNALS_PER_REQUEST = 10_000
-MAX_SIGNALS_PER_ITEM = 16
 _COUNTS = (
     "items",
     "new_items",
@@ -131,14 +131,17 @@ def _dedup(ns: argparse.Namespace) -> int:
         raise InvalidArgument("give either hashes, files or folders, or --series ID")
     report = Report()
     with registry_stub(ns) as stub:
-        requests = _series_requests(ns) if ns.series else _item_requests(ns)
-        for request in requests:
-            response: registry_pb2.DedupResponse = stub.Dedup(request, timeout=ns.timeout)
-            report.add(response)
-            if ns.series and not response.next_page_token:
-                break
-            if ns.series:
+        if ns.series:
+            request = _series_request(ns)
+            while True:  # one page of 1,000 media per call
+                response: registry_pb2.DedupResponse = stub.Dedup(request, timeout=ns.timeout)
+                report.add(response)
+                if not response.next_page_token:
+                    break
                 request.series.page_token = response.next_page_token
+        else:
+            for request in _item_requests(ns):
+                report.add(stub.Dedup(request, timeout=ns.timeout))
     if ns.format == "json":
         sys.stdout.write(json.dumps(report.as_json()) + "\n")
     else:
@@ -146,15 +149,13 @@ def _dedup(ns: argparse.Namespace) -> int:
     return exit_codes.OK
 
 
-def _series_requests(ns: argparse.Namespace) -> Iterator[registry_pb2.DedupRequest]:
-    """The same request, its page token advanced by the caller after each answer."""
+def _series_request(ns: argparse.Namespace) -> registry_pb2.DedupRequest:
     request = registry_pb2.DedupRequest(
         series=registry_pb2.DedupSeries(origin=ns.origin, series_id=ns.series)
     )
     if ns.max_distance is not None:
         request.pdq_max_distance = ns.max_distance
-    while True:
-        yield request
+    return request
 
 
 def _item_requests(ns: argparse.Namespace) -> Iterator[registry_pb2.DedupRequest]:
