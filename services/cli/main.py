@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         audit_command,
         dedup_command,
         hash_command,
+        linkage_command,
         lookup_command,
         media_command,
         node_command,
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit_command.register(sub)
     lookup_command.register(sub)
     dedup_command.register(sub)
+    linkage_command.register(sub)
     records_command.register(sub)
     media_command.register(sub)
     audit_command.register(sub)

@@ -87,6 +87,13 @@ class NodeConfig:
     # Pause between pulls from a peer that is up to date, and the longest backoff after errors.
     pull_interval_s: float = 2.0
     pull_backoff_max_s: float = 60.0
+    # Series linkage (docs/linkage.md): two series are linked when at least this many of the
+    # smaller one's media, and this fraction of it, link to the other; PDQ pairs link up to
+    # this distance (at most 31); queued changes wait this long for the PDQ index to hold them.
+    linkage_min_linked_media: int = 3
+    linkage_min_linked_fraction: float = 0.2
+    linkage_pdq_max_distance: int = 31
+    linkage_settle_s: float = 1.0
 
     @property
     def case_key_path(self) -> Path:
@@ -298,9 +305,21 @@ def _from_values(
         )
     if not 0 <= config.pdq_default_max_distance <= 64:
         raise InvalidArgument(f"{source}: pdq_default_max_distance must be 0-64")
+    _check_linkage(config, source)
     if config.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise InvalidArgument(f"{source}: log_level must be DEBUG, INFO, WARNING or ERROR")
     return config
+
+
+def _check_linkage(config: NodeConfig, source: Path) -> None:
+    if config.linkage_min_linked_media < 1:
+        raise InvalidArgument(f"{source}: linkage_min_linked_media must be at least 1")
+    if not 0.0 < config.linkage_min_linked_fraction <= 1.0:
+        raise InvalidArgument(f"{source}: linkage_min_linked_fraction must be above 0, at most 1")
+    if not 0 <= config.linkage_pdq_max_distance <= 31:
+        raise InvalidArgument(f"{source}: linkage_pdq_max_distance must be 0-31")
+    if not 0 <= config.linkage_settle_s <= 60:
+        raise InvalidArgument(f"{source}: linkage_settle_s must be 0-60")
 
 
 # NodeConfig's fields that are not node.toml settings.

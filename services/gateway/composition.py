@@ -31,6 +31,7 @@ from services.core.trust import TrustStore
 from services.gateway.admin_socket import socket_target, start_admin_socket
 from services.gateway.app import RunningGateway, start_gateway
 from services.registry.app import open_registry
+from services.registry.linkage.running import RunningLinker, start_linker
 from services.registry.registry import Registry
 from services.registry.servicer import RegistryServicer
 from services.sync.app import RunningSync, start_sync
@@ -57,6 +58,8 @@ class RunningNode:
     telemetry: Telemetry
     # Warns in the log of certificates near expiry, at start and once a day.
     expiry_watch: asyncio.Task[None]
+    # Links media and series as records arrive (services/registry/linkage/).
+    linker: RunningLinker
 
     @property
     def address(self) -> str:
@@ -73,6 +76,7 @@ class RunningNode:
         _log.info("stopping node %s", self.config.node_id)
         self.expiry_watch.cancel()
         try:
+            await self.linker.stop()
             await self.sync.release_pulls()
             await self.gateway.stop()
             await self.sync.stop()
@@ -151,7 +155,10 @@ async def start_node(config: NodeConfig, *, clock: Clock = SYSTEM_CLOCK) -> Runn
     expiry_watch = asyncio.create_task(
         watch_expiry(node_certificates(config), clock=clock), name="certificate-expiry"
     )
-    node = RunningNode(config, database, registry, sync, local, gateway, telemetry, expiry_watch)
+    linker = start_linker(config, registry)
+    node = RunningNode(
+        config, database, registry, sync, local, gateway, telemetry, expiry_watch, linker
+    )
     config.gateway_address_file.write_text(node.gateway_address + "\n", encoding="utf-8")
     return node
 

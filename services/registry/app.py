@@ -18,6 +18,7 @@ from services.core.node_claim.store import claim_database
 from services.core.server import RunningServer, build_server
 from services.core.telemetry import Telemetry, setup_telemetry
 from services.registry.cases import CaseSealer, load_case_key
+from services.registry.linkage.running import RunningLinker, start_linker
 from services.registry.pdq_indexes import PdqIndexes
 from services.registry.registry import Registry
 from services.registry.replica_follower import ReplicaFollower
@@ -36,6 +37,7 @@ class RunningRegistry:
     telemetry: Telemetry
     follower: ReplicaFollower | None = None
     follower_task: asyncio.Task[None] | None = None
+    linker: RunningLinker | None = None
 
     @property
     def address(self) -> str:
@@ -48,6 +50,8 @@ class RunningRegistry:
         if self.follower is not None and self.follower_task is not None:
             self.follower.stop()
             await self.follower_task
+        if self.linker is not None:
+            await self.linker.stop()
         await self.server.stop(self.config.shutdown_grace_s)
         await self.database.close()
         self.telemetry.shutdown()
@@ -93,6 +97,7 @@ async def start_registry(config: NodeConfig, *, follow_replicas: bool = False) -
     if follow_replicas and registry.index_loaded_as_of is not None:
         running.follower = ReplicaFollower(registry=registry, since=registry.index_loaded_as_of)
         running.follower_task = asyncio.create_task(running.follower.run(), name="replicas")
+    running.linker = start_linker(config, registry)
     config.address_file.parent.mkdir(parents=True, exist_ok=True)
     config.address_file.write_text(running.address + "\n", encoding="utf-8")
     return running

@@ -77,6 +77,11 @@ class Registry:
         """The registry's database, for readers beside it (dedup reports)."""
         return self._db
 
+    @property
+    def index(self) -> PdqIndexes:
+        """The PDQ index, for the linker's near pairs (reads only)."""
+        return self._index
+
     async def load_index(self) -> int:
         """Fill the PDQ index from the database (at start) with one build; returns the count."""
         loaders = self._index.loaders()

@@ -36,6 +36,7 @@ from services.registry import change_entries
 from services.registry import store_sql as sql
 from services.registry.cases import CaseSealer
 from services.registry.contract import MAX_VICTIMS_PER_SERIES, merge_problems
+from services.registry.linkage import read as linkage_read
 from services.registry.model import (
     NODE_OPERATOR,
     IdentificationStatus,
@@ -437,6 +438,27 @@ class RegistryStore:
     async def database_now(self, conn: Any) -> datetime:
         moment: datetime = await conn.fetchval("SELECT now()")
         return moment
+
+    # Linkage, as sync's overlap flags read it (services/sync/flags/reader.py).
+    async def linkage_events_after(
+        self, conn: Any, *, after_id: int, limit: int
+    ) -> list[linkage_read.LinkageEvent]:
+        return await linkage_read.linkage_events_after(conn, after_id=after_id, limit=limit)
+
+    async def series_links_of(
+        self, conn: Any, *, series_rows: list[int]
+    ) -> list[linkage_read.SeriesLink]:
+        return await linkage_read.series_links_of(conn, series_rows=series_rows)
+
+    async def victim_summaries(
+        self, conn: Any, *, series_rows: list[int]
+    ) -> dict[int, linkage_read.VictimSummary]:
+        return await linkage_read.victim_summaries(conn, series_rows=series_rows)
+
+    async def media_linked_to_series(
+        self, conn: Any, *, series_row: int
+    ) -> dict[str, linkage_read.MediaEvidence]:
+        return await linkage_read.media_linked_to_series(conn, series_row=series_row)
 
     async def schema_version(self, conn: Any) -> int:
         return await schema_version(conn, COMPONENT)

@@ -146,6 +146,8 @@ async def test_migrations_apply_to_an_empty_database(pool: Any) -> None:
     }
     expected = {"media", "signals", "series", "media_series", "victims", "case_records"}
     local = {"change_log", "schema_version", "media_submitters", "series_clusters"}
+    local |= {"media_links", "media_link_truncated", "series_links", "linkage_events"}
+    local |= {"linkage_pending_media", "linkage_pending_series"}
     assert expected | local == tables
     row = await pool.fetchrow("SELECT * FROM schema_version WHERE version = 1")
     file = REGISTRY_MIGRATIONS / "0001_initial.sql"

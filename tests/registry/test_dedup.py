@@ -76,6 +76,9 @@ async def test_series_in_one_cluster_count_an_item_once(node: Node, empty_databa
             submission("b", md5(shared), series=("s2",)),
         ],
     )
+    # Two series of one origin never link: stand in for the linker (tests/registry/linkage/).
+    assert node.running.linker is not None
+    await node.running.linker.stop()
     conn = await asyncpg.connect(empty_database)
     try:  # the clusters as the registry's series linkage writes them
         await conn.execute(

@@ -1,53 +1,29 @@
 """What flags read of the registry's linkage: the read API of docs/linkage.md as a Protocol.
 
-Sync never reads the registry's tables directly; `RegistryStore` implements this Protocol.
+Sync never reads the registry's tables directly; `RegistryStore` implements this Protocol, and
+the records it answers with are the registry's (services/registry/linkage/read.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
+from services.registry.linkage.read import (
+    LinkageEvent,
+    MediaEvidence,
+    SeriesLink,
+    SeriesRef,
+    VictimSummary,
+)
 
-@dataclass(frozen=True)
-class LinkageEvent:
-    id: int
-    series_row: int
-
-
-@dataclass(frozen=True)
-class SeriesRef:
-    row: int
-    origin: str
-    series_id: str
-
-
-@dataclass(frozen=True)
-class SeriesLink:
-    a: SeriesRef
-    b: SeriesRef
-    linked: bool
-    linked_media: int
-    exact_media: int
-    near_media: int
-    closest_distance: int | None
-    cluster_id: int
-
-
-@dataclass(frozen=True)
-class VictimSummary:
-    identified_since: datetime | None
-    in_progress: bool
-    unidentified: bool
-    desks: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class MediaEvidence:
-    linked_media: int
-    exact_media: int
-    closest_distance: int | None
+__all__ = [
+    "LinkageEvent",
+    "LinkageReader",
+    "MediaEvidence",
+    "SeriesLink",
+    "SeriesRef",
+    "VictimSummary",
+]
 
 
 class LinkageReader(Protocol):

@@ -1,0 +1,320 @@
+"""The node's linker: drains the linkage queues of registry migration 0009 in chunks, each one
+transaction under the linker's advisory lock (docs/linkage.md "Incremental").
+
+A chunk relinks each queued media from what is stored now (exact signals in SQL, PDQ through the
+registry's index), recomputes the evidence of every pair of the series those media belong to,
+the clusters those pairs touch, and appends a `linkage_events` row for each series whose linkage
+changed. Every step recomputes from stored state, never applies a delta, so a rebuild (every
+media queued again) comes to the same links, pairs and clusters as the incremental runs did and
+appends events only where something differs.
+
+Bounded: a chunk takes at most `chunk` media; each media keeps at most MAX_LINKS_PER_MEDIA links,
+exact first, then the closest PDQ (past that it is marked truncated and its series' evidence is a
+lower bound). Queued rows wait `settle_s` so that the PDQ index (updated just after each commit)
+holds every value committed before them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from services.core.algorithms import ALGORITHMS, Algorithm
+from services.core.db.pool import Database
+from services.registry.linkage import sql
+from services.registry.linkage.evidence import LinkageSettings, MediaLink, PairEvidence, clusters
+from services.registry.pdq_indexes import PdqIndexes
+
+_log = logging.getLogger(__name__)
+
+MAX_LINKS_PER_MEDIA = 1_000
+DEFAULT_CHUNK = 2_000
+DEFAULT_SETTLE_S = 1.0
+_PDQ_MIN_QUALITY = ALGORITHMS[Algorithm.PDQ].min_match_quality
+_NO_DISTANCE = 1_000
+
+
+@dataclass(frozen=True)
+class DrainCounts:
+    media: int
+    series: int
+    events: int
+
+
+class Linker:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        index: PdqIndexes,
+        node_id: str,
+        settings: LinkageSettings | None = None,
+        chunk: int = DEFAULT_CHUNK,
+        settle_s: float = DEFAULT_SETTLE_S,
+    ) -> None:
+        self._db = database
+        self._index = index
+        self._node_id = node_id
+        self.settings = settings or LinkageSettings()
+        self._chunk = chunk
+        self._settle_s = settle_s
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    async def drain_once(self, *, settle_s: float | None = None) -> DrainCounts:
+        """One chunk: what it took from the queues and how many events it appended."""
+        settle = self._settle_s if settle_s is None else settle_s
+        async with self._db.transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", sql.LINKER_LOCK)
+            media = sorted(r[0] for r in await conn.fetch(sql.TAKE_MEDIA, settle, self._chunk))
+            queued_series = {r[0] for r in await conn.fetch(sql.TAKE_SERIES, settle, self._chunk)}
+            if not media and not queued_series:
+                return DrainCounts(0, 0, 0)
+            changed = await self._relink_media(conn, media) if media else set()
+            recompute = queued_series | await _series_of(conn, media)
+            changed |= queued_series
+            changed |= await self._recompute_pairs(conn, recompute)
+            events = sorted(changed)
+            if events:
+                await conn.execute(sql.APPEND_EVENTS, events)
+                await conn.execute("SELECT pg_notify('hashex_linkage_events', '')")
+        return DrainCounts(len(media), len(queued_series), len(events))
+
+    async def drain(self, *, settle_s: float | None = None) -> DrainCounts:
+        """Chunks until the queues hold nothing ready."""
+        total = DrainCounts(0, 0, 0)
+        while True:
+            done = await self.drain_once(settle_s=settle_s)
+            if not done.media and not done.series:
+                return total
+            total = DrainCounts(
+                total.media + done.media, total.series + done.series, total.events + done.events
+            )
+
+    async def rebuild(self) -> DrainCounts:
+        """Relink every media from scratch (what `hashex linkage rebuild` runs)."""
+        async with self._db.transaction() as conn:
+            await conn.execute(sql.QUEUE_ALL_MEDIA)
+        return await self.drain(settle_s=0.0)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self, *, poll_s: float = 5.0) -> None:
+        """Drain at start, then whenever woken (NOTIFY at commit of a queue's writer) or every
+        `poll_s`; failures (the database restarting) are logged and retried."""
+        while not self._stop.is_set():
+            try:
+                async with self._db.connection() as listener:
+                    await listener.add_listener("hashex_linkage", self._on_notify)
+                    try:
+                        await self._follow(poll_s)
+                    finally:
+                        await listener.remove_listener("hashex_linkage", self._on_notify)
+            except Exception:
+                _log.exception("linker failed; retrying in %.0f s", poll_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), poll_s)
+
+    async def _follow(self, poll_s: float) -> None:
+        while not self._stop.is_set():
+            await self.drain()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), poll_s)
+            if not self._stop.is_set():
+                await asyncio.sleep(self._settle_s)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _relink_media(self, conn: Any, media: list[int]) -> set[int]:
+        """Replace the links of `media`; the series of every media whose links changed."""
+        origins = {r[0]: r[1] for r in await conn.fetch(sql.LIVE_MEDIA, media)}
+        old = {_pair(r[0], r[1]): (r[2], r[3]) for r in await conn.fetch(sql.LINKS_OF, media)}
+        found, truncated = await self._candidates(conn, origins)
+        await conn.execute(sql.DROP_LINKS_OF, media)
+        if found:
+            keys = sorted(found)
+            await conn.execute(
+                sql.INSERT_LINKS,
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [found[k][0] for k in keys],
+                [found[k][1] for k in keys],
+            )
+        await conn.execute(sql.SET_TRUNCATED, media, sorted(truncated))
+        touched = {m for key in old.keys() ^ found.keys() for m in key}
+        touched |= {m for key in old.keys() & found.keys() if old[key] != found[key] for m in key}
+        return await _series_of(conn, sorted(touched)) if touched else set()
+
+    async def _candidates(
+        self, conn: Any, origins: dict[int, str]
+    ) -> tuple[dict[tuple[int, int], tuple[bool, int | None]], set[int]]:
+        """The links of the live media `origins`, at most MAX_LINKS_PER_MEDIA each."""
+        live = sorted(origins)
+        per_media: dict[int, dict[int, list[Any]]] = {m: {} for m in live}
+        if not live:
+            return {}, set()
+        for r in await conn.fetch(sql.EXACT_CANDIDATES, live, MAX_LINKS_PER_MEDIA + 1):
+            per_media[r[0]].setdefault(r[1], [False, None])[0] = True
+        await self._near(conn, origins, per_media)
+        found: dict[tuple[int, int], tuple[bool, int | None]] = {}
+        truncated: set[int] = set()
+        for m, others in per_media.items():
+            ranked = sorted(
+                others.items(),
+                key=lambda kv: (
+                    not kv[1][0],
+                    _NO_DISTANCE if kv[1][1] is None else kv[1][1],
+                    kv[0],
+                ),
+            )
+            if len(ranked) > MAX_LINKS_PER_MEDIA:
+                truncated.add(m)
+            for other, (exact, distance) in ranked[:MAX_LINKS_PER_MEDIA]:
+                key = _pair(m, other)
+                MediaLink(key[0], key[1], exact, distance)  # the link's own checks
+                found[key] = _better(found.get(key), (exact, distance))
+        return found, truncated
+
+    async def _near(
+        self, conn: Any, origins: dict[int, str], per_media: dict[int, dict[int, list[Any]]]
+    ) -> None:
+        rows = await conn.fetch(sql.MATCHABLE_PDQ, sorted(origins), _PDQ_MIN_QUALITY)
+        if not rows:
+            return
+        own = [r for r in rows if origins[r[0]] == self._node_id]
+        other = [r for r in rows if origins[r[0]] != self._node_id]
+        distance = self.settings.pdq_max_distance
+        limit = MAX_LINKS_PER_MEDIA + 1
+        hits: list[tuple[int, int, int]] = []
+        # The own records' media only ever link to replicated ones, and the reverse.
+        for group, index in ((own, self._index.replicated), (other, self._index)):
+            if not group:
+                continue
+            answers = await asyncio.to_thread(_query, index, [r[1] for r in group], distance, limit)
+            hits += [
+                (r[0], h[0], h[1]) for r, found in zip(group, answers, strict=True) for h in found
+            ]
+        if not hits:
+            return
+        hit_origins = {
+            r[0]: r[1] for r in await conn.fetch(sql.ORIGINS, sorted({h[1] for h in hits}))
+        }
+        for m, other_row, d in hits:
+            hit_origin = hit_origins.get(other_row)
+            if hit_origin is None or hit_origin == origins[m]:
+                continue
+            slot = per_media[m].setdefault(other_row, [False, None])
+            if slot[1] is None or d < slot[1]:
+                slot[1] = d
+
+    async def _recompute_pairs(self, conn: Any, series: set[int]) -> set[int]:
+        """Recompute every pair of `series` and the clusters they touch; the series whose
+        pairs or cluster changed."""
+        if not series:
+            return set()
+        wanted = sorted(series)
+        old = {(r[0], r[1]): tuple(r[2:]) for r in await conn.fetch(sql.PAIRS_OF, wanted)}
+        sides: dict[tuple[int, int], PairEvidence] = {}
+        for r in await conn.fetch(sql.PAIR_EVIDENCE, wanted):
+            s, t = r["s"], r["t"]
+            if s < t:
+                sides[(s, t)] = PairEvidence(
+                    s, t, r["linked_s"], r["linked_t"], r["exact_s"], r["exact_t"], r["closest"]
+                )
+            else:
+                sides[(t, s)] = PairEvidence(
+                    t, s, r["linked_t"], r["linked_s"], r["exact_t"], r["exact_s"], r["closest"]
+                )
+        rows_of_pairs = sorted({row for key in sides for row in key})
+        sizes = {r[0]: r[1] for r in await conn.fetch(sql.SERIES_SIZES, rows_of_pairs)}
+        new: dict[tuple[int, int], tuple[Any, ...]] = {}
+        for key, ev in sides.items():
+            linked = ev.passes(sizes.get(key[0], 0), sizes.get(key[1], 0), self.settings)
+            new[key] = (
+                linked,
+                ev.linked_low,
+                ev.linked_high,
+                ev.exact_low,
+                ev.exact_high,
+                ev.closest_distance,
+            )
+        await conn.execute(sql.DROP_PAIRS_OF, wanted)
+        if new:
+            keys = sorted(new)
+            columns = list(zip(*(new[k] for k in keys), strict=True))
+            await conn.execute(
+                sql.INSERT_PAIRS, [k[0] for k in keys], [k[1] for k in keys], *map(list, columns)
+            )
+        changed = {row for key in old.keys() ^ new.keys() for row in key}
+        changed |= {row for key in old.keys() & new.keys() if old[key] != new[key] for row in key}
+        return changed | await self._recluster(conn, series | changed)
+
+    async def _recluster(self, conn: Any, seeds: set[int]) -> set[int]:
+        """Recompute the clusters of `seeds` and of everything they were or are connected to;
+        the series whose cluster changed."""
+        members = {r[0] for r in await conn.fetch(sql.CLUSTER_MEMBERS, sorted(seeds))}
+        seen = set(seeds) | members
+        frontier = set(seen)
+        pairs: set[tuple[int, int]] = set()
+        while frontier:
+            found = await conn.fetch(sql.LINKED_NEIGHBOURS, sorted(frontier))
+            pairs |= {(r[0], r[1]) for r in found}
+            reached = {row for r in found for row in r} - seen
+            seen |= reached
+            frontier = reached
+        existing = {r[0] for r in await conn.fetch(sql.EXISTING_SERIES, sorted(seen))}
+        new = {s: c for s, c in clusters(pairs).items() if s in existing}
+        visited = sorted(seen)
+        old = {r[0]: r[1] for r in await conn.fetch(sql.CLUSTERS_OF, visited)}
+        if old == new:
+            return set()
+        await conn.execute(sql.DROP_CLUSTERS_OF, visited)
+        if new:
+            rows = sorted(new)
+            await conn.execute(sql.INSERT_CLUSTERS, rows, [new[r] for r in rows])
+        return {s for s in old.keys() | new.keys() if old.get(s) != new.get(s)} & existing
+
+
+def _query(
+    index: PdqIndexes | Any, values: Sequence[bytes], distance: int, limit: int
+) -> list[list[tuple[int, int]]]:
+    answers = index.query_many(values, distance, limit=limit)
+    return [[(h.row_id, h.distance) for h in hits] for hits in answers]
+
+
+async def _series_of(conn: Any, media: Iterable[int]) -> set[int]:
+    rows = list(media)
+    if not rows:
+        return set()
+    return {r[0] for r in await conn.fetch(sql.SERIES_OF_MEDIA, rows)}
+
+
+def _rank(candidate: tuple[int, list[Any]]) -> tuple[bool, int, int]:
+    """Exact links first, then the closest PDQ, then the smaller row."""
+    other, (exact, distance) = candidate
+    return not exact, _NO_DISTANCE if distance is None else distance, other
+
+
+def _pair(a: int, b: int) -> tuple[int, int]:
+    return (a, b) if a < b else (b, a)
+
+
+def _better(
+    held: tuple[bool, int | None] | None, found: tuple[bool, int | None]
+) -> tuple[bool, int | None]:
+    """A pair seen from both of its media: exact if either saw it so, the closer distance."""
+    if held is None:
+        return found
+    distances = [d for d in (held[1], found[1]) if d is not None]
+    return held[0] or found[0], min(distances) if distances else None
