@@ -34,6 +34,8 @@ _log = logging.getLogger(__name__)
 MAX_LINKS_PER_MEDIA = 1_000
 DEFAULT_CHUNK = 2_000
 DEFAULT_SETTLE_S = 1.0
+# The share of the time a running linker spends on a backlog (a catch-up, a big submission).
+BACKLOG_DUTY = 0.35
 _PDQ_MIN_QUALITY = ALGORITHMS[Algorithm.PDQ].min_match_quality
 _NO_DISTANCE = 1_000
 
@@ -70,6 +72,9 @@ class Linker:
         settle = self._settle_s if settle_s is None else settle_s
         async with self._db.transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", sql.LINKER_LOCK)
+            # Planned on each chunk's arrays and the tables as they are now: a plan kept from
+            # an empty node's first chunks scanned whole tables once the node had grown.
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             media = sorted(r[0] for r in await conn.fetch(sql.TAKE_MEDIA, settle, self._chunk))
             queued_series = {r[0] for r in await conn.fetch(sql.TAKE_SERIES, settle, self._chunk)}
             if not media and not queued_series:
@@ -84,13 +89,19 @@ class Linker:
                 await conn.execute("SELECT pg_notify('hashex_linkage_events', '')")
         return DrainCounts(len(media), len(queued_series), len(events))
 
-    async def drain(self, *, settle_s: float | None = None) -> DrainCounts:
-        """Chunks until the queues hold nothing ready."""
+    async def drain(self, *, settle_s: float | None = None, duty: float = 1.0) -> DrainCounts:
+        """Chunks until the queues hold nothing ready. `duty` < 1: after each full chunk, pause
+        so that linking takes at most that share of the time while a backlog lasts (records
+        streaming in from a peer's catch-up are applied first, linked soon after)."""
         total = DrainCounts(0, 0, 0)
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             done = await self.drain_once(settle_s=settle_s)
             if not done.media and not done.series:
                 return total
+            if duty < 1.0 and max(done.media, done.series) >= self._chunk:
+                await asyncio.sleep((loop.time() - started) * (1.0 / duty - 1.0))
             total = DrainCounts(
                 total.media + done.media, total.series + done.series, total.events + done.events
             )
@@ -126,7 +137,7 @@ class Linker:
 
     async def _follow(self, poll_s: float) -> None:
         while not self._stop.is_set():
-            await self.drain()
+            await self.drain(duty=BACKLOG_DUTY)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), poll_s)
