@@ -46,6 +46,7 @@ KIND_OF_FIELD = {
     "series": EntryKind.SERIES,
     "key_rotation": EntryKind.KEY_ROTATION,
     "key_revocation": EntryKind.KEY_REVOCATION,
+    "flag_state": EntryKind.FLAG_STATE,
 }
 
 
