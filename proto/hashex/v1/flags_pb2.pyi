@@ -354,7 +354,7 @@ class SetFlagStateRequest(_message.Message):
     state: Global___FlagStateValue.ValueType
     """OPEN, ACKNOWLEDGED or RESOLVED."""
     note: _builtins.str
-    """At most 1,000 characters; kept in the audit log only, never replicated."""
+    """At most 1,000 characters; kept with the state on this node, never replicated."""
     def __init__(
         self,
         *,

@@ -133,6 +133,9 @@ class FlagsServicer(flags_pb2_grpc.FlagsServicer):
             raise InvalidArgument(f"note: at most {MAX_NOTE_CHARS} characters")
         caller = current_caller()
         stored = await self._states.set_state(
-            flag_id=request.flag_id, state=request.state, caller=caller.writer
+            flag_id=request.flag_id,
+            state=request.state,
+            caller=caller.writer,
+            note=request.note if request.HasField("note") else None,
         )
         return flags_pb2.SetFlagStateResponse(flag=flag_message(stored))

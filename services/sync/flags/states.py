@@ -3,7 +3,8 @@ agency's FlagState entries; the newest per flag (changed_at, then origin) is kep
 
 A unit's change is one transaction: the state, a STATE_CHANGED event and a FlagState entry of
 this node's change log (told only to the flag's other agency, services/sync/policy_filter.py).
-The call itself is audited by the gateway like every call. Locks are taken change log first,
+The call itself is audited by the gateway like every call; the unit's note is kept with the
+state here and never replicated. Locks are taken change log first,
 then flag events, everywhere.
 """
 
@@ -38,7 +39,9 @@ class FlagStates:
         self._db = database
         self._node_id = node_id
 
-    async def set_state(self, *, flag_id: str, state: int, caller: str) -> StoredFlag:
+    async def set_state(
+        self, *, flag_id: str, state: int, caller: str, note: str | None = None
+    ) -> StoredFlag:
         """A unit of this node sets a held flag's state; NotFound when it is not held here."""
         flag_id = check_flag_id(flag_id)
         value = check_state(state)
@@ -56,7 +59,9 @@ class FlagStates:
             await changelog.append_entries(conn, [pending])
             change = StateChange(value, moments[0], self._node_id)
             await store.lock_events(conn)
-            await store.keep_newest_state(conn, flag_id=flag_id, change=change, caller=caller)
+            await store.keep_newest_state(
+                conn, flag_id=flag_id, change=change, caller=caller, note=note
+            )
             await store.append_event(
                 conn, flag_id=flag_id, kind=store.EventKind.STATE_CHANGED, at=moments[0]
             )

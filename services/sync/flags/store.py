@@ -158,7 +158,7 @@ async def append_event(conn: Any, *, flag_id: str, kind: EventKind, at: datetime
 
 
 async def keep_newest_state(
-    conn: Any, *, flag_id: str, change: StateChange, caller: str | None
+    conn: Any, *, flag_id: str, change: StateChange, caller: str | None, note: str | None = None
 ) -> bool:
     """Store `change` unless a newer one (changed_at, then origin) is held; True if stored."""
     stored = await conn.fetchval(
@@ -168,6 +168,7 @@ async def keep_newest_state(
         change.changed_at,
         change.changed_by,
         caller,
+        note,
     )
     return bool(stored)
 
@@ -266,11 +267,11 @@ WHERE id = $1
 """
 _APPEND_EVENT = "INSERT INTO flag_events (flag_id, kind, at) VALUES ($1, $2, $3) RETURNING id"
 _UPSERT_STATE = """
-INSERT INTO flag_states AS s (flag_id, state, changed_at, changed_by, caller)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO flag_states AS s (flag_id, state, changed_at, changed_by, caller, note)
+VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (flag_id) DO UPDATE
 SET state = EXCLUDED.state, changed_at = EXCLUDED.changed_at,
-    changed_by = EXCLUDED.changed_by, caller = EXCLUDED.caller
+    changed_by = EXCLUDED.changed_by, caller = EXCLUDED.caller, note = EXCLUDED.note
 WHERE (EXCLUDED.changed_at, EXCLUDED.changed_by) > (s.changed_at, s.changed_by)
 RETURNING true
 """

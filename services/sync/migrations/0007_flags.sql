@@ -38,8 +38,10 @@ CREATE TABLE flag_states (
     changed_at timestamptz NOT NULL,
     -- The node id of the agency whose unit changed it.
     changed_by text        NOT NULL,
-    -- The caller (certificate subject) when changed here; NULL when replicated.
-    caller     text
+    -- The caller (`unit:NAME`, `operator:NAME`) and its note when changed here; NULL when
+    -- replicated (a note is never replicated).
+    caller     text,
+    note       text CHECK (char_length(note) <= 1000)
 );
 
 -- What WatchFlags streams. Appended only under a transaction-scoped advisory lock, so ids commit

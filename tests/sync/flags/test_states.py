@@ -48,8 +48,13 @@ async def test_a_units_change_is_stored_evented_and_logged_for_the_other_agency(
     database: Database,
 ) -> None:
     await raise_flag(database)
-    flag = await states(database).set_state(flag_id=FLAG_ID, state=2, caller="analyst-1")
+    flag = await states(database).set_state(
+        flag_id=FLAG_ID, state=2, caller="unit:vid", note="desk B called"
+    )
     assert flag.state is FlagState.ACKNOWLEDGED
+    async with database.connection() as conn:
+        row = await conn.fetchrow("SELECT caller, note FROM flag_states")
+    assert (row["caller"], row["note"]) == ("unit:vid", "desk B called")
     assert flag.state_change is not None and flag.state_change.changed_by == "nl-police"
     assert [e.kind for e in await events(database)][-1] is store.EventKind.STATE_CHANGED
     async with database.connection() as conn:
