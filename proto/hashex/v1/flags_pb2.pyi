@@ -325,7 +325,9 @@ class FlagEvent(_message.Message):
     kind: Global___FlagEventKind.ValueType
     @_builtins.property
     def flag(self) -> Global___Flag:
-        """The flag as it stands after the event; unset for KEEPALIVE."""
+        """The flag as it stands when the event is sent (a later change has an event of its own);
+        unset for KEEPALIVE.
+        """
 
     def __init__(
         self,
