@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from services.cli import (
         audit_command,
         dedup_command,
+        flags_command,
         hash_command,
         linkage_command,
         lookup_command,
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     lookup_command.register(sub)
     dedup_command.register(sub)
     linkage_command.register(sub)
+    flags_command.register(sub)
     records_command.register(sub)
     media_command.register(sub)
     audit_command.register(sub)

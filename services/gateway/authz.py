@@ -22,6 +22,7 @@ ANY_AUTHENTICATED = frozenset({"*"})
 _READ = frozenset({"analyst", "supervisor", "admin"})
 _READ_RECORDS = frozenset({"analyst", "submitter", "victim-id", "supervisor", "admin"})
 _CHANGE_MEDIA = frozenset({"submitter", "supervisor", "admin"})
+_READ_FLAGS = frozenset({"analyst", "victim-id", "supervisor", "admin"})
 
 # Keys ending in "/" cover every method of that service; others are one full method name.
 METHOD_GRANTS: Mapping[str, frozenset[str]] = {
@@ -36,6 +37,9 @@ METHOD_GRANTS: Mapping[str, frozenset[str]] = {
     "/hashex.v1.Registry/GetStats": _READ_RECORDS,
     "/hashex.v1.Registry/Dedup": frozenset({"analyst", "victim-id", "supervisor", "admin"}),
     "/hashex.v1.Units/FederatedLookup": _READ,
+    "/hashex.v1.Flags/ListFlags": _READ_FLAGS,
+    "/hashex.v1.Flags/WatchFlags": _READ_FLAGS,
+    "/hashex.v1.Flags/SetFlagState": frozenset({"victim-id", "supervisor", "admin"}),
     "/hashex.v1.Federation/Pull": frozenset({"peer"}),
     "/hashex.v1.Federation/PeerLookup": frozenset({"peer"}),
     "/hashex.v1.Federation/GetAuditCheckpoint": frozenset({"peer"}),

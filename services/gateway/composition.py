@@ -131,7 +131,12 @@ async def start_node(config: NodeConfig, *, clock: Clock = SYSTEM_CLOCK) -> Runn
         )
         local = await start_admin_socket(
             config,
-            [registry_servicer.binding(), units.binding(), sync.admin_binding()],
+            [
+                registry_servicer.binding(),
+                units.binding(),
+                sync.admin_binding(),
+                sync.flags_binding(),
+            ],
             recorder=recorder,
             tracer_provider=telemetry.tracer_provider,
         )

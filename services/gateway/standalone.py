@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from hashex.v1 import federation_pb2, registry_pb2
+from hashex.v1 import federation_pb2, flags_pb2, registry_pb2
 from services.core import tls
 from services.core.audit import store as audit_log
 from services.core.audit.recorder import AuditRecorder
@@ -37,7 +37,12 @@ from services.gateway.forwarding import MetadataFor, forwarding_bindings
 
 _FEDERATION = federation_pb2.DESCRIPTOR.services_by_name
 REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["Registry"]
-SYNC_SERVICES = (_FEDERATION["Units"], _FEDERATION["Federation"], _FEDERATION["Admin"])
+SYNC_SERVICES = (
+    _FEDERATION["Units"],
+    _FEDERATION["Federation"],
+    _FEDERATION["Admin"],
+    flags_pb2.DESCRIPTOR.services_by_name["Flags"],
+)
 
 
 @dataclass

@@ -30,6 +30,11 @@ from services.core.signing import Keyring
 from services.registry.store import RegistryStore
 from services.sync.audit_checkpoints import Contradiction
 from services.sync.batches import BatchRejected, VerifiedBatch
+from services.sync.flags.delivery import FlagDelivery
+from services.sync.flags.engine import EngineSettings, FlagEngine, run_engine
+from services.sync.flags.reader import LinkageReader
+from services.sync.flags.servicer import FlagsServicer
+from services.sync.flags.states import FlagStates
 from services.sync.log_watcher import LogWatcher
 from services.sync.peer_client import PeerClients, PeerDirectory
 from services.sync.policy import SharingPolicy, load_policy
@@ -147,14 +152,22 @@ class RunningSync:
     admin: AdminServicer
     supervisor: PullerSupervisor
     watcher: LogWatcher
+    flags: FlagsServicer
+    flag_delivery: FlagDelivery
+    # The flag engine's task; None when no linkage reader was given.
+    flag_engine: asyncio.Task[None] | None = None
 
     @property
     def pullers(self) -> dict[str, PeerPuller]:
         return self.supervisor.pullers
 
     def bindings(self) -> list[ServiceBinding]:
-        """What the gateway serves for sync: Federation (peers) and Admin (operators)."""
-        return [self.federation.binding(), self.admin.binding()]
+        """What the gateway serves for sync: Federation (peers), Admin (operators) and Flags
+        (units)."""
+        return [self.federation.binding(), self.admin.binding(), self.flags.binding()]
+
+    def flags_binding(self) -> ServiceBinding:
+        return self.flags.binding()
 
     def federation_binding(self) -> ServiceBinding:
         return self.federation.binding()
@@ -178,11 +191,16 @@ class RunningSync:
         """End the pulls peers hold open here (call before stopping the server serving them,
         so that it need not wait out its grace period for them)."""
         await self.watcher.close()
+        await self.flag_delivery.close()
 
     async def stop(self) -> None:
-        """End held pulls, stop the pullers (each finishes its batch in flight), close the
-        peer channels."""
+        """End held pulls and flag watches, stop the flag engine and the pullers (each finishes
+        its batch in flight), close the peer channels."""
         await self.release_pulls()
+        if self.flag_engine is not None:
+            self.flag_engine.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.flag_engine
         await self.supervisor.stop()
         await self.clients.close()
 
@@ -235,6 +253,8 @@ async def start_sync(
     keyring: Callable[[], Keyring] | None = None,
     policy_for: Callable[[str], SharingPolicy | None] | None = None,
     run_pullers: bool = True,
+    linkage: LinkageReader | None = None,
+    min_linked_media: int = 3,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     rng: random.Random | None = None,
     clock: Clock = SYSTEM_CLOCK,
@@ -248,8 +268,11 @@ async def start_sync(
     awaited for every rejected batch and `on_quarantined(peer_id, batch)` for every applied
     batch with quarantined entries, `on_audit_contradiction(peer_id, found)` for every new
     contradiction in a peer's audit checkpoints (the node audits all three).
-    `run_pullers=False` serves only (tests drive pullers themselves). `clock` times holds,
-    keep-alives, pauses and deadlines."""
+    `run_pullers=False` serves only (tests drive pullers themselves). `linkage` is the
+    registry's linkage read API (RegistryStore): the flag engine runs on it while sync runs
+    (None: flags are served and their states replicate, but no flag is raised).
+    `min_linked_media` is the node's `[linkage]` setting NEW_MATERIAL is held to. `clock` times
+    holds, keep-alives, pauses and deadlines."""
     store = SyncStore(database=database, records=records)
     if keyring is None:
         keys_dir = config.signing_keys_dir
@@ -316,11 +339,43 @@ async def start_sync(
         quarantine=store.quarantine,
         resync=lambda peer_id: _resync(peer_id, store, supervisor),
     )
+    delivery = FlagDelivery(database=database, clock=clock)
+    flags = FlagsServicer(
+        delivery=delivery, states=FlagStates(database=database, node_id=config.node_id)
+    )
     await store.log_key_rotations(keyring())
     await store.log_key_revocations(keyring())
     if run_pullers:
         supervisor.start()
-    return RunningSync(config, store, clients, federation, admin, supervisor, watcher)
+    engine_task = _start_flag_engine(
+        database, linkage, EngineSettings(config.node_id, min_linked_media), clock, now
+    )
+    return RunningSync(
+        config,
+        store,
+        clients,
+        federation,
+        admin,
+        supervisor,
+        watcher,
+        flags,
+        delivery,
+        engine_task,
+    )
+
+
+def _start_flag_engine(
+    database: Database,
+    linkage: LinkageReader | None,
+    settings: EngineSettings,
+    clock: Clock,
+    now: Callable[[], datetime],
+) -> asyncio.Task[None] | None:
+    if linkage is None:
+        _log.info("no linkage reader given: the flag engine is not started (no flag is raised)")
+        return None
+    engine = FlagEngine(database=database, reader=linkage, settings=settings, clock=clock, now=now)
+    return asyncio.create_task(run_engine(engine), name="flag-engine")
 
 
 async def _finish(task: asyncio.Task[None], grace_s: float) -> None:

@@ -146,7 +146,7 @@ class BatchChain:
         piece: list[_Filtered] = []
         size = 0
         for row in rows:
-            entry = filter_log_row(row, self._policy)
+            entry = filter_log_row(row, self._policy, recipient=self._recipient)
             cost = len(entry) + 8 if entry is not None else 0
             if piece and (len(piece) >= self._max_entries or size + cost > MAX_BODY_BYTES):
                 signed.append(self._sign(piece, origin_last_seq))

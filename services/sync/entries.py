@@ -39,6 +39,7 @@ from services.registry.replicated import (
     ReplicatedRetraction,
     ReplicatedSeries,
 )
+from services.sync.flags.ids import check_flag_id
 
 KIND_OF_FIELD = {
     "media": EntryKind.MEDIA,
@@ -46,6 +47,7 @@ KIND_OF_FIELD = {
     "series": EntryKind.SERIES,
     "key_rotation": EntryKind.KEY_ROTATION,
     "key_revocation": EntryKind.KEY_REVOCATION,
+    "flag_state": EntryKind.FLAG_STATE,
 }
 
 
@@ -85,6 +87,15 @@ def key_revocation_entry(
     ).SerializeToString()
 
 
+def flag_state_entry(seq: int, changed_at: datetime, *, flag_id: str, state: int) -> bytes:
+    """A state change of an overlap flag by one of this node's units (ChangeEntry field 8)."""
+    return federation_pb2.ChangeEntry(
+        seq=seq,
+        changed_at=convert.timestamp(changed_at),
+        flag_state=federation_pb2.FlagState(flag_id=flag_id, state=state),  # type: ignore[arg-type]
+    ).SerializeToString()
+
+
 # --- reading (a receiver) -------------------------------------------------------------------
 
 
@@ -109,7 +120,21 @@ class RevokedKey:
     revoked_from_seq: int
 
 
-Change = ReplicatedChange | RotatedKey | RevokedKey
+@dataclass(frozen=True)
+class ReplicatedFlagState:
+    """A flag's state as the origin's unit set it at `changed_at`; kept when newest."""
+
+    seq: int
+    changed_at: datetime
+    flag_id: str
+    # A FlagStateValue number: 1 OPEN, 2 ACKNOWLEDGED, 3 RESOLVED.
+    state: int
+
+
+# The FlagStateValue numbers a FlagState entry may carry.
+FLAG_STATES = frozenset({1, 2, 3})
+
+Change = ReplicatedChange | RotatedKey | RevokedKey | ReplicatedFlagState
 
 
 def decode_entry(data: bytes) -> federation_pb2.ChangeEntry:
@@ -137,6 +162,8 @@ def parse_entry(data: bytes, *, origin: str) -> Change:
         if which == "key_revocation":
             revocation = entry.key_revocation
             return RevokedKey(entry.seq, revocation.key_id, revocation.revoked_from_seq)
+        if which == "flag_state":
+            return _flag_state(entry.seq, changed_at, entry.flag_state)
         if which == "key_rotation":
             rotation = entry.key_rotation
             return RotatedKey(
@@ -149,6 +176,15 @@ def parse_entry(data: bytes, *, origin: str) -> Change:
     except InvalidArgument as error:
         raise error.within(f"entry {entry.seq}") from None
     raise InvalidArgument(f"entry {entry.seq} carries no change")
+
+
+def _flag_state(
+    seq: int, changed_at: datetime, state: federation_pb2.FlagState
+) -> ReplicatedFlagState:
+    flag_id = check_flag_id(state.flag_id)
+    if int(state.state) not in FLAG_STATES:
+        raise InvalidArgument(f"flag {flag_id}: state {int(state.state)} is not a flag state")
+    return ReplicatedFlagState(seq, changed_at, flag_id, int(state.state))
 
 
 def _media(seq: int, changed_at: datetime, media: common_pb2.Media, origin: str) -> ReplicatedMedia:

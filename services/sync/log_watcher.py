@@ -22,8 +22,10 @@ _log = logging.getLogger(__name__)
 
 
 class LogWatcher:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, channel: str = CHANGE_LOG_CHANNEL) -> None:
+        """`channel`: the notifications that wake waiters (the flags' events use their own)."""
         self._db = database
+        self._channel = channel
         self._changed = asyncio.Event()
         self._conn: Any = None
         self._closed = False
@@ -54,7 +56,7 @@ class LogWatcher:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             with contextlib.suppress(Exception):
-                await conn.remove_listener(CHANGE_LOG_CHANNEL, self._notified)
+                await conn.remove_listener(self._channel, self._notified)
             with contextlib.suppress(Exception):
                 await self._db.pool.release(conn)
 
@@ -67,7 +69,7 @@ class LogWatcher:
                 await self._db.pool.release(lost)
         try:
             conn = await self._db.pool.acquire()
-            await conn.add_listener(CHANGE_LOG_CHANNEL, self._notified)
+            await conn.add_listener(self._channel, self._notified)
         except Exception as error:  # the database is away: waits time out instead
             if not self._failing:
                 _log.warning("cannot listen for change-log growth (%s); polling meanwhile", error)

@@ -10,7 +10,8 @@ Two things leave a node for a peer: change-log entries (Federation.Pull) and loo
 - without victim-status disclosure, series travel without their victims and media without the
   victim-identified flag; without desk disclosure, victims travel without the responsible desk;
 - embargoed series are withheld whole;
-- no policy at all for a peer means nothing is shared with it (but key rotations).
+- no policy at all for a peer means nothing is shared with it (but key rotations);
+- a flag state change goes only to the flag's other agency (named beside the entry).
 
 A retraction is withheld when the media it retracts, as it stood, would have been: its media id
 may itself be a hash (`sha256:<hex>`) the peer was never allowed to learn. A media change the
@@ -40,22 +41,25 @@ _log = logging.getLogger(__name__)
 _ALGORITHM_NAMES = {int(a): ALGORITHMS[a].name for a in Algorithm}
 
 
-def filter_log_row(row: LogRow, policy: SharingPolicy | None) -> bytes | None:
-    """The entry bytes to send for `row`, or None when the policy withholds it. An entry this
-    node cannot read back to filter (written by a bug of an older release) is withheld and
+def filter_log_row(row: LogRow, policy: SharingPolicy | None, *, recipient: str) -> bytes | None:
+    """The entry bytes to send for `row` to peer `recipient`, or None when withheld. An entry
+    this node cannot read back to filter (written by a bug of an older release) is withheld and
     logged, rather than failing every pull at it: nothing unfiltered leaves, the rest goes on."""
     try:
-        return _filter_log_row(row, policy)
+        return _filter_log_row(row, policy, recipient)
     except (InvalidArgument, DecodeError):
         _log.error("entry %d of this node's change log cannot be read: withheld", row.seq)
         return None
 
 
-def _filter_log_row(row: LogRow, policy: SharingPolicy | None) -> bytes | None:
+def _filter_log_row(row: LogRow, policy: SharingPolicy | None, recipient: str) -> bytes | None:
     if row.kind in (EntryKind.KEY_ROTATION, EntryKind.KEY_REVOCATION):
         return row.entry  # even without a policy: they decide which batches verify
     if policy is None:
         return None
+    if row.kind == EntryKind.FLAG_STATE:
+        # Told only to the flag's other agency, which the writer stored beside the entry.
+        return row.entry if row.media_before == recipient.encode() else None
     if row.kind == EntryKind.RETRACTION:
         if row.media_before is None:
             return row.entry

@@ -29,12 +29,14 @@ from services.registry.store import RegistryStore
 from services.sync.audit_checkpoints import Contradiction, HeldCheckpoint
 from services.sync.batches import ActiveKey, Checkpoint, Cursor, VerifiedBatch
 from services.sync.entries import (
+    ReplicatedFlagState,
     RevokedKey,
     RotatedKey,
     decode_entry,
     key_revocation_entry,
     key_rotation_entry,
 )
+from services.sync.flags.states import apply_replicated_states
 from services.sync.origin_keys import LearnedKey, LearnedRevocation
 
 COMPONENT = "sync"
@@ -228,7 +230,12 @@ class SyncStore:
     async def apply_batch(self, *, peer_id: str, batch: VerifiedBatch, expected: Cursor) -> Applied:
         """Apply `batch` from `peer_id` and advance the cursor, all or nothing. `expected` is the
         cursor the batch was verified against; FailedPrecondition if it moved meanwhile."""
-        changes = [c for c in batch.changes if not isinstance(c, RotatedKey | RevokedKey)]
+        changes = [
+            c
+            for c in batch.changes
+            if not isinstance(c, RotatedKey | RevokedKey | ReplicatedFlagState)
+        ]
+        flag_states = [c for c in batch.changes if isinstance(c, ReplicatedFlagState)]
         async with self._db.transaction() as conn:
             locked = await _locked_cursor(conn, peer_id)
             current, resyncing = _cursor(locked), bool(locked["resyncing"])
@@ -236,6 +243,7 @@ class SyncStore:
             if current != expected:
                 raise FailedPrecondition(f"the cursor for {peer_id} moved while applying a batch")
             applied = await self._records.apply_replicated(conn, origin=peer_id, changes=changes)
+            await apply_replicated_states(conn, origin=peer_id, states=flag_states)
             for key in batch.new_keys:
                 await conn.execute(_LEARN_KEY, peer_id, key.key_id, key.public_key, key.seq)
             for revocation in batch.revoked_keys:

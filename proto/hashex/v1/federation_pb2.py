@@ -24,78 +24,81 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from hashex.v1 import common_pb2 as hashex_dot_v1_dot_common__pb2
+from hashex.v1 import flags_pb2 as hashex_dot_v1_dot_flags__pb2
 from hashex.v1 import registry_pb2 as hashex_dot_v1_dot_registry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahashex/v1/federation.proto\x12\thashex.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hashex/v1/common.proto\x1a\x18hashex/v1/registry.proto\"\x1b\n\x19GetAuditCheckpointRequest\"`\n\x1aGetAuditCheckpointResponse\x12\x0c\n\x04held\x18\x01 \x01(\x08\x12\x34\n\ncheckpoint\x18\x02 \x01(\x0b\x32 .hashex.v1.SignedAuditCheckpoint\"H\n\x15SignedAuditCheckpoint\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\xbb\x01\n\x0f\x41uditCheckpoint\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x14\n\x0crecord_count\x18\x03 \x01(\x04\x12\x13\n\x0bhead_digest\x18\x04 \x01(\x0c\x12+\n\x07made_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rwitness_count\x18\x06 \x01(\x04\x12\x16\n\x0ewitness_digest\x18\x07 \x01(\x0c\"\xb5\x01\n\x0bPullRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\x14\n\x0c\x61\x66ter_digest\x18\x02 \x01(\x0c\x12\x19\n\x11policy_generation\x18\x03 \x01(\x04\x12\x1d\n\x15max_entries_per_batch\x18\x04 \x01(\r\x12\x13\n\x0b\x61\x66ter_chain\x18\x05 \x01(\x0c\x12\x0e\n\x06wait_s\x18\x06 \x01(\r\x12\x1e\n\x16\x61udit_checkpoint_count\x18\x07 \x01(\x04\"\x9b\x01\n\x0cPullResponse\x12%\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x16.hashex.v1.SignedBatch\x12(\n\nkeep_alive\x18\x02 \x01(\x0b\x32\x14.hashex.v1.KeepAlive\x12:\n\x10\x61udit_checkpoint\x18\x03 \x01(\x0b\x32 .hashex.v1.SignedAuditCheckpoint\"$\n\tKeepAlive\x12\x17\n\x0forigin_last_seq\x18\x01 \x01(\x04\"=\n\x11PeerLookupRequest\x12(\n\x06lookup\x18\x01 \x01(\x0b\x32\x18.hashex.v1.LookupRequest\"?\n\x12PeerLookupResponse\x12)\n\x06lookup\x18\x01 \x01(\x0b\x32\x19.hashex.v1.LookupResponse\">\n\x0bSignedBatch\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\xdc\x01\n\tBatchBody\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x11\n\tfirst_seq\x18\x03 \x01(\x04\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\x12\x17\n\x0fprevious_digest\x18\x05 \x01(\x0c\x12\x19\n\x11policy_generation\x18\x06 \x01(\x04\x12\x0f\n\x07\x65ntries\x18\x07 \x03(\x0c\x12\x17\n\x0forigin_last_seq\x18\x08 \x01(\x04\x12\x14\n\x0c\x63hain_before\x18\t \x01(\x0c\x12\x13\n\x0b\x63hain_after\x18\n \x01(\x0c\"\xb2\x02\n\x0b\x43hangeEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12.\n\nchanged_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05media\x18\x03 \x01(\x0b\x32\x10.hashex.v1.MediaH\x00\x12\x30\n\nretraction\x18\x04 \x01(\x0b\x32\x1a.hashex.v1.MediaRetractionH\x00\x12#\n\x06series\x18\x05 \x01(\x0b\x32\x11.hashex.v1.SeriesH\x00\x12.\n\x0ckey_rotation\x18\x06 \x01(\x0b\x32\x16.hashex.v1.KeyRotationH\x00\x12\x32\n\x0ekey_revocation\x18\x07 \x01(\x0b\x32\x18.hashex.v1.KeyRevocationH\x00\x42\x08\n\x06\x63hange\"#\n\x0fMediaRetraction\x12\x10\n\x08media_id\x18\x01 \x01(\t\"^\n\x0bKeyRotation\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x18\n\x10signed_by_key_id\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"9\n\rKeyRevocation\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x18\n\x10revoked_from_seq\x18\x02 \x01(\x04\"n\n\x16\x46\x65\x64\x65ratedLookupRequest\x12(\n\x06lookup\x18\x01 \x01(\x0b\x32\x18.hashex.v1.LookupRequest\x12\x11\n\task_peers\x18\x02 \x01(\x08\x12\x17\n\x0fpeer_timeout_ms\x18\x03 \x01(\r\"k\n\x0bPeerOutcome\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61sked\x18\x02 \x01(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12-\n\x07outcome\x18\x04 \x01(\x0e\x32\x1c.hashex.v1.PeerLookupOutcome\"k\n\x17\x46\x65\x64\x65ratedLookupResponse\x12)\n\x06lookup\x18\x01 \x01(\x0b\x32\x19.hashex.v1.LookupResponse\x12%\n\x05peers\x18\x02 \x03(\x0b\x32\x16.hashex.v1.PeerOutcome\"$\n\x11ResyncPeerRequest\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\"-\n\x12ResyncPeerResponse\x12\x17\n\x0fwithdrawn_media\x18\x01 \x01(\x04\"\x16\n\x14GetSyncStatusRequest\"\x90\x03\n\x0ePeerSyncStatus\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x12\n\ncursor_seq\x18\x03 \x01(\x04\x12\x15\n\rpeer_last_seq\x18\x04 \x01(\x04\x12\x0b\n\x03lag\x18\x05 \x01(\x04\x12\x33\n\x0flast_success_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x31\n\rlast_error_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x61pplied_entries\x18\t \x01(\x04\x12\x18\n\x10rejected_batches\x18\n \x01(\x04\x12\x1b\n\x13quarantined_entries\x18\x0b \x01(\x04\x12\x11\n\tresyncing\x18\x0c \x01(\x08\x12\x13\n\x0b\x61udit_alarm\x18\r \x01(\t\x12/\n\x0csigning_keys\x18\x0e \x03(\x0b\x32\x19.hashex.v1.PeerSigningKey\"\xfe\x01\n\x0ePeerSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x1f.hashex.v1.PeerSigningKey.State\x12\x16\n\x0eretired_at_seq\x18\x03 \x01(\x04\x12\x18\n\x10revoked_from_seq\x18\x04 \x01(\x04\x12\x0f\n\x07on_card\x18\x05 \x01(\x08\x12\x10\n\x08\x66rom_log\x18\x06 \x01(\x08\"W\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_CURRENT\x10\x01\x12\x11\n\rSTATE_RETIRED\x10\x02\x12\x11\n\rSTATE_REVOKED\x10\x03\"I\n\x15ListQuarantineRequest\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x66ter_id\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"\xab\x01\n\x10QuarantinedEntry\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x13\n\x0b\x65ntry_bytes\x18\x05 \x01(\x04\x12\x14\n\x0c\x62\x61tch_digest\x18\x06 \x01(\x0c\x12\x32\n\x0equarantined_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x16ListQuarantineResponse\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.hashex.v1.QuarantinedEntry\x12\x0c\n\x04more\x18\x02 \x01(\x08\"j\n\x15GetSyncStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x16\n\x0elocal_last_seq\x18\x02 \x01(\x04\x12(\n\x05peers\x18\x03 \x03(\x0b\x32\x19.hashex.v1.PeerSyncStatus*\x86\x02\n\x11PeerLookupOutcome\x12#\n\x1fPEER_LOOKUP_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cPEER_LOOKUP_OUTCOME_ANSWERED\x10\x01\x12!\n\x1dPEER_LOOKUP_OUTCOME_NOT_ASKED\x10\x02\x12#\n\x1fPEER_LOOKUP_OUTCOME_UNREACHABLE\x10\x03\x12\x1f\n\x1bPEER_LOOKUP_OUTCOME_REFUSED\x10\x04\x12!\n\x1dPEER_LOOKUP_OUTCOME_TIMED_OUT\x10\x05\x12\x1e\n\x1aPEER_LOOKUP_OUTCOME_FAILED\x10\x06\x32\xf5\x01\n\nFederation\x12\x39\n\x04Pull\x12\x16.hashex.v1.PullRequest\x1a\x17.hashex.v1.PullResponse0\x01\x12I\n\nPeerLookup\x12\x1c.hashex.v1.PeerLookupRequest\x1a\x1d.hashex.v1.PeerLookupResponse\x12\x61\n\x12GetAuditCheckpoint\x12$.hashex.v1.GetAuditCheckpointRequest\x1a%.hashex.v1.GetAuditCheckpointResponse2a\n\x05Units\x12X\n\x0f\x46\x65\x64\x65ratedLookup\x12!.hashex.v1.FederatedLookupRequest\x1a\".hashex.v1.FederatedLookupResponse2\xfd\x01\n\x05\x41\x64min\x12R\n\rGetSyncStatus\x12\x1f.hashex.v1.GetSyncStatusRequest\x1a .hashex.v1.GetSyncStatusResponse\x12U\n\x0eListQuarantine\x12 .hashex.v1.ListQuarantineRequest\x1a!.hashex.v1.ListQuarantineResponse\x12I\n\nResyncPeer\x12\x1c.hashex.v1.ResyncPeerRequest\x1a\x1d.hashex.v1.ResyncPeerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahashex/v1/federation.proto\x12\thashex.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hashex/v1/common.proto\x1a\x15hashex/v1/flags.proto\x1a\x18hashex/v1/registry.proto\"\x1b\n\x19GetAuditCheckpointRequest\"`\n\x1aGetAuditCheckpointResponse\x12\x0c\n\x04held\x18\x01 \x01(\x08\x12\x34\n\ncheckpoint\x18\x02 \x01(\x0b\x32 .hashex.v1.SignedAuditCheckpoint\"H\n\x15SignedAuditCheckpoint\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\xbb\x01\n\x0f\x41uditCheckpoint\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x14\n\x0crecord_count\x18\x03 \x01(\x04\x12\x13\n\x0bhead_digest\x18\x04 \x01(\x0c\x12+\n\x07made_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rwitness_count\x18\x06 \x01(\x04\x12\x16\n\x0ewitness_digest\x18\x07 \x01(\x0c\"\xb5\x01\n\x0bPullRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\x14\n\x0c\x61\x66ter_digest\x18\x02 \x01(\x0c\x12\x19\n\x11policy_generation\x18\x03 \x01(\x04\x12\x1d\n\x15max_entries_per_batch\x18\x04 \x01(\r\x12\x13\n\x0b\x61\x66ter_chain\x18\x05 \x01(\x0c\x12\x0e\n\x06wait_s\x18\x06 \x01(\r\x12\x1e\n\x16\x61udit_checkpoint_count\x18\x07 \x01(\x04\"\x9b\x01\n\x0cPullResponse\x12%\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x16.hashex.v1.SignedBatch\x12(\n\nkeep_alive\x18\x02 \x01(\x0b\x32\x14.hashex.v1.KeepAlive\x12:\n\x10\x61udit_checkpoint\x18\x03 \x01(\x0b\x32 .hashex.v1.SignedAuditCheckpoint\"$\n\tKeepAlive\x12\x17\n\x0forigin_last_seq\x18\x01 \x01(\x04\"=\n\x11PeerLookupRequest\x12(\n\x06lookup\x18\x01 \x01(\x0b\x32\x18.hashex.v1.LookupRequest\"?\n\x12PeerLookupResponse\x12)\n\x06lookup\x18\x01 \x01(\x0b\x32\x19.hashex.v1.LookupResponse\">\n\x0bSignedBatch\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\xdc\x01\n\tBatchBody\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x11\n\tfirst_seq\x18\x03 \x01(\x04\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\x12\x17\n\x0fprevious_digest\x18\x05 \x01(\x0c\x12\x19\n\x11policy_generation\x18\x06 \x01(\x04\x12\x0f\n\x07\x65ntries\x18\x07 \x03(\x0c\x12\x17\n\x0forigin_last_seq\x18\x08 \x01(\x04\x12\x14\n\x0c\x63hain_before\x18\t \x01(\x0c\x12\x13\n\x0b\x63hain_after\x18\n \x01(\x0c\"\xde\x02\n\x0b\x43hangeEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12.\n\nchanged_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05media\x18\x03 \x01(\x0b\x32\x10.hashex.v1.MediaH\x00\x12\x30\n\nretraction\x18\x04 \x01(\x0b\x32\x1a.hashex.v1.MediaRetractionH\x00\x12#\n\x06series\x18\x05 \x01(\x0b\x32\x11.hashex.v1.SeriesH\x00\x12.\n\x0ckey_rotation\x18\x06 \x01(\x0b\x32\x16.hashex.v1.KeyRotationH\x00\x12\x32\n\x0ekey_revocation\x18\x07 \x01(\x0b\x32\x18.hashex.v1.KeyRevocationH\x00\x12*\n\nflag_state\x18\x08 \x01(\x0b\x32\x14.hashex.v1.FlagStateH\x00\x42\x08\n\x06\x63hange\"#\n\x0fMediaRetraction\x12\x10\n\x08media_id\x18\x01 \x01(\t\"^\n\x0bKeyRotation\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x18\n\x10signed_by_key_id\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"9\n\rKeyRevocation\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x18\n\x10revoked_from_seq\x18\x02 \x01(\x04\"F\n\tFlagState\x12\x0f\n\x07\x66lag_id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.hashex.v1.FlagStateValue\"n\n\x16\x46\x65\x64\x65ratedLookupRequest\x12(\n\x06lookup\x18\x01 \x01(\x0b\x32\x18.hashex.v1.LookupRequest\x12\x11\n\task_peers\x18\x02 \x01(\x08\x12\x17\n\x0fpeer_timeout_ms\x18\x03 \x01(\r\"k\n\x0bPeerOutcome\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61sked\x18\x02 \x01(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12-\n\x07outcome\x18\x04 \x01(\x0e\x32\x1c.hashex.v1.PeerLookupOutcome\"k\n\x17\x46\x65\x64\x65ratedLookupResponse\x12)\n\x06lookup\x18\x01 \x01(\x0b\x32\x19.hashex.v1.LookupResponse\x12%\n\x05peers\x18\x02 \x03(\x0b\x32\x16.hashex.v1.PeerOutcome\"$\n\x11ResyncPeerRequest\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\"-\n\x12ResyncPeerResponse\x12\x17\n\x0fwithdrawn_media\x18\x01 \x01(\x04\"\x16\n\x14GetSyncStatusRequest\"\x90\x03\n\x0ePeerSyncStatus\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x12\n\ncursor_seq\x18\x03 \x01(\x04\x12\x15\n\rpeer_last_seq\x18\x04 \x01(\x04\x12\x0b\n\x03lag\x18\x05 \x01(\x04\x12\x33\n\x0flast_success_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x31\n\rlast_error_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x61pplied_entries\x18\t \x01(\x04\x12\x18\n\x10rejected_batches\x18\n \x01(\x04\x12\x1b\n\x13quarantined_entries\x18\x0b \x01(\x04\x12\x11\n\tresyncing\x18\x0c \x01(\x08\x12\x13\n\x0b\x61udit_alarm\x18\r \x01(\t\x12/\n\x0csigning_keys\x18\x0e \x03(\x0b\x32\x19.hashex.v1.PeerSigningKey\"\xfe\x01\n\x0ePeerSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x1f.hashex.v1.PeerSigningKey.State\x12\x16\n\x0eretired_at_seq\x18\x03 \x01(\x04\x12\x18\n\x10revoked_from_seq\x18\x04 \x01(\x04\x12\x0f\n\x07on_card\x18\x05 \x01(\x08\x12\x10\n\x08\x66rom_log\x18\x06 \x01(\x08\"W\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_CURRENT\x10\x01\x12\x11\n\rSTATE_RETIRED\x10\x02\x12\x11\n\rSTATE_REVOKED\x10\x03\"I\n\x15ListQuarantineRequest\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x66ter_id\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"\xab\x01\n\x10QuarantinedEntry\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x13\n\x0b\x65ntry_bytes\x18\x05 \x01(\x04\x12\x14\n\x0c\x62\x61tch_digest\x18\x06 \x01(\x0c\x12\x32\n\x0equarantined_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x16ListQuarantineResponse\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.hashex.v1.QuarantinedEntry\x12\x0c\n\x04more\x18\x02 \x01(\x08\"j\n\x15GetSyncStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x16\n\x0elocal_last_seq\x18\x02 \x01(\x04\x12(\n\x05peers\x18\x03 \x03(\x0b\x32\x19.hashex.v1.PeerSyncStatus*\x86\x02\n\x11PeerLookupOutcome\x12#\n\x1fPEER_LOOKUP_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cPEER_LOOKUP_OUTCOME_ANSWERED\x10\x01\x12!\n\x1dPEER_LOOKUP_OUTCOME_NOT_ASKED\x10\x02\x12#\n\x1fPEER_LOOKUP_OUTCOME_UNREACHABLE\x10\x03\x12\x1f\n\x1bPEER_LOOKUP_OUTCOME_REFUSED\x10\x04\x12!\n\x1dPEER_LOOKUP_OUTCOME_TIMED_OUT\x10\x05\x12\x1e\n\x1aPEER_LOOKUP_OUTCOME_FAILED\x10\x06\x32\xf5\x01\n\nFederation\x12\x39\n\x04Pull\x12\x16.hashex.v1.PullRequest\x1a\x17.hashex.v1.PullResponse0\x01\x12I\n\nPeerLookup\x12\x1c.hashex.v1.PeerLookupRequest\x1a\x1d.hashex.v1.PeerLookupResponse\x12\x61\n\x12GetAuditCheckpoint\x12$.hashex.v1.GetAuditCheckpointRequest\x1a%.hashex.v1.GetAuditCheckpointResponse2a\n\x05Units\x12X\n\x0f\x46\x65\x64\x65ratedLookup\x12!.hashex.v1.FederatedLookupRequest\x1a\".hashex.v1.FederatedLookupResponse2\xfd\x01\n\x05\x41\x64min\x12R\n\rGetSyncStatus\x12\x1f.hashex.v1.GetSyncStatusRequest\x1a .hashex.v1.GetSyncStatusResponse\x12U\n\x0eListQuarantine\x12 .hashex.v1.ListQuarantineRequest\x1a!.hashex.v1.ListQuarantineResponse\x12I\n\nResyncPeer\x12\x1c.hashex.v1.ResyncPeerRequest\x1a\x1d.hashex.v1.ResyncPeerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hashex.v1.federation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PEERLOOKUPOUTCOME']._serialized_start=3354
-  _globals['_PEERLOOKUPOUTCOME']._serialized_end=3616
-  _globals['_GETAUDITCHECKPOINTREQUEST']._serialized_start=124
-  _globals['_GETAUDITCHECKPOINTREQUEST']._serialized_end=151
-  _globals['_GETAUDITCHECKPOINTRESPONSE']._serialized_start=153
-  _globals['_GETAUDITCHECKPOINTRESPONSE']._serialized_end=249
-  _globals['_SIGNEDAUDITCHECKPOINT']._serialized_start=251
-  _globals['_SIGNEDAUDITCHECKPOINT']._serialized_end=323
-  _globals['_AUDITCHECKPOINT']._serialized_start=326
-  _globals['_AUDITCHECKPOINT']._serialized_end=513
-  _globals['_PULLREQUEST']._serialized_start=516
-  _globals['_PULLREQUEST']._serialized_end=697
-  _globals['_PULLRESPONSE']._serialized_start=700
-  _globals['_PULLRESPONSE']._serialized_end=855
-  _globals['_KEEPALIVE']._serialized_start=857
-  _globals['_KEEPALIVE']._serialized_end=893
-  _globals['_PEERLOOKUPREQUEST']._serialized_start=895
-  _globals['_PEERLOOKUPREQUEST']._serialized_end=956
-  _globals['_PEERLOOKUPRESPONSE']._serialized_start=958
-  _globals['_PEERLOOKUPRESPONSE']._serialized_end=1021
-  _globals['_SIGNEDBATCH']._serialized_start=1023
-  _globals['_SIGNEDBATCH']._serialized_end=1085
-  _globals['_BATCHBODY']._serialized_start=1088
-  _globals['_BATCHBODY']._serialized_end=1308
-  _globals['_CHANGEENTRY']._serialized_start=1311
-  _globals['_CHANGEENTRY']._serialized_end=1617
-  _globals['_MEDIARETRACTION']._serialized_start=1619
-  _globals['_MEDIARETRACTION']._serialized_end=1654
-  _globals['_KEYROTATION']._serialized_start=1656
-  _globals['_KEYROTATION']._serialized_end=1750
-  _globals['_KEYREVOCATION']._serialized_start=1752
-  _globals['_KEYREVOCATION']._serialized_end=1809
-  _globals['_FEDERATEDLOOKUPREQUEST']._serialized_start=1811
-  _globals['_FEDERATEDLOOKUPREQUEST']._serialized_end=1921
-  _globals['_PEEROUTCOME']._serialized_start=1923
-  _globals['_PEEROUTCOME']._serialized_end=2030
-  _globals['_FEDERATEDLOOKUPRESPONSE']._serialized_start=2032
-  _globals['_FEDERATEDLOOKUPRESPONSE']._serialized_end=2139
-  _globals['_RESYNCPEERREQUEST']._serialized_start=2141
-  _globals['_RESYNCPEERREQUEST']._serialized_end=2177
-  _globals['_RESYNCPEERRESPONSE']._serialized_start=2179
-  _globals['_RESYNCPEERRESPONSE']._serialized_end=2224
-  _globals['_GETSYNCSTATUSREQUEST']._serialized_start=2226
-  _globals['_GETSYNCSTATUSREQUEST']._serialized_end=2248
-  _globals['_PEERSYNCSTATUS']._serialized_start=2251
-  _globals['_PEERSYNCSTATUS']._serialized_end=2651
-  _globals['_PEERSIGNINGKEY']._serialized_start=2654
-  _globals['_PEERSIGNINGKEY']._serialized_end=2908
-  _globals['_PEERSIGNINGKEY_STATE']._serialized_start=2821
-  _globals['_PEERSIGNINGKEY_STATE']._serialized_end=2908
-  _globals['_LISTQUARANTINEREQUEST']._serialized_start=2910
-  _globals['_LISTQUARANTINEREQUEST']._serialized_end=2983
-  _globals['_QUARANTINEDENTRY']._serialized_start=2986
-  _globals['_QUARANTINEDENTRY']._serialized_end=3157
-  _globals['_LISTQUARANTINERESPONSE']._serialized_start=3159
-  _globals['_LISTQUARANTINERESPONSE']._serialized_end=3243
-  _globals['_GETSYNCSTATUSRESPONSE']._serialized_start=3245
-  _globals['_GETSYNCSTATUSRESPONSE']._serialized_end=3351
-  _globals['_FEDERATION']._serialized_start=3619
-  _globals['_FEDERATION']._serialized_end=3864
-  _globals['_UNITS']._serialized_start=3866
-  _globals['_UNITS']._serialized_end=3963
-  _globals['_ADMIN']._serialized_start=3966
-  _globals['_ADMIN']._serialized_end=4219
+  _globals['_PEERLOOKUPOUTCOME']._serialized_start=3493
+  _globals['_PEERLOOKUPOUTCOME']._serialized_end=3755
+  _globals['_GETAUDITCHECKPOINTREQUEST']._serialized_start=147
+  _globals['_GETAUDITCHECKPOINTREQUEST']._serialized_end=174
+  _globals['_GETAUDITCHECKPOINTRESPONSE']._serialized_start=176
+  _globals['_GETAUDITCHECKPOINTRESPONSE']._serialized_end=272
+  _globals['_SIGNEDAUDITCHECKPOINT']._serialized_start=274
+  _globals['_SIGNEDAUDITCHECKPOINT']._serialized_end=346
+  _globals['_AUDITCHECKPOINT']._serialized_start=349
+  _globals['_AUDITCHECKPOINT']._serialized_end=536
+  _globals['_PULLREQUEST']._serialized_start=539
+  _globals['_PULLREQUEST']._serialized_end=720
+  _globals['_PULLRESPONSE']._serialized_start=723
+  _globals['_PULLRESPONSE']._serialized_end=878
+  _globals['_KEEPALIVE']._serialized_start=880
+  _globals['_KEEPALIVE']._serialized_end=916
+  _globals['_PEERLOOKUPREQUEST']._serialized_start=918
+  _globals['_PEERLOOKUPREQUEST']._serialized_end=979
+  _globals['_PEERLOOKUPRESPONSE']._serialized_start=981
+  _globals['_PEERLOOKUPRESPONSE']._serialized_end=1044
+  _globals['_SIGNEDBATCH']._serialized_start=1046
+  _globals['_SIGNEDBATCH']._serialized_end=1108
+  _globals['_BATCHBODY']._serialized_start=1111
+  _globals['_BATCHBODY']._serialized_end=1331
+  _globals['_CHANGEENTRY']._serialized_start=1334
+  _globals['_CHANGEENTRY']._serialized_end=1684
+  _globals['_MEDIARETRACTION']._serialized_start=1686
+  _globals['_MEDIARETRACTION']._serialized_end=1721
+  _globals['_KEYROTATION']._serialized_start=1723
+  _globals['_KEYROTATION']._serialized_end=1817
+  _globals['_KEYREVOCATION']._serialized_start=1819
+  _globals['_KEYREVOCATION']._serialized_end=1876
+  _globals['_FLAGSTATE']._serialized_start=1878
+  _globals['_FLAGSTATE']._serialized_end=1948
+  _globals['_FEDERATEDLOOKUPREQUEST']._serialized_start=1950
+  _globals['_FEDERATEDLOOKUPREQUEST']._serialized_end=2060
+  _globals['_PEEROUTCOME']._serialized_start=2062
+  _globals['_PEEROUTCOME']._serialized_end=2169
+  _globals['_FEDERATEDLOOKUPRESPONSE']._serialized_start=2171
+  _globals['_FEDERATEDLOOKUPRESPONSE']._serialized_end=2278
+  _globals['_RESYNCPEERREQUEST']._serialized_start=2280
+  _globals['_RESYNCPEERREQUEST']._serialized_end=2316
+  _globals['_RESYNCPEERRESPONSE']._serialized_start=2318
+  _globals['_RESYNCPEERRESPONSE']._serialized_end=2363
+  _globals['_GETSYNCSTATUSREQUEST']._serialized_start=2365
+  _globals['_GETSYNCSTATUSREQUEST']._serialized_end=2387
+  _globals['_PEERSYNCSTATUS']._serialized_start=2390
+  _globals['_PEERSYNCSTATUS']._serialized_end=2790
+  _globals['_PEERSIGNINGKEY']._serialized_start=2793
+  _globals['_PEERSIGNINGKEY']._serialized_end=3047
+  _globals['_PEERSIGNINGKEY_STATE']._serialized_start=2960
+  _globals['_PEERSIGNINGKEY_STATE']._serialized_end=3047
+  _globals['_LISTQUARANTINEREQUEST']._serialized_start=3049
+  _globals['_LISTQUARANTINEREQUEST']._serialized_end=3122
+  _globals['_QUARANTINEDENTRY']._serialized_start=3125
+  _globals['_QUARANTINEDENTRY']._serialized_end=3296
+  _globals['_LISTQUARANTINERESPONSE']._serialized_start=3298
+  _globals['_LISTQUARANTINERESPONSE']._serialized_end=3382
+  _globals['_GETSYNCSTATUSRESPONSE']._serialized_start=3384
+  _globals['_GETSYNCSTATUSRESPONSE']._serialized_end=3490
+  _globals['_FEDERATION']._serialized_start=3758
+  _globals['_FEDERATION']._serialized_end=4003
+  _globals['_UNITS']._serialized_start=4005
+  _globals['_UNITS']._serialized_end=4102
+  _globals['_ADMIN']._serialized_start=4105
+  _globals['_ADMIN']._serialized_end=4358
 # @@protoc_insertion_point(module_scope)

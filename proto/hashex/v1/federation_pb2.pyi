@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from hashex.v1 import common_pb2 as _common_pb2
+from hashex.v1 import flags_pb2 as _flags_pb2
 from hashex.v1 import registry_pb2 as _registry_pb2
 import builtins as _builtins
 import sys
@@ -441,6 +442,7 @@ class ChangeEntry(_message.Message):
     SERIES_FIELD_NUMBER: _builtins.int
     KEY_ROTATION_FIELD_NUMBER: _builtins.int
     KEY_REVOCATION_FIELD_NUMBER: _builtins.int
+    FLAG_STATE_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     @_builtins.property
     def changed_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -458,6 +460,10 @@ class ChangeEntry(_message.Message):
     def key_rotation(self) -> Global___KeyRotation: ...
     @_builtins.property
     def key_revocation(self) -> Global___KeyRevocation: ...
+    @_builtins.property
+    def flag_state(self) -> Global___FlagState:
+        """A flag's state changed by this origin's units; sent only to the flag's other agency."""
+
     def __init__(
         self,
         *,
@@ -468,12 +474,13 @@ class ChangeEntry(_message.Message):
         series: _common_pb2.Series | None = ...,
         key_rotation: Global___KeyRotation | None = ...,
         key_revocation: Global___KeyRevocation | None = ...,
+        flag_state: Global___FlagState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "changed_at", b"changed_at", "key_revocation", b"key_revocation", "key_rotation", b"key_rotation", "media", b"media", "retraction", b"retraction", "series", b"series"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "changed_at", b"changed_at", "flag_state", b"flag_state", "key_revocation", b"key_revocation", "key_rotation", b"key_rotation", "media", b"media", "retraction", b"retraction", "series", b"series"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "changed_at", b"changed_at", "key_revocation", b"key_revocation", "key_rotation", b"key_rotation", "media", b"media", "retraction", b"retraction", "seq", b"seq", "series", b"series"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "changed_at", b"changed_at", "flag_state", b"flag_state", "key_revocation", b"key_revocation", "key_rotation", b"key_rotation", "media", b"media", "retraction", b"retraction", "seq", b"seq", "series", b"series"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["media", "retraction", "series", "key_rotation", "key_revocation"]  # noqa: Y015
+    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["media", "retraction", "series", "key_rotation", "key_revocation", "flag_state"]  # noqa: Y015
     _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_change) -> _WhichOneofReturnType_change | None: ...
 
@@ -570,6 +577,35 @@ class KeyRevocation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KeyRevocation: _TypeAlias = KeyRevocation  # noqa: Y015
+
+@_typing.final
+class FlagState(_message.Message):
+    """A state change of an overlap flag (docs/linkage.md "States"). The agency that changed it is
+    the entry's origin and the time its changed_at. A receiver keeps the newest per flag
+    (changed_at, then origin), also for a flag it has not raised (yet); never quarantined for that.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLAG_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    flag_id: _builtins.str
+    """64 lowercase hex characters."""
+    state: _flags_pb2.FlagStateValue.ValueType
+    """OPEN, ACKNOWLEDGED or RESOLVED."""
+    def __init__(
+        self,
+        *,
+        flag_id: _builtins.str = ...,
+        state: _flags_pb2.FlagStateValue.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flag_id", b"flag_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FlagState: _TypeAlias = FlagState  # noqa: Y015
 
 @_typing.final
 class FederatedLookupRequest(_message.Message):

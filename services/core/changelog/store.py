@@ -42,6 +42,7 @@ class EntryKind(IntEnum):
     SERIES = 3
     KEY_ROTATION = 4
     KEY_REVOCATION = 5
+    FLAG_STATE = 6
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from enum import Enum
 
+from services.core.errors import InvalidArgument
 from services.sync.flags.reader import SeriesRef
 
 
@@ -35,3 +36,10 @@ def concurrent_work_id(x: SeriesRef, y: SeriesRef) -> str:
 def new_material_id(x: SeriesRef, source_origin: str) -> str:
     """Media of agency `source_origin` link to X: `kind|A/X|S`."""
     return _digest([FlagKind.NEW_MATERIAL.value, _key(x), source_origin])
+
+
+def check_flag_id(value: str) -> str:
+    """`value` if it is a flag id (64 lowercase hex characters); InvalidArgument otherwise."""
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise InvalidArgument(f"flag_id: a flag id is 64 lowercase hex characters, got {value!r}")
+    return value
