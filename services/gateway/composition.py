@@ -114,6 +114,8 @@ async def start_node(config: NodeConfig, *, clock: Clock = SYSTEM_CLOCK) -> Runn
             config,
             database=database,
             records=registry.store,
+            linkage=registry.store,
+            min_linked_media=config.linkage_min_linked_media,
             on_rejected=audit_rejections(recorder.record, now=lambda: datetime.now(UTC)),
             on_quarantined=audit_quarantines(recorder.record, now=lambda: datetime.now(UTC)),
             on_audit_contradiction=audit_contradictions(

@@ -460,6 +460,11 @@ class RegistryStore:
     ) -> dict[str, linkage_read.MediaEvidence]:
         return await linkage_read.media_linked_to_series(conn, series_row=series_row)
 
+    async def series_refs(
+        self, conn: Any, *, series_rows: list[int]
+    ) -> dict[int, linkage_read.SeriesRef]:
+        return await linkage_read.series_refs(conn, series_rows=series_rows)
+
     async def schema_version(self, conn: Any) -> int:
         return await schema_version(conn, COMPONENT)
 

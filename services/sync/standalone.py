@@ -190,11 +190,14 @@ async def start_sync_service(
             registry_channel, secret=secret, timeout_s=config.call_deadline_s
         )
         recorder = AuditRecorder(AuditStore(database))
+        store = RegistryStore(node_id=config.node_id)
         sync = await start_sync(
             config,
             database=database,
             # Replicated records carry no case data: this store never needs the case key.
-            records=RegistryStore(node_id=config.node_id),
+            records=store,
+            linkage=store,
+            min_linked_media=config.linkage_min_linked_media,
             index=_IndexInRegistryProcess(),
             trust=trust,
             on_rejected=audit_rejections(recorder.record, now=lambda: datetime.now(UTC)),

@@ -89,6 +89,8 @@ FROM d JOIN media m ON m.id = d.n AND m.retracted_at IS NULL
 GROUP BY m.origin ORDER BY m.origin
 """
 
+_SERIES_REFS = "SELECT id, origin, series_id FROM series WHERE id = ANY($1::bigint[])"
+
 _IDENTIFIED = (IdentificationStatus.IDENTIFIED, IdentificationStatus.SAFEGUARDED)
 
 
@@ -137,4 +139,12 @@ async def media_linked_to_series(conn: Any, *, series_row: int) -> dict[str, Med
     return {
         r["origin"]: MediaEvidence(r["linked"], r["exact"], r["closest"])
         for r in await conn.fetch(_LINKED_TO_SERIES, series_row)
+    }
+
+
+async def series_refs(conn: Any, *, series_rows: list[int]) -> dict[int, SeriesRef]:
+    """The series among `series_rows` that exist, by row."""
+    return {
+        r["id"]: SeriesRef(r["id"], r["origin"], r["series_id"])
+        for r in await conn.fetch(_SERIES_REFS, series_rows)
     }

@@ -107,13 +107,13 @@ class FlagEngine:
         for link in links:
             for flag in flags_of_link(link, victims):
                 out[flag.id] = flag
-        refs = {r.row: r for link in links for r in (link.a, link.b)}
+        refs = await self._reader.series_refs(conn, series_rows=rows)
         for row in rows:
+            ref = refs.get(row)  # None: the series is gone
+            if ref is None:
+                continue
             by_origin = await self._reader.media_linked_to_series(conn, series_row=row)
-            # A series is named (origin, series id) by its links: one linked to no series of
-            # another agency raises no NEW_MATERIAL yet (the read API names no series alone).
-            ref = refs.get(row)
-            if ref is None or not by_origin:
+            if not by_origin:
                 continue
             flags = new_material_flags(
                 ref,

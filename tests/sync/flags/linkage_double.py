@@ -23,6 +23,8 @@ class InMemoryLinkage:
     victims: dict[int, VictimSummary] = field(default_factory=dict)
     media: dict[int, dict[str, MediaEvidence]] = field(default_factory=dict)
     events: list[LinkageEvent] = field(default_factory=list)
+    # Series named without a link (NEW_MATERIAL for a series linked to no other series).
+    named: dict[int, SeriesRef] = field(default_factory=dict)
 
     def touch(self, *rows: int) -> None:
         for row in rows:
@@ -47,6 +49,12 @@ class InMemoryLinkage:
         self, conn: Any, *, series_rows: list[int]
     ) -> dict[int, VictimSummary]:
         return {r: self.victims[r] for r in series_rows if r in self.victims}
+
+    async def series_refs(self, conn: Any, *, series_rows: list[int]) -> dict[int, SeriesRef]:
+        known = dict(self.named)
+        for link in self.links:
+            known[link.a.row], known[link.b.row] = link.a, link.b
+        return {r: known[r] for r in series_rows if r in known}
 
     async def media_linked_to_series(
         self, conn: Any, *, series_row: int
