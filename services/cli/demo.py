@@ -3,8 +3,12 @@ PostgreSQL, certificates and signing keys, federated by exchanging signed peer c
 hashes and submits its own seizure; the seizures overlap (identical files, and edited copies that
 only PDQ recognises). A unit at DE then looks its seizure up through its gateway and finds GB's
 and US's records, exact and near, each with its origin, under the policies those agencies set:
-US withholds one category from DE, GB withholds victim status from DE. Every node and its
-PostgreSQL stop cleanly at the end.
+US withholds one category from DE, GB withholds victim status from DE. Each node then raises the
+overlap flags of its agency (services/cli/demo_flags.py): ALREADY_IDENTIFIED and NEW_MATERIAL
+between US's and GB's series, then, once US works on its victim and DE files copies of US's
+files, CONCURRENT_WORK between US and DE; DE acknowledges and resolves that one and US sees each
+state. The demo fails if a flag does not arise in time. Every node and its PostgreSQL stop
+cleanly at the end.
 
 It drives the real `hashex` command in subprocesses, exactly as operators and units type it.
 """
@@ -25,6 +29,7 @@ from typing import Any
 
 from services.cli import exit_codes
 from services.cli.demo_agencies import AGENCIES, DE, GB, US, US_RESTRICTED, Agency
+from services.cli.demo_flags import show_overlap_flags
 from services.cli.demo_images import save_images
 from services.cli.demo_shell import hashex, quiet, wait_until
 from services.core.db.system_user_access import untraversable_directory
@@ -207,6 +212,7 @@ def run_demo(root: Path) -> None:
         shared_md5 = md5_of(root / "gb-nca-seizure.jsonl", "img006.png")
         hashex("lookup", f"md5:{shared_md5}", "--data-dir", dirs["gb-nca"])
         hashex("sync", "status", "--data-dir", dirs["de-bka"])
+        show_overlap_flags(root, dirs)
     finally:
         print("\n# Stopping every node (each stops its PostgreSQL):")
         for node_id, node in nodes.items():
@@ -244,7 +250,10 @@ def main() -> None:
     print(f"demo folder: {root}")
     try:
         run_demo(root)
-        print("\ndemo finished: three federated nodes, exact and near matches across borders.")
+        print(
+            "\ndemo finished: three federated nodes, exact and near matches across borders,"
+            " overlap flags raised at both agencies and their states shared."
+        )
     finally:
         if ns.keep:
             print(f"demo folder kept: {root}")
