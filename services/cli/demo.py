@@ -3,8 +3,12 @@ PostgreSQL, certificates and signing keys, federated by exchanging signed peer c
 hashes and submits its own seizure; the seizures overlap (identical files, and edited copies that
 only PDQ recognises). A unit at DE then looks its seizure up through its gateway and finds GB's
 and US's records, exact and near, each with its origin, under the policies those agencies set:
-US withholds one category from DE, GB withholds victim status from DE. Every node and its
-PostgreSQL stop cleanly at the end.
+US withholds one category from DE, GB withholds victim status from DE. Each node then raises the
+overlap flags of its agency (services/cli/demo_flags.py): ALREADY_IDENTIFIED and NEW_MATERIAL
+between US's and GB's series, then, once US works on its victim and DE files copies of US's
+files, CONCURRENT_WORK between US and DE; DE acknowledges and resolves that one and US sees each
+state. The demo fails if a flag does not arise in time. Every node and its PostgreSQL stop
+cleanly at the end.
 
 It drives the real `hashex` command in subprocesses, exactly as operators and units type it.
 """
@@ -14,58 +18,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from services.cli import exit_codes
-from services.cli.demo_images import cropped, resized, synthetic_image
+from services.cli.demo_agencies import AGENCIES, DE, GB, US, US_RESTRICTED, Agency
+from services.cli.demo_flags import show_overlap_flags
+from services.cli.demo_images import save_images
+from services.cli.demo_shell import hashex, quiet, wait_until
 from services.core.db.system_user_access import untraversable_directory
 
 CONVERGE_TIMEOUT_S = 120.0
-
-
-@dataclass(frozen=True)
-class Agency:
-    node_id: str
-    seeds: range  # the synthetic images of its seizure
-    category: str
-    series: str
-    victim_status: str
-    desk: str
-
-
-GB = Agency("gb-nca", range(0, 12), "caid-uk:A", "gb-willow", "identified", "GB-NCA victim-ID desk")
-US = Agency("us-hsi", range(6, 18), "vics-us:1", "us-tern", "unidentified", "US-HSI victim-ID desk")
-DE = Agency("de-bka", range(0, 0), "vics-us:2", "de-heron", "in_progress", "DE-BKA VID desk")
-# Material US classes in a category it does not share with DE.
-US_RESTRICTED = range(100, 104)
-
-
-def hashex(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "services.cli.main", *map(str, args)]
-    print("\n$ hashex " + shlex.join(map(str, args)), flush=True)
-    done = subprocess.run(command, text=True, capture_output=True, check=False)
-    sys.stdout.write(done.stdout)
-    sys.stderr.write(done.stderr)
-    if check and done.returncode not in (0, 1):
-        raise SystemExit(f"demo failed: hashex {args[0]} exited {done.returncode}")
-    return done
-
-
-def quiet(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """A command whose output the demo reads rather than shows."""
-    command = [sys.executable, "-m", "services.cli.main", *map(str, args)]
-    return subprocess.run(command, text=True, capture_output=True, check=False)
 
 
 def free_port() -> int:
@@ -73,19 +42,6 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def save_images(folder: Path, seeds: Iterable[int], edit: str = "") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for seed in seeds:
-        image = synthetic_image(seed)
-        if edit == "resized":
-            resized(image).save(folder / f"resized-{seed:03d}.jpg", quality=40)
-        elif edit == "cropped":
-            cropped(image).save(folder / f"cropped-{seed:03d}.jpg", quality=40)
-        else:
-            image.save(folder / f"img{seed:03d}.png")
-    return folder
 
 
 def start_node(data_dir: Path, label: str) -> subprocess.Popen[str]:
@@ -117,25 +73,24 @@ def stop_node(node: subprocess.Popen[str], label: str) -> None:
 def wait_until_converged(dirs: dict[str, Path]) -> None:
     """Until every node has applied everything every peer logged (`hashex sync status`)."""
     print("\n# Waiting until every node has pulled from every peer (`hashex sync status`) ...")
-    deadline = time.monotonic() + CONVERGE_TIMEOUT_S
-    behind: list[str] = []
-    while time.monotonic() < deadline:
-        statuses = {}
-        for node_id, data_dir in dirs.items():
-            done = quiet("sync", "status", "--json", "--data-dir", data_dir)
-            statuses[node_id] = json.loads(done.stdout) if done.returncode == 0 else {}
-        heads = {n: int(s.get("local_last_seq", 0)) for n, s in statuses.items()}
-        behind = [
-            f"{node_id} <- {peer_id}"
-            for node_id, status in statuses.items()
-            for peer_id in dirs
-            if peer_id != node_id and not _caught_up(status, peer_id, heads[peer_id])
-        ]
-        if not behind:
-            print("every node has everything its peers may share with it")
-            return
-        time.sleep(0.5)
-    raise SystemExit(f"demo failed: not converged after {CONVERGE_TIMEOUT_S:.0f} s: {behind}")
+    wait_until(lambda: _behind(dirs), CONVERGE_TIMEOUT_S, "not converged")
+    print("every node has everything its peers may share with it")
+
+
+def _behind(dirs: dict[str, Path]) -> str | None:
+    """The nodes still behind a peer, or None."""
+    statuses = {}
+    for node_id, data_dir in dirs.items():
+        done = quiet("sync", "status", "--json", "--data-dir", data_dir)
+        statuses[node_id] = json.loads(done.stdout) if done.returncode == 0 else {}
+    heads = {n: int(s.get("local_last_seq", 0)) for n, s in statuses.items()}
+    behind = [
+        f"{node_id} <- {peer_id}"
+        for node_id, status in statuses.items()
+        for peer_id in dirs
+        if peer_id != node_id and not _caught_up(status, peer_id, heads[peer_id])
+    ]
+    return ", ".join(behind) if behind else None
 
 
 def _caught_up(status: dict[str, Any], peer_id: str, head: int) -> bool:
@@ -150,7 +105,7 @@ def _caught_up(status: dict[str, Any], peer_id: str, head: int) -> bool:
 
 
 def set_up_agencies(root: Path) -> dict[str, Path]:
-    dirs = {agency.node_id: root / agency.node_id for agency in (GB, US, DE)}
+    dirs = {agency.node_id: root / agency.node_id for agency in AGENCIES}
     for node_id, data_dir in dirs.items():
         port = free_port()
         hashex(
@@ -257,6 +212,7 @@ def run_demo(root: Path) -> None:
         shared_md5 = md5_of(root / "gb-nca-seizure.jsonl", "img006.png")
         hashex("lookup", f"md5:{shared_md5}", "--data-dir", dirs["gb-nca"])
         hashex("sync", "status", "--data-dir", dirs["de-bka"])
+        show_overlap_flags(root, dirs)
     finally:
         print("\n# Stopping every node (each stops its PostgreSQL):")
         for node_id, node in nodes.items():
@@ -294,7 +250,10 @@ def main() -> None:
     print(f"demo folder: {root}")
     try:
         run_demo(root)
-        print("\ndemo finished: three federated nodes, exact and near matches across borders.")
+        print(
+            "\ndemo finished: three federated nodes, exact and near matches across borders,"
+            " overlap flags raised at both agencies and their states shared."
+        )
     finally:
         if ns.keep:
             print(f"demo folder kept: {root}")

@@ -5,6 +5,8 @@ structure that PDQ reports a high quality, plus the edits an offender's re-share
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
+from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -42,3 +44,18 @@ def cropped(image: Image.Image, fraction: float = 0.01) -> Image.Image:
     width, height = image.size
     dx, dy = int(width * fraction), int(height * fraction)
     return image.crop((dx, dy, width - dx, height - dy))
+
+
+def save_images(folder: Path, seeds: Iterable[int], edit: str = "") -> Path:
+    """The images of `seeds` written into `folder`: PNG as drawn, or a lossy JPEG re-share
+    ("resized" or "cropped")."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        image = synthetic_image(seed)
+        if edit == "resized":
+            resized(image).save(folder / f"resized-{seed:03d}.jpg", quality=40)
+        elif edit == "cropped":
+            cropped(image).save(folder / f"cropped-{seed:03d}.jpg", quality=40)
+        else:
+            image.save(folder / f"img{seed:03d}.png")
+    return folder
