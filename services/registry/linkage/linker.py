@@ -2,11 +2,12 @@
 transaction under the linker's advisory lock (docs/linkage.md "Incremental").
 
 A chunk relinks each queued media from what is stored now (exact signals in SQL, PDQ through the
-registry's index), recomputes the evidence of every pair of the series those media belong to,
-the clusters those pairs touch, and appends a `linkage_events` row for each series whose linkage
-changed. Every step recomputes from stored state, never applies a delta, so a rebuild (every
-media queued again) comes to the same links, pairs and clusters as the incremental runs did and
-appends events only where something differs.
+registry's index) and writes the links that differ; it recomputes the evidence of every pair of
+the series whose media's links changed or that were queued themselves (membership, size,
+victims), the clusters those pairs touch, and appends a `linkage_events` row for each series
+whose linkage changed. Every step recomputes from stored state, never applies a delta, so a
+rebuild (every media and series queued again) comes to the same links, pairs and clusters as the
+incremental runs did and writes and appends only where something differs.
 
 Bounded: a chunk takes at most `chunk` media; each media keeps at most MAX_LINKS_PER_MEDIA links,
 exact first, then the closest PDQ (past that it is marked truncated and its series' evidence is a
@@ -27,6 +28,7 @@ from services.core.algorithms import ALGORITHMS, Algorithm
 from services.core.db.pool import Database
 from services.registry.linkage import sql
 from services.registry.linkage.evidence import LinkageSettings, MediaLink, PairEvidence, clusters
+from services.registry.linkage.read import LINKAGE_EVENTS_CHANNEL
 from services.registry.pdq_indexes import PdqIndexes
 
 _log = logging.getLogger(__name__)
@@ -75,18 +77,23 @@ class Linker:
             # Planned on each chunk's arrays and the tables as they are now: a plan kept from
             # an empty node's first chunks scanned whole tables once the node had grown.
             await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-            media = sorted(r[0] for r in await conn.fetch(sql.TAKE_MEDIA, settle, self._chunk))
-            queued_series = {r[0] for r in await conn.fetch(sql.TAKE_SERIES, settle, self._chunk)}
+            taken_media = await conn.fetch(sql.TAKE_MEDIA, settle, self._chunk)
+            media = sorted(r[0] for r in taken_media)
+            taken = await conn.fetch(sql.TAKE_SERIES, settle, self._chunk)
+            queued_series = {r[0] for r in taken}
             if not media and not queued_series:
                 return DrainCounts(0, 0, 0)
-            changed = await self._relink_media(conn, media) if media else set()
-            recompute = queued_series | await _series_of(conn, media)
-            changed |= queued_series
-            changed |= await self._recompute_pairs(conn, recompute)
+            # Pairs are recomputed where their inputs changed: the links of a media, or a
+            # series' membership, size or victims (which queue the series; a rebuild queues
+            # every series, announced only where its pairs or cluster differ).
+            rebuild_only = {r[0] for r in taken_media if not r[1]}
+            changed = await self._relink_media(conn, media, rebuild_only) if media else set()
+            changed |= {r[0] for r in taken if r[1]}
+            changed |= await self._recompute_pairs(conn, changed | queued_series)
             events = sorted(changed)
             if events:
                 await conn.execute(sql.APPEND_EVENTS, events)
-                await conn.execute("SELECT pg_notify('hashex_linkage_events', '')")
+                await conn.execute("SELECT pg_notify($1, '')", LINKAGE_EVENTS_CHANNEL)
         return DrainCounts(len(media), len(queued_series), len(events))
 
     async def drain(self, *, settle_s: float | None = None, duty: float = 1.0) -> DrainCounts:
@@ -110,6 +117,7 @@ class Linker:
         """Relink every media from scratch (what `hashex linkage rebuild` runs)."""
         async with self._db.transaction() as conn:
             await conn.execute(sql.QUEUE_ALL_MEDIA)
+            await conn.execute(sql.QUEUE_ALL_SERIES)
         return await self.drain(settle_s=0.0)
 
     def wake(self) -> None:
@@ -147,14 +155,31 @@ class Linker:
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
 
-    async def _relink_media(self, conn: Any, media: list[int]) -> set[int]:
-        """Replace the links of `media`; the series of every media whose links changed."""
+    async def _relink_media(self, conn: Any, media: list[int], rebuild_only: set[int]) -> set[int]:
+        """Replace the links of `media`; the series of every media whose links changed.
+
+        A replicated media that only a rebuild queued is relinked to the other replicated
+        media alone: its links to own media are the own media's to relink (they are rebuilt
+        too), so each own-replicated pair is searched once, against the smaller index."""
         origins = {r[0]: r[1] for r in await conn.fetch(sql.LIVE_MEDIA, media)}
-        old = {_pair(r[0], r[1]): (r[2], r[3]) for r in await conn.fetch(sql.LINKS_OF, media)}
-        found, truncated = await self._candidates(conn, origins)
-        await conn.execute(sql.DROP_LINKS_OF, media)
-        if found:
-            keys = sorted(found)
+        halved = {m for m in rebuild_only if origins.get(m, self._node_id) != self._node_id}
+        chunk = set(media)
+
+        def in_scope(end: int, other_is_own: bool) -> bool:
+            return end in chunk and not (end in halved and other_is_own)
+
+        old = {
+            (r[0], r[1]): (r[2], r[3])
+            for r in await conn.fetch(sql.LINKS_OF, media, self._node_id)
+            if in_scope(r[0], r[5]) or in_scope(r[1], r[4])
+        }
+        found, truncated = await self._candidates(conn, origins, halved)
+        # Only what differs is written: a rebuild that finds what is stored writes nothing.
+        gone = sorted(old.keys() - found.keys())
+        if gone:
+            await conn.execute(sql.DROP_LINKS, [k[0] for k in gone], [k[1] for k in gone])
+        keys = sorted(k for k, v in found.items() if old.get(k) != v)
+        if keys:
             await conn.execute(
                 sql.INSERT_LINKS,
                 [k[0] for k in keys],
@@ -163,21 +188,23 @@ class Linker:
                 [found[k][1] for k in keys],
             )
         await conn.execute(sql.SET_TRUNCATED, media, sorted(truncated))
-        touched = {m for key in old.keys() ^ found.keys() for m in key}
-        touched |= {m for key in old.keys() & found.keys() if old[key] != found[key] for m in key}
+        touched = {m for key in (*gone, *keys) for m in key}
         return await _series_of(conn, sorted(touched)) if touched else set()
 
     async def _candidates(
-        self, conn: Any, origins: dict[int, str]
+        self, conn: Any, origins: dict[int, str], halved: set[int]
     ) -> tuple[dict[tuple[int, int], tuple[bool, int | None]], set[int]]:
-        """The links of the live media `origins`, at most MAX_LINKS_PER_MEDIA each."""
+        """The links of the live media `origins` (of `halved`, to replicated media only), at
+        most MAX_LINKS_PER_MEDIA each."""
         live = sorted(origins)
         per_media: dict[int, dict[int, list[Any]]] = {m: {} for m in live}
         if not live:
             return {}, set()
         for r in await conn.fetch(sql.EXACT_CANDIDATES, live, MAX_LINKS_PER_MEDIA + 1):
+            if r[0] in halved and r[2] == self._node_id:
+                continue
             per_media[r[0]].setdefault(r[1], [False, None])[0] = True
-        await self._near(conn, origins, per_media)
+        await self._near(conn, origins, halved, per_media)
         found: dict[tuple[int, int], tuple[bool, int | None]] = {}
         truncated: set[int] = set()
         for m, others in per_media.items():
@@ -198,18 +225,23 @@ class Linker:
         return found, truncated
 
     async def _near(
-        self, conn: Any, origins: dict[int, str], per_media: dict[int, dict[int, list[Any]]]
+        self,
+        conn: Any,
+        origins: dict[int, str],
+        halved: set[int],
+        per_media: dict[int, dict[int, list[Any]]],
     ) -> None:
         rows = await conn.fetch(sql.MATCHABLE_PDQ, sorted(origins), _PDQ_MIN_QUALITY)
         if not rows:
             return
-        own = [r for r in rows if origins[r[0]] == self._node_id]
-        other = [r for r in rows if origins[r[0]] != self._node_id]
+        # The own records' media only ever link to replicated ones; replicated ones to both,
+        # or (halved) to replicated ones only.
+        to_replicated = [r for r in rows if origins[r[0]] == self._node_id or r[0] in halved]
+        to_all = [r for r in rows if origins[r[0]] != self._node_id and r[0] not in halved]
         distance = self.settings.pdq_max_distance
         limit = MAX_LINKS_PER_MEDIA + 1
         hits: list[tuple[int, int, int]] = []
-        # The own records' media only ever link to replicated ones, and the reverse.
-        for group, index in ((own, self._index.replicated), (other, self._index)):
+        for group, index in ((to_replicated, self._index.replicated), (to_all, self._index)):
             if not group:
                 continue
             answers = await asyncio.to_thread(_query, index, [r[1] for r in group], distance, limit)

@@ -12,6 +12,10 @@ from typing import Any
 
 from services.registry.model import IdentificationStatus
 
+# Notified at the commit of each linker chunk that appended linkage events: a reader following
+# them (the flag engine) wakes at once instead of at its next poll.
+LINKAGE_EVENTS_CHANNEL = "hashex_linkage_events"
+
 
 @dataclass(frozen=True)
 class LinkageEvent:

@@ -7,17 +7,18 @@ LINKER_LOCK = 0x6C696E6B  # "link"
 
 
 def _take(queue: str, column: str) -> str:
-    """Take up to $2 queued rows that waited at least $1 seconds, oldest first (names are
-    this module's constants, never input)."""
+    """Take up to $2 queued rows that waited at least $1 seconds, oldest first, each with
+    whether something changed it (false: only a rebuild queued it, at '-infinity'). Names are
+    this module's constants, never input."""
     return f"""
 WITH taken AS (
     DELETE FROM {queue} WHERE ctid = ANY(ARRAY(
         SELECT ctid FROM {queue}
         WHERE queued_at <= clock_timestamp() - make_interval(secs => $1)
         ORDER BY queued_at LIMIT $2))
-    RETURNING {column}
+    RETURNING {column}, queued_at
 )
-SELECT DISTINCT {column} FROM taken
+SELECT {column}, bool_or(queued_at > '-infinity') AS changed FROM taken GROUP BY 1
 """  # noqa: S608
 
 
@@ -36,11 +37,11 @@ SELECT id, origin FROM media WHERE id = ANY($1::bigint[]) AND retracted_at IS NU
 # Other-origin live media sharing an exact signal (every algorithm but PDQ), at most $2 per
 # (media, signal) in row order: a hash shared by a million media costs $2 rows, not a million.
 EXACT_CANDIDATES = """
-SELECT s1.media_row AS media_row, x.other
+SELECT s1.media_row AS media_row, x.other, x.origin
 FROM signals s1
 JOIN media m ON m.id = s1.media_row
 CROSS JOIN LATERAL (
-    SELECT s2.media_row AS other
+    SELECT s2.media_row AS other, o.origin
     FROM signals s2 JOIN media o ON o.id = s2.media_row
     WHERE s2.algorithm = s1.algorithm AND s2.value = s1.value
       AND o.origin <> m.origin AND o.retracted_at IS NULL
@@ -57,14 +58,22 @@ WHERE media_row = ANY($1::bigint[]) AND algorithm = 4 AND (quality IS NULL OR qu
 
 ORIGINS = "SELECT id, origin FROM media WHERE id = ANY($1::bigint[]) AND retracted_at IS NULL"
 
+# The links of media $1, each with whether each side is of origin $2 (false for a media gone).
 LINKS_OF = """
-SELECT low_row, high_row, exact, distance FROM media_links WHERE low_row = ANY($1::bigint[])
-UNION
-SELECT low_row, high_row, exact, distance FROM media_links WHERE high_row = ANY($1::bigint[])
+SELECT l.low_row, l.high_row, l.exact, l.distance,
+       coalesce(a.origin = $2, false) AS low_own, coalesce(b.origin = $2, false) AS high_own
+FROM (
+    SELECT low_row, high_row, exact, distance FROM media_links WHERE low_row = ANY($1::bigint[])
+    UNION
+    SELECT low_row, high_row, exact, distance FROM media_links WHERE high_row = ANY($1::bigint[])
+) l
+LEFT JOIN media a ON a.id = l.low_row
+LEFT JOIN media b ON b.id = l.high_row
 """
 
-DROP_LINKS_OF = """
-DELETE FROM media_links WHERE low_row = ANY($1::bigint[]) OR high_row = ANY($1::bigint[])
+DROP_LINKS = """
+DELETE FROM media_links l USING unnest($1::bigint[], $2::bigint[]) AS g(low_row, high_row)
+WHERE l.low_row = g.low_row AND l.high_row = g.high_row
 """
 
 INSERT_LINKS = """
@@ -166,4 +175,8 @@ SELECT s FROM unnest($1::bigint[]) AS s JOIN series se ON se.id = s ORDER BY s
 # A rebuild queues every media ahead of what waits: each is linked anew from what is stored.
 QUEUE_ALL_MEDIA = """
 INSERT INTO linkage_pending_media (media_row, queued_at) SELECT id, '-infinity' FROM media
+"""
+
+QUEUE_ALL_SERIES = """
+INSERT INTO linkage_pending_series (series_row, queued_at) SELECT id, '-infinity' FROM series
 """

@@ -10,6 +10,7 @@ their events and the cursor advance commit in one transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from services.core.clock import SYSTEM_CLOCK, Clock
 from services.core.db.pool import Database
 from services.sync.flags import store
 from services.sync.flags.derive import DerivedFlag, decide, flags_of_link, new_material_flags
-from services.sync.flags.reader import LinkageReader
+from services.sync.flags.reader import LINKAGE_EVENTS_CHANNEL, LinkageReader
 
 _log = logging.getLogger(__name__)
 
@@ -62,12 +63,29 @@ class FlagEngine:
         self._now = now
 
     async def run(self) -> None:
-        """Consume linkage events until cancelled, pausing when caught up."""
+        """Consume linkage events until cancelled; once caught up, wait for the linker's next
+        commit (its notification) or `poll_interval_s`, whichever comes first. A failure (the
+        database restarting) ends the run: run_engine starts it again."""
         _log.info("flag engine started for %s", self._settings.node_id)
-        while True:
-            result = await self.consume_chunk()
-            if result.events < CHUNK_EVENTS:
-                await self._clock.sleep(self._settings.poll_interval_s)
+        woken = asyncio.Event()
+
+        def notified(*_: object) -> None:
+            woken.set()
+
+        async with self._db.connection() as listener:
+            await listener.add_listener(LINKAGE_EVENTS_CHANNEL, notified)
+            try:
+                while True:
+                    woken.clear()
+                    result = await self.consume_chunk()
+                    if result.events < CHUNK_EVENTS:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(
+                                woken.wait(), self._clock.real_s(self._settings.poll_interval_s)
+                            )
+            finally:
+                with contextlib.suppress(Exception):
+                    await listener.remove_listener(LINKAGE_EVENTS_CHANNEL, notified)
 
     async def catch_up(self) -> ChunkResult:
         """Consume every linkage event held now (tests and the first start)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from services.registry.linkage.read import (
+    LINKAGE_EVENTS_CHANNEL,
     LinkageEvent,
     MediaEvidence,
     SeriesLink,
@@ -17,6 +18,7 @@ from services.registry.linkage.read import (
 )
 
 __all__ = [
+    "LINKAGE_EVENTS_CHANNEL",
     "LinkageEvent",
     "LinkageReader",
     "MediaEvidence",

@@ -207,6 +207,11 @@ async def test_events_name_the_series_that_changed_and_a_rebuild_changes_nothing
     shared = fed.rng.randbytes(16)
     await fed.media(OWN, "lone", md5=shared)
     await fed.media("nl-politie", "lone-b", md5=shared, series="u3")
+    # Replicated with replicated: a rebuild relinks these from both sides.
+    await fed.twin_series(("fr-ocrvp", "t4"), ("nl-politie", "u4"), 3, prefix="z")
+    other = fed.rng.randbytes(16)
+    await fed.media("fr-ocrvp", "pair-a", md5=other)
+    await fed.media("nl-politie", "pair-b", md5=other)
     await fed.linker.drain(settle_s=0)
     rows = {
         key: await fed.series_row(*key)
@@ -220,6 +225,22 @@ async def test_events_name_the_series_that_changed_and_a_rebuild_changes_nothing
     # From nothing at all: the same links, pairs and clusters.
     for table in ("media_links", "series_links", "series_clusters", "media_link_truncated"):
         await fed.pool.execute(f"TRUNCATE {table}")
+    await fed.linker.rebuild()
+    assert await fed.state() == before
+    # Links lost or invented (own with replicated, replicated with replicated) are put right.
+    links = sorted(await fed.links())
+    own_rows = {r[0] for r in await fed.pool.fetch("SELECT id FROM media WHERE origin = $1", OWN)}
+    mixed = next(link for link in links if {link[0], link[1]} & own_rows)
+    among_replicated = next(link for link in links if not {link[0], link[1]} & own_rows)
+    for low, high, *_ in (mixed, among_replicated):
+        await fed.pool.execute(
+            "DELETE FROM media_links WHERE low_row = $1 AND high_row = $2", low, high
+        )
+    await fed.pool.execute(
+        "INSERT INTO media_links (low_row, high_row, exact, distance) VALUES ($1, $2, true, NULL)",
+        min(mixed[0], among_replicated[0]),
+        max(mixed[1], among_replicated[1]),
+    )
     await fed.linker.rebuild()
     assert await fed.state() == before
 
