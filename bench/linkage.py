@@ -4,8 +4,8 @@
 is the federation's ground truth: precision and recall of linked series pairs.
 
 Targets (BENCHMARKS.md): link a 100,000-media seizure against 1,000,000 in at most 30 s, rebuild
-1,000,000 in at most 120 s, precision and recall at least 0.99. Flag latency (submit to
-WatchFlags at the other agency) is not measured by this script yet.
+1,000,000 in at most 120 s, precision and recall at least 0.99. Then flag latency, from a
+submit at one agency to WatchFlags delivery at the other, median and p99 (bench/_flag_latency.py).
 
     .venv/bin/python bench/linkage.py --n 1000000 --seizure 100000
 """
@@ -22,7 +22,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from _common import emit, machine, progress, rss_mib
+import _flag_latency
+from _common import emit, latency_summary, machine, progress, rss_mib
 
 from services.core.config import NodeConfig
 from services.core.db.migrations import apply_migration_plan
@@ -106,6 +107,8 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], di
         rebuilt = await linker.rebuild()
         rebuild_s = time.perf_counter() - started
         progress(f"rebuilt {rebuilt.media:,} media in {rebuild_s:.1f} s, {rebuilt.events} changed")
+    latency = latency_summary(await _flag_latency.measure(args.latency_rounds, args.seed))
+    progress(f"flag latency: median {latency['median_ms']:.0f} ms, p99 {latency['p99_ms']:.0f} ms")
     results = {
         "hashex": {
             "median_ms": round(seizure_s * 1e3, 1),
@@ -118,6 +121,8 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], di
             "recall": round(recall, 4),
             "precision_after_seizure": round(s_precision, 4),
             "recall_after_seizure": round(s_recall, 4),
+            "flag_latency_median_ms": round(latency["median_ms"], 1),
+            "flag_latency_p99_ms": round(latency["p99_ms"], 1),
             "load_s": round(load_s, 2),
             "rss_mib": round(rss_mib(), 1),
         },
@@ -130,6 +135,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], di
     facts: dict[str, object] = {
         "held_media": len(fed.media),
         "seizure_media": len(seizure.media),
+        "flag_latency_rounds": args.latency_rounds,
     }
     return results, facts
 
@@ -139,7 +145,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=1_000_000, help="media the node holds")
     parser.add_argument("--seizure", type=int, default=100_000, help="media of the new seizure")
     parser.add_argument("--seed", type=int, default=20261204)
+    parser.add_argument(
+        "--latency-rounds", type=int, default=50, help="flag latency samples (at least 1)"
+    )
     args = parser.parse_args(argv)
+    if args.latency_rounds < 1:
+        parser.error("--latency-rounds must be at least 1")
     results, facts = asyncio.run(run(args))
     params = {
         "n": args.n,

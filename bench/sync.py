@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
-import contextlib
 import cProfile
 import hashlib
 import io
@@ -38,14 +36,12 @@ import os
 import pstats
 import random
 import resource
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -58,12 +54,11 @@ import grpc
 import nacl
 from _common import Result, emit, latency_summary, machine, progress
 from _corpus import PDQ_QUALITY, Corpus, load, media_id
+from _nodes import cli, init_nodes, node_config, scratch_dir, unit_channel
 
 from hashex.v1 import registry_pb2, registry_pb2_grpc
-from services.cli.main import main as hashex_main
-from services.core import tls
 from services.core.algorithms import Algorithm, SignalValue
-from services.core.config import NodeConfig, load_config
+from services.core.config import NodeConfig
 from services.core.db.embedded import start_embedded
 from services.core.db.migrations import apply_migration_plan
 from services.core.db.pool import ensure_database
@@ -71,8 +66,6 @@ from services.gateway.composition import RunningNode, start_node
 from services.registry import convert
 from services.registry.model import Category, CategoryScheme, MediaFlags, MediaSubmission
 from services.registry.store import MIGRATIONS as REGISTRY_MIGRATIONS
-
-WORKING_ROLES = ("analyst", "submitter", "victim-id")
 
 ORIGIN, RECEIVER = "bench-origin", "bench-receiver"
 SERIES = 100
@@ -212,33 +205,6 @@ def profile_text(profile: cProfile.Profile, top: int) -> str:
     stats = pstats.Stats(profile, stream=buffer)
     stats.sort_stats("tottime").print_stats(top)
     return buffer.getvalue()
-
-
-@contextlib.contextmanager
-def cli_output_to_stderr() -> Iterator[None]:
-    """`hashex` commands print to stdout, which this bench keeps for its JSON line."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
-
-
-def cli(*args: str | Path) -> None:
-    with cli_output_to_stderr():
-        code = hashex_main([str(a) for a in args])
-    if code != 0:
-        raise RuntimeError(f"hashex {' '.join(map(str, args))} exited {code}")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def node_config(data_dir: Path, database_url: str | None) -> NodeConfig:
-    return load_config(data_dir, env={"DATABASE_URL": database_url} if database_url else {})
 
 
 # --- the receiver, in its own process -------------------------------------------------------
@@ -432,18 +398,6 @@ async def commit_to_visible(origin: RunningNode, receiver: Receiver, count: int)
     return latency_summary(seconds) | {"records": count}
 
 
-def unit_channel(node: RunningNode, config: NodeConfig) -> grpc.aio.Channel:
-    """The receiver's gateway, as one of its units would call it."""
-    ca = tls.load_node_ca(
-        node_id=config.node_id,
-        certificate_path=config.tls_dir / "ca.pem",
-        key_path=config.tls_dir / "ca.key",
-    )
-    identity = tls.issue_unit_certificate(ca, unit="bench", roles=WORKING_ROLES)
-    credentials = tls.channel_credentials(identity, trusted_server_cas=[ca.certificate_pem])
-    return grpc.aio.secure_channel(node.gateway_address, credentials)
-
-
 async def poll_lookup(
     stub: registry_pb2_grpc.RegistryStub, probe: Probe, *, deadline_s: float
 ) -> tuple[float, float]:
@@ -618,20 +572,6 @@ class Receiver:
 
 
 @asynccontextmanager
-async def scratch_dir() -> AsyncIterator[Path]:
-    """Outside pytest's temporary root, which an embedded server's user may not traverse.
-    Removed once more at exit: the embedded server's exit handler, registered later (so run
-    earlier), recreates its lock file in the first node's runtime directory."""
-    path = Path(tempfile.mkdtemp(prefix="hashex-bench-sync-"))
-    os.chmod(path, 0o711)  # traversable by the embedded server's user (as root), not listable
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@asynccontextmanager
 async def bench_databases(admin_url: str | None) -> AsyncIterator[dict[str, str | None]]:
     """One database per node: None (embedded servers) or fresh ones on `admin_url`, dropped."""
     if admin_url is None:
@@ -655,23 +595,6 @@ async def bench_databases(admin_url: str | None) -> AsyncIterator[dict[str, str 
                 await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
-
-
-def init_nodes(root: Path, *, external: bool) -> dict[str, Path]:
-    """`hashex node init` for both, and their peer cards (pinned only when timing starts);
-    `external`: their databases' URLs come as DATABASE_URL (see node_config)."""
-    dirs = {}
-    database = "external" if external else "embedded"
-    for node_id in (ORIGIN, RECEIVER):
-        data_dir = root / node_id
-        cli(
-            "node", "init", "--node-id", node_id, "--listen", "127.0.0.1:0",
-            "--gateway-listen", f"127.0.0.1:{free_port()}", "--database", database,
-            "--data-dir", data_dir,
-        )  # fmt: skip
-        cli("peer", "card", "--out", root / f"{node_id}.card", "--data-dir", data_dir)
-        dirs[node_id] = data_dir
-    return dirs
 
 
 async def load_origin(node: RunningNode, corpus: Corpus, batch_size: int) -> dict[str, float]:
@@ -713,9 +636,11 @@ async def run(
     corpus, probe = make_workload(args)
     facts: dict[str, Any] = {}
     async with AsyncExitStack() as stack:
-        root = await stack.enter_async_context(scratch_dir())
+        root = await stack.enter_async_context(scratch_dir("hashex-bench-sync-"))
         urls = await stack.enter_async_context(bench_databases(args.database_url))
-        dirs = await asyncio.to_thread(init_nodes, root, external=args.database_url is not None)
+        dirs = await asyncio.to_thread(
+            init_nodes, root, (ORIGIN, RECEIVER), external=args.database_url is not None
+        )
         origin = await start_node(node_config(dirs[ORIGIN], urls[ORIGIN]))
         stack.push_async_callback(origin.stop)
         progress(f"origin up ({origin.database.display_url}); loading {corpus.n:,} media")
