@@ -187,7 +187,11 @@ class Flag(_message.Message):
     kind: Global___FlagKind.ValueType
     state: Global___FlagStateValue.ValueType
     other_agency: _builtins.str
-    """The other agency involved (node id)."""
+    """The other agency involved (node id): the agency of `other_series`, or for NEW_MATERIAL
+    the agency whose media link to `series`. A flag is the same at every node, so at one of
+    its two agencies this is the reader's own node id (compare it and series.origin with
+    yours; for CONCURRENT_WORK, `series` is the first of the sorted pair).
+    """
     identified_agency: _builtins.str
     """ALREADY_IDENTIFIED only, each only when known here: the agency holding the identified
     victim, its desk (only when that agency disclosed it) and the earliest identification.

@@ -9,6 +9,10 @@ whose linkage changed. Every step recomputes from stored state, never applies a 
 rebuild (every media and series queued again) comes to the same links, pairs and clusters as the
 incremental runs did and writes and appends only where something differs.
 
+While a chunk's statements run, `drain` has the PDQ answers of the next chunk computed
+(near.py): the index's threads and PostgreSQL then work at the same time, and what a chunk takes
+from an answer computed ahead is checked against its own snapshot.
+
 Bounded: a chunk takes at most `chunk` media; each media keeps at most MAX_LINKS_PER_MEDIA links,
 exact first, then the closest PDQ (past that it is marked truncated and its series' evidence is a
 lower bound). Queued rows wait `settle_s` so that the PDQ index (updated just after each commit)
@@ -20,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +32,7 @@ from services.core.algorithms import ALGORITHMS, Algorithm
 from services.core.db.pool import Database
 from services.registry.linkage import sql
 from services.registry.linkage.evidence import LinkageSettings, MediaLink, PairEvidence, clusters
+from services.registry.linkage.near import NearSearch
 from services.registry.linkage.read import LINKAGE_EVENTS_CHANNEL
 from services.registry.pdq_indexes import PdqIndexes
 
@@ -68,6 +73,9 @@ class Linker:
         self._settle_s = settle_s
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
+        self._near = NearSearch(
+            index, distance=self.settings.pdq_max_distance, limit=MAX_LINKS_PER_MEDIA + 1
+        )
 
     async def drain_once(self, *, settle_s: float | None = None) -> DrainCounts:
         """One chunk: what it took from the queues and how many events it appended."""
@@ -104,9 +112,21 @@ class Linker:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
-            done = await self.drain_once(settle_s=settle_s)
+            # The next chunk's PDQ answers are computed while this chunk's statements run.
+            ahead = asyncio.create_task(self._compute_ahead(settle_s))
+            try:
+                done = await self.drain_once(settle_s=settle_s)
+                if done.media:
+                    await ahead
+            finally:
+                if not ahead.done():
+                    ahead.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await ahead
             if not done.media and not done.series:
+                self._near.forget()
                 return total
+            self._near.advance()
             if duty < 1.0 and max(done.media, done.series) >= self._chunk:
                 await asyncio.sleep((loop.time() - started) * (1.0 / duty - 1.0))
             total = DrainCounts(
@@ -119,6 +139,15 @@ class Linker:
             await conn.execute(sql.QUEUE_ALL_MEDIA)
             await conn.execute(sql.QUEUE_ALL_SERIES)
         return await self.drain(settle_s=0.0)
+
+    async def _compute_ahead(self, settle_s: float | None) -> None:
+        """PDQ answers for the queued media after the next `chunk`, for the chunk after."""
+        settle = self._settle_s if settle_s is None else settle_s
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(sql.PEEK_PDQ, settle, self._chunk, _PDQ_MIN_QUALITY)
+        queries = [(r[0], bytes(r[1]), r[2] != self._node_id and r[3]) for r in rows]
+        if queries:
+            await self._near.compute_ahead(queries)
 
     def wake(self) -> None:
         self._wake.set()
@@ -173,7 +202,7 @@ class Linker:
             for r in await conn.fetch(sql.LINKS_OF, media, self._node_id)
             if in_scope(r[0], r[5]) or in_scope(r[1], r[4])
         }
-        found, truncated = await self._candidates(conn, origins, halved)
+        found, truncated = await self._candidates(conn, origins, halved, old)
         # Only what differs is written: a rebuild that finds what is stored writes nothing.
         gone = sorted(old.keys() - found.keys())
         if gone:
@@ -192,7 +221,11 @@ class Linker:
         return await _series_of(conn, sorted(touched)) if touched else set()
 
     async def _candidates(
-        self, conn: Any, origins: dict[int, str], halved: set[int]
+        self,
+        conn: Any,
+        origins: dict[int, str],
+        halved: set[int],
+        old: dict[tuple[int, int], tuple[bool, int | None]],
     ) -> tuple[dict[tuple[int, int], tuple[bool, int | None]], set[int]]:
         """The links of the live media `origins` (of `halved`, to replicated media only), at
         most MAX_LINKS_PER_MEDIA each."""
@@ -204,7 +237,7 @@ class Linker:
             if r[0] in halved and r[2] == self._node_id:
                 continue
             per_media[r[0]].setdefault(r[1], [False, None])[0] = True
-        await self._near(conn, origins, halved, per_media)
+        await self._near_links(conn, origins, halved, old, per_media)
         found: dict[tuple[int, int], tuple[bool, int | None]] = {}
         truncated: set[int] = set()
         for m, others in per_media.items():
@@ -224,11 +257,12 @@ class Linker:
                 found[key] = _better(found.get(key), (exact, distance))
         return found, truncated
 
-    async def _near(
+    async def _near_links(
         self,
         conn: Any,
         origins: dict[int, str],
         halved: set[int],
+        old: dict[tuple[int, int], tuple[bool, int | None]],
         per_media: dict[int, dict[int, list[Any]]],
     ) -> None:
         rows = await conn.fetch(sql.MATCHABLE_PDQ, sorted(origins), _PDQ_MIN_QUALITY)
@@ -236,30 +270,75 @@ class Linker:
             return
         # The own records' media only ever link to replicated ones; replicated ones to both,
         # or (halved) to replicated ones only.
-        to_replicated = [r for r in rows if origins[r[0]] == self._node_id or r[0] in halved]
-        to_all = [r for r in rows if origins[r[0]] != self._node_id and r[0] not in halved]
-        distance = self.settings.pdq_max_distance
-        limit = MAX_LINKS_PER_MEDIA + 1
-        hits: list[tuple[int, int, int]] = []
-        for group, index in ((to_replicated, self._index.replicated), (to_all, self._index)):
-            if not group:
-                continue
-            answers = await asyncio.to_thread(_query, index, [r[1] for r in group], distance, limit)
-            hits += [
-                (r[0], h[0], h[1]) for r, found in zip(group, answers, strict=True) for h in found
-            ]
-        if not hits:
+        queries = [
+            (r[0], bytes(r[1]), origins[r[0]] != self._node_id and r[0] not in halved) for r in rows
+        ]
+        answers, ahead = await self._near.answer(queries)
+        hits: dict[tuple[int, int, bytes], int] = {}
+        for query, found in zip(queries, answers, strict=True):
+            for other, value, d in found:
+                key = (query[0], other, value)
+                hits[key] = min(d, hits.get(key, d))
+        if hits:
+            wanted = sorted({(h[1], h[2]) for h in hits})
+            live = {
+                (r[0], bytes(r[1])): r[2]
+                for r in await conn.fetch(
+                    sql.LIVE_PDQ_HITS,
+                    [w[0] for w in wanted],
+                    [w[1] for w in wanted],
+                    _PDQ_MIN_QUALITY,
+                )
+            }
+            for (m, other, value), d in hits.items():
+                other_origin = live.get((other, value))
+                if other_origin is None or other_origin == origins[m]:
+                    continue
+                slot = per_media[m].setdefault(other, [False, None])
+                if slot[1] is None or d < slot[1]:
+                    slot[1] = d
+        if ahead:
+            await self._keep_found_meanwhile(conn, origins, halved, old, rows, ahead, per_media)
+
+    async def _keep_found_meanwhile(
+        self,
+        conn: Any,
+        origins: dict[int, str],
+        halved: set[int],
+        old: dict[tuple[int, int], tuple[bool, int | None]],
+        rows: list[Any],
+        ahead: set[int],
+        per_media: dict[int, dict[int, list[Any]]],
+    ) -> None:
+        """Stored PDQ links of media answered ahead that their answer lacks: linked from the
+        other side meanwhile. Kept, at the distance of the stored values, while within range."""
+        lacking = [
+            (m, other)
+            for low, high in (k for k, v in old.items() if v[1] is not None)
+            for m, other in ((low, high), (high, low))
+            if m in ahead and m in per_media and per_media[m].get(other, [False, None])[1] is None
+        ]
+        if not lacking:
             return
-        hit_origins = {
-            r[0]: r[1] for r in await conn.fetch(sql.ORIGINS, sorted({h[1] for h in hits}))
-        }
-        for m, other_row, d in hits:
-            hit_origin = hit_origins.get(other_row)
-            if hit_origin is None or hit_origin == origins[m]:
+        values: dict[int, list[int]] = {}
+        for r in rows:
+            values.setdefault(r[0], []).append(int.from_bytes(r[1]))
+        others: dict[int, tuple[str, list[int]]] = {}
+        for r in await conn.fetch(
+            sql.LIVE_PDQ_OF, sorted({o for _, o in lacking}), _PDQ_MIN_QUALITY
+        ):
+            others.setdefault(r[0], (r[2], []))[1].append(int.from_bytes(r[1]))
+        limit = self.settings.pdq_max_distance
+        for m, other in lacking:
+            if other not in others or m not in values:
                 continue
-            slot = per_media[m].setdefault(other_row, [False, None])
-            if slot[1] is None or d < slot[1]:
-                slot[1] = d
+            other_origin, other_values = others[other]
+            if other_origin == origins[m] or (m in halved and other_origin == self._node_id):
+                continue
+            d = min((a ^ b).bit_count() for a in values[m] for b in other_values)
+            if d <= limit:
+                slot = per_media[m].setdefault(other, [False, None])
+                slot[1] = d if slot[1] is None else min(slot[1], d)
 
     async def _recompute_pairs(self, conn: Any, series: set[int]) -> set[int]:
         """Recompute every pair of `series` and the clusters they touch; the series whose
@@ -327,13 +406,6 @@ class Linker:
             rows = sorted(new)
             await conn.execute(sql.INSERT_CLUSTERS, rows, [new[r] for r in rows])
         return {s for s in old.keys() | new.keys() if old.get(s) != new.get(s)} & existing
-
-
-def _query(
-    index: PdqIndexes | Any, values: Sequence[bytes], distance: int, limit: int
-) -> list[list[tuple[int, int]]]:
-    answers = index.query_many(values, distance, limit=limit)
-    return [[(h.row_id, h.distance) for h in hits] for hits in answers]
 
 
 async def _series_of(conn: Any, media: Iterable[int]) -> set[int]:

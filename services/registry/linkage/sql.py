@@ -56,7 +56,42 @@ SELECT media_row, value FROM signals
 WHERE media_row = ANY($1::bigint[]) AND algorithm = 4 AND (quality IS NULL OR quality >= $2)
 """
 
-ORIGINS = "SELECT id, origin FROM media WHERE id = ANY($1::bigint[]) AND retracted_at IS NULL"
+# The PDQ hits ($1 rows, $2 values) that are still stored and matchable ($3: the minimum quality)
+# on a live media, with its origin: an index answer is checked against the chunk's snapshot.
+LIVE_PDQ_HITS = """
+SELECT h.media_row, h.value, m.origin
+FROM unnest($1::bigint[], $2::bytea[]) AS h(media_row, value)
+JOIN media m ON m.id = h.media_row AND m.retracted_at IS NULL
+WHERE EXISTS (
+    SELECT 1 FROM signals s
+    WHERE s.algorithm = 4 AND s.value = h.value AND s.media_row = h.media_row
+      AND (s.quality IS NULL OR s.quality >= $3))
+"""
+
+# The matchable PDQ values of live media $1, with their origin.
+LIVE_PDQ_OF = """
+SELECT s.media_row, s.value, m.origin
+FROM signals s JOIN media m ON m.id = s.media_row AND m.retracted_at IS NULL
+WHERE s.media_row = ANY($1::bigint[]) AND s.algorithm = 4
+  AND (s.quality IS NULL OR s.quality >= $2)
+"""
+
+# The matchable PDQ values of the live media queued after the first $2 ready entries (ready:
+# waited $1 seconds), each with its origin and whether a change queued it (not only a rebuild).
+PEEK_PDQ = """
+WITH next AS (
+    SELECT media_row, queued_at FROM linkage_pending_media
+    WHERE queued_at <= clock_timestamp() - make_interval(secs => $1)
+    ORDER BY queued_at OFFSET $2 LIMIT $2
+), rows AS (
+    SELECT media_row, bool_or(queued_at > '-infinity') AS changed FROM next GROUP BY 1
+)
+SELECT s.media_row, s.value, m.origin, n.changed
+FROM rows n
+JOIN media m ON m.id = n.media_row AND m.retracted_at IS NULL
+JOIN signals s ON s.media_row = n.media_row AND s.algorithm = 4
+  AND (s.quality IS NULL OR s.quality >= $3)
+"""
 
 # The links of media $1, each with whether each side is of origin $2 (false for a media gone).
 LINKS_OF = """
@@ -172,11 +207,14 @@ INSERT INTO linkage_events (series_row)
 SELECT s FROM unnest($1::bigint[]) AS s JOIN series se ON se.id = s ORDER BY s
 """
 
-# A rebuild queues every media ahead of what waits: each is linked anew from what is stored.
+# A rebuild queues every media and series not queued yet ahead of what waits: each is linked
+# anew from what is stored (what a change queued keeps its place, and is announced).
 QUEUE_ALL_MEDIA = """
 INSERT INTO linkage_pending_media (media_row, queued_at) SELECT id, '-infinity' FROM media
+ON CONFLICT (media_row) DO NOTHING
 """
 
 QUEUE_ALL_SERIES = """
 INSERT INTO linkage_pending_series (series_row, queued_at) SELECT id, '-infinity' FROM series
+ON CONFLICT (series_row) DO NOTHING
 """

@@ -149,6 +149,50 @@ async def test_a_retracted_media_loses_its_links(fed: Fed) -> None:
     assert await fed.links() == set()
 
 
+async def test_an_answer_computed_ahead_is_checked_against_what_is_stored(fed: Fed) -> None:
+    """A chunk's PDQ answers may be computed while the chunk before runs (Linker.drain). One
+    computed before a link was found from the other side keeps that link; one holding a hit
+    whose value has changed since links nothing to it."""
+    value, far = fed.rng.randbytes(32), fed.rng.randbytes(32)
+    a = await fed.media(OWN, "a", pdq=value)
+    x = await fed.media("nl-politie", "x", pdq=fed.near(value, 9))
+    await fed.linker.drain(settle_s=0)
+    assert await fed.links() == {(a, x, False, 9)}
+    # a's answer, computed ahead: x within range, no b yet.
+    await fed.linker._near.compute_ahead([(a, value, False)])
+    fed.linker._near.advance()
+    b = await fed.media("fr-ocrvp", "b", pdq=fed.near(value, 5))
+    # x's value changes (it is queued and relinked: its link to a goes).
+    async with fed.pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM signals WHERE media_row = $1", x)
+        await conn.execute(
+            "INSERT INTO signals (media_row, algorithm, value, quality) VALUES ($1, 4, $2, 90)",
+            x,
+            far,
+        )
+    fed.index.replicated.remove_rows([x])
+    fed.index.replicated.add([x], [far])
+    await fed.linker.drain_once(settle_s=0)  # b (linked to a from b's side) and x
+    assert await fed.links() == {(a, b, False, 5)}
+    await fed.pool.execute("INSERT INTO linkage_pending_media (media_row) VALUES ($1)", a)
+    await fed.linker.drain_once(settle_s=0)  # a, from its answer computed ahead
+    assert await fed.links() == {(a, b, False, 5)}
+
+
+async def test_a_media_is_queued_once_and_a_change_during_a_rebuild_is_announced(
+    fed: Fed,
+) -> None:
+    a = await fed.media(OWN, "a", pdq=fed.rng.randbytes(32), series="s1")  # signal and series
+    pending = "SELECT media_row, queued_at > '-infinity' FROM linkage_pending_media"
+    assert [tuple(r) for r in await fed.pool.fetch(pending)] == [(a, True)]
+    await fed.linker.drain(settle_s=0)
+    await fed.pool.execute(
+        "INSERT INTO linkage_pending_media (media_row, queued_at) VALUES ($1, '-infinity')", a
+    )
+    await fed.pool.execute("UPDATE media SET retracted_at = now() WHERE id = $1", a)
+    assert [tuple(r) for r in await fed.pool.fetch(pending)] == [(a, True)]
+
+
 async def test_queued_changes_wait_to_settle(fed: Fed) -> None:
     shared = fed.rng.randbytes(16)
     await fed.media(OWN, "a", md5=shared)
