@@ -15,7 +15,7 @@ WITH taken AS (
     DELETE FROM {queue} WHERE ctid = ANY(ARRAY(
         SELECT ctid FROM {queue}
         WHERE queued_at <= clock_timestamp() - make_interval(secs => $1)
-        ORDER BY queued_at LIMIT $2))
+        ORDER BY queued_at, {column} LIMIT $2))
     RETURNING {column}, queued_at
 )
 SELECT {column}, bool_or(queued_at > '-infinity') AS changed FROM taken GROUP BY 1
@@ -82,7 +82,7 @@ PEEK_PDQ = """
 WITH next AS (
     SELECT media_row, queued_at FROM linkage_pending_media
     WHERE queued_at <= clock_timestamp() - make_interval(secs => $1)
-    ORDER BY queued_at OFFSET $2 LIMIT $2
+    ORDER BY queued_at, media_row OFFSET $2 LIMIT $2
 ), rows AS (
     SELECT media_row, bool_or(queued_at > '-infinity') AS changed FROM next GROUP BY 1
 )

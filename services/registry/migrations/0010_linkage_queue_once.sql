@@ -15,6 +15,14 @@ WHERE p.series_row = q.series_row AND (p.queued_at, p.ctid) < (q.queued_at, q.ct
 CREATE UNIQUE INDEX linkage_pending_media_row_idx ON linkage_pending_media (media_row);
 CREATE UNIQUE INDEX linkage_pending_series_row_idx ON linkage_pending_series (series_row);
 
+-- Taken in (queued_at, row) order: the rows a rebuild queued all at '-infinity' come in row order
+-- too, and the linker's look at the chunk after the next (services/registry/linkage/near.py)
+-- sees the rows that chunk will take.
+DROP INDEX linkage_pending_media_queued_idx;
+DROP INDEX linkage_pending_series_queued_idx;
+CREATE INDEX linkage_pending_media_queued_idx ON linkage_pending_media (queued_at, media_row);
+CREATE INDEX linkage_pending_series_queued_idx ON linkage_pending_series (queued_at, series_row);
+
 CREATE OR REPLACE FUNCTION linkage_queue() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
