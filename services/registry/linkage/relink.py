@@ -30,7 +30,8 @@ class MediaRelinker:
 
         A replicated media that only a rebuild queued is relinked to the other replicated
         media alone: its links to own media are the own media's to relink (they are rebuilt
-        too), so each own-replicated pair is searched once, against the smaller index."""
+        too), so each own-replicated pair is searched once, and the media's search skips the own
+        index."""
         origins = {r[0]: r[1] for r in await conn.fetch(sql.LIVE_MEDIA, media)}
         halved = {m for m in rebuild_only if origins.get(m, self._node_id) != self._node_id}
         chunk = set(media)
