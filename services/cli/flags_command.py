@@ -64,6 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=(
             "examples:\n"
             "  hashex flags --state open --cert units/alice.pem\n"
+            "  hashex flags list --kind concurrent-work --json\n"
             "  hashex flags ack 3f2a...e9 --cert units/vid.pem\n"
             "  hashex flags watch --after 120 --json\n\n" + exit_codes.EPILOG
         ),
@@ -72,7 +73,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _list_options(parser)
     add_node_options(parser)
     parser.set_defaults(func=lambda ns: run_command(_list, ns))
-    actions = parser.add_subparsers(dest="action", metavar="{ack,resolve,watch}")
+    actions = parser.add_subparsers(dest="action", metavar="{list,ack,resolve,watch}")
+    listing = actions.add_parser("list", help="list the flags (as `hashex flags` alone does)")
+    _list_options(listing)
+    add_node_options(listing)
+    listing.set_defaults(func=lambda ns: run_command(_list, ns))
     for name, state in (("ack", "acknowledged"), ("resolve", "resolved")):
         change = actions.add_parser(name, help=f"mark a flag {state}")
         change.add_argument("flag_id", metavar="ID", help="the flag's id (64 hex characters)")

@@ -47,6 +47,8 @@ async def test_list_ack_resolve_and_refusals(
         assert flag["id"] == AI_ID and flag["state"] == "FLAG_STATE_VALUE_ACKNOWLEDGED"
         assert await hashex("flags", "--kind", "new-material", "--json", *data) == 0
         assert json.loads(capsys.readouterr().out) == []
+        assert await hashex("flags", "list", "--state", "acknowledged", "--json", *data) == 0
+        assert [f["id"] for f in json.loads(capsys.readouterr().out)] == [AI_ID]
 
         assert await hashex("flags", "resolve", "f" * 64, *data) == exit_codes.NOT_FOUND
         assert await hashex("flags", "resolve", "nope", *data) == exit_codes.BAD_INPUT
