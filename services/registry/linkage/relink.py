@@ -136,9 +136,7 @@ class MediaRelinker:
                 other_origin = live.get((other, value))
                 if other_origin is None or other_origin == origins[m]:
                     continue
-                slot = per_media[m].setdefault(other, [False, None])
-                if slot[1] is None or d < slot[1]:
-                    slot[1] = d
+                _note_distance(per_media[m], other, d)
         if ahead:
             await self._keep_found_meanwhile(conn, origins, halved, old, rows, ahead, per_media)
 
@@ -179,8 +177,14 @@ class MediaRelinker:
                 continue
             d = min((a ^ b).bit_count() for a in values[m] for b in other_values)
             if d <= limit:
-                slot = per_media[m].setdefault(other, [False, None])
-                slot[1] = d if slot[1] is None else min(slot[1], d)
+                _note_distance(per_media[m], other, d)
+
+
+def _note_distance(candidates: dict[int, list[Any]], other: int, distance: int) -> None:
+    """Keep the closer PDQ distance to `other` among a media's candidates."""
+    slot = candidates.setdefault(other, [False, None])
+    if slot[1] is None or distance < slot[1]:
+        slot[1] = distance
 
 
 def _pair(a: int, b: int) -> tuple[int, int]:
