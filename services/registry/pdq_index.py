@@ -28,10 +28,12 @@ event loop. Writers arriving meanwhile do not wait for it.
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -63,6 +65,16 @@ class NearHit:
     row_id: int
     value: bytes
     distance: int
+
+
+def nearest(answers: Iterable[Iterable[NearHit]], limit: int) -> list[NearHit]:
+    """The first `limit` hits of several answers to one query, each sorted as `query` sorts
+    them (by distance, row, value)."""
+    return list(islice(heapq.merge(*answers, key=_order), limit))
+
+
+def _order(hit: NearHit) -> tuple[int, int, bytes]:
+    return hit.distance, hit.row_id, hit.value
 
 
 @dataclass(frozen=True, eq=False)

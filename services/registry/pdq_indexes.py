@@ -9,11 +9,9 @@ Blocking like PdqIndex itself: call mutations from a worker thread.
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterable, Sequence
-from itertools import islice
+from collections.abc import Sequence
 
-from services.registry.pdq_index import NearHit, PdqIndex, PdqLoader
+from services.registry.pdq_index import NearHit, PdqIndex, PdqLoader, nearest
 
 
 class PdqIndexes:
@@ -42,13 +40,4 @@ class PdqIndexes:
         if own_only or not len(self.replicated):
             return own
         replicated = self.replicated.query_many(values, max_distance, limit=limit)
-        return [_nearest(a, b, limit) for a, b in zip(own, replicated, strict=True)]
-
-
-def _nearest(a: Iterable[NearHit], b: Iterable[NearHit], limit: int) -> list[NearHit]:
-    return list(islice(heapq.merge(a, b, key=_order), limit))
-
-
-def _order(hit: NearHit) -> tuple[int, int, bytes]:
-    """The order PdqIndex sorts its hits in."""
-    return hit.distance, hit.row_id, hit.value
+        return [nearest((a, b), limit) for a, b in zip(own, replicated, strict=True)]

@@ -32,7 +32,8 @@ from typing import Any
 from services.core.db.pool import Database
 from services.registry.linkage import sql
 from services.registry.linkage.evidence import LinkageSettings, PairEvidence, clusters
-from services.registry.linkage.near import NearSearch
+from services.registry.linkage.near import NearSearch, scope_of
+from services.registry.linkage.origin_indexes import OriginIndexes
 from services.registry.linkage.read import LINKAGE_EVENTS_CHANNEL
 from services.registry.linkage.relink import MAX_LINKS_PER_MEDIA, PDQ_MIN_QUALITY, MediaRelinker
 from services.registry.pdq_indexes import PdqIndexes
@@ -72,7 +73,10 @@ class Linker:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._near = NearSearch(
-            index, distance=self.settings.pdq_max_distance, limit=MAX_LINKS_PER_MEDIA + 1
+            index,
+            node_id=node_id,
+            distance=self.settings.pdq_max_distance,
+            limit=MAX_LINKS_PER_MEDIA + 1,
         )
         self._relinker = MediaRelinker(near=self._near, node_id=node_id, settings=self.settings)
 
@@ -134,18 +138,29 @@ class Linker:
             )
 
     async def rebuild(self) -> DrainCounts:
-        """Relink every media from scratch (what `hashex linkage rebuild` runs)."""
+        """Relink every media from scratch (what `hashex linkage rebuild` runs). The replicated
+        media are searched in per-origin indexes read after queueing (origin_indexes.py)."""
         async with self._db.transaction() as conn:
             await conn.execute(sql.QUEUE_ALL_MEDIA)
             await conn.execute(sql.QUEUE_ALL_SERIES)
-        return await self.drain(settle_s=0.0)
+        async with self._db.connection() as conn:
+            rows = await OriginIndexes.read(
+                conn, node_id=self._node_id, min_quality=PDQ_MIN_QUALITY
+            )
+        self._near.use_origin_indexes(await asyncio.to_thread(OriginIndexes.build, rows))
+        del rows
+        try:
+            return await self.drain(settle_s=0.0)
+        finally:
+            self._near.use_origin_indexes(None)
 
     async def _compute_ahead(self, settle_s: float | None) -> None:
         """PDQ answers for the queued media after the next `chunk`, for the chunk after."""
         settle = self._settle_s if settle_s is None else settle_s
         async with self._db.connection() as conn:
             rows = await conn.fetch(sql.PEEK_PDQ, settle, self._chunk, PDQ_MIN_QUALITY)
-        queries = [(r[0], bytes(r[1]), r[2] != self._node_id and r[3]) for r in rows]
+        node = self._node_id
+        queries = [(r[0], bytes(r[1]), scope_of(r[2], changed=r[3], node_id=node)) for r in rows]
         if queries:
             await self._near.compute_ahead(queries)
 

@@ -11,7 +11,8 @@ from typing import Any
 from services.core.algorithms import ALGORITHMS, Algorithm
 from services.registry.linkage import sql
 from services.registry.linkage.evidence import LinkageSettings, MediaLink
-from services.registry.linkage.near import NearSearch
+from services.registry.linkage.near import NearSearch, scope_of
+from services.registry.linkage.origin_indexes import origin_rank
 
 MAX_LINKS_PER_MEDIA = 1_000
 PDQ_MIN_QUALITY = ALGORITHMS[Algorithm.PDQ].min_match_quality
@@ -28,23 +29,23 @@ class MediaRelinker:
         """Replace the links of `media` (in the chunk's transaction `conn`); the media whose
         links changed, on either side.
 
-        A replicated media that only a rebuild queued is relinked to the other replicated
-        media alone: its links to own media are the own media's to relink (they are rebuilt
-        too), so each own-replicated pair is searched once, and the media's search skips the own
-        index."""
+        A replicated media that only a rebuild queued is relinked to the media of origins
+        ranked above its own alone (origin_rank: this node's records first, then origins by
+        name); its links to the others are theirs to relink (they are rebuilt too), so each
+        pair is searched once, from its lower side. An own media is the lowest rank anyway."""
         origins = {r[0]: r[1] for r in await conn.fetch(sql.LIVE_MEDIA, media)}
-        halved = {m for m in rebuild_only if origins.get(m, self._node_id) != self._node_id}
+        ranked = {m for m in rebuild_only if origins.get(m, self._node_id) != self._node_id}
         chunk = set(media)
 
-        def in_scope(end: int, other_is_own: bool) -> bool:
-            return end in chunk and not (end in halved and other_is_own)
+        def in_scope(end: int, other: str | None) -> bool:
+            return end in chunk and not (end in ranked and not self._above(other, origins[end]))
 
         old = {
             (r[0], r[1]): (r[2], r[3])
-            for r in await conn.fetch(sql.LINKS_OF, media, self._node_id)
+            for r in await conn.fetch(sql.LINKS_OF, media)
             if in_scope(r[0], r[5]) or in_scope(r[1], r[4])
         }
-        found, truncated = await self._candidates(conn, origins, halved, old)
+        found, truncated = await self._candidates(conn, origins, ranked, old)
         # Only what differs is written: a rebuild that finds what is stored writes nothing.
         gone = sorted(old.keys() - found.keys())
         if gone:
@@ -62,28 +63,35 @@ class MediaRelinker:
         touched = {m for key in (*gone, *keys) for m in key}
         return touched
 
+    def _above(self, other_origin: str | None, origin: str) -> bool:
+        """Whether a media of `other_origin` ranks above one of `origin`; a media whose origin
+        is unknown (gone) counts as above, so that its link is relinked."""
+        if other_origin is None:
+            return True
+        return origin_rank(other_origin, self._node_id) > origin_rank(origin, self._node_id)
+
     async def _candidates(
         self,
         conn: Any,
         origins: dict[int, str],
-        halved: set[int],
+        ranked: set[int],
         old: dict[tuple[int, int], tuple[bool, int | None]],
     ) -> tuple[dict[tuple[int, int], tuple[bool, int | None]], set[int]]:
-        """The links of the live media `origins` (of `halved`, to replicated media only), at
+        """The links of the live media `origins` (of `ranked`, to media ranked above only), at
         most MAX_LINKS_PER_MEDIA each."""
         live = sorted(origins)
         per_media: dict[int, dict[int, list[Any]]] = {m: {} for m in live}
         if not live:
             return {}, set()
         for r in await conn.fetch(sql.EXACT_CANDIDATES, live, MAX_LINKS_PER_MEDIA + 1):
-            if r[0] in halved and r[2] == self._node_id:
+            if r[0] in ranked and not self._above(r[2], origins[r[0]]):
                 continue
             per_media[r[0]].setdefault(r[1], [False, None])[0] = True
-        await self._near_links(conn, origins, halved, old, per_media)
+        await self._near_links(conn, origins, ranked, old, per_media)
         found: dict[tuple[int, int], tuple[bool, int | None]] = {}
         truncated: set[int] = set()
         for m, others in per_media.items():
-            ranked = sorted(
+            best = sorted(
                 others.items(),
                 key=lambda kv: (
                     not kv[1][0],
@@ -91,9 +99,9 @@ class MediaRelinker:
                     kv[0],
                 ),
             )
-            if len(ranked) > MAX_LINKS_PER_MEDIA:
+            if len(best) > MAX_LINKS_PER_MEDIA:
                 truncated.add(m)
-            for other, (exact, distance) in ranked[:MAX_LINKS_PER_MEDIA]:
+            for other, (exact, distance) in best[:MAX_LINKS_PER_MEDIA]:
                 key = _pair(m, other)
                 MediaLink(key[0], key[1], exact, distance)  # the link's own checks
                 found[key] = _better(found.get(key), (exact, distance))
@@ -103,17 +111,17 @@ class MediaRelinker:
         self,
         conn: Any,
         origins: dict[int, str],
-        halved: set[int],
+        ranked: set[int],
         old: dict[tuple[int, int], tuple[bool, int | None]],
         per_media: dict[int, dict[int, list[Any]]],
     ) -> None:
         rows = await conn.fetch(sql.MATCHABLE_PDQ, sorted(origins), PDQ_MIN_QUALITY)
         if not rows:
             return
-        # The own records' media only ever link to replicated ones; replicated ones to both,
-        # or (halved) to replicated ones only.
+        node = self._node_id
         queries = [
-            (r[0], bytes(r[1]), origins[r[0]] != self._node_id and r[0] not in halved) for r in rows
+            (r[0], bytes(r[1]), scope_of(origins[r[0]], changed=r[0] not in ranked, node_id=node))
+            for r in rows
         ]
         answers, ahead = await self._near.answer(queries)
         hits: dict[tuple[int, int, bytes], int] = {}
@@ -136,15 +144,17 @@ class MediaRelinker:
                 other_origin = live.get((other, value))
                 if other_origin is None or other_origin == origins[m]:
                     continue
+                if m in ranked and not self._above(other_origin, origins[m]):
+                    continue
                 _note_distance(per_media[m], other, d)
         if ahead:
-            await self._keep_found_meanwhile(conn, origins, halved, old, rows, ahead, per_media)
+            await self._keep_found_meanwhile(conn, origins, ranked, old, rows, ahead, per_media)
 
     async def _keep_found_meanwhile(
         self,
         conn: Any,
         origins: dict[int, str],
-        halved: set[int],
+        ranked: set[int],
         old: dict[tuple[int, int], tuple[bool, int | None]],
         rows: list[Any],
         ahead: set[int],
@@ -173,7 +183,9 @@ class MediaRelinker:
             if other not in others or m not in values:
                 continue
             other_origin, other_values = others[other]
-            if other_origin == origins[m] or (m in halved and other_origin == self._node_id):
+            if other_origin == origins[m]:
+                continue
+            if m in ranked and not self._above(other_origin, origins[m]):
                 continue
             d = min((a ^ b).bit_count() for a in values[m] for b in other_values)
             if d <= limit:

@@ -93,10 +93,9 @@ JOIN signals s ON s.media_row = n.media_row AND s.algorithm = 4
   AND (s.quality IS NULL OR s.quality >= $3)
 """
 
-# The links of media $1, each with whether each side is of origin $2 (false for a media gone).
+# The links of media $1, each with the origin of each side (null for a media gone).
 LINKS_OF = """
-SELECT l.low_row, l.high_row, l.exact, l.distance,
-       coalesce(a.origin = $2, false) AS low_own, coalesce(b.origin = $2, false) AS high_own
+SELECT l.low_row, l.high_row, l.exact, l.distance, a.origin AS low_origin, b.origin AS high_origin
 FROM (
     SELECT low_row, high_row, exact, distance FROM media_links WHERE low_row = ANY($1::bigint[])
     UNION

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from services.core.db.pool import Database
-from services.registry.linkage import read
+from services.registry.linkage import read, sql
 from services.registry.linkage.evidence import LinkageSettings
 from services.registry.linkage.linker import Linker
+from services.registry.linkage.origin_indexes import OriginIndexes
 from services.registry.pdq_indexes import PdqIndexes
 
 pytestmark = pytest.mark.asyncio
@@ -159,7 +160,7 @@ async def test_an_answer_computed_ahead_is_checked_against_what_is_stored(fed: F
     await fed.linker.drain(settle_s=0)
     assert await fed.links() == {(a, x, False, 9)}
     # a's answer, computed ahead: x within range, no b yet.
-    await fed.linker._near.compute_ahead([(a, value, False)])
+    await fed.linker._near.compute_ahead([(a, value, OWN)])
     fed.linker._near.advance()
     b = await fed.media("fr-ocrvp", "b", pdq=fed.near(value, 5))
     # x's value changes (it is queued and relinked: its link to a goes).
@@ -287,6 +288,50 @@ async def test_events_name_the_series_that_changed_and_a_rebuild_changes_nothing
     )
     await fed.linker.rebuild()
     assert await fed.state() == before
+
+
+async def test_a_rebuild_searches_origins_ranked_above_and_links_what_came_after_it(
+    fed: Fed,
+) -> None:
+    """A rebuild relinks a replicated media to the origins ranked above its own only, found in
+    per-origin indexes read at its start (origin_indexes.py). Four origins hold near copies of
+    one image; after the indexes are read, a new copy arrives and is linked, and one copy's
+    value changes. The rebuild still comes to what relinking from nothing does: the link of
+    the new copy to a lower-ranked one, which that one's answer lacks, is kept."""
+    value = fed.rng.randbytes(32)
+    origins = (OWN, "fr-ocrvp", "nl-politie", "se-polisen")
+    copies = [await fed.media(o, f"c-{o}", pdq=fed.near(value, 3)) for o in origins]
+    await fed.twin_series(("nl-politie", "u1"), ("se-polisen", "v1"), 3, prefix="t")
+    await fed.linker.drain(settle_s=0)
+    assert len([link for link in await fed.links() if {link[0], link[1]} <= set(copies)]) == 6
+    async with fed.pool.acquire() as conn:
+        rows = await OriginIndexes.read(conn, node_id=OWN, min_quality=50)
+    assert sorted(rows) == ["fr-ocrvp", "nl-politie", "se-polisen"]
+    snapshot = OriginIndexes.build(rows)
+    late = await fed.media("nl-politie", "late", pdq=fed.near(value, 4))
+    far = fed.rng.randbytes(32)
+    async with fed.pool.acquire() as conn, conn.transaction():
+        await conn.execute("UPDATE signals SET value = $2 WHERE media_row = $1", copies[3], far)
+    fed.index.replicated.remove_rows([copies[3]])
+    fed.index.replicated.add([copies[3]], [far])
+    await fed.linker.drain(settle_s=0)
+    assert (copies[1], late) in {(link[0], link[1]) for link in await fed.links()}
+    await fed.pool.execute(sql.QUEUE_ALL_MEDIA)
+    await fed.pool.execute(sql.QUEUE_ALL_SERIES)
+    fed.linker._near.use_origin_indexes(snapshot)
+    try:
+        await fed.linker.drain(settle_s=0)
+    finally:
+        fed.linker._near.use_origin_indexes(None)
+    state = await fed.state()
+    linked = {(link[0], link[1]) for link in await fed.links()}
+    held = (*copies[:3], late)
+    expected = {(a, b) for a in held for b in held if a < b and (a, b) != (copies[2], late)}
+    assert {k for k in linked if set(k) <= {*copies, late}} == expected
+    for table in ("media_links", "series_links", "series_clusters", "media_link_truncated"):
+        await fed.pool.execute(f"TRUNCATE {table}")
+    await fed.linker.rebuild()
+    assert await fed.state() == state
 
 
 async def test_victims_queue_their_series_and_the_read_api_summarises_them(fed: Fed) -> None:
