@@ -16,7 +16,6 @@ import grpc
 from google.protobuf.message import Message
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from the stubs
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import (
     aio_server_interceptor as _untyped_aio_server_interceptor,
 )
@@ -24,6 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from services.core.errors import FailedPrecondition, InvalidArgument
 from services.core.health import NodeHealth
+from services.core.reflection import enable_reflection
 from services.core.request_decoding import decode_request, request_class_of
 from services.core.rpc_status import abort_with
 
@@ -332,14 +332,7 @@ async def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for binding in services:
         binding.add_to(server)
-    reflection.enable_server_reflection(
-        (
-            *names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    enable_reflection((*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     try:
         if credentials is None:
             port = server.add_insecure_port(listen)
