@@ -54,9 +54,7 @@ _register_v1()
 def enable_reflection(service_names: tuple[str, ...], server: grpc.aio.Server) -> None:
     """Serve reflection of `service_names` (and of both reflection services) under v1 and
     v1alpha."""
-    servicer: Any = reflection_aio.ReflectionServicer(
-        (*service_names, V1_SERVICE, V1ALPHA_SERVICE)
-    )
+    servicer: Any = reflection_aio.ReflectionServicer((*service_names, V1_SERVICE, V1ALPHA_SERVICE))
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     v1 = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
