@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.run
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv proto proto-check lint types test demo bench clean
+.PHONY: venv proto proto-check lint types test demo bench clean contract-release
 
 venv: $(STAMP)
 
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# The contract's last release: `buf breaking` in `make lint` holds every change to it.
+CONTRACT_RELEASE = v0.1.0
+
 proto: venv
 	$(PY) -m services.core.protogen --write
 
@@ -26,6 +29,7 @@ lint: venv
 	$(PY) -m ruff check services tests bench
 	$(PY) -m ruff format --check services tests bench
 	cd proto && ../$(VENV)/bin/buf lint
+	cd proto && ../$(VENV)/bin/buf breaking --against releases/$(CONTRACT_RELEASE).binpb
 
 types: venv
 	$(PY) -m mypy
@@ -33,6 +37,12 @@ types: venv
 test: lint types
 	@mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
 	$(PY) -m pytest -q
+
+# Keep the contract as released under VERSION (then tag the commit): make contract-release VERSION=v0.2.0
+contract-release: venv
+	@test -n "$(VERSION)" || (echo "give the release: make contract-release VERSION=vX.Y.Z" >&2; exit 2)
+	cd proto && ../$(VENV)/bin/buf build --exclude-source-info -o releases/$(VERSION).binpb
+	@echo "now set CONTRACT_RELEASE = $(VERSION) in the Makefile and tag the commit $(VERSION)"
 
 demo: venv
 	@mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
