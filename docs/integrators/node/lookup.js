@@ -6,8 +6,8 @@
 //   node lookup.js --target HOST:PORT --ca node-ca.pem --cert unit.pem --key unit.key \
 //       --proto-dir ../../../proto --md5 HEX
 //
-// The proto directory holds the contract (hashex/v1) and, beside it, google/rpc/status.proto and
-// error_details.proto for the error details (`make venv` puts them there).
+// The proto directory holds the contract (hashex/v1) and, in third_party/, the google/rpc
+// status.proto and error_details.proto of the error details (`make venv` puts them there).
 // Exit codes: 0 every call answered, 1 a call was refused (printed), 2 bad arguments.
 "use strict";
 
@@ -62,7 +62,7 @@ function errorDetails(error, protoDir) {
   if (!raw) return [];
   const root = new protobuf.Root();
   root.resolvePath = (_origin, target) =>
-    target.startsWith("google/protobuf/") ? target : path.join(protoDir, target);
+    target.startsWith("google/protobuf/") ? target : path.join(protoDir, "third_party", target);
   root.loadSync(["google/rpc/status.proto", "google/rpc/error_details.proto"], { keepCase: true });
   const status = root.lookupType("google.rpc.Status").decode(raw);
   const badRequest = root.lookupType("google.rpc.BadRequest");
