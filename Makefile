@@ -37,8 +37,8 @@ proto: venv
 	$(PY) -m services.core.protogen --write
 
 lint: venv
-	$(PY) -m ruff check services tests bench
-	$(PY) -m ruff format --check services tests bench
+	$(PY) -m ruff check services tests bench docs/integrators/python
+	$(PY) -m ruff format --check services tests bench docs/integrators/python
 	cd proto && ../$(VENV)/bin/buf lint
 	cd proto && ../$(VENV)/bin/buf breaking --against releases/$(CONTRACT_RELEASE).binpb
 

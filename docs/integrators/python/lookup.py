@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import cast
 
 import grpc
 from google.rpc import error_details_pb2
@@ -24,8 +25,8 @@ from hashex.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 TIMEOUT_S = 10.0
 
 
-def violations(error: grpc.RpcError) -> list[dict[str, str]]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+def violations(call: grpc.Call) -> list[dict[str, str]]:
+    status = rpc_status.from_call(call)
     found = []
     for detail in status.details if status is not None else []:
         bad_request = error_details_pb2.BadRequest()
@@ -65,12 +66,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"call": "Lookup", "results": len(found.results)}))
             return 0
         except grpc.RpcError as error:
+            call = cast(grpc.Call, error)  # what a refused call raises is also its Call
             print(
                 json.dumps(
                     {
-                        "refused": error.code().name,  # type: ignore[attr-defined]
-                        "message": error.details(),  # type: ignore[attr-defined]
-                        "violations": violations(error),
+                        "refused": call.code().name,
+                        "message": call.details(),
+                        "violations": violations(call),
                     }
                 )
             )
