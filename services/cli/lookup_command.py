@@ -24,6 +24,7 @@ from services.cli.node_client import add_node_options, node_channel, registry_st
 from services.core.algorithms import ALGORITHMS, Algorithm, SignalValue
 from services.core.errors import InvalidArgument
 from services.registry.convert import signal_to_proto
+from services.registry.model import SCHEME_NAMES
 
 BATCH = 1000
 _STATUS = common_pb2.IdentificationStatus.DESCRIPTOR
@@ -32,11 +33,6 @@ _MATCH_KIND = registry_pb2.MatchKind.DESCRIPTOR
 _CHECKED = {
     federation_pb2.PEER_LOOKUP_OUTCOME_ANSWERED,
     federation_pb2.PEER_LOOKUP_OUTCOME_NOT_ASKED,
-}
-SCHEME_NAMES = {
-    common_pb2.CATEGORY_SCHEME_VICS_US: "vics-us",
-    common_pb2.CATEGORY_SCHEME_CAID_UK: "caid-uk",
-    common_pb2.CATEGORY_SCHEME_INTERPOL_BASELINE: "interpol-baseline",
 }
 
 

@@ -28,6 +28,10 @@ class CategoryScheme(IntEnum):
     VICS_US = 1
     CAID_UK = 2
     INTERPOL_BASELINE = 3
+    VICS_DEFAULT = 4
+    VICS_UK = 5
+    VICS_LEGACY = 6
+    VICS_CUSTOM = 7
 
 
 # Valid codes per scheme, in canonical case.
@@ -35,11 +39,19 @@ CATEGORY_CODES: dict[CategoryScheme, tuple[str, ...]] = {
     CategoryScheme.VICS_US: ("0", "1", "2", "3", "4"),
     CategoryScheme.CAID_UK: ("A", "B", "C"),
     CategoryScheme.INTERPOL_BASELINE: ("yes", "no"),
+    CategoryScheme.VICS_DEFAULT: ("0", "1", "2", "3", "4"),
+    CategoryScheme.VICS_UK: ("0", "1", "2", "3", "4"),
+    CategoryScheme.VICS_LEGACY: ("0", "1", "2", "3", "4", "5"),
+    CategoryScheme.VICS_CUSTOM: tuple(str(n) for n in range(100)),
 }
 SCHEME_NAMES: dict[CategoryScheme, str] = {
     CategoryScheme.VICS_US: "vics-us",
     CategoryScheme.CAID_UK: "caid-uk",
     CategoryScheme.INTERPOL_BASELINE: "interpol-baseline",
+    CategoryScheme.VICS_DEFAULT: "vics-default",
+    CategoryScheme.VICS_UK: "vics-uk",
+    CategoryScheme.VICS_LEGACY: "vics-legacy",
+    CategoryScheme.VICS_CUSTOM: "vics-custom",
 }
 
 
@@ -63,7 +75,7 @@ class Category:
             if candidate.lower() == code.strip().lower():
                 return Category(scheme, candidate)
         raise InvalidArgument(
-            f"{code!r} is not a {SCHEME_NAMES[scheme]} category; valid: {', '.join(valid)}"
+            f"{code!r} is not a {SCHEME_NAMES[scheme]} category; valid: {_listed_codes(valid)}"
         )
 
     @staticmethod
@@ -81,6 +93,13 @@ class Category:
 
     def text(self) -> str:
         return f"{SCHEME_NAMES[self.scheme]}:{self.code}"
+
+
+def _listed_codes(codes: tuple[str, ...]) -> str:
+    """ "0, 1, 2", or "0 to 99" for a long numbered range."""
+    if len(codes) > 8:
+        return f"{codes[0]} to {codes[-1]}"
+    return ", ".join(codes)
 
 
 @dataclass(frozen=True)

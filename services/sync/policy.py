@@ -28,16 +28,15 @@ from typing import Any
 
 from services.core.algorithms import BY_NAME
 from services.core.errors import FailedPrecondition, InvalidArgument
+from services.registry.model import CATEGORY_CODES, SCHEME_NAMES
 
 ALL = "all"
 UNCATEGORISED = "uncategorised"
 # Category schemes by their text name, with the codes each allows (contract numbers as values).
 CATEGORY_SCHEMES: dict[str, tuple[int, frozenset[str]]] = {
-    "vics-us": (1, frozenset({"0", "1", "2", "3", "4"})),
-    "caid-uk": (2, frozenset({"A", "B", "C"})),
-    "interpol-baseline": (3, frozenset({"yes", "no"})),
+    name: (int(scheme), frozenset(CATEGORY_CODES[scheme])) for scheme, name in SCHEME_NAMES.items()
 }
-SCHEME_NAMES = {number: name for name, (number, _) in CATEGORY_SCHEMES.items()}
+SCHEME_TEXT = {number: name for name, (number, _) in CATEGORY_SCHEMES.items()}
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class SharingPolicy:
             return True
         if scheme == 0:
             return UNCATEGORISED in self.categories
-        return f"{SCHEME_NAMES.get(scheme, '?')}:{code}" in self.categories
+        return f"{SCHEME_TEXT.get(scheme, '?')}:{code}" in self.categories
 
     def allows_algorithm(self, name: str) -> bool:
         return self.algorithms is None or name in self.algorithms

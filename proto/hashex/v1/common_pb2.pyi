@@ -102,6 +102,20 @@ class _CategorySchemeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Catego
     """UK CAID categories, codes "A", "B", "C"."""
     CATEGORY_SCHEME_INTERPOL_BASELINE: _CategoryScheme.ValueType  # 3
     """INTERPOL baseline, codes "yes" and "no"."""
+    CATEGORY_SCHEME_VICS_DEFAULT: _CategoryScheme.ValueType  # 4
+    """The VICS schemes below keep a Project VIC category number with the profile it was given
+    under (VICS files, `hashex import vics`): the same number means different things in
+    different profiles, so hashex never reinterprets one as another.
+    VICS 2.0 "Default" profile, codes "0" to "4" (the "US" profile is CATEGORY_SCHEME_VICS_US).
+    """
+    CATEGORY_SCHEME_VICS_UK: _CategoryScheme.ValueType  # 5
+    """VICS 2.0 "UK" profile, codes "0" to "4"."""
+    CATEGORY_SCHEME_VICS_LEGACY: _CategoryScheme.ValueType  # 6
+    """VICS 1.x files, which name no profile (their scheme numbers 0 and 5 differently from the
+    2.0 profiles), codes "0" to "5".
+    """
+    CATEGORY_SCHEME_VICS_CUSTOM: _CategoryScheme.ValueType  # 7
+    """VICS 2.0 "CUSTOM" profile: an agency's own numbering, codes "0" to "99"."""
 
 class CategoryScheme(_CategoryScheme, metaclass=_CategorySchemeEnumTypeWrapper):
     """Categorisation schemes in use between agencies."""
@@ -113,6 +127,20 @@ CATEGORY_SCHEME_CAID_UK: CategoryScheme.ValueType  # 2
 """UK CAID categories, codes "A", "B", "C"."""
 CATEGORY_SCHEME_INTERPOL_BASELINE: CategoryScheme.ValueType  # 3
 """INTERPOL baseline, codes "yes" and "no"."""
+CATEGORY_SCHEME_VICS_DEFAULT: CategoryScheme.ValueType  # 4
+"""The VICS schemes below keep a Project VIC category number with the profile it was given
+under (VICS files, `hashex import vics`): the same number means different things in
+different profiles, so hashex never reinterprets one as another.
+VICS 2.0 "Default" profile, codes "0" to "4" (the "US" profile is CATEGORY_SCHEME_VICS_US).
+"""
+CATEGORY_SCHEME_VICS_UK: CategoryScheme.ValueType  # 5
+"""VICS 2.0 "UK" profile, codes "0" to "4"."""
+CATEGORY_SCHEME_VICS_LEGACY: CategoryScheme.ValueType  # 6
+"""VICS 1.x files, which name no profile (their scheme numbers 0 and 5 differently from the
+2.0 profiles), codes "0" to "5".
+"""
+CATEGORY_SCHEME_VICS_CUSTOM: CategoryScheme.ValueType  # 7
+"""VICS 2.0 "CUSTOM" profile: an agency's own numbering, codes "0" to "99"."""
 Global___CategoryScheme: _TypeAlias = CategoryScheme  # noqa: Y015
 
 class _IdentificationStatus:
