@@ -35,6 +35,8 @@ _CHECKED = {
     federation_pb2.PEER_LOOKUP_OUTCOME_NOT_ASKED,
 }
 
+_SCHEME_TEXT = {int(scheme): name for scheme, name in SCHEME_NAMES.items()}
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
@@ -295,7 +297,7 @@ def _series_text(series: common_pb2.Series) -> str:
 def _category_text(media: common_pb2.Media) -> str:
     if not media.HasField("category"):
         return ""
-    return f"{SCHEME_NAMES.get(media.category.scheme, '?')}:{media.category.code}"
+    return f"{_SCHEME_TEXT.get(media.category.scheme, '?')}:{media.category.code}"
 
 
 def _signal_text(signal: common_pb2.Signal) -> str:
