@@ -20,7 +20,7 @@ transaction (services.registry.change_entries); a write that changes nothing app
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -57,14 +57,13 @@ from services.registry.store_replicated import apply_replicated, begin_resync, s
 from services.registry.store_rows import (
     PDQ_MIN_QUALITY,
     FoldedBatch,
-    StagedBatch,
     fold_batch,
     group_series,
     matchable_entries,
     media_record,
-    stage_batch,
     victim_record,
 )
+from services.registry.store_submit import write_batch
 
 COMPONENT = "registry"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -143,34 +142,17 @@ class RegistryStore:
         folded: FoldedBatch,
         before: dict[str, MediaRecord],
     ) -> tuple[set[int], set[int], list[PdqEntry]]:
-        """Stage and merge `media` (none retracted); log every media created or changed.
-        Returns the rows created, the rows created or changed, and the newly matchable PDQ."""
-        staged = stage_batch(media, folded.cases, self._sealer)
-        await conn.execute(sql.CREATE_STAGING)
-        await _copy_staged(conn, staged)
-        created = {r["id"] for r in await conn.fetch(sql.INSERT_NEW_MEDIA, self._origin)}
-        merged = {r["id"] for r in await conn.fetch(sql.MERGE_MEDIA, self._origin)}
-        new_series: list[str] = []
-        if staged.series:
-            new_series = [
-                r["series_id"] for r in await conn.fetch(sql.CREATE_MISSING_SERIES, self._origin)
-            ]
-        linked = {r["media_row"] for r in await conn.fetch(sql.ADD_SERIES_LINKS, self._origin)}
-        new_signals = await conn.fetch(sql.INSERT_SIGNALS, self._origin)
-        if staged.cases:
-            await conn.execute(sql.INSERT_CASES, self._origin)
-        changed = created | merged | linked | {r["media_row"] for r in new_signals}
-        if untouched := sorted(changed - created - merged):
-            await conn.execute(sql.TOUCH_MEDIA, untouched)
-        states = await _media_states(conn, sorted(changed))
-        await append_entries(
+        """Store and log `media` (none retracted): the rows created, the rows created or
+        changed, and the newly matchable PDQ (services.registry.store_submit)."""
+        written = await write_batch(
             conn,
-            [
-                *change_entries.new_series(self._origin, new_series),
-                *change_entries.media_changes(states, before),
-            ],
+            origin=self._origin,
+            sealer=self._sealer,
+            media=media,
+            folded=folded,
+            before=before,
         )
-        return created, changed, matchable_entries(new_signals, [])
+        return written.created, written.changed, written.entries
 
     async def update_media(
         self,
@@ -465,6 +447,22 @@ class RegistryStore:
     ) -> dict[int, linkage_read.SeriesRef]:
         return await linkage_read.series_refs(conn, series_rows=series_rows)
 
+    async def export_page(
+        self, conn: Any, *, after_media_id: str, limit: int
+    ) -> tuple[list[MediaRecord], dict[str, str]]:
+        """Up to `limit` of this node's media after `after_media_id` in media id order (retracted
+        ones left out), and the names of their named series."""
+        media = [
+            media_record(r)
+            for r in await conn.fetch(sql.EXPORT_PAGE, self._origin, after_media_id, limit)
+        ]
+        series = sorted({s for m in media for s in m.series_ids})
+        names: dict[str, str] = {}
+        if series:
+            rows = await conn.fetch(sql.SERIES_NAMES, self._origin, series)
+            names = {r["series_id"]: r["name"] for r in rows}
+        return media, names
+
     async def schema_version(self, conn: Any) -> int:
         return await schema_version(conn, COMPONENT)
 
@@ -506,18 +504,6 @@ async def _media_states(conn: Any, row_ids: Sequence[int]) -> list[MediaRecord]:
     if not row_ids:
         return []
     return [media_record(r) for r in await conn.fetch(sql.MEDIA_STATES, list(row_ids))]
-
-
-async def _copy_staged(conn: Any, staged: StagedBatch) -> None:
-    tables: Iterable[tuple[str, Sequence[tuple[Any, ...]]]] = (
-        ("registry_stage_media", staged.media),
-        ("registry_stage_signals", staged.signals),
-        ("registry_stage_series", staged.series),
-        ("registry_stage_cases", staged.cases),
-    )
-    for table, records in tables:
-        if records:
-            await conn.copy_records_to_table(table, records=records)
 
 
 async def _read_series(conn: Any, *, origin: str, series_id: str) -> SeriesRecord:

@@ -21,12 +21,6 @@ WHERE m.origin = $1 AND m.media_id = ANY($2::text[])
 ORDER BY m.media_id
 """
 
-REMEMBER = """
-INSERT INTO media_submitters (media_row, submitted_by)
-SELECT unnest($1::bigint[]), $2
-ON CONFLICT (media_row) DO NOTHING
-"""
-
 
 async def check_may_change(
     conn: Any, *, origin: str, media_ids: Sequence[str], writer: Writer
@@ -50,9 +44,14 @@ async def check_may_change(
 
 
 async def remember_submitter(conn: Any, *, media_rows: Sequence[int], writer: Writer) -> None:
-    """Record `writer` as the submitter of media rows just created."""
+    """Record `writer` as the submitter of media rows just created (in this transaction: none
+    has a submitter yet, so they are copied in)."""
     if media_rows:
-        await conn.execute(REMEMBER, list(media_rows), writer.name)
+        await conn.copy_records_to_table(
+            "media_submitters",
+            records=[(row, writer.name) for row in media_rows],
+            columns=("media_row", "submitted_by"),
+        )
 
 
 def _who(submitted_by: str | None) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from services.core.algorithms import ALGORITHMS, Algorithm, SignalValue
@@ -76,40 +77,51 @@ def _merged(earlier: MediaSubmission, later: MediaSubmission) -> MediaSubmission
     )
 
 
-@dataclass
-class StagedBatch:
-    """Submissions flattened into the rows COPY sends to the staging tables."""
+def distinct_signals_of(item: MediaSubmission) -> tuple[SignalValue, ...]:
+    """The submission's signals once each, in (algorithm, value) order as stored and logged,
+    each value with the first quality given."""
+    unique: dict[tuple[int, bytes], SignalValue] = {}
+    for signal in item.signals:
+        unique.setdefault((int(signal.algorithm), signal.value), signal)
+    return tuple(unique[key] for key in sorted(unique))
 
-    media: list[tuple[str, int | None, int | None, str | None, int]]
-    signals: list[tuple[str, int, bytes, int | None]]
-    series: list[tuple[str, str]]
-    cases: list[tuple[str, bytes, bytes]]
+
+def created_record(
+    origin: str, row_id: int, first_seen: datetime, item: MediaSubmission
+) -> MediaRecord:
+    """The full state of a media just created from `item`, equal to what MEDIA_STATES reads
+    back (tests/registry/test_store_submit.py holds them equal): signals in (algorithm, value)
+    order, series ids in byte order, an image unless the type is given."""
+    return MediaRecord(
+        row_id=row_id,
+        origin=origin,
+        media_id=item.media_id,
+        signals=distinct_signals_of(item),
+        media_type=item.media_type if item.media_type is not None else MediaType.IMAGE,
+        category=item.category,
+        flags=item.flags,
+        series_ids=tuple(sorted(set(item.series_ids))),
+        first_seen=first_seen,
+    )
 
 
-def stage_batch(
-    media: Sequence[MediaSubmission], cases: dict[str, list[CaseData]], sealer: CaseSealer | None
-) -> StagedBatch:
-    """The staging rows of `media` (each id once) and of their case data (`cases`, per media
-    id), sealed, each distinct case once."""
-    staged = StagedBatch([], [], [], [])
-    for item in media:
-        scheme = int(item.category.scheme) if item.category else None
-        code = item.category.code if item.category else None
-        media_type = int(item.media_type) if item.media_type is not None else None
-        staged.media.append((item.media_id, media_type, scheme, code, item.flags.to_bits()))
-        staged.signals.extend(
-            (item.media_id, int(s.algorithm), s.value, s.quality) for s in item.signals
-        )
-        staged.series.extend((item.media_id, s) for s in dict.fromkeys(item.series_ids))
+def sealed_cases(
+    cases: dict[str, list[CaseData]], sealer: CaseSealer | None
+) -> list[tuple[str, bytes, bytes]]:
+    """(media id, digest, sealed box) for each distinct case of each media."""
+    rows: list[tuple[str, bytes, bytes]] = []
+    for media_id, given in cases.items():
+        if not given:
+            continue
+        if sealer is None:
+            raise FailedPrecondition("case data cannot be stored here: no case key")
         sealed: dict[bytes, bytes] = {}
-        for case in cases.get(item.media_id, ()):
-            if sealer is None:
-                raise FailedPrecondition("case data cannot be stored here: no case key")
+        for case in given:
             digest = sealer.digest(case)
             if digest not in sealed:
                 sealed[digest] = sealer.seal(case)
-        staged.cases.extend((item.media_id, d, box) for d, box in sealed.items())
-    return staged
+        rows.extend((media_id, d, box) for d, box in sealed.items())
+    return rows
 
 
 def matchable_entries(new_signals: Sequence[Any], revived: Sequence[Any]) -> list[PdqEntry]:

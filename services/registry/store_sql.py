@@ -11,7 +11,7 @@ SELECT m.id, m.origin, m.media_id, m.media_type, m.category_scheme, m.category_c
        m.first_seen, m.retracted_at IS NOT NULL AS retracted,
        sg.algorithms, sg.sig_values, sg.qualities,
        ARRAY(SELECT se.series_id FROM media_series ms JOIN series se ON se.id = ms.series_row
-             WHERE ms.media_row = m.id ORDER BY se.series_id) AS series_ids
+             WHERE ms.media_row = m.id ORDER BY se.series_id COLLATE "C") AS series_ids
 FROM media m
 LEFT JOIN LATERAL (
     SELECT array_agg(s.algorithm ORDER BY s.algorithm, s.value) AS algorithms,
@@ -24,20 +24,25 @@ LEFT JOIN LATERAL (
 # Full state of these media (retracted or not), ordered by media id: what the change log records.
 MEDIA_STATES = MEDIA_SELECT + "WHERE m.id = ANY($1::bigint[]) ORDER BY m.media_id"
 
+# A page of this node's media for ExportMedia, by the (origin, media_id) key: each page costs
+# its own rows whatever the node holds.
+_EXPORT_ROWS = """WHERE m.id IN (
+    SELECT id FROM media WHERE origin = $1 AND media_id > $2 AND retracted_at IS NULL
+    ORDER BY media_id LIMIT $3)
+ORDER BY m.media_id"""
+EXPORT_PAGE = MEDIA_SELECT + _EXPORT_ROWS
+
+SERIES_NAMES = """
+SELECT series_id, name FROM series
+WHERE origin = $1 AND series_id = ANY($2::text[]) AND name <> ''
+"""
+
+# A batch's media, each with its row when the node holds it already (NULL: new).
 CREATE_STAGING = """
 SET LOCAL client_min_messages = warning;
-CREATE TEMP TABLE IF NOT EXISTS registry_stage_media (
-    media_id text NOT NULL, media_type smallint, category_scheme smallint,
+CREATE TEMP TABLE IF NOT EXISTS registry_staged_media (
+    media_row bigint, media_id text NOT NULL, media_type smallint, category_scheme smallint,
     category_code text, flags smallint NOT NULL
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS registry_stage_signals (
-    media_id text NOT NULL, algorithm smallint NOT NULL, value bytea NOT NULL, quality smallint
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS registry_stage_series (
-    media_id text NOT NULL, series_id text NOT NULL
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS registry_stage_cases (
-    media_id text NOT NULL, digest bytea NOT NULL, sealed bytea NOT NULL
 ) ON COMMIT DELETE ROWS;
 """
 
@@ -48,16 +53,15 @@ HELD_MEDIA = (
     MEDIA_SELECT + "WHERE m.origin = $1 AND m.media_id = ANY($2::text[]) ORDER BY m.media_id"
 )
 
-# Only ids not stored yet, so that resubmissions do not consume identity values. A type not
+# The batch's new media (the writers' lock is held: none can appear meanwhile). A type not
 # given is an image.
 INSERT_NEW_MEDIA = """
 INSERT INTO media (origin, media_id, media_type, category_scheme, category_code, flags)
 SELECT $1, s.media_id, coalesce(s.media_type, 1), s.category_scheme, s.category_code, s.flags
-FROM registry_stage_media s
-WHERE NOT EXISTS (SELECT 1 FROM media m WHERE m.origin = $1 AND m.media_id = s.media_id)
+FROM registry_staged_media s
+WHERE s.media_row IS NULL
 ORDER BY s.media_id
-ON CONFLICT (origin, media_id) DO NOTHING
-RETURNING id
+RETURNING id, media_id, first_seen
 """
 
 # A submission merges into a stored media: the type and the category only where given (staged
@@ -70,8 +74,8 @@ SET media_type = coalesce(s.media_type, m.media_type),
                          ELSE s.category_code END,
     flags = m.flags | s.flags,
     updated_at = now()
-FROM registry_stage_media s
-WHERE m.origin = $1 AND m.media_id = s.media_id
+FROM registry_staged_media s
+WHERE m.id = s.media_row
   AND (m.media_type <> coalesce(s.media_type, m.media_type)
        OR (s.category_scheme IS NOT NULL
            AND (m.category_scheme, m.category_code)
@@ -80,42 +84,40 @@ WHERE m.origin = $1 AND m.media_id = s.media_id
 RETURNING m.id
 """
 
-CREATE_MISSING_SERIES = """
+SERIES_ROWS_OF = (
+    "SELECT id, series_id FROM series WHERE origin = $1 AND series_id = ANY($2::text[])"
+)
+
+# Series a submission names that do not exist yet: created unnamed.
+CREATE_SERIES = """
 INSERT INTO series (origin, series_id)
-SELECT DISTINCT $1, s.series_id FROM registry_stage_series s
-WHERE NOT EXISTS (SELECT 1 FROM series se WHERE se.origin = $1 AND se.series_id = s.series_id)
-ORDER BY 2
-ON CONFLICT (origin, series_id) DO NOTHING
-RETURNING series_id
+SELECT $1, series_id FROM unnest($2::text[]) AS series_id ORDER BY 2
+RETURNING id, series_id
 """
 
-# A submission adds series memberships; leaving a series is an explicit update (LEAVE_SERIES).
+# A submission adds series memberships to held media; leaving a series is an explicit update
+# (LEAVE_SERIES). Returns the memberships that are new.
 ADD_SERIES_LINKS = """
 INSERT INTO media_series (media_row, series_row)
-SELECT m.id, se.id
-FROM registry_stage_series ss
-JOIN media m ON m.origin = $1 AND m.media_id = ss.media_id
-JOIN series se ON se.origin = $1 AND se.series_id = ss.series_id
-ORDER BY 1, 2
+SELECT * FROM unnest($1::bigint[], $2::bigint[]) ORDER BY 1, 2
 ON CONFLICT DO NOTHING
 RETURNING media_row
 """
 
+# Signals a held media may not have yet; returns those it did not.
 INSERT_SIGNALS = """
 INSERT INTO signals (media_row, algorithm, value, quality)
-SELECT m.id, s.algorithm, s.value, s.quality
-FROM registry_stage_signals s JOIN media m ON m.origin = $1 AND m.media_id = s.media_id
-ORDER BY s.algorithm, s.value, m.id
+SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::bytea[], $4::smallint[]) AS s(r, a, v, q)
+ORDER BY a, v, r
 ON CONFLICT (algorithm, value, media_row) DO NOTHING
 RETURNING media_row, algorithm, value, quality
 """
 
 INSERT_CASES = """
 INSERT INTO case_records (media_row, digest, sealed)
-SELECT m.id, c.digest, c.sealed
-FROM registry_stage_cases c JOIN media m ON m.origin = $1 AND m.media_id = c.media_id
-WHERE NOT EXISTS (
-    SELECT 1 FROM case_records r WHERE r.media_row = m.id AND r.digest = c.digest)
+SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS c(r, d, s)
+WHERE NOT EXISTS (SELECT 1 FROM case_records x WHERE x.media_row = c.r AND x.digest = c.d)
+ORDER BY r, d
 ON CONFLICT (media_row, digest) DO NOTHING
 """
 

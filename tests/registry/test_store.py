@@ -306,7 +306,7 @@ async def test_stats_count_victims_per_status(store: RegistryStore) -> None:
     assert stats.series_count == 1
     assert stats.victim_counts[IdentificationStatus.IDENTIFIED] == 2
     assert stats.victim_counts[IdentificationStatus.SAFEGUARDED] == 0
-    assert await store.schema_version() == 10  # 0001 initial … 0010 linkage queued once
+    assert await store.schema_version() == 11  # 0001 initial … 0011 VICS category schemes
 
 
 async def test_only_this_nodes_media_can_be_retracted(db_pool: Any, sealer: CaseSealer) -> None:
