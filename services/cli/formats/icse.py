@@ -25,22 +25,16 @@ from services.cli.formats.records import (
     ImportedMedia,
     Position,
     ReadRecord,
-    Rejected,
 )
 from services.cli.formats.table import (
-    HashColumn,
     TableHeader,
-    UnusedColumns,
+    TableLayout,
     delimiter_of,
     first_content_line,
-    hash_columns,
     is_blank,
-    media_type_cell,
-    no_hash_reason,
     open_text,
     parse_header,
     quoted,
-    row_signals,
     table_records,
 )
 from services.registry.model import Category, CategoryScheme, MediaFlags
@@ -102,55 +96,47 @@ def yes_no(label: str, text: str, problems: list[str]) -> bool | None:
 class IcseColumns:
     """Where each kept column of one export is (None: the export has no such column)."""
 
-    header: TableHeader
-    hashes: tuple[HashColumn, ...]
+    layout: TableLayout
     # (position, name as written, MediaFlags field)
     flags: tuple[tuple[int, str, str], ...]
     series: int | None
     media_type: int | None
     baseline: int | None
     investigation: int | None
-    unused: UnusedColumns
 
     @staticmethod
     def of(header: TableHeader) -> IcseColumns:
         """The columns of `header`; FormatError when it names no hash column."""
-        hashes = hash_columns(header, HASH_COLUMNS)
         index = header.index()
         flags = tuple(
             (index[name], header.label(index[name]), field)
             for name, field in FLAG_COLUMNS.items()
             if name in index
         )
-        used = [c.index for c in hashes] + [f[0] for f in flags]
         kept = [index.get(name) for name in KEPT_COLUMNS]
-        used += [i for i in kept if i is not None]
-        series, media_type, baseline, investigation = kept
-        unused = UnusedColumns.of(header, used)
-        return IcseColumns(
-            header, hashes, flags, series, media_type, baseline, investigation, unused
-        )
+        layout = TableLayout.of(header, HASH_COLUMNS, [*kept, *(f[0] for f in flags)])
+        return IcseColumns(layout, flags, *kept)
 
     def record(self, position: Position, row: list[str]) -> ReadRecord:
         """The media in `row` (as many fields as the header), or every problem it has."""
         problems: list[str] = []
-        signals = row_signals(self.hashes, row, problems)
+        signals = self.layout.signals(row, problems)
         flags = self._flags(row, problems)
-        media_type = media_type_cell(self.header, self.media_type, row, problems)
+        media_type = self.layout.media_type(self.media_type, row, problems)
         category = self._baseline(row, problems)
-        if problems:
-            return Rejected(position, "; ".join(problems))
-        if not signals:
-            return Rejected(position, no_hash_reason(self.hashes))
+        rejected = self.layout.rejected(position, signals, problems)
+        if rejected is not None:
+            return rejected
+        series = "" if self.series is None else row[self.series].strip()
         return ImportedMedia(
             position,
             tuple(signals),
             media_type=media_type,
             category=category,
             flags=flags,
-            series_names=self._text_cells(self.series, row),
-            case_reference=self._text(self.investigation, row),
-            unused_fields=self.unused.in_row(row),
+            series_names=(series,) if series else (),
+            case_reference="" if self.investigation is None else row[self.investigation].strip(),
+            unused_fields=self.layout.unused_in(row),
         )
 
     def _flags(self, row: list[str], problems: list[str]) -> MediaFlags:
@@ -165,14 +151,5 @@ class IcseColumns:
     def _baseline(self, row: list[str], problems: list[str]) -> Category | None:
         if self.baseline is None:
             return None
-        answer = yes_no(self.header.label(self.baseline), row[self.baseline], problems)
+        answer = yes_no(self.layout.header.label(self.baseline), row[self.baseline], problems)
         return None if answer is None else _BASELINE[answer]
-
-    @staticmethod
-    def _text(index: int | None, row: list[str]) -> str:
-        return "" if index is None else row[index].strip()
-
-    @classmethod
-    def _text_cells(cls, index: int | None, row: list[str]) -> tuple[str, ...]:
-        text = cls._text(index, row)
-        return (text,) if text else ()

@@ -139,8 +139,10 @@ def first_content_line(stream: TextIO, *, skip_comments: bool = False) -> tuple[
 
 
 def delimiter_of(line: str) -> str | None:
-    """The delimiter a header line uses, or None when it has none of them."""
-    return next((d for d in DELIMITERS if d in line), None)
+    """The delimiter a header line uses, or None when it has none of them. Blanks around the line
+    do not count: a tab after a bare hash is not a table."""
+    stripped = line.strip()
+    return next((d for d in DELIMITERS if d in stripped), None)
 
 
 def parse_header(text: str, *, line: int, delimiter: str) -> TableHeader:
@@ -171,7 +173,8 @@ def table_records(stream: TextIO, header: TableHeader, read_row: RowReader) -> I
     reader = csv.reader(stream, delimiter=header.delimiter)
     width = len(header.names)
     record = 0
-    first_line = header.line + 1
+    lines_before = header.line
+    first_line = lines_before + 1
     try:
         for row in reader:
             if row and (len(row) > 1 or not is_blank(row[0])):
@@ -182,7 +185,7 @@ def table_records(stream: TextIO, header: TableHeader, read_row: RowReader) -> I
                 else:
                     reason = f"expected {width} fields as in the header, found {len(row)}"
                     yield Rejected(position, reason)
-            first_line = header.line + reader.line_num + 1
+            first_line = lines_before + reader.line_num + 1
     except csv.Error as exc:
         raise FormatError(Position(record + 1, first_line), f"not valid CSV ({exc})") from None
 
@@ -217,65 +220,78 @@ def hash_columns(header: TableHeader, names: tuple[str, ...]) -> tuple[HashColum
     )
 
 
-def row_signals(
-    columns: tuple[HashColumn, ...], row: list[str], problems: list[str]
-) -> list[SignalValue]:
-    """The row's hashes (blank cells are absent); a bad one adds `MD5: md5 needs ...`.
-
-    The hot path of every table: a cell of exactly the column's hex length is tried with
-    `bytes.fromhex` here, without a call; anything else takes `hash_value` for its message.
-    """
-    signals = []
-    for column in columns:
-        text = row[column.index]
-        if len(text) == column.hex_length:
-            try:
-                value = bytes.fromhex(text)
-            except ValueError:
-                value = b""
-            if len(value) == column.byte_length:
-                signals.append(SignalValue(column.spec.algorithm, value))
-                continue
-        elif not text or text.isspace():
-            continue
-        try:
-            signals.append(SignalValue(column.spec.algorithm, hash_value(column.spec, text)))
-        except InvalidArgument as exc:
-            problems.append(f"{column.label}: {exc}")
-    return signals
-
-
-def no_hash_reason(columns: tuple[HashColumn, ...]) -> str:
-    return "no hash: give at least one of " + ", ".join(column.label for column in columns)
-
-
-def media_type_cell(
-    header: TableHeader, index: int | None, row: list[str], problems: list[str]
-) -> MediaType | None:
-    """image or video (any case) in column `index`; blank (or no such column) says nothing."""
-    if index is None:
-        return None
-    text = row[index]
-    media_type = MEDIA_TYPE_NAMES.get(text.strip().lower())
-    if media_type is None and not is_blank(text):
-        choices = " or ".join(MEDIA_TYPES)
-        problems.append(f"{header.label(index)}: must be {choices}, got {quoted(text)}")
-    return media_type
-
-
 @dataclass(frozen=True)
-class UnusedColumns:
-    """The columns a reader does not keep: a row names them in `unused_fields` when it has a value
-    there, so the summary can say what the import left behind."""
+class TableLayout:
+    """What one table's columns hold for a reader: its hashes, and the columns the reader does not
+    keep, which a row names in `unused_fields` when it has a value there (so the summary can say
+    what the import left behind). The reader keeps its other columns' positions itself."""
 
-    columns: tuple[tuple[int, str], ...]
+    header: TableHeader
+    hashes: tuple[HashColumn, ...]
+    unused: tuple[tuple[int, str], ...]
 
     @staticmethod
-    def of(header: TableHeader, used: Iterable[int]) -> UnusedColumns:
-        kept = set(used)
+    def of(
+        header: TableHeader, hash_names: tuple[str, ...], kept: Iterable[int | None]
+    ) -> TableLayout:
+        """The layout of `header`, whose columns `kept` (None: absent) the reader reads itself;
+        FormatError when the header names none of `hash_names`."""
+        hashes = hash_columns(header, hash_names)
+        used = {c.index for c in hashes} | {i for i in kept if i is not None}
         names = range(len(header.names))
-        return UnusedColumns(tuple((i, header.label(i)) for i in names if i not in kept))
+        return TableLayout(
+            header, hashes, tuple((i, header.label(i)) for i in names if i not in used)
+        )
 
-    def in_row(self, row: list[str]) -> tuple[str, ...]:
+    def signals(self, row: list[str], problems: list[str]) -> list[SignalValue]:
+        """The row's hashes (blank cells are absent); a bad one adds `MD5: md5 needs ...`.
+
+        The hot path of every table: a cell of exactly the column's hex length is tried with
+        `bytes.fromhex` here, without a call; anything else takes `hash_value` for its message.
+        """
+        signals = []
+        for column in self.hashes:
+            text = row[column.index]
+            if len(text) == column.hex_length:
+                try:
+                    value = bytes.fromhex(text)
+                except ValueError:
+                    value = b""
+                if len(value) == column.byte_length:
+                    signals.append(SignalValue(column.spec.algorithm, value))
+                    continue
+            elif not text or text.isspace():
+                continue
+            try:
+                signals.append(SignalValue(column.spec.algorithm, hash_value(column.spec, text)))
+            except InvalidArgument as exc:
+                problems.append(f"{column.label}: {exc}")
+        return signals
+
+    def rejected(
+        self, position: Position, signals: list[SignalValue], problems: list[str]
+    ) -> Rejected | None:
+        """Why the row cannot be stored (every problem found, or its lack of a hash), if so."""
+        if problems:
+            return Rejected(position, "; ".join(problems))
+        if not signals:
+            labels = ", ".join(column.label for column in self.hashes)
+            return Rejected(position, f"no hash: give at least one of {labels}")
+        return None
+
+    def unused_in(self, row: list[str]) -> tuple[str, ...]:
         # A list, not a generator: this runs for every row.
-        return tuple([label for i, label in self.columns if row[i] and not row[i].isspace()])
+        return tuple([label for i, label in self.unused if row[i] and not row[i].isspace()])
+
+    def media_type(
+        self, index: int | None, row: list[str], problems: list[str]
+    ) -> MediaType | None:
+        """image or video (any case) in column `index`; blank (or no such column) says nothing."""
+        if index is None:
+            return None
+        text = row[index]
+        media_type = MEDIA_TYPE_NAMES.get(text.strip().lower())
+        if media_type is None and not is_blank(text):
+            choices = " or ".join(MEDIA_TYPES)
+            problems.append(f"{self.header.label(index)}: must be {choices}, got {quoted(text)}")
+        return media_type
