@@ -26,8 +26,10 @@ from pathlib import Path
 from services.cli.formats.records import FormatError, ImportedMedia, Position, ReadRecord, Rejected
 from services.cli.formats.table import (
     PHOTODNA_BASE64_LENGTH,
+    LineTooLong,
     TableHeader,
     TableLayout,
+    bounded_lines,
     delimiter_of,
     first_content_line,
     hash_value,
@@ -35,6 +37,7 @@ from services.cli.formats.table import (
     parse_header,
     quoted,
     table_records,
+    too_long,
 )
 from services.core.algorithms import BY_NAME, Algorithm, AlgorithmSpec, SignalValue, spec_for_name
 from services.core.errors import InvalidArgument
@@ -61,17 +64,18 @@ def read_hash_list(path: Path, *, algorithm: AlgorithmSpec | None = None) -> Ite
     algorithm or one twice, and at text the csv module cannot parse.
     """
     with open_text(path) as stream:
-        first = first_content_line(stream, skip_comments=True)
+        lines = bounded_lines(stream)
+        first = first_content_line(lines, skip_comments=True)
         if first is None:
             return
         line, text = first
         delimiter = delimiter_of(text)
         if delimiter is None:
-            lines = chain([first], enumerate(stream, start=line + 1))
-            yield from _plain_records(lines, algorithm)
+            numbered = chain([first], enumerate(lines, start=line + 1))
+            yield from _plain_records(numbered, algorithm)
         else:
             header = parse_header(text, line=line, delimiter=delimiter)
-            yield from table_records(stream, header, HashTableColumns.of(header).record)
+            yield from table_records(lines, header, HashTableColumns.of(header).record)
 
 
 # --- plain lists ---------------------------------------------------------------------------------
@@ -80,13 +84,16 @@ def read_hash_list(path: Path, *, algorithm: AlgorithmSpec | None = None) -> Ite
 def _plain_records(
     lines: Iterable[tuple[int, str]], algorithm: AlgorithmSpec | None
 ) -> Iterator[ReadRecord]:
-    record = 0
-    for number, line in lines:
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        record += 1
-        yield _plain_record(Position(record, number), text, algorithm)
+    record = number = 0
+    try:
+        for number, line in lines:
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            record += 1
+            yield _plain_record(Position(record, number), text, algorithm)
+    except LineTooLong:
+        raise too_long(Position(record + 1, number + 1)) from None
 
 
 def _plain_record(position: Position, text: str, algorithm: AlgorithmSpec | None) -> ReadRecord:

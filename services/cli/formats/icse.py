@@ -29,6 +29,7 @@ from services.cli.formats.records import (
 from services.cli.formats.table import (
     TableHeader,
     TableLayout,
+    bounded_lines,
     delimiter_of,
     first_content_line,
     is_blank,
@@ -70,7 +71,8 @@ def read_icse(path: Path) -> Iterator[ReadRecord]:
     twice; later only for text the csv module cannot parse.
     """
     with open_text(path) as stream:
-        first = first_content_line(stream)
+        lines = bounded_lines(stream)
+        first = first_content_line(lines)
         if first is None:
             raise FormatError(
                 Position(0),
@@ -79,7 +81,7 @@ def read_icse(path: Path) -> Iterator[ReadRecord]:
             )
         line, text = first
         header = parse_header(text, line=line, delimiter=delimiter_of(text) or ";")
-        yield from table_records(stream, header, IcseColumns.of(header).record)
+        yield from table_records(lines, header, IcseColumns.of(header).record)
 
 
 def yes_no(label: str, text: str, problems: list[str]) -> bool | None:

@@ -30,6 +30,8 @@ DELIMITERS = (";", ",", "\t")
 # 144 bytes of PhotoDNA as base64 (no padding needed: 144 is a multiple of 3).
 PHOTODNA_BASE64_LENGTH = 192
 MEDIA_TYPE_NAMES: dict[str, MediaType] = {name: MediaType[name.upper()] for name in MEDIA_TYPES}
+# Far longer than a row of any real export (a few hundred characters).
+MAX_LINE_CHARS = 1 << 20
 _QUOTE_LIMIT = 16
 # How many header names a FormatError lists before "and N more".
 _NAMES_LISTED = 16
@@ -129,12 +131,38 @@ class TableHeader:
         return ", ".join(names[:_NAMES_LISTED]) + (f" and {more} more" if more > 0 else "")
 
 
-def first_content_line(stream: TextIO, *, skip_comments: bool = False) -> tuple[int, str] | None:
+class LineTooLong(Exception):
+    """Raised by `bounded_lines`; a reader turns it into a FormatError where it is."""
+
+
+def bounded_lines(stream: TextIO) -> Iterator[str]:
+    """The lines of `stream`, up to one longer than MAX_LINE_CHARS: a file with such a line is no
+    text file of hashes (an image or a disk image given by mistake), and reading a line of it
+    whole could take all memory."""
+    while line := stream.readline(MAX_LINE_CHARS + 1):
+        if len(line) > MAX_LINE_CHARS:
+            raise LineTooLong
+        yield line
+
+
+def too_long(position: Position) -> FormatError:
+    return FormatError(
+        position, f"a line is longer than {MAX_LINE_CHARS} characters: this is no text of hashes"
+    )
+
+
+def first_content_line(
+    lines: Iterator[str], *, skip_comments: bool = False
+) -> tuple[int, str] | None:
     """The first line that is not blank (nor a `#` comment, when asked) and its number."""
-    for number, line in enumerate(stream, start=1):
-        stripped = line.strip()
-        if stripped and not (skip_comments and stripped.startswith("#")):
-            return number, line
+    number = 0
+    try:
+        for number, line in enumerate(lines, start=1):
+            stripped = line.strip()
+            if stripped and not (skip_comments and stripped.startswith("#")):
+                return number, line
+    except LineTooLong:
+        raise too_long(Position(0, line=number + 1)) from None
     return None
 
 
@@ -163,14 +191,16 @@ def parse_header(text: str, *, line: int, delimiter: str) -> TableHeader:
 # --- the rows ------------------------------------------------------------------------------------
 
 
-def table_records(stream: TextIO, header: TableHeader, read_row: RowReader) -> Iterator[ReadRecord]:
+def table_records(
+    lines: Iterator[str], header: TableHeader, read_row: RowReader
+) -> Iterator[ReadRecord]:
     """Every row after the header, as `read_row` makes it, in file order.
 
     Blank lines are skipped; a row whose field count differs from the header's is rejected (its
     values cannot be told apart); text the csv module cannot parse ends the file with a
     FormatError, since nothing after it can be trusted to start where it seems to.
     """
-    reader = csv.reader(stream, delimiter=header.delimiter)
+    reader = csv.reader(lines, delimiter=header.delimiter)
     width = len(header.names)
     record = 0
     lines_before = header.line
@@ -188,6 +218,8 @@ def table_records(stream: TextIO, header: TableHeader, read_row: RowReader) -> I
             first_line = lines_before + reader.line_num + 1
     except csv.Error as exc:
         raise FormatError(Position(record + 1, first_line), f"not valid CSV ({exc})") from None
+    except LineTooLong:
+        raise too_long(Position(record + 1, first_line)) from None
 
 
 @dataclass(frozen=True)

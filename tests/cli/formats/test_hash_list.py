@@ -19,6 +19,7 @@ from services.cli.formats.records import (
     ReadRecord,
     Rejected,
 )
+from services.cli.formats.table import MAX_LINE_CHARS
 from services.cli.hashfile import HashRecord, write_records
 from services.core.algorithms import BY_NAME, Algorithm, AlgorithmSpec, SignalValue
 from services.registry.model import MediaType
@@ -268,3 +269,17 @@ def test_a_generated_list_reads_back_as_its_model(
     with tempfile.TemporaryDirectory() as folder:
         path = hash_list(Path(folder), end.join(text for text, _ in generated), bom=bom)
         assert read(path) == model
+
+
+def test_a_line_too_long_for_a_hash_list_stops_it_without_reading_it_whole(
+    tmp_path: Path,
+) -> None:
+    path = hash_list(tmp_path, f"{MD5.hex()}\n\n" + "0" * (MAX_LINE_CHARS + 1) + f"\n{MD5.hex()}")
+
+    records = read_hash_list(path)
+
+    assert next(records) == media(1, 1, (Algorithm.MD5, MD5))
+    with pytest.raises(FormatError) as raised:
+        next(records)
+    assert raised.value.position == Position(2, 3)
+    assert raised.value.reason.startswith(f"a line is longer than {MAX_LINE_CHARS} characters")

@@ -24,6 +24,7 @@ from services.cli.formats.records import (
     Rejected,
     UnusedCounts,
 )
+from services.cli.formats.table import MAX_LINE_CHARS
 from services.core.algorithms import Algorithm, SignalValue
 from services.registry.model import Category, CategoryScheme, MediaFlags, MediaType
 
@@ -277,6 +278,21 @@ def test_text_the_csv_module_cannot_parse_stops_the_file_at_its_row(tmp_path: Pa
         next(records)
     assert raised.value.position == Position(2, 3)
     assert "not valid CSV" in raised.value.reason
+
+
+@pytest.mark.parametrize(
+    ("before", "position"), [("", Position(0, line=1)), (f"MD5\n{MD5.hex()}\n", Position(2, 3))]
+)
+def test_a_line_too_long_for_an_export_stops_it(
+    tmp_path: Path, before: str, position: Position
+) -> None:
+    path = export(tmp_path, before + "x" * (MAX_LINE_CHARS + 1) + "\n")
+
+    with pytest.raises(FormatError) as raised:
+        read(path)
+
+    assert raised.value.position == position
+    assert "is longer than" in raised.value.reason
 
 
 def test_a_missing_file_is_a_format_error(tmp_path: Path) -> None:
