@@ -257,7 +257,7 @@ def lines(draw: st.DrawFn) -> tuple[str, SignalValue | None]:
     return draw(blanks) + text + draw(blanks), SignalValue(algorithm, value)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(lines(), max_size=12), st.sampled_from(["\n", "\r\n"]), st.booleans())
 def test_a_generated_list_reads_back_as_its_model(
     generated: list[tuple[str, SignalValue | None]], end: str, bom: bool

@@ -403,7 +403,7 @@ def exports(draw: st.DrawFn) -> tuple[str, list[ImportedMedia]]:
     return out.getvalue(), model
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(exports(), st.booleans())
 def test_a_generated_export_reads_back_as_its_model(
     generated: tuple[str, list[ImportedMedia]], bom: bool
