@@ -36,6 +36,8 @@ METHOD_GRANTS: Mapping[str, frozenset[str]] = {
     "/hashex.v1.Registry/GetSeries": _READ_RECORDS,
     "/hashex.v1.Registry/GetStats": _READ_RECORDS,
     "/hashex.v1.Registry/Dedup": frozenset({"analyst", "victim-id", "supervisor", "admin"}),
+    # The node's whole own set at once: a supervisor's decision, or the operator's.
+    "/hashex.v1.Registry/ExportMedia": frozenset({"supervisor", "admin"}),
     "/hashex.v1.Units/FederatedLookup": _READ,
     "/hashex.v1.Flags/ListFlags": _READ_FLAGS,
     "/hashex.v1.Flags/WatchFlags": _READ_FLAGS,

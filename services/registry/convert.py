@@ -270,6 +270,20 @@ def retract_from_proto(request: registry_pb2.RetractMediaRequest) -> list[str]:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+MAX_EXPORT_PAGE = 1000
+
+
+def export_from_proto(request: registry_pb2.ExportMediaRequest) -> tuple[str, int]:
+    """Where an export starts and its page size (registry.proto, ExportMediaRequest)."""
+    problems = Problems()
+    if request.after_media_id:
+        problems.check("after_media_id", lambda: model.check_id("media id", request.after_media_id))
+    if request.page_size > MAX_EXPORT_PAGE:
+        problems.add("page_size", f"{request.page_size}; at most {MAX_EXPORT_PAGE}")
+    problems.raise_if_any()
+    return request.after_media_id, request.page_size or MAX_EXPORT_PAGE
+
+
 def timestamp(moment: datetime) -> Timestamp:
     """An aware datetime as a Timestamp, in integer arithmetic (`FromDatetime` cost a tenth of
     converting a lookup answer)."""

@@ -34,6 +34,7 @@ from services.registry.model import (
     LookupResult,
     MediaChange,
     MediaChanged,
+    MediaRecord,
     MediaSubmission,
     NodeStats,
     PdqEntry,
@@ -259,6 +260,13 @@ class Registry:
                 status=status,
                 responsible_desk=responsible_desk,
             )
+
+    async def export_page(
+        self, *, after_media_id: str, limit: int
+    ) -> tuple[list[MediaRecord], dict[str, str]]:
+        """A page of this node's own media for export (services.registry.store.export_page)."""
+        async with self._db.transaction(readonly=True) as conn:
+            return await self._store.export_page(conn, after_media_id=after_media_id, limit=limit)
 
     async def stats(self) -> NodeStats:
         async with self._db.transaction(readonly=True, isolation="repeatable_read") as conn:

@@ -77,6 +77,22 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         return convert.lookup_response_to_proto(results)
 
     @handles_stream_errors
+    async def ExportMedia(
+        self, request: registry_pb2.ExportMediaRequest, context: Context
+    ) -> AsyncIterator[registry_pb2.ExportMediaResponse]:
+        after, page_size = convert.export_from_proto(request)
+        while True:
+            media, names = await self._registry.export_page(after_media_id=after, limit=page_size)
+            if not media:
+                return
+            yield registry_pb2.ExportMediaResponse(
+                media=[convert.media_to_proto(m) for m in media], series_names=names
+            )
+            if len(media) < page_size:
+                return
+            after = media[-1].media_id
+
+    @handles_stream_errors
     async def LookupStream(
         self, request_iterator: AsyncIterator[registry_pb2.LookupStreamRequest], context: Context
     ) -> AsyncIterator[registry_pb2.LookupStreamResponse]:

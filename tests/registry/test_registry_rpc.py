@@ -360,3 +360,38 @@ async def test_restart_keeps_data_and_reloads_the_pdq_index(
         exact, near = await lookup(second, hash_md5, pdq(flip_bits(value, 5, rng)))
         assert [m.media.media_id for m in exact.matches] == ["kept"]
         assert [(m.media.media_id, m.distance) for m in near.matches] == [("kept", 5)]
+
+
+async def test_export_streams_own_media_in_id_order_without_the_retracted(node: Node) -> None:
+    rng = random.Random(7)
+    batch = [submission(f"m{i:03d}", md5(rng.randbytes(16)), series=("s1",)) for i in range(25)]
+    batch.append(submission("m999", md5(rng.randbytes(16)), case_reference="NCA/7"))
+    await submit(node.stub, batch)
+    await node.stub.UpsertSeries(registry_pb2.UpsertSeriesRequest(series_id="s1", name="Lantern"))
+    await node.stub.RetractMedia(registry_pb2.RetractMediaRequest(media_ids=["m005"]))
+
+    pages = [
+        page
+        async for page in node.stub.ExportMedia(registry_pb2.ExportMediaRequest(page_size=10))
+    ]
+    assert [len(p.media) for p in pages] == [10, 10, 5]
+    exported = [m.media_id for p in pages for m in p.media]
+    assert exported == sorted(f"m{i:03d}" for i in range(25) if i != 5) + ["m999"]
+    assert {m.origin for p in pages for m in p.media} == {"test-node"}
+    assert dict(pages[0].series_names) == {"s1": "Lantern"}
+    assert dict(pages[-1].series_names) == {"s1": "Lantern"}  # m999 is in no series
+
+    resumed = [
+        m.media_id
+        async for page in node.stub.ExportMedia(
+            registry_pb2.ExportMediaRequest(after_media_id="m020")
+        )
+        for m in page.media
+    ]
+    assert resumed == ["m021", "m022", "m023", "m024", "m999"]
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in node.stub.ExportMedia(registry_pb2.ExportMediaRequest(page_size=1001)):
+            pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_size: 1001; at most 1000" in str(refused.value.details())

@@ -1137,3 +1137,75 @@ class DedupResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DedupResponse: _TypeAlias = DedupResponse  # noqa: Y015
+
+@_typing.final
+class ExportMediaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_MEDIA_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    after_media_id: _builtins.str
+    """Start after this media id (empty: from the first)."""
+    page_size: _builtins.int
+    """Media per message, 1-1,000; 0 means 1,000."""
+    def __init__(
+        self,
+        *,
+        after_media_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_media_id", b"after_media_id", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportMediaRequest: _TypeAlias = ExportMediaRequest  # noqa: Y015
+
+@_typing.final
+class ExportMediaResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SeriesNamesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MEDIA_FIELD_NUMBER: _builtins.int
+    SERIES_NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def media(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Media]:
+        """Media of this node, in media id order (origin is always this node)."""
+
+    @_builtins.property
+    def series_names(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The names of the series these media belong to, by series id (unnamed series are left out)."""
+
+    def __init__(
+        self,
+        *,
+        media: _abc.Iterable[_common_pb2.Media] | None = ...,
+        series_names: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["media", b"media", "series_names", b"series_names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportMediaResponse: _TypeAlias = ExportMediaResponse  # noqa: Y015

@@ -84,6 +84,11 @@ class RegistryStub:
                 request_serializer=hashex_dot_v1_dot_registry__pb2.DedupRequest.SerializeToString,
                 response_deserializer=hashex_dot_v1_dot_registry__pb2.DedupResponse.FromString,
                 _registered_method=True)
+        self.ExportMedia = channel.unary_stream(
+                '/hashex.v1.Registry/ExportMedia',
+                request_serializer=hashex_dot_v1_dot_registry__pb2.ExportMediaRequest.SerializeToString,
+                response_deserializer=hashex_dot_v1_dot_registry__pb2.ExportMediaResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -176,6 +181,16 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportMedia(self, request, context):
+        """This node's own media (never another origin's, never case data), in media id order, at
+        most 1,000 per message, for `hashex export`. Retracted media are left out. Resumable: a
+        stream cut off goes on from the last media id received (`after_media_id`). Each message is
+        read in one snapshot; media stored while the stream runs may or may not be included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -228,6 +243,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.Dedup,
                     request_deserializer=hashex_dot_v1_dot_registry__pb2.DedupRequest.FromString,
                     response_serializer=hashex_dot_v1_dot_registry__pb2.DedupResponse.SerializeToString,
+            ),
+            'ExportMedia': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportMedia,
+                    request_deserializer=hashex_dot_v1_dot_registry__pb2.ExportMediaRequest.FromString,
+                    response_serializer=hashex_dot_v1_dot_registry__pb2.ExportMediaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -500,6 +520,33 @@ class Registry:
             '/hashex.v1.Registry/Dedup',
             hashex_dot_v1_dot_registry__pb2.DedupRequest.SerializeToString,
             hashex_dot_v1_dot_registry__pb2.DedupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportMedia(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hashex.v1.Registry/ExportMedia',
+            hashex_dot_v1_dot_registry__pb2.ExportMediaRequest.SerializeToString,
+            hashex_dot_v1_dot_registry__pb2.ExportMediaResponse.FromString,
             options,
             channel_credentials,
             insecure,

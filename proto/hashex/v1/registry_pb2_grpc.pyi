@@ -97,6 +97,12 @@ class RegistryStub:
     to which series clusters and origins the matches belong. Media not asked are never
     reported; an item whose only hashes are PDQ of quality below 50 is `unchecked`, never new.
     """
+    ExportMedia: _grpc.UnaryStreamMultiCallable[_registry_pb2.ExportMediaRequest, _registry_pb2.ExportMediaResponse]
+    """This node's own media (never another origin's, never case data), in media id order, at
+    most 1,000 per message, for `hashex export`. Retracted media are left out. Resumable: a
+    stream cut off goes on from the last media id received (`after_media_id`). Each message is
+    read in one snapshot; media stored while the stream runs may or may not be included.
+    """
 
 @_typing.type_check_only
 class RegistryAsyncStub(RegistryStub):
@@ -143,6 +149,12 @@ class RegistryAsyncStub(RegistryStub):
     PDQ near match among the records this node holds (its own and those replicated to it), and
     to which series clusters and origins the matches belong. Media not asked are never
     reported; an item whose only hashes are PDQ of quality below 50 is `unchecked`, never new.
+    """
+    ExportMedia: _aio.UnaryStreamMultiCallable[_registry_pb2.ExportMediaRequest, _registry_pb2.ExportMediaResponse]  # type: ignore[assignment]
+    """This node's own media (never another origin's, never case data), in media id order, at
+    most 1,000 per message, for `hashex export`. Retracted media are left out. Resumable: a
+    stream cut off goes on from the last media id received (`after_media_id`). Each message is
+    read in one snapshot; media stored while the stream runs may or may not be included.
     """
 
 class RegistryServicer(metaclass=_abc_1.ABCMeta):
@@ -247,6 +259,18 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         PDQ near match among the records this node holds (its own and those replicated to it), and
         to which series clusters and origins the matches belong. Media not asked are never
         reported; an item whose only hashes are PDQ of quality below 50 is `unchecked`, never new.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportMedia(
+        self,
+        request: _registry_pb2.ExportMediaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_pb2.ExportMediaResponse], _abc.AsyncIterator[_registry_pb2.ExportMediaResponse]]:
+        """This node's own media (never another origin's, never case data), in media id order, at
+        most 1,000 per message, for `hashex export`. Retracted media are left out. Resumable: a
+        stream cut off goes on from the last media id received (`after_media_id`). Each message is
+        read in one snapshot; media stored while the stream runs may or may not be included.
         """
 
 def add_RegistryServicer_to_server(servicer: RegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
