@@ -53,6 +53,7 @@ import asyncpg
 import grpc
 import nacl
 from _common import Result, emit, latency_summary, machine, progress
+from _copy_reference import copy_reference
 from _corpus import PDQ_QUALITY, Corpus, load, media_id
 from _nodes import cli, init_nodes, node_config, scratch_dir, unit_channel
 
@@ -60,12 +61,10 @@ from hashex.v1 import registry_pb2, registry_pb2_grpc
 from services.core.algorithms import Algorithm, SignalValue
 from services.core.config import NodeConfig
 from services.core.db.embedded import start_embedded
-from services.core.db.migrations import apply_migration_plan
 from services.core.db.pool import ensure_database
 from services.gateway.composition import RunningNode, start_node
 from services.registry import convert
 from services.registry.model import Category, CategoryScheme, MediaFlags, MediaSubmission
-from services.registry.store import MIGRATIONS as REGISTRY_MIGRATIONS
 
 ORIGIN, RECEIVER = "bench-origin", "bench-receiver"
 SERIES = 100
@@ -305,7 +304,9 @@ async def _receiver(conn: Connection, setup: ReceiverSetup) -> None:
             elif isinstance(order, Watch):
                 conn.send(await watch(node, config, order))
             else:
-                conn.send(await copy_reference(node, setup, batch_size=order))
+                conn.send(
+                    await copy_reference(node.database, setup.admin_url, ORIGIN, batch_size=order)
+                )
     finally:
         await node.stop()
         conn.close()
@@ -421,105 +422,6 @@ async def poll_lookup(
 
 
 # --- the COPY reference (in the receiver's process, on the receiver's server) -------------
-
-
-async def copy_reference(node: RunningNode, setup: ReceiverSetup, batch_size: int) -> Result:
-    """The same media, signals, series links and series the receiver now holds, COPYed into
-    an empty database with the registry's migrations on the same server, `batch_size` media
-    per transaction. Row ids are predicted (an identity column of a fresh table counts from 1
-    on one connection), so each batch is COPYs only: media, then signals, then series links."""
-    admin_url = setup.admin_url
-    if admin_url is None:
-        assert node.database.embedded is not None
-        admin_url = node.database.embedded.uri()
-    name = f"hashex_bench_copy_{uuid.uuid4().hex[:12]}"
-    await ensure_database(admin_url, name)
-    url = urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
-    source = node.database.pool
-    try:
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
-        try:
-            await apply_migration_plan(pool, REGISTRY_MIGRATIONS)
-            async with pool.acquire() as target:
-                return await _copy_batches(source, target, batch_size)
-        finally:
-            await pool.close()
-    finally:
-        admin = await asyncpg.connect(admin_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
-async def _copy_batches(source: Any, target: Any, batch_size: int) -> Result:
-    series = await source.fetch(
-        "SELECT series_id, name, updated_at, origin_seq FROM series WHERE origin = $1 ORDER BY id",
-        ORIGIN,
-    )
-    await target.copy_records_to_table(
-        "series",
-        records=[(ORIGIN, *r) for r in series],
-        columns=["origin", "series_id", "name", "updated_at", "origin_seq"],
-    )
-    series_rows = {r["series_id"]: i + 1 for i, r in enumerate(series)}
-    seconds: list[float] = []
-    after, next_row, total = 0, 1, 0
-    while True:
-        media = await source.fetch(_READ_MEDIA, ORIGIN, after, batch_size)
-        if not media:
-            break
-        ids = [r["id"] for r in media]
-        row_of = {old: next_row + k for k, old in enumerate(ids)}
-        signals = [
-            (row_of[r["media_row"]], r["algorithm"], r["value"], r["quality"])
-            for r in await source.fetch(_READ_SIGNALS, ids)
-        ]
-        links = [
-            (row_of[r["media_row"]], series_rows[r["series_id"]])
-            for r in await source.fetch(_READ_LINKS, ids)
-        ]
-        media_records = [(ORIGIN, *tuple(r)[1:]) for r in media]
-        start = time.perf_counter()
-        async with target.transaction():
-            await target.copy_records_to_table("media", records=media_records, columns=_MEDIA)
-            await target.copy_records_to_table("signals", records=signals, columns=_SIGNALS)
-            if links:
-                await target.copy_records_to_table(
-                    "media_series", records=links, columns=["media_row", "series_row"]
-                )
-        seconds.append(time.perf_counter() - start)
-        after, next_row, total = ids[-1], next_row + len(ids), total + len(ids)
-    check = await target.fetchrow("SELECT count(*) AS n, coalesce(max(id), 0) AS top FROM media")
-    if check["n"] != total or check["top"] != total:
-        raise RuntimeError(f"COPY reference: predicted row ids did not hold ({dict(check)})")
-    result = latency_summary(seconds)
-    result["per_s"] = round(total / sum(seconds), 1)
-    result["total_s"] = round(sum(seconds), 3)
-    result["records"] = total
-    return result
-
-
-_MEDIA = [
-    "origin",
-    "media_id",
-    "media_type",
-    "category_scheme",
-    "category_code",
-    "flags",
-    "first_seen",
-    "origin_seq",
-]
-_SIGNALS = ["media_row", "algorithm", "value", "quality"]
-_READ_MEDIA = """
-SELECT id, media_id, media_type, category_scheme, category_code, flags, first_seen, origin_seq
-FROM media WHERE origin = $1 AND id > $2 ORDER BY id LIMIT $3
-"""
-_READ_SIGNALS = "SELECT media_row, algorithm, value, quality FROM signals WHERE media_row = ANY($1)"
-_READ_LINKS = """
-SELECT ms.media_row, se.series_id FROM media_series ms JOIN series se ON se.id = ms.series_row
-WHERE ms.media_row = ANY($1)
-"""
 
 
 class Receiver:

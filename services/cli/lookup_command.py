@@ -29,6 +29,7 @@ from services.registry.model import SCHEME_NAMES
 BATCH = 1000
 _STATUS = common_pb2.IdentificationStatus.DESCRIPTOR
 _MATCH_KIND = registry_pb2.MatchKind.DESCRIPTOR
+_MEDIA_TYPE = common_pb2.MediaType.DESCRIPTOR
 # Peer outcomes after which every hash asked of the peer was checked there.
 _CHECKED = {
     federation_pb2.PEER_LOOKUP_OUTCOME_ANSWERED,
@@ -241,6 +242,13 @@ def _result_json(
                 "origin": m.media.origin,
                 "media_id": m.media.media_id,
                 "category": _category_text(m.media),
+                "media_type": enum_word(_MEDIA_TYPE, m.media.media_type),
+                "flags": {
+                    "victim_identified": m.media.flags.victim_identified,
+                    "offender_identified": m.media.flags.offender_identified,
+                    "distributed": m.media.flags.distributed,
+                    "self_generated": m.media.flags.self_generated,
+                },
                 "series": [_series_json(s) for s in m.series],
             }
             for m in result.matches

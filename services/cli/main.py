@@ -21,8 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     from services.cli import (
         audit_command,
         dedup_command,
+        export_command,
         flags_command,
         hash_command,
+        import_command,
         linkage_command,
         lookup_command,
         media_command,
@@ -50,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     node_command.register(sub)
     hash_command.register(sub)
     submit_command.register(sub)
+    import_command.register(sub)
+    export_command.register(sub)
     lookup_command.register(sub)
     dedup_command.register(sub)
     linkage_command.register(sub)

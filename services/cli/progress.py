@@ -101,6 +101,96 @@ class Progress:
             self._drawn_width = 0
 
 
+class RecordProgress:
+    """Records handled out of a file read as a stream: their count is not known ahead, the
+    bytes read are, so the bar and the time left follow the bytes and the rate counts records."""
+
+    def __init__(
+        self,
+        size: int,
+        position: Callable[[], int] | None,
+        stream: TextIO,
+        mode: ProgressMode,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._size = size
+        self._position = position
+        self._stream = stream
+        self._mode = mode
+        self._clock = clock
+        self._started = clock()
+        self._last_drawn = self._started
+        self._done = 0
+        self._drawn_width = 0
+
+    @staticmethod
+    def for_stream(
+        size: int, position: Callable[[], int] | None, stream: TextIO, *, quiet: bool
+    ) -> RecordProgress:
+        mode: ProgressMode = "off" if quiet else "bar" if stream.isatty() else "lines"
+        return RecordProgress(size, position, stream, mode)
+
+    def advance(self, count: int) -> None:
+        self._done += count
+        now = self._clock()
+        interval = BAR_INTERVAL_S if self._mode == "bar" else LINE_INTERVAL_S
+        if self._mode != "off" and now - self._last_drawn >= interval:
+            self._draw(now)
+
+    def note(self, message: str) -> None:
+        self._clear()
+        self._stream.write(message + "\n")
+        self._stream.flush()
+
+    def finish(self) -> None:
+        if self._mode == "bar" and self._drawn_width:
+            self._draw(self._clock())
+            self._stream.write("\n")
+            self._drawn_width = 0
+            self._stream.flush()
+
+    def _draw(self, now: float) -> None:
+        self._last_drawn = now
+        elapsed = now - self._started
+        fraction = None
+        if self._position is not None and self._size:
+            fraction = min(1.0, self._position() / self._size)
+        text = render_records(self._done, fraction, elapsed, bar=self._mode == "bar")
+        if self._mode == "bar":
+            padding = " " * max(0, self._drawn_width - len(text))
+            self._stream.write("\r" + text + padding)
+            self._drawn_width = len(text)
+        else:
+            self._stream.write(text + "\n")
+        self._stream.flush()
+
+    def _clear(self) -> None:
+        if self._drawn_width:
+            self._stream.write("\r" + " " * self._drawn_width + "\r")
+            self._drawn_width = 0
+
+
+def render_records(done: int, fraction: float | None, elapsed_s: float, *, bar: bool) -> str:
+    """`[#####...]  35%  350,000 records  52,000.0 records/s  ETA 0:12` on a terminal,
+    `progress: 350,000 records (35% of the file), 52,000.0 records/s, ETA 0:12` in a log."""
+    rate = done / elapsed_s if done and elapsed_s > 0 else 0.0
+    eta = "-"
+    if fraction and rate and 0 < fraction < 1:
+        eta = format_duration(elapsed_s * (1 - fraction) / fraction)
+    elif fraction == 1.0:
+        eta = "0:00"
+    rate_text = f"{rate:,.1f} records/s" if rate else "- records/s"
+    if bar:
+        shown = fraction if fraction is not None else 0.0
+        filled = round(BAR_WIDTH * shown)
+        head = "[" + "#" * filled + "." * (BAR_WIDTH - filled) + "]"
+        share = f"{shown:4.0%}" if fraction is not None else "   ?"
+        return f"{head} {share}  {done:,} records  {rate_text}  ETA {eta}"
+    share = f" ({fraction:.0%} of the file)" if fraction is not None else ""
+    return f"progress: {done:,} records{share}, {rate_text}, ETA {eta}"
+
+
 def render_bar(done: int, total: int, elapsed_s: float, *, unit: str = "files") -> str:
     """`[#########...............]  350/1,000  35%  120.0 files/s  ETA 0:05`"""
     fraction = done / total if total else 1.0

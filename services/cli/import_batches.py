@@ -1,0 +1,131 @@
+"""From records read out of a file to SubmitMedia batches: each record becomes a
+MediaSubmission and is checked here with the node's own validator, so a record the node would
+refuse is rejected with its position in the file instead of failing the batch it travels in.
+
+Media ids are left to the node, which derives them from the strongest cryptographic hash: a file
+tool's own record number (VICS `MediaID`) is not an identity across files, and deriving keeps
+importing the same hashes twice idempotent. Series named in the file get a series id (the name
+itself when it is a valid id, else a readable slug with a digest of the name); the name travels
+with UpsertSeries once per import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from hashex.v1 import common_pb2, registry_pb2
+from services.cli.formats.records import ImportedMedia
+from services.core.errors import InvalidArgument
+from services.registry import convert
+from services.registry.model import (
+    ID_PATTERN,
+    MAX_PATH_CHARS,
+    Category,
+    MediaFlags,
+    MediaType,
+)
+
+_NOT_ID = re.compile(r"[^A-Za-z0-9._:-]+")
+_SLUG_CHARS = 80
+_MEDIA_TYPES = {
+    MediaType.IMAGE: common_pb2.MEDIA_TYPE_IMAGE,
+    MediaType.VIDEO: common_pb2.MEDIA_TYPE_VIDEO,
+}
+
+
+def series_id_for(name: str) -> str:
+    """The series id a series named `name` in a file gets: `name` itself when it is a valid id,
+    else its slug and 8 hex digits of its digest (`op-lantern-2019-3f9a2c1d`)."""
+    stripped = name.strip()
+    if ID_PATTERN.fullmatch(stripped):
+        return stripped
+    slug = _NOT_ID.sub("-", stripped).strip("-.:_")[:_SLUG_CHARS] or "series"
+    digest = hashlib.blake2b(stripped.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    return f"{slug}-{digest}"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What the command line adds to every record: the file's own values take precedence for
+    category and media type; flags and series are added to the file's."""
+
+    category: Category | None = None
+    flags: MediaFlags = field(default_factory=MediaFlags)
+    series_ids: tuple[str, ...] = ()
+    case_reference: str = ""
+    exhibit_reference: str = ""
+    keep_paths: bool = True
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A record ready to send, with the series names its batch must carry."""
+
+    record: ImportedMedia
+    message: registry_pb2.MediaSubmission
+    series_names: dict[str, str]
+
+
+def prepare(record: ImportedMedia, defaults: Defaults) -> Prepared:
+    """The record as a MediaSubmission, or InvalidArgument saying why the node would refuse it."""
+    names = {series_id_for(n): n.strip() for n in record.series_names if n.strip()}
+    series_ids = tuple(dict.fromkeys((*defaults.series_ids, *names)))
+    flags = _either(record.flags, defaults.flags)
+    message = registry_pb2.MediaSubmission(
+        signals=[convert.signal_to_proto(s) for s in record.signals],
+        media_type=_MEDIA_TYPES[record.media_type]
+        if record.media_type
+        else common_pb2.MEDIA_TYPE_UNSPECIFIED,
+        flags=common_pb2.MediaFlags(
+            victim_identified=flags.victim_identified,
+            offender_identified=flags.offender_identified,
+            distributed=flags.distributed,
+            self_generated=flags.self_generated,
+        ),
+        series_ids=series_ids,
+    )
+    category = record.category or defaults.category
+    if category is not None:
+        message.category.CopyFrom(
+            common_pb2.Category(
+                scheme=common_pb2.CategoryScheme.ValueType(category.scheme), code=category.code
+            )
+        )
+    path = _joined_paths(record.file_paths) if defaults.keep_paths else ""
+    case_reference = record.case_reference or defaults.case_reference
+    if case_reference or defaults.exhibit_reference or path:
+        message.case_data.CopyFrom(
+            registry_pb2.CaseData(
+                case_reference=case_reference,
+                exhibit_reference=defaults.exhibit_reference,
+                file_path=path,
+            )
+        )
+    try:
+        convert.submission_from_proto(message)
+    except InvalidArgument as error:
+        raise InvalidArgument("; ".join(str(p) for p in error.problems)) from None
+    return Prepared(record, message, {i: n for i, n in names.items() if i != n})
+
+
+def _either(given: MediaFlags, added: MediaFlags) -> MediaFlags:
+    return MediaFlags.from_bits(given.to_bits() | added.to_bits())
+
+
+def _joined_paths(paths: tuple[str, ...]) -> str:
+    """Every path the file gives for the media, one per line, as many whole ones as the case
+    record holds (a path longer than that alone is refused by the validator, with its record)."""
+    printable = [
+        p.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for p in paths
+    ]
+    kept: list[str] = []
+    length = 0
+    for path in printable:
+        extra = len(path) + (1 if kept else 0)
+        if kept and length + extra > MAX_PATH_CHARS:
+            break
+        kept.append(path)
+        length += extra
+    return "\n".join(kept)

@@ -1,0 +1,174 @@
+"""`hashex import` against a real `node up` process: exact counts for both ICSE header shapes
+and for hash lists, bad records reported with their position while the rest is stored, --strict
+storing nothing, re-imports stored once, and an import killed midway resuming to the exact
+total without storing anything twice."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cli.node_process import HASHEX, NodeProcess, hashex
+
+
+def _md5(seed: str) -> str:
+    return hashlib.md5(seed.encode()).hexdigest()
+
+
+def _sha1(seed: str) -> str:
+    return hashlib.sha1(seed.encode()).hexdigest()
+
+
+SHORT = (
+    "MD5;SHA1;PhotoDNA;Image ID;Is distributed;Victim identified;Offender identified;"
+    "Series name;Number of submissions;File Available;Media Type;Baseline"
+)
+LONG = SHORT + ";ZZ40;Lace;Investigation name;Agency"
+
+
+def _short_rows() -> list[str]:
+    return [
+        f"{_md5('a').upper()};{_sha1('a')};;101;Y;N;N;Op Lantern 2019;3;Y;Image;Y",
+        f"{_md5('b')};;;102;N;True;N;;1;N;Video;N",
+        f"{_md5('c')[:31]};;;103;Y;N;N;;1;N;Image;Y",  # one hex digit short: rejected
+        f"{_md5('d')};;;104;N;N;maybe;;1;N;Image;",  # not a yes/no: rejected
+    ]
+
+
+def _long_rows() -> list[str]:
+    return [
+        f"{_md5('e')};{_sha1('e')};;201;N;N;Y;op-lantern;1;Y;Image;Y;zz;la;OP-7;NCA",
+        f"{_md5('f')};;;202;N;N;N;;1;N;Image;N;;;;",
+    ]
+
+
+def _stats(node_dir: Path) -> dict[str, object]:
+    done = hashex("stats", "--data-dir", node_dir)
+    assert done.returncode == 0, done.stderr
+    stats: dict[str, object] = json.loads(done.stdout)
+    return stats
+
+
+def _lookup(node_dir: Path, signal_text: str) -> list[dict[str, object]]:
+    found = hashex("lookup", signal_text, "--format", "json", "--data-dir", node_dir)
+    assert found.returncode in (0, 1), found.stderr
+    [result] = [json.loads(line) for line in found.stdout.splitlines()]
+    matches: list[dict[str, object]] = result["matches"]
+    return matches
+
+
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
+def test_icse_and_hash_lists_import_with_exact_counts(node_dir: Path, tmp_path: Path) -> None:
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join([SHORT, *_short_rows()]) + "\n", encoding="utf-8-sig")
+    long = tmp_path / "long.csv"
+    long.write_text("\n".join([LONG, *_long_rows()]) + "\n", encoding="utf-8")
+    plain = tmp_path / "list.txt"
+    plain.write_text("# seized\n" + "\n".join(_md5(f"l{i}") for i in range(5)) + "\nxyz\n")
+    strict = tmp_path / "strict.txt"
+    strict.write_text(f"{_md5('s1')}\n{_md5('s2')}\nnot-a-hash\n")
+    at = ("--data-dir", node_dir)
+
+    node = NodeProcess(node_dir)
+    try:
+        done = hashex("import", "icse", short, *at)
+        assert done.returncode == 7, done.stderr  # some rejected, the others stored
+        assert "4 records read: 2 imported, 0 merged" in done.stderr
+        assert "2 rejected" in done.stderr
+        assert "rejected record 3 (line 4): MD5: md5 needs 32 hex characters, got 31" in done.stderr
+        assert "rejected record 4 (line 5): Offender identified" in done.stderr
+        [match] = _lookup(node_dir, f"md5:{_md5('a')}")
+        assert match["category"] == "interpol-baseline:yes"
+        assert match["flags"] == {
+            "victim_identified": False,
+            "offender_identified": False,
+            "distributed": True,
+            "self_generated": False,
+        }
+        [series] = match["series"]  # type: ignore[misc]
+        assert series["series_id"].startswith("Op-Lantern-2019-")
+        assert series["name"] == "Op Lantern 2019"
+        [video] = _lookup(node_dir, f"md5:{_md5('b')}")
+        assert (video["media_type"], video["category"]) == ("video", "interpol-baseline:no")
+
+        done = hashex("import", "icse", long, *at)
+        assert done.returncode == 0, done.stderr
+        assert "2 records read: 2 imported" in done.stderr
+        assert "ZZ40 (1)" in done.stderr and "Lace (1)" in done.stderr
+
+        again = hashex("import", "icse", short, *at)
+        assert "4 records read: 0 imported, 0 merged into media already stored, 2 duplicates" in (
+            again.stderr
+        )
+
+        done = hashex(
+            "import", "list", plain, "--category", "vics-us:1", "--series", "op-list", *at
+        )
+        assert done.returncode == 7, done.stderr
+        assert "6 records read: 5 imported" in done.stderr and "1 rejected" in done.stderr
+        [listed] = _lookup(node_dir, f"md5:{_md5('l3')}")
+        assert listed["category"] == "vics-us:1"
+
+        before = _stats(node_dir)["media_count"]
+        refused = hashex("import", "list", strict, "--strict", *at)
+        assert refused.returncode == 2
+        assert "record 3 (line 3)" in refused.stderr and "nothing was stored" in refused.stderr
+        assert _stats(node_dir)["media_count"] == before
+        assert _lookup(node_dir, f"md5:{_md5('s1')}") == []
+    finally:
+        node.stop()
+
+
+def _state_files(tmp_path: Path) -> list[Path]:
+    return list((tmp_path / "state" / "hashex" / "imports").glob("*.json"))
+
+
+def test_an_interrupted_import_resumes_without_storing_twice(
+    node_dir: Path, tmp_path: Path
+) -> None:
+    total = 6000
+    listed = tmp_path / "national.txt"
+    listed.write_text("".join(f"{_md5(f'n{i}')}\n" for i in range(total)))
+    at = ("--data-dir", str(node_dir))
+    node = NodeProcess(node_dir)
+    try:
+        first = subprocess.Popen(
+            [*HASHEX, "import", "list", str(listed), "--batch-size", "20", *at],
+            stderr=subprocess.DEVNULL,
+            env=os.environ.copy(),
+        )
+        deadline = time.monotonic() + 60
+        done_before = 0
+        while time.monotonic() < deadline and first.poll() is None:
+            states = _state_files(tmp_path)
+            if states:
+                done_before = json.loads(states[0].read_text())["records_done"]
+                if done_before >= 400:
+                    break
+            time.sleep(0.05)
+        assert first.poll() is None, "the import finished before it could be interrupted"
+        first.send_signal(signal.SIGKILL)  # as a crash would: no clean-up at all
+        first.wait(timeout=30)
+        stored_then = _stats(node_dir)["media_count"]
+        assert isinstance(stored_then, int) and 0 < stored_then < total
+
+        second = hashex("import", "list", listed, *at)
+        assert second.returncode == 0, second.stderr
+        assert "resuming the import" in second.stderr
+        # The batch in flight when it was killed is sent again: stored once, counted a duplicate.
+        assert f"{total:,} records read" in second.stderr, second.stderr
+        assert _stats(node_dir)["media_count"] == total
+        assert _state_files(tmp_path) == []  # a finished import leaves no state behind
+    finally:
+        node.stop()
