@@ -32,6 +32,9 @@ _BLANK_CHARS = " \t\n\r"
 # A failed decode this close to the end of the buffer may be a value cut by the buffer's end
 # (the longest such cut, `\u12` or `fals`, is under 8 characters from it).
 _CUT_MARGIN = 8
+_LITERALS = ("true", "false", "null", "NaN", "Infinity", "-Infinity")
+_CUT_NUMBER = re.compile(r"[.eE][+-]?")
+_NUMBER_CHARS = re.compile(r"[0-9.eE+-]*")
 _KINDS = {"{": "object", "[": "array", '"': "string", "t": "boolean", "f": "boolean", "n": "null"}
 
 
@@ -167,6 +170,7 @@ class JsonStream:
             return
         raw_decode = self._json.raw_decode
         blanks = _BLANKS.match
+        limit = self._max_value_chars
         while True:
             if not char:
                 raise self._truncated()
@@ -180,7 +184,7 @@ class JsonStream:
                 value, end = raw_decode(buf, pos)
             except (json.JSONDecodeError, RecursionError):
                 end = len(buf)
-            if end >= len(buf):
+            if end >= len(buf) or value.__class__ is not dict or end - pos > limit:
                 try:
                     value = self._decode()
                 except JsonStreamError as error:
@@ -249,26 +253,42 @@ class JsonStream:
             try:
                 value, end = self._json.raw_decode(self._buf, start)
             except json.JSONDecodeError as error:
-                self._check_failure(start, error.pos, error.msg)
+                self._check_failure(error.pos, error.msg)
             except RecursionError:
                 raise self._error(start, "values nested too deeply") from None
             else:
-                # A number that ends with the buffer may go on in the next chunk.
-                if end < len(self._buf) or self._at_end():
+                if end - start > self._max_value_chars:
+                    raise self._too_long(start)
+                if self._complete(value, end) or self._at_end():
                     self._pos = end
                     return value
             if len(self._buf) - start > self._max_value_chars:
-                limit = self._max_value_chars >> 20 or self._max_value_chars
-                unit = " MiB" if self._max_value_chars >> 20 else " characters"
-                raise self._error(start, f"a single value is longer than {limit}{unit}")
+                raise self._too_long(start)
             start = self._fill(start)
 
-    def _check_failure(self, start: int, at: int, message: str) -> None:
+    def _too_long(self, start: int) -> JsonStreamError:
+        limit = self._max_value_chars
+        size = (
+            f"{limit >> 20} MiB" if limit >> 20 and not limit % (1 << 20) else f"{limit} characters"
+        )
+        return self._error(start, f"a single value is longer than {size}")
+
+    def _complete(self, value: object, end: int) -> bool:
+        """Whether a value decoded up to `end` is whole: a number (`12` of `12.5e3`) may go on
+        in the next chunk when nothing but what a number may hold follows it in the buffer."""
+        buf = self._buf
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            found = _NUMBER_CHARS.match(buf, end)
+            return (found.end() if found else end) < len(buf)
+        return end < len(buf)
+
+    def _check_failure(self, at: int, message: str) -> None:
         """Raise unless the decode that failed at `at` may succeed with more text."""
-        cut = message.startswith("Unterminated string") or at >= len(self._buf) - _CUT_MARGIN
-        if cut and not self._at_end():
-            return
-        if cut:
+        if not self._at_end():
+            if message.startswith("Unterminated string") or at >= len(self._buf) - _CUT_MARGIN:
+                return  # the value may go on in the next chunk
+            raise self._error(at, f"invalid JSON: {message}")
+        if _cut_short(self._buf[at:], message):
             raise self._truncated()
         raise self._error(at, f"invalid JSON: {message}")
 
@@ -344,3 +364,13 @@ class JsonStream:
 
     def _error(self, index: int, reason: str) -> JsonStreamError:
         return JsonStreamError(self._location_of(max(index, self._mark)), reason)
+
+
+def _cut_short(rest: str, message: str) -> bool:
+    """Whether a decode that failed on `rest` (the text from the failure to the end of the file)
+    failed because the text stops: an open string, a literal, number or escape cut short."""
+    if message.startswith("Unterminated string") or not rest.strip(_BLANK_CHARS):
+        return True
+    if message.startswith("Invalid \\") and len(rest) < 6:
+        return True
+    return any(word.startswith(rest) for word in _LITERALS) or bool(_CUT_NUMBER.fullmatch(rest))
