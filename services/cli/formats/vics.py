@@ -125,7 +125,9 @@ class VicsDocument:
         stream = self._stream
         kind = stream.peek_kind()
         if kind != "array":
-            raise _problem(stream.location(), f'"{where}" must be an array, got {_a(kind)}')
+            raise _problem(
+                stream.location(), f'"{where}" must be an array, got {_with_article(kind)}'
+            )
         categories = self._categories
         met = self._met
         for value, line, column in stream.values():
@@ -137,11 +139,13 @@ class VicsDocument:
         stream = self._stream
         kind = stream.peek_kind()
         if kind != "array":
-            raise _problem(stream.location(), f'"value" must be an array, got {_a(kind)}')
+            raise _problem(
+                stream.location(), f'"value" must be an array, got {_with_article(kind)}'
+            )
         for number, where in enumerate(stream.items(), start=1):
             kind = stream.peek_kind()
             if kind != "object":
-                raise _problem(where, f"Case {number} must be an object, got {_a(kind)}")
+                raise _problem(where, f"Case {number} must be an object, got {_with_article(kind)}")
             for key in stream.members():
                 if key != "Media":
                     stream.skip_value()
@@ -208,7 +212,9 @@ def _walk_to_value(
     kind = stream.peek_kind()
     if kind != "object":
         what = (
-            "the file is empty" if kind == "end" else f"the document is {_a(kind)}, not an object"
+            "the file is empty"
+            if kind == "end"
+            else f"the document is {_with_article(kind)}, not an object"
         )
         raise FormatError(Position(0, start.line, start.column), f"not a VICS file: {what}")
     root = stream.members()
@@ -233,7 +239,9 @@ def _walk_to_value(
             if value_seen:
                 raise _problem(where, 'a second "value" member')
             if stream.peek_kind() != "array":
-                raise _problem(where, f'"value" must be an array, got {_a(stream.peek_kind())}')
+                raise _problem(
+                    where, f'"value" must be an array, got {_with_article(stream.peek_kind())}'
+                )
             stream.skip_value()
             value_seen = True
         else:
@@ -254,7 +262,7 @@ def _problem(where: Location, reason: str) -> FormatError:
     return FormatError(Position(0, where.line, where.column), reason)
 
 
-def _a(kind: str) -> str:
+def _with_article(kind: str) -> str:
     """ "an object", "a string", "null" (a JSON type named in a message)."""
     special = {"null": "null", "end": "nothing", "invalid": "invalid JSON"}
     if kind in special:

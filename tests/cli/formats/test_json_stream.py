@@ -205,7 +205,7 @@ json_values = st.recursive(
 BLANKS = ("", " ", "\n", "\r\n", "\t", "\n    ", "   ")
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(
     elements=st.lists(json_values, max_size=6),
     rnd=st.randoms(use_true_random=False),

@@ -552,7 +552,7 @@ def test_memory_stays_flat_with_value_before_the_context(tmp_path: Path) -> None
 # Any odd but legal document reads as exactly what it states.
 
 
-@settings(max_examples=120)
+@settings(max_examples=120, deadline=None)
 @given(model=documents(), bom=st.booleans(), chunk=st.sampled_from([1, 3, 16, 1 << 20]))
 def test_any_legal_document_reads_as_its_model(model: DocumentModel, bom: bool, chunk: int) -> None:
     path = write((b"\xef\xbb\xbf" if bom else b"") + model.text.encode("utf-8"))

@@ -176,7 +176,7 @@ imported_media = st.builds(
 )
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 @given(
     items=st.lists(imported_media, max_size=6),
     target=st.sampled_from(TARGETS),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
@@ -49,18 +49,18 @@ class MediaModel:
     unused_fields: frozenset[str]
 
 
-@dataclass
+@dataclass(frozen=True)
 class DocumentModel:
     version: str
     profile: str | None
     shape: str
     scheme: CategoryScheme
-    media: list[MediaModel]
-    unused_root_fields: set[str]
+    media: tuple[MediaModel, ...]
+    unused_root_fields: frozenset[str]
     unused_case_fields: dict[str, int]
-    # Filled by `Serialiser`: the JSON text and the (line, column) of each Media.
-    text: str = ""
-    places: list[tuple[int, int]] = field(default_factory=list)
+    # The JSON text, and the (line, column) of each Media in it.
+    text: str
+    places: tuple[tuple[int, int], ...]
 
 
 def _hex(value: bytes, rnd: random.Random) -> str:
@@ -179,39 +179,66 @@ def documents(draw: st.DrawFn) -> DocumentModel:
     scheme = CategoryScheme.VICS_LEGACY if profile is None else PROFILES[profile]
     shape = draw(st.sampled_from(("media", "cases")))
     media = draw(st.lists(media_models(scheme, rnd), max_size=5))
-    model = DocumentModel(version, profile, shape, scheme, media, set(), {})
-    Serialiser(rnd, model, draw).write()
-    return model
+    text = Serialiser(rnd, draw, version, profile, shape)
+    text.document(media)
+    return DocumentModel(
+        version,
+        profile,
+        shape,
+        scheme,
+        tuple(media),
+        frozenset(text.unused_root_fields),
+        text.unused_case_fields,
+        text.text(),
+        text.places(),
+    )
 
 
 class Serialiser:
-    """Writes `model.text`, choosing the odd-but-legal form of each part as it goes."""
+    """Writes a document's text, choosing the odd-but-legal form of each part as it goes, and
+    notes where each Media starts and which unused members it wrote."""
 
-    def __init__(self, rnd: random.Random, model: DocumentModel, draw: st.DrawFn) -> None:
+    def __init__(
+        self,
+        rnd: random.Random,
+        draw: st.DrawFn,
+        version: str,
+        profile: str | None,
+        shape: str,
+    ) -> None:
         self.rnd = rnd
-        self.model = model
         self.draw = draw
+        self.version = version
+        self.profile = profile
+        self.shape = shape
         self.parts: list[str] = []
         self.offsets: list[int] = []
         self.size = 0
+        self.unused_root_fields: list[str] = []
+        self.unused_case_fields: dict[str, int] = {}
 
-    def write(self) -> None:
-        model = self.model
-        shape = "Media" if model.shape == "media" else "Cases"
-        if model.profile is None:
-            key, url = (
-                "odata.metadata",
-                f"http://example.org/DataModels/{model.version}.xml#{shape}",
-            )
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def places(self) -> tuple[tuple[int, int], ...]:
+        text = self.text()
+        return tuple(
+            (text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)) for at in self.offsets
+        )
+
+    def document(self, media: list[MediaModel]) -> None:
+        shape = "Media" if self.shape == "media" else "Cases"
+        if self.profile is None:
+            key, url = "odata.metadata", f"http://example.org/DataModels/{self.version}.xml#{shape}"
         else:
-            profile = self.rnd.choice((str.upper, str.lower, str))(model.profile)
+            profile = self.rnd.choice((str.upper, str.lower, str))(self.profile)
             base = self.rnd.choice(("http://github.com/VICSDATAMODEL/ProjectVic/", "urn:x/"))
             url = f"{base}DataModels/2.0.xml/{profile}/$metadata#{shape}"
             key = "@odata.context"
         extras = self.draw(
             st.lists(st.sampled_from(("odata.count", "@odata.nextLink")), unique=True)
         )
-        model.unused_root_fields = set(extras)
+        self.unused_root_fields = list(extras)
         root_keys = self.draw(st.permutations([key, "value", *extras]))
         self.blank()
         self.emit("{")
@@ -220,21 +247,15 @@ class Serialiser:
             if name == key:
                 self.scalar(url)
             elif name == "value":
-                self.value_array()
+                self.value_array(media)
             else:
                 self.any(self.draw(json_values))
         self.blank()
         self.emit("}")
         self.blank()
-        model.text = "".join(self.parts)
-        text = model.text
-        model.places = [
-            (text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)) for at in self.offsets
-        ]
 
-    def value_array(self) -> None:
-        media = self.model.media
-        if self.model.shape == "media":
+    def value_array(self, media: list[MediaModel]) -> None:
+        if self.shape == "media":
             self.media_array(media)
             return
         cuts = sorted(self.draw(st.lists(st.integers(0, len(media)), max_size=3)))
@@ -244,9 +265,8 @@ class Serialiser:
             self.comma(index)
             extras = self.draw(st.lists(st.sampled_from(("CaseNumber", "Contact")), unique=True))
             for name in extras:
-                self.model.unused_case_fields[f"Case.{name}"] = (
-                    self.model.unused_case_fields.get(f"Case.{name}", 0) + 1
-                )
+                label = f"Case.{name}"
+                self.unused_case_fields[label] = self.unused_case_fields.get(label, 0) + 1
             keys = list(extras) if not group and self.draw(st.booleans()) else [*extras, "Media"]
             self.emit("{")
             for position, name in enumerate(self.draw(st.permutations(keys))):
