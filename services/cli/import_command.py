@@ -15,9 +15,10 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from services.cli import exit_codes
-from services.cli.formats.records import FormatError, Position, ReadRecord, Rejected
+from services.cli.formats.records import FormatError, Opened, Position, ReadRecord, Rejected
 from services.cli.import_batches import Defaults, prepare
 from services.cli.import_run import ImportOptions, ImportRun, interrupted
 from services.cli.import_state import FileIdentity, ImportCounts, StateFile
@@ -37,7 +38,7 @@ BATCH = 1000
 # Rejections printed one by one; past this only their number (all are counted).
 SHOWN_REJECTIONS = 50
 FLAG_NAMES = ("victim-identified", "offender-identified", "distributed", "self-generated")
-Reader = Callable[[Path, argparse.Namespace], Iterator[ReadRecord]]
+Reader = Callable[[Path, argparse.Namespace, Opened], Iterator[ReadRecord]]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -112,23 +113,39 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     add_node_options(parser)
 
 
-def _vics(path: Path, ns: argparse.Namespace) -> Iterator[ReadRecord]:
+def _vics(path: Path, ns: argparse.Namespace, opened: Opened) -> Iterator[ReadRecord]:
     from services.cli.formats.vics import read_vics
 
-    return read_vics(path)
+    return read_vics(path, opened=opened)
 
 
-def _icse(path: Path, ns: argparse.Namespace) -> Iterator[ReadRecord]:
+def _icse(path: Path, ns: argparse.Namespace, opened: Opened) -> Iterator[ReadRecord]:
     from services.cli.formats.icse import read_icse
 
-    return read_icse(path)
+    return read_icse(path, opened=opened)
 
 
-def _list(path: Path, ns: argparse.Namespace) -> Iterator[ReadRecord]:
+def _list(path: Path, ns: argparse.Namespace, opened: Opened) -> Iterator[ReadRecord]:
     from services.cli.formats.hash_list import read_hash_list
 
     algorithm = spec_for_name(ns.algorithm) if ns.algorithm else None
-    return read_hash_list(path, algorithm=algorithm)
+    return read_hash_list(path, algorithm=algorithm, opened=opened)
+
+
+class _Reading:
+    """How far into the file the reader is (the binary stream it opened), for progress."""
+
+    def __init__(self) -> None:
+        self._stream: BinaryIO | None = None
+
+    def opened(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def position(self) -> int:
+        stream = self._stream
+        if stream is None or stream.closed:
+            return 0
+        return stream.tell()
 
 
 def _defaults(ns: argparse.Namespace) -> Defaults:
@@ -160,7 +177,7 @@ def _import(ns: argparse.Namespace) -> int:
     defaults = _defaults(ns)
     reader: Reader = ns.reader
     if ns.strict:
-        _check_all(reader(ns.file, ns), defaults)
+        _check_all(reader(ns.file, ns, None), defaults)
     state = StateFile(
         FileIdentity.of(ns.file), ns.kind, node_address(ns), StateFile.default_directory()
     )
@@ -175,7 +192,9 @@ def _import(ns: argparse.Namespace) -> int:
             f"({counts.imported + counts.merged + counts.duplicate:,} stored before)",
             file=sys.stderr,
         )
-    progress = RecordProgress.for_stream(ns.file.stat().st_size, None, sys.stderr, quiet=ns.quiet)
+    reading = _Reading()
+    size = ns.file.stat().st_size
+    progress = RecordProgress.for_stream(size, reading.position, sys.stderr, quiet=ns.quiet)
     shown = _Rejections(progress.note)
     options = ImportOptions(defaults, ns.batch_size, ns.timeout, strict=ns.strict)
     try:
@@ -183,7 +202,7 @@ def _import(ns: argparse.Namespace) -> int:
             run = ImportRun(
                 stub, options, state, shown.report, progress.advance, counts=counts, skip=skip
             )
-            run.run(reader(ns.file, ns))
+            run.run(reader(ns.file, ns, reading.opened))
     except FormatError as error:
         progress.finish()
         _summary(ns.file, counts, shown)

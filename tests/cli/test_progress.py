@@ -6,7 +6,14 @@ import io
 
 import pytest
 
-from services.cli.progress import Progress, format_duration, render_bar, render_line
+from services.cli.progress import (
+    Progress,
+    RecordProgress,
+    format_duration,
+    render_bar,
+    render_line,
+    render_records,
+)
 
 
 class FakeClock:
@@ -99,3 +106,26 @@ def test_quiet_writes_nothing_but_notes() -> None:
     progress.note("skipped b: not an image")
     progress.finish()
     assert terminal.getvalue() == "skipped b: not an image\n"
+
+
+def test_an_import_shows_records_their_rate_and_time_left_from_the_bytes_read() -> None:
+    assert render_records(50_000, 0.25, 2.0, bar=True) == (
+        "[######..................]  25%  50,000 records  25,000.0 records/s  ETA 0:06"
+    )
+    assert render_records(50_000, 0.25, 2.0, bar=False) == (
+        "progress: 50,000 records (25% of the file), 25,000.0 records/s, ETA 0:06"
+    )
+    assert render_records(0, None, 0.0, bar=False) == "progress: 0 records, - records/s, ETA -"
+
+
+def test_an_import_logs_a_line_now_and_then() -> None:
+    clock, out, read = FakeClock(), io.StringIO(), [0]
+    progress = RecordProgress(1000, lambda: read[0], out, "lines", clock=clock)
+    clock.now += 1
+    read[0] = 100
+    progress.advance(10)
+    assert out.getvalue() == ""  # too soon for a log line
+    clock.now += 10
+    read[0] = 500
+    progress.advance(40)
+    assert out.getvalue() == "progress: 50 records (50% of the file), 4.5 records/s, ETA 0:11\n"

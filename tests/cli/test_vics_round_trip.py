@@ -83,7 +83,9 @@ def test_vics_files_come_back_as_they_went_in(node_dir: Path, tmp_path: Path) ->
             out = hashex("export", "vics", *options, *at)
             assert out.returncode == 0, out.stderr
             back = [r for r in read_vics(exported) if isinstance(r, ImportedMedia)]
-            in_profile = {_key(m) for m in back if m.category is None or m.category.scheme == scheme}
+            in_profile = {
+                _key(m) for m in back if m.category is None or m.category.scheme == scheme
+            }
             assert {_key(m) for m in written} <= in_profile
             assert "evidence" not in exported.read_text(encoding="utf-8")
     finally:

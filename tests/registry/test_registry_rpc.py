@@ -371,12 +371,11 @@ async def test_export_streams_own_media_in_id_order_without_the_retracted(node: 
     await node.stub.RetractMedia(registry_pb2.RetractMediaRequest(media_ids=["m005"]))
 
     pages = [
-        page
-        async for page in node.stub.ExportMedia(registry_pb2.ExportMediaRequest(page_size=10))
+        page async for page in node.stub.ExportMedia(registry_pb2.ExportMediaRequest(page_size=10))
     ]
     assert [len(p.media) for p in pages] == [10, 10, 5]
     exported = [m.media_id for p in pages for m in p.media]
-    assert exported == sorted(f"m{i:03d}" for i in range(25) if i != 5) + ["m999"]
+    assert exported == [*sorted(f"m{i:03d}" for i in range(25) if i != 5), "m999"]
     assert {m.origin for p in pages for m in p.media} == {"test-node"}
     assert dict(pages[0].series_names) == {"s1": "Lantern"}
     assert dict(pages[-1].series_names) == {"s1": "Lantern"}  # m999 is in no series

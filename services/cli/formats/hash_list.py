@@ -23,7 +23,14 @@ from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
 
-from services.cli.formats.records import FormatError, ImportedMedia, Position, ReadRecord, Rejected
+from services.cli.formats.records import (
+    FormatError,
+    ImportedMedia,
+    Opened,
+    Position,
+    ReadRecord,
+    Rejected,
+)
 from services.cli.formats.table import (
     PHOTODNA_BASE64_LENGTH,
     LineTooLong,
@@ -57,13 +64,15 @@ _LENGTHS_KNOWN = "md5 (32 hex), sha1 (40 hex) or photodna (288 hex or 192 base64
 _PDQ = BY_NAME["pdq"]
 
 
-def read_hash_list(path: Path, *, algorithm: AlgorithmSpec | None = None) -> Iterator[ReadRecord]:
+def read_hash_list(
+    path: Path, *, algorithm: AlgorithmSpec | None = None, opened: Opened = None
+) -> Iterator[ReadRecord]:
     """The hashes of the list at `path`, in file order, each imported or rejected.
 
     FormatError at a bare 64-hex hash when `algorithm` is not given, at a table header naming no
     algorithm or one twice, and at text the csv module cannot parse.
     """
-    with open_text(path) as stream:
+    with open_text(path, opened) as stream:
         lines = bounded_lines(stream)
         first = first_content_line(lines, skip_comments=True)
         if first is None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from services.cli.formats.records import (
     FormatError,
     ImportedMedia,
+    Opened,
     Position,
     ReadRecord,
 )
@@ -64,13 +65,13 @@ _FLAG_SETS = {
 }
 
 
-def read_icse(path: Path) -> Iterator[ReadRecord]:
+def read_icse(path: Path, *, opened: Opened = None) -> Iterator[ReadRecord]:
     """The rows of the ICSE export at `path`, in file order, each imported or rejected.
 
     FormatError, before any row, for an empty file, a header naming no hash column or naming one
     twice; later only for text the csv module cannot parse.
     """
-    with open_text(path) as stream:
+    with open_text(path, opened) as stream:
         lines = bounded_lines(stream)
         first = first_content_line(lines)
         if first is None:

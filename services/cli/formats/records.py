@@ -6,7 +6,9 @@ the records yielded before it stand, nothing after it is read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from services.core.algorithms import SignalValue
 from services.core.errors import InvalidArgument
@@ -70,6 +72,9 @@ class Rejected:
 
 
 ReadRecord = ImportedMedia | Rejected
+# Told the binary stream a reader opened, so a caller can follow how far it has read
+# (`stream.tell()`, for progress); None: nobody asks.
+Opened = Callable[[BinaryIO], None] | None
 
 
 class FormatError(InvalidArgument):

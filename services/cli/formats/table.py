@@ -14,12 +14,13 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import io
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from services.cli.formats.records import FormatError, Position, ReadRecord, Rejected
+from services.cli.formats.records import FormatError, Opened, Position, ReadRecord, Rejected
 from services.cli.hashfile import ERRORS, MEDIA_TYPES
 from services.core.algorithms import BY_NAME, Algorithm, AlgorithmSpec, SignalValue
 from services.core.errors import InvalidArgument
@@ -39,11 +40,15 @@ _NAMES_LISTED = 16
 RowReader = Callable[[Position, list[str]], ReadRecord]
 
 
-def open_text(path: Path) -> TextIO:
+def open_text(path: Path, opened: Opened = None) -> TextIO:
     """`path` for reading as text: a UTF-8 BOM dropped, bytes that are not UTF-8 carried through
-    (as in the hash file), line ends left to the csv module so quoted newlines stay data."""
+    (as in the hash file), line ends left to the csv module so quoted newlines stay data.
+    `opened` is told the binary stream beneath."""
     try:
-        return path.open(encoding="utf-8-sig", errors=ERRORS, newline="")
+        raw = path.open("rb")
+        if opened is not None:
+            opened(raw)
+        return io.TextIOWrapper(raw, encoding="utf-8-sig", errors=ERRORS, newline="")
     except OSError as exc:
         raise FormatError(Position(0), f"cannot read {path}: {exc.strerror or exc}") from None
 

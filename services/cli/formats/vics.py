@@ -29,7 +29,7 @@ from services.cli.formats.json_stream import (
     JsonStreamError,
     Location,
 )
-from services.cli.formats.records import FormatError, Position, ReadRecord, UnusedCounts
+from services.cli.formats.records import FormatError, Opened, Position, ReadRecord, UnusedCounts
 from services.cli.formats.vics_context import (
     CONTEXT_KEYS,
     KEY_1X,
@@ -165,11 +165,17 @@ class _Head:
 
 
 def open_vics(
-    path: Path, *, chunk_bytes: int = CHUNK_BYTES, max_record_chars: int = MAX_RECORD_CHARS
+    path: Path,
+    *,
+    chunk_bytes: int = CHUNK_BYTES,
+    max_record_chars: int = MAX_RECORD_CHARS,
+    opened: Opened = None,
 ) -> VicsDocument:
     """The VICS document at `path`, its context read, positioned on its first record.
     (`chunk_bytes` and `max_record_chars` exist for tests that cross chunk edges and limits.)"""
     raw = path.open("rb")
+    if opened is not None:
+        opened(raw)
     try:
         stream = JsonStream(raw, chunk_bytes=chunk_bytes, max_value_chars=max_record_chars)
         found = _walk_to_value(stream, None)
@@ -196,9 +202,9 @@ def open_vics(
         raise
 
 
-def read_vics(path: Path) -> Iterator[ReadRecord]:
+def read_vics(path: Path, *, opened: Opened = None) -> Iterator[ReadRecord]:
     """Every Media of the VICS file at `path`, as `open_vics(path).records()`."""
-    with open_vics(path) as document:
+    with open_vics(path, opened=opened) as document:
         yield from document.records()
 
 
