@@ -2,9 +2,12 @@
 MediaSubmission and is checked here with the node's own validator, so a record the node would
 refuse is rejected with its position in the file instead of failing the batch it travels in.
 
-Media ids are left to the node, which derives them from the strongest cryptographic hash: a file
-tool's own record number (VICS `MediaID`) is not an identity across files, and deriving keeps
-importing the same hashes twice idempotent. Series named in the file get a series id (the name
+Media ids are derived from the strongest cryptographic hash, as the node derives them (a PDQ-only
+record is `pdq:<hex>` of its first PDQ hash): a file tool's own record number (VICS `MediaID`) is
+not an identity across files, and deriving keeps importing the same hashes twice idempotent.
+The checks are those of the node's validator that a record read by a format reader can fail
+(its signals are parsed already; its series ids are made valid here): the signal limits, the
+case data's lengths and characters. Series named in the file get a series id (the name
 itself when it is a valid id, else a readable slug with a digest of the name); the name travels
 with UpsertSeries once per import.
 """
@@ -17,14 +20,18 @@ from dataclasses import dataclass, field
 
 from hashex.v1 import common_pb2, registry_pb2
 from services.cli.formats.records import ImportedMedia
+from services.core.algorithms import Algorithm, SignalValue, derived_media_id
 from services.core.errors import InvalidArgument
 from services.registry import convert
+from services.registry.contract import signal_set_problems
 from services.registry.model import (
     ID_PATTERN,
+    MAX_NAME_CHARS,
     MAX_PATH_CHARS,
     Category,
     MediaFlags,
     MediaType,
+    check_text,
 )
 
 _NOT_ID = re.compile(r"[^A-Za-z0-9._:-]+")
@@ -64,6 +71,7 @@ class Prepared:
     """A record ready to send, with the series names its batch must carry."""
 
     record: ImportedMedia
+    media_id: str
     message: registry_pb2.MediaSubmission
     series_names: dict[str, str]
 
@@ -103,11 +111,33 @@ def prepare(record: ImportedMedia, defaults: Defaults) -> Prepared:
                 file_path=path,
             )
         )
+    problems = signal_set_problems(convert.distinct_signals(record.signals))
+    if not record.signals:
+        problems.append("no hash")
+    problems.extend(_text_problems("case reference", case_reference))
+    problems.extend(_text_problems("file path", path, MAX_PATH_CHARS))
+    if problems:
+        raise InvalidArgument("; ".join(problems))
+    media_id = media_id_of(record.signals)
+    message.media_id = media_id
+    return Prepared(record, media_id, message, {i: n for i, n in names.items() if i != n})
+
+
+def media_id_of(signals: tuple[SignalValue, ...]) -> str:
+    """The id the node would derive; for a record with PDQ hashes only, its first one's."""
+    derived = derived_media_id(list(signals))
+    if derived is not None:
+        return derived
+    pdq = min(s.value for s in signals if s.algorithm == Algorithm.PDQ)
+    return f"pdq:{pdq.hex()}"
+
+
+def _text_problems(kind: str, value: str, limit: int = MAX_NAME_CHARS) -> list[str]:
     try:
-        convert.submission_from_proto(message)
+        check_text(kind, value, limit)
     except InvalidArgument as error:
-        raise InvalidArgument("; ".join(str(p) for p in error.problems)) from None
-    return Prepared(record, message, {i: n for i, n in names.items() if i != n})
+        return [str(p) for p in error.problems]
+    return []
 
 
 def _either(given: MediaFlags, added: MediaFlags) -> MediaFlags:

@@ -28,6 +28,8 @@ from services.cli.import_state import ImportCounts, StateFile
 from services.cli.node_client import CommandFailed
 from services.core.errors import InvalidArgument
 
+# Batches at the node at once: while one is written, the next is received and checked.
+IN_FLIGHT = 2
 _MEDIA_FIELD = re.compile(r"^batch\[0\]\.media\[(\d+)\](?:\.(.*))?$")
 
 
@@ -37,6 +39,17 @@ class ImportOptions:
     batch_size: int
     timeout_s: float
     strict: bool = False
+
+
+@dataclass
+class _InFlight:
+    future: grpc.Future[registry_pb2.SubmitMediaResponse]
+    batch: list[Prepared]
+    # The number of its last record in the file.
+    last_record: int
+    # The counts as they stand once this batch is stored: those of the records up to
+    # `last_record` (the state saved after it must not count records read since).
+    counts: ImportCounts
 
 
 @dataclass
@@ -52,16 +65,13 @@ class ImportRun:
     skip: int = 0
     _named: set[str] = field(default_factory=set)
     _advanced: int = 0
-    # The batch the node is storing, the number of its last record, and the counts as they
-    # stood when it was sent (the state saved after it must not count records read since).
-    _in_flight: (
-        tuple[grpc.Future[registry_pb2.SubmitMediaResponse], list[Prepared], int, ImportCounts]
-        | None
-    ) = None
+    # Batches the node is storing, oldest first.
+    _in_flight: list[_InFlight] = field(default_factory=list)
 
     def run(self, records: Iterator[ReadRecord]) -> ImportCounts:
         """Send every record after the first `skip`; the counts include the earlier run's."""
         batch: list[Prepared] = []
+        ids: set[str] = set()
         number = 0
         try:
             for record in records:
@@ -71,10 +81,17 @@ class ImportRun:
                 self.counts.read += 1
                 prepared = self._prepared(record)
                 if prepared is not None:
+                    if prepared.media_id in ids:
+                        # A media twice in one batch is refused: the second goes in the next
+                        # batch, sent once the first is stored, and merges into it.
+                        self._send(batch, number - 1)
+                        self._settle_all()
+                        batch, ids = [], set()
                     batch.append(prepared)
+                    ids.add(prepared.media_id)
                 if len(batch) >= self.options.batch_size:
                     self._send(batch, number)
-                    batch = []
+                    batch, ids = [], set()
         except FormatError:
             # The records read before the file went wrong are stored all the same.
             self._finish(batch, number)
@@ -85,7 +102,7 @@ class ImportRun:
     def _finish(self, batch: list[Prepared], number: int) -> None:
         if batch:
             self._send(batch, number)
-        self._settle()
+        self._settle_all()
         if number > self.skip + self._advanced:  # rejected records after the last batch
             self.advance(number - self.skip - self._advanced)
             self._advanced = number - self.skip
@@ -109,21 +126,33 @@ class ImportRun:
         self.reject(position, reason)
 
     def _send(self, batch: list[Prepared], last_record: int) -> None:
-        """Start storing `batch` (once the one before it is stored)."""
-        self._settle()
+        """Start storing `batch`, with at most IN_FLIGHT batches at the node at once."""
+        while len(self._in_flight) >= IN_FLIGHT:
+            self._settle()
         self._name_series(batch)
-        future = self.stub.SubmitMedia.future(
+        future = self._submit(batch)
+        self._in_flight.append(_InFlight(future, batch, last_record, copy.deepcopy(self.counts)))
+
+    def _submit(self, batch: list[Prepared]) -> grpc.Future[registry_pb2.SubmitMediaResponse]:
+        return self.stub.SubmitMedia.future(
             iter([registry_pb2.SubmitMediaRequest(media=[p.message for p in batch])]),
             timeout=self.options.timeout_s,
         )
-        self._in_flight = (future, batch, last_record, copy.deepcopy(self.counts))
+
+    def _settle_all(self) -> None:
+        while self._in_flight:
+            self._settle()
 
     def _settle(self) -> None:
-        """Wait for the batch in flight; count it and save the resume point after it."""
-        if self._in_flight is None:
+        """Wait for the oldest batch in flight; count it and save the resume point after it
+        (batches are settled in file order, whatever order the node stored them in)."""
+        if not self._in_flight:
             return
-        future, batch, last_record, at_send = self._in_flight
-        self._in_flight = None
+        oldest = self._in_flight.pop(0)
+        future, batch, last_record = oldest.future, oldest.batch, oldest.last_record
+        # The counts the state saved after this batch holds, and those of the batches after it,
+        # which were sent before this one was counted.
+        snapshots = [oldest.counts, *(later.counts for later in self._in_flight)]
         while True:
             try:
                 response = future.result()
@@ -132,15 +161,12 @@ class ImportRun:
                 refused = _refused_media(error)
                 if refused is None or self.options.strict or not batch:
                     raise
-                batch = self._drop_refused(batch, refused, at_send)
+                batch = self._drop_refused(batch, refused, snapshots)
                 if not batch:
                     response = registry_pb2.SubmitMediaResponse()
                     break
-                future = self.stub.SubmitMedia.future(
-                    iter([registry_pb2.SubmitMediaRequest(media=[p.message for p in batch])]),
-                    timeout=self.options.timeout_s,
-                )
-        for counts in (self.counts, at_send):
+                future = self._submit(batch)
+        for counts in (self.counts, *snapshots):
             counts.imported += response.created
             counts.merged += response.updated
             counts.duplicate += response.unchanged
@@ -148,16 +174,17 @@ class ImportRun:
         self.advance(last_record - self.skip - self._advanced)
         self._advanced = last_record - self.skip
         if self.state is not None:
-            self.state.save(last_record, at_send)
+            self.state.save(last_record, oldest.counts)
 
     def _drop_refused(
-        self, batch: list[Prepared], refused: dict[int, str], at_send: ImportCounts
+        self, batch: list[Prepared], refused: dict[int, str], snapshots: list[ImportCounts]
     ) -> list[Prepared]:
         """Count the records the node refused as rejected, in the live counts and in those the
-        state saved after this batch holds."""
+        states saved after this batch and the later ones hold."""
         for index in sorted(refused):
             if index < len(batch):
-                at_send.rejected += 1
+                for counts in snapshots:
+                    counts.rejected += 1
                 self._rejected(
                     batch[index].record.position, f"refused by the node: {refused[index]}"
                 )

@@ -16,7 +16,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hashex.v1 import common_pb2, registry_pb2
-from services.core.algorithms import SignalValue, derived_media_id, spec_for_number
+from services.core.algorithms import ALGORITHMS, SignalValue, derived_media_id, spec_for_number
 from services.core.errors import FieldProblem, InvalidArgument
 from services.registry import model
 from services.registry.contract import (
@@ -30,6 +30,7 @@ from services.registry.contract import (
     MAX_SERIES_PER_MEDIA,
     MAX_SIGNALS_PER_MEDIA,
     MAX_UPDATE_IDS,
+    per_algorithm_limit,
     signal_set_problems,
 )
 
@@ -102,6 +103,13 @@ def _check_signal_set(problems: Problems, field: str, signals: list[SignalValue]
 
 def submission_from_proto(message: registry_pb2.MediaSubmission) -> model.MediaSubmission:
     """One media of a SubmitMediaRequest, validated; InvalidArgument with relative field paths."""
+    fast = _valid_submission(message)
+    return fast if fast is not None else checked_submission(message)
+
+
+def checked_submission(message: registry_pb2.MediaSubmission) -> model.MediaSubmission:
+    """`submission_from_proto` collecting every problem (what a media that is not valid as it
+    stands goes through)."""
     problems = Problems()
     if not message.signals:
         problems.add("signals", "at least one signal is required")
@@ -141,6 +149,84 @@ def submission_from_proto(message: registry_pb2.MediaSubmission) -> model.MediaS
         category=category,
         flags=flags_from_proto(message.flags),
         series_ids=tuple(dict.fromkeys(series_ids)),
+        case_data=model.CaseData(case.case_reference, case.exhibit_reference, case.file_path),
+    )
+
+
+# For `_valid_submission`: per algorithm number its spec and how many a media may carry; the
+# valid categories in their canonical case; the media types.
+_SIGNAL_SPECS = {int(a): (spec, per_algorithm_limit(a)) for a, spec in ALGORITHMS.items()}
+_VALID_CATEGORIES = {
+    (int(scheme), code): model.Category(scheme, code)
+    for scheme, codes in model.CATEGORY_CODES.items()
+    for code in codes
+}
+_SUBMITTED_TYPES = {0: None} | {int(t): t for t in model.MediaType}
+
+
+def _valid_submission(message: registry_pb2.MediaSubmission) -> model.MediaSubmission | None:
+    """The submission when it is valid as it stands, checked without collecting problems (a
+    bulk import sends a million of these); None when anything is off, and then
+    `submission_from_proto` finds and names every problem."""
+    count = len(message.signals)
+    if not 1 <= count <= MAX_SIGNALS_PER_MEDIA or message.media_type not in _SUBMITTED_TYPES:
+        return None
+    unique: dict[tuple[int, bytes], SignalValue] = {}
+    for item in message.signals:
+        known = _SIGNAL_SPECS.get(item.algorithm)
+        if known is None or len(item.value) != 2 * known[0].byte_length:
+            return None
+        try:
+            value = bytes.fromhex(item.value)
+        except ValueError:
+            return None
+        spec = known[0]
+        # bytes.fromhex skips blanks between bytes: the length of the result refuses them.
+        if len(value) != spec.byte_length:
+            return None
+        quality = None
+        if item.HasField("quality"):
+            quality = item.quality
+            if not spec.perceptual or quality > 100:
+                return None
+        unique.setdefault((item.algorithm, value), SignalValue(spec.algorithm, value, quality))
+    signals = tuple(unique[key] for key in sorted(unique))
+    per_algorithm: dict[int, int] = {}
+    for algorithm, _ in unique:
+        per_algorithm[algorithm] = per_algorithm.get(algorithm, 0) + 1
+        if per_algorithm[algorithm] > _SIGNAL_SPECS[algorithm][1]:
+            return None
+    media_id = message.media_id or derived_media_id(list(signals))
+    if media_id is None or (message.media_id and not model.ID_PATTERN.fullmatch(media_id)):
+        return None
+    category = None
+    if message.HasField("category"):
+        category = _VALID_CATEGORIES.get((message.category.scheme, message.category.code))
+        if category is None:
+            return None
+    series_ids = tuple(dict.fromkeys(message.series_ids))
+    if len(series_ids) > MAX_SERIES_PER_MEDIA or not all(
+        model.ID_PATTERN.fullmatch(s) for s in series_ids
+    ):
+        return None
+    case = message.case_data
+    try:
+        for kind, text, limit in (
+            ("case reference", case.case_reference, model.MAX_NAME_CHARS),
+            ("exhibit reference", case.exhibit_reference, model.MAX_NAME_CHARS),
+            ("file path", case.file_path, model.MAX_PATH_CHARS),
+        ):
+            if text:
+                model.check_text(kind, text, limit)
+    except InvalidArgument:
+        return None
+    return model.MediaSubmission(
+        media_id=media_id,
+        signals=signals,
+        media_type=_SUBMITTED_TYPES[message.media_type],
+        category=category,
+        flags=flags_from_proto(message.flags),
+        series_ids=series_ids,
         case_data=model.CaseData(case.case_reference, case.exhibit_reference, case.file_path),
     )
 

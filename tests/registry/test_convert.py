@@ -144,3 +144,67 @@ def test_timestamps_equal_the_library_conversion(moment: datetime) -> None:
     expected = Timestamp()
     expected.FromDatetime(moment)
     assert convert.timestamp(moment) == expected
+
+
+_odd_signal = st.builds(
+    sig,
+    st.sampled_from([0, 1, 2, 3, 4, 5, 9]),
+    st.one_of(
+        st.sampled_from([MD5, MD5.upper(), " " + MD5, MD5[:31], SHA256, PDQ, "0" * 40, "zz" * 16]),
+        st.binary(min_size=16, max_size=16).map(bytes.hex),
+        st.binary(min_size=32, max_size=32).map(bytes.hex),
+        st.just("00 " * 15 + "00"),
+    ),
+    st.one_of(st.none(), st.sampled_from([0, 49, 100, 101])),
+)
+
+
+@given(
+    signals=st.lists(_odd_signal, max_size=18),
+    media_id=st.sampled_from(["", "m-1", "bad id", "x" * 129]),
+    media_type=st.sampled_from([0, 1, 2, 7]),
+    category=st.one_of(
+        st.none(),
+        st.tuples(
+            st.sampled_from([0, 1, 2, 5, 7, 9]), st.sampled_from(["1", "a", "A", " 3", "99"])
+        ),
+    ),
+    series=st.lists(st.sampled_from(["s1", "s1", "S.2", "bad id", ""]), max_size=18),
+    path=st.sampled_from(["", "/x.jpg", "a\x00b", "p" * 4097]),
+)
+def test_the_fast_path_accepts_exactly_what_full_validation_does(
+    signals: list[common_pb2.Signal],
+    media_id: str,
+    media_type: int,
+    category: tuple[int, str] | None,
+    series: list[str],
+    path: str,
+) -> None:
+    """A bulk submission skips the problem-collecting path when the media is valid as it
+    stands; its answer must be the one the full path gives (what it declines goes through the
+    full path, which accepts it or names its problems)."""
+    message = media(*signals, media_id=media_id)
+    message.media_type = media_type  # type: ignore[assignment]
+    if category is not None:
+        message.category.scheme = category[0]  # type: ignore[assignment]
+        message.category.code = category[1]
+    message.series_ids.extend(series)
+    message.case_data.file_path = path
+    fast = convert._valid_submission(message)
+    try:
+        full = convert.checked_submission(message)
+    except InvalidArgument:
+        full = None
+    if fast is not None:
+        assert fast == full
+
+
+def test_a_canonical_media_takes_the_fast_path() -> None:
+    message = media(sig(1, MD5), sig(4, PDQ, 90), media_id="")
+    message.series_ids.extend(["s1", "s2"])
+    message.category.scheme = common_pb2.CATEGORY_SCHEME_VICS_UK
+    message.category.code = "3"
+    fast = convert._valid_submission(message)
+    assert fast is not None
+    assert fast == convert.checked_submission(message)
+    assert fast.media_id == f"md5:{MD5}"
