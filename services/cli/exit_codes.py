@@ -20,8 +20,9 @@ INCOMPLETE = 5
 # The node refused the caller: its certificate (UNAUTHENTICATED) or its role (PERMISSION_DENIED,
 # the message names the role needed). Nothing was changed.
 REFUSED = 6
-# `hashex import`: some records were not stored (each was reported with its position and why,
-# or the file broke off); every other record was stored.
+# `hashex import`: not every record was stored: some were rejected (each reported with its
+# position and why), or the file broke off, or the node refused a batch midway (--strict); what
+# was stored is said.
 PARTIAL = 7
 # The output was closed before the command finished writing (as `| head` does): the shell's
 # code for a command ended by SIGPIPE.
@@ -36,6 +37,6 @@ EPILOG = """exit codes:
   5  incomplete: a peer asked did not answer (lookup --peers: matches found are still
      printed; audit verify --against-peers: the log is not witnessed by every peer)
   6  refused: the certificate or its role does not allow this; nothing was changed
-  7  import: some records were rejected (each reported) or the file broke off; the
-     others were stored
+  7  import: not every record was stored (rejected records are reported, or the file
+     broke off, or the node refused a batch midway); what was stored is said
   141  the output was closed early (as by `| head`)"""

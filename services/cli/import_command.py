@@ -212,7 +212,10 @@ def _import(ns: argparse.Namespace) -> int:
         return exit_codes.PARTIAL if stored else exit_codes.BAD_INPUT
     except CommandFailed as failure:
         progress.finish()
-        raise interrupted(counts, state, str(failure)) from None
+        code = failure.exit_code
+        if code == exit_codes.BAD_INPUT and counts.imported + counts.merged + counts.duplicate:
+            code = exit_codes.PARTIAL  # refused midway: not "nothing stored"
+        raise interrupted(counts, state, str(failure), code) from None
     except KeyboardInterrupt:
         progress.finish()
         raise interrupted(counts, state, "interrupted") from None

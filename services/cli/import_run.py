@@ -227,8 +227,11 @@ def _refused_media(error: grpc.RpcError) -> dict[int, str] | None:
     return refused or None
 
 
-def interrupted(counts: ImportCounts, state: StateFile | None, why: str) -> CommandFailed:
-    """Why the import stopped, what it stored, and how to go on."""
+def interrupted(
+    counts: ImportCounts, state: StateFile | None, why: str, exit_code: int = exit_codes.NODE_ERROR
+) -> CommandFailed:
+    """Why the import stopped, what it stored, and how to go on (`exit_code`: the failure's
+    own, so a refusal stays a refusal)."""
     stored = counts.imported + counts.merged + counts.duplicate
     resume = (
         "; run the same command again to resume after the last stored batch"
@@ -236,6 +239,6 @@ def interrupted(counts: ImportCounts, state: StateFile | None, why: str) -> Comm
         else ""
     )
     return CommandFailed(
-        exit_codes.NODE_ERROR,
+        exit_code,
         f"{why}; {counts.read:,} records read and {stored:,} stored before it stopped{resume}",
     )
