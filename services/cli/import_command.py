@@ -228,18 +228,25 @@ def _import(ns: argparse.Namespace) -> int:
 def _check_all(records: Iterator[ReadRecord], defaults: Defaults) -> None:
     """--strict: every record must be good before anything is sent."""
     checked = 0
-    for record in records:
-        if isinstance(record, Rejected):
-            raise InvalidArgument(f"{record.text()}; nothing was stored (--strict)")
-        try:
-            prepare(record, defaults)
-        except InvalidArgument as error:
-            raise InvalidArgument(
-                f"{record.position.text()}: {error}; nothing was stored (--strict)"
-            ) from None
-        checked += 1
+    try:
+        for record in records:
+            _check_one(record, defaults)
+            checked += 1
+    except FormatError as error:
+        raise InvalidArgument(f"{error}; nothing was stored (--strict)") from None
     if not checked:
         raise InvalidArgument("the file holds no records; nothing was stored")
+
+
+def _check_one(record: ReadRecord, defaults: Defaults) -> None:
+    if isinstance(record, Rejected):
+        raise InvalidArgument(f"{record.text()}; nothing was stored (--strict)")
+    try:
+        prepare(record, defaults)
+    except InvalidArgument as error:
+        raise InvalidArgument(
+            f"{record.position.text()}: {error}; nothing was stored (--strict)"
+        ) from None
 
 
 class _Rejections:

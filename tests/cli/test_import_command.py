@@ -172,3 +172,32 @@ def test_an_interrupted_import_resumes_without_storing_twice(
         assert _state_files(tmp_path) == []  # a finished import leaves no state behind
     finally:
         node.stop()
+
+
+def test_a_vics_file_that_breaks_off_keeps_what_came_before(node_dir: Path, tmp_path: Path) -> None:
+    context = "http://github.com/VICSDATAMODEL/ProjectVic/DataModels/2.0.xml/UK/$metadata#Media"
+    records = [f'{{"MD5": "{_md5(f"t{i}")}", "Category": "2"}}' for i in range(3)]
+    whole = '{"@odata.context": "' + context + '", "value": [\n' + ",\n".join(records) + "\n]}"
+    broken = tmp_path / "broken.json"
+    broken.write_text(whole[: whole.rindex("}") - 30])  # the third record cut off
+    wrong_root = tmp_path / "wrong.json"
+    wrong_root.write_text('{"odata.context": "x", "value": []}')
+    at = ("--data-dir", node_dir)
+    node = NodeProcess(node_dir)
+    try:
+        strict = hashex("import", "vics", broken, "--strict", *at)
+        assert strict.returncode == 2 and "nothing was stored" in strict.stderr, strict.stderr
+        assert _lookup(node_dir, f"md5:{_md5('t0')}") == []
+
+        done = hashex("import", "vics", broken, *at)
+        assert done.returncode == 7, done.stderr
+        assert "2 records read: 2 imported" in done.stderr
+        assert "line 4" in done.stderr  # where the file broke off
+        [match] = _lookup(node_dir, f"md5:{_md5('t1')}")
+        assert match["category"] == "vics-uk:2"
+
+        refused = hashex("import", "vics", wrong_root, *at)
+        assert refused.returncode == 2
+        assert "not a VICS file" in refused.stderr, refused.stderr
+    finally:
+        node.stop()
