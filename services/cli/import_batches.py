@@ -83,39 +83,32 @@ def prepare(record: ImportedMedia, defaults: Defaults) -> Prepared:
     flags = _either(record.flags, defaults.flags)
     message = registry_pb2.MediaSubmission(
         signals=[convert.signal_to_proto(s) for s in record.signals],
-        media_type=_MEDIA_TYPES[record.media_type]
-        if record.media_type
-        else common_pb2.MEDIA_TYPE_UNSPECIFIED,
-        flags=common_pb2.MediaFlags(
-            victim_identified=flags.victim_identified,
-            offender_identified=flags.offender_identified,
-            distributed=flags.distributed,
-            self_generated=flags.self_generated,
-        ),
         series_ids=series_ids,
     )
+    if record.media_type:
+        message.media_type = _MEDIA_TYPES[record.media_type]
+    if flags.to_bits():
+        message.flags.victim_identified = flags.victim_identified
+        message.flags.offender_identified = flags.offender_identified
+        message.flags.distributed = flags.distributed
+        message.flags.self_generated = flags.self_generated
     category = record.category or defaults.category
     if category is not None:
-        message.category.CopyFrom(
-            common_pb2.Category(
-                scheme=common_pb2.CategoryScheme.ValueType(category.scheme), code=category.code
-            )
-        )
-    path = _joined_paths(record.file_paths) if defaults.keep_paths else ""
+        message.category.scheme = common_pb2.CategoryScheme.ValueType(category.scheme)
+        message.category.code = category.code
+    path = _joined_paths(record.file_paths) if defaults.keep_paths and record.file_paths else ""
     case_reference = record.case_reference or defaults.case_reference
     if case_reference or defaults.exhibit_reference or path:
-        message.case_data.CopyFrom(
-            registry_pb2.CaseData(
-                case_reference=case_reference,
-                exhibit_reference=defaults.exhibit_reference,
-                file_path=path,
-            )
-        )
+        message.case_data.case_reference = case_reference
+        message.case_data.exhibit_reference = defaults.exhibit_reference
+        message.case_data.file_path = path
     problems = signal_set_problems(convert.distinct_signals(record.signals))
     if not record.signals:
         problems.append("no hash")
-    problems.extend(_text_problems("case reference", case_reference))
-    problems.extend(_text_problems("file path", path, MAX_PATH_CHARS))
+    if case_reference:
+        problems.extend(_text_problems("case reference", case_reference))
+    if path:
+        problems.extend(_text_problems("file path", path, MAX_PATH_CHARS))
     if problems:
         raise InvalidArgument("; ".join(problems))
     media_id = media_id_of(record.signals)

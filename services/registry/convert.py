@@ -204,22 +204,25 @@ def _valid_submission(message: registry_pb2.MediaSubmission) -> model.MediaSubmi
         category = _VALID_CATEGORIES.get((message.category.scheme, message.category.code))
         if category is None:
             return None
-    series_ids = tuple(dict.fromkeys(message.series_ids))
-    if len(series_ids) > MAX_SERIES_PER_MEDIA or not all(
-        model.ID_PATTERN.fullmatch(s) for s in series_ids
-    ):
-        return None
-    case = message.case_data
-    try:
-        for kind, text, limit in (
-            ("case reference", case.case_reference, model.MAX_NAME_CHARS),
-            ("exhibit reference", case.exhibit_reference, model.MAX_NAME_CHARS),
-            ("file path", case.file_path, model.MAX_PATH_CHARS),
+    series_ids: tuple[str, ...] = ()
+    if message.series_ids:
+        series_ids = tuple(dict.fromkeys(message.series_ids))
+        if len(series_ids) > MAX_SERIES_PER_MEDIA or not all(
+            model.ID_PATTERN.fullmatch(s) for s in series_ids
         ):
-            if text:
-                model.check_text(kind, text, limit)
-    except InvalidArgument:
-        return None
+            return None
+    case = message.case_data
+    if message.HasField("case_data"):
+        try:
+            for kind, text, limit in (
+                ("case reference", case.case_reference, model.MAX_NAME_CHARS),
+                ("exhibit reference", case.exhibit_reference, model.MAX_NAME_CHARS),
+                ("file path", case.file_path, model.MAX_PATH_CHARS),
+            ):
+                if text:
+                    model.check_text(kind, text, limit)
+        except InvalidArgument:
+            return None
     return model.MediaSubmission(
         media_id=media_id,
         signals=signals,
