@@ -18,39 +18,21 @@ BAR_INTERVAL_S = 0.1
 LINE_INTERVAL_S = 10.0
 
 
-class Progress:
-    """Counts finished items out of a known total and shows count, rate and time left."""
+class _Display:
+    """What every progress display shares: a bar redrawn in place on a terminal, a line now and
+    then in a log, nothing when off; notes printed on lines of their own. Subclasses say what a
+    redraw shows (`_text`) and when one is due at least (`_complete`)."""
 
     def __init__(
-        self,
-        total: int,
-        stream: TextIO,
-        mode: ProgressMode,
-        *,
-        unit: str = "files",
-        clock: Callable[[], float] = time.monotonic,
+        self, stream: TextIO, mode: ProgressMode, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._total = total
         self._stream = stream
         self._mode = mode
-        self._unit = unit
         self._clock = clock
         self._started = clock()
         self._last_drawn = self._started
         self._done = 0
         self._drawn_width = 0
-
-    @staticmethod
-    def for_stream(
-        total: int,
-        stream: TextIO,
-        *,
-        quiet: bool,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> Progress:
-        """The right kind of progress for `stream`: a bar only where a person watches it."""
-        mode: ProgressMode = "off" if quiet else "bar" if stream.isatty() else "lines"
-        return Progress(total, stream, mode, clock=clock)
 
     @property
     def done(self) -> int:
@@ -60,7 +42,7 @@ class Progress:
         self._done += count
         now = self._clock()
         if self._mode == "bar":
-            if now - self._last_drawn >= BAR_INTERVAL_S or self._done >= self._total:
+            if now - self._last_drawn >= BAR_INTERVAL_S or self._complete():
                 self._draw(now)
         elif self._mode == "lines" and now - self._last_drawn >= LINE_INTERVAL_S:
             self._draw(now)
@@ -81,82 +63,15 @@ class Progress:
             self._drawn_width = 0
             self._stream.flush()
 
-    def _draw(self, now: float) -> None:
-        self._last_drawn = now
-        elapsed = now - self._started
-        if self._mode == "bar":
-            text = render_bar(self._done, self._total, elapsed, unit=self._unit)
-            padding = " " * max(0, self._drawn_width - len(text))
-            self._stream.write("\r" + text + padding)
-            self._drawn_width = len(text)
-        else:
-            self._stream.write(
-                render_line(self._done, self._total, elapsed, unit=self._unit) + "\n"
-            )
-        self._stream.flush()
+    def _complete(self) -> bool:
+        return False
 
-    def _clear(self) -> None:
-        if self._drawn_width:
-            self._stream.write("\r" + " " * self._drawn_width + "\r")
-            self._drawn_width = 0
-
-
-class RecordProgress:
-    """Records handled out of a file read as a stream: their count is not known ahead, the
-    bytes read are, so the bar and the time left follow the bytes and the rate counts records."""
-
-    def __init__(
-        self,
-        size: int,
-        position: Callable[[], int] | None,
-        stream: TextIO,
-        mode: ProgressMode,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._size = size
-        self._position = position
-        self._stream = stream
-        self._mode = mode
-        self._clock = clock
-        self._started = clock()
-        self._last_drawn = self._started
-        self._done = 0
-        self._drawn_width = 0
-
-    @staticmethod
-    def for_stream(
-        size: int, position: Callable[[], int] | None, stream: TextIO, *, quiet: bool
-    ) -> RecordProgress:
-        mode: ProgressMode = "off" if quiet else "bar" if stream.isatty() else "lines"
-        return RecordProgress(size, position, stream, mode)
-
-    def advance(self, count: int) -> None:
-        self._done += count
-        now = self._clock()
-        interval = BAR_INTERVAL_S if self._mode == "bar" else LINE_INTERVAL_S
-        if self._mode != "off" and now - self._last_drawn >= interval:
-            self._draw(now)
-
-    def note(self, message: str) -> None:
-        self._clear()
-        self._stream.write(message + "\n")
-        self._stream.flush()
-
-    def finish(self) -> None:
-        if self._mode == "bar" and self._drawn_width:
-            self._draw(self._clock())
-            self._stream.write("\n")
-            self._drawn_width = 0
-            self._stream.flush()
+    def _text(self, elapsed_s: float, *, bar: bool) -> str:
+        raise NotImplementedError
 
     def _draw(self, now: float) -> None:
         self._last_drawn = now
-        elapsed = now - self._started
-        fraction = None
-        if self._position is not None and self._size:
-            fraction = min(1.0, self._position() / self._size)
-        text = render_records(self._done, fraction, elapsed, bar=self._mode == "bar")
+        text = self._text(now - self._started, bar=self._mode == "bar")
         if self._mode == "bar":
             padding = " " * max(0, self._drawn_width - len(text))
             self._stream.write("\r" + text + padding)
@@ -169,6 +84,75 @@ class RecordProgress:
         if self._drawn_width:
             self._stream.write("\r" + " " * self._drawn_width + "\r")
             self._drawn_width = 0
+
+
+class Progress(_Display):
+    """Counts finished items out of a known total and shows count, rate and time left."""
+
+    def __init__(
+        self,
+        total: int,
+        stream: TextIO,
+        mode: ProgressMode,
+        *,
+        unit: str = "files",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(stream, mode, clock)
+        self._total = total
+        self._unit = unit
+
+    @staticmethod
+    def for_stream(
+        total: int,
+        stream: TextIO,
+        *,
+        quiet: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Progress:
+        """The right kind of progress for `stream`: a bar only where a person watches it."""
+        return Progress(total, stream, _mode_for(stream, quiet), clock=clock)
+
+    def _complete(self) -> bool:
+        return self._done >= self._total
+
+    def _text(self, elapsed_s: float, *, bar: bool) -> str:
+        render = render_bar if bar else render_line
+        return render(self._done, self._total, elapsed_s, unit=self._unit)
+
+
+class RecordProgress(_Display):
+    """Records handled out of a file read as a stream: their count is not known ahead, the
+    bytes read are, so the bar and the time left follow the bytes and the rate counts records."""
+
+    def __init__(
+        self,
+        size: int,
+        position: Callable[[], int] | None,
+        stream: TextIO,
+        mode: ProgressMode,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(stream, mode, clock)
+        self._size = size
+        self._position = position
+
+    @staticmethod
+    def for_stream(
+        size: int, position: Callable[[], int] | None, stream: TextIO, *, quiet: bool
+    ) -> RecordProgress:
+        return RecordProgress(size, position, stream, _mode_for(stream, quiet))
+
+    def _text(self, elapsed_s: float, *, bar: bool) -> str:
+        fraction = None
+        if self._position is not None and self._size:
+            fraction = min(1.0, self._position() / self._size)
+        return render_records(self._done, fraction, elapsed_s, bar=bar)
+
+
+def _mode_for(stream: TextIO, quiet: bool) -> ProgressMode:
+    return "off" if quiet else "bar" if stream.isatty() else "lines"
 
 
 def render_records(done: int, fraction: float | None, elapsed_s: float, *, bar: bool) -> str:
