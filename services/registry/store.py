@@ -6,8 +6,8 @@ Every operation runs on a connection the caller passes in, inside the caller's t
 (services.core.db.pool.Database.transaction), so that a caller needing several owners' writes in
 one transaction — sync applying a peer's batch and advancing its cursor — owns it. Local writes
 (origin = this node) also append their change-log entries through the core change log on the
-same connection. Batches are staged with COPY into per-connection temporary tables and merged
-with set-based statements, so a batch of 1,000 media costs about a dozen round trips.
+same connection. A batch of 1,000 media costs about a dozen round trips: what is new goes in with
+COPY, what extends a held media through set-based statements (services.registry.store_submit).
 
 What a resubmission means: signals accumulate (a hash once seen stays true, and keeps the quality
 it was first stored with, so the matchable set only grows); type, category, flags and series are
