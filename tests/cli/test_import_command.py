@@ -201,3 +201,49 @@ def test_a_vics_file_that_breaks_off_keeps_what_came_before(node_dir: Path, tmp_
         assert "not a VICS file" in refused.stderr, refused.stderr
     finally:
         node.stop()
+
+
+def test_a_record_the_node_refuses_is_rejected_and_the_rest_of_its_batch_stored(
+    node_dir: Path, tmp_path: Path
+) -> None:
+    """A media already holding 8 PDQ hashes cannot take a ninth: the node refuses that media
+    (naming it in its BadRequest), the import reports it and stores the others."""
+    context = "http://github.com/VICSDATAMODEL/ProjectVic/DataModels/2.0.xml/US/$metadata#Media"
+
+    def pdq(n: int) -> dict[str, str]:
+        return {"HashName": "PDQ", "HashValue": hashlib.sha256(f"p{n}".encode()).hexdigest()}
+
+    def document(records: list[dict[str, object]]) -> str:
+        return json.dumps({"@odata.context": context, "value": records})
+
+    first = tmp_path / "first.json"
+    first.write_text(
+        document([{"MD5": _md5("full"), "AlternativeHashes": [pdq(n) for n in range(8)]}])
+    )
+    second = tmp_path / "second.json"
+    second.write_text(
+        document(
+            [
+                {"MD5": _md5("other-1")},
+                {"MD5": _md5("full"), "AlternativeHashes": [pdq(99)]},
+                {"MD5": _md5("other-2"), "Category": 1},
+            ]
+        )
+    )
+    at = ("--data-dir", node_dir)
+    node = NodeProcess(node_dir)
+    try:
+        assert hashex("import", "vics", first, *at).returncode == 0
+        done = hashex("import", "vics", second, *at)
+        assert done.returncode == 7, done.stderr
+        assert "rejected record 2 (line 1, column" in done.stderr
+        assert "refused by the node" in done.stderr and "at most 8" in done.stderr
+        assert "3 records read: 2 imported, 0 merged" in done.stderr
+        assert _lookup(node_dir, f"md5:{_md5('other-2')}")[0]["category"] == "vics-us:1"
+
+        # --strict stops at the refusal; its batch was refused whole, so nothing was stored.
+        strict = hashex("import", "vics", second, "--strict", "--restart", *at)
+        assert strict.returncode == 2, strict.stderr
+        assert "rejected by the node" in strict.stderr and "0 stored" in strict.stderr
+    finally:
+        node.stop()
