@@ -241,6 +241,28 @@ def test_a_record_the_node_refuses_is_rejected_and_the_rest_of_its_batch_stored(
         assert "3 records read: 2 imported, 0 merged" in done.stderr
         assert _lookup(node_dir, f"md5:{_md5('other-2')}")[0]["category"] == "vics-us:1"
 
+        # Two records of one MD5 are one media: the second merges into the first.
+        twice = tmp_path / "twice.json"
+        twice.write_text(
+            document(
+                [
+                    {"MD5": _md5("twice"), "Category": 2},
+                    {
+                        "MD5": _md5("twice").upper(),
+                        "Series": "Op Twice",
+                        "VictimIdentified": "true",
+                    },
+                ]
+            )
+        )
+        done = hashex("import", "vics", twice, *at)
+        assert done.returncode == 0, done.stderr
+        assert "2 records read: 1 imported, 1 merged" in done.stderr
+        [merged] = _lookup(node_dir, f"md5:{_md5('twice')}")
+        assert merged["category"] == "vics-us:2"
+        assert merged["flags"]["victim_identified"] is True  # type: ignore[index]
+        assert [s["name"] for s in merged["series"]] == ["Op Twice"]  # type: ignore[attr-defined]
+
         # --strict stops at the refusal; its batch was refused whole, so nothing was stored.
         strict = hashex("import", "vics", second, "--strict", "--restart", *at)
         assert strict.returncode == 2, strict.stderr
