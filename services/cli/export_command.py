@@ -103,8 +103,8 @@ class _output:
             self._stream.flush()
             return
         self._stream.close()
-        if kind is None:
-            os.replace(self._temporary, self._path)  # type: ignore[arg-type]
+        if kind is None and self._path is not None:
+            os.replace(self._temporary, self._path)
         else:
             self._temporary.unlink(missing_ok=True)
 
