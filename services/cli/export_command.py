@@ -24,7 +24,7 @@ from services.cli import exit_codes
 from services.cli.formats.records import ImportedMedia, Position
 from services.cli.node_client import add_node_options, registry_stub, run_command
 from services.registry import convert
-from services.registry.model import MediaFlags, MediaType
+from services.registry.model import MediaType
 
 VERSIONS = ("2.0", "1.3")
 PROFILES = ("US", "Default", "UK", "CUSTOM")
@@ -143,7 +143,6 @@ _TYPES = {
 
 
 def _record(media: common_pb2.Media, names: Mapping[str, str], number: int) -> ImportedMedia:
-    flags = media.flags
     return ImportedMedia(
         position=Position(number),
         signals=tuple(convert.signal_from_proto(s) for s in media.signals),
@@ -151,11 +150,6 @@ def _record(media: common_pb2.Media, names: Mapping[str, str], number: int) -> I
         category=convert.category_from_proto(media.category)
         if media.HasField("category")
         else None,
-        flags=MediaFlags(
-            flags.victim_identified,
-            flags.offender_identified,
-            flags.distributed,
-            flags.self_generated,
-        ),
+        flags=convert.flags_from_proto(media.flags),
         series_names=tuple(names.get(s, s) for s in media.series_ids),
     )

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from hashex.v1 import common_pb2, registry_pb2
 from services.cli.formats.records import ImportedMedia
-from services.core.algorithms import Algorithm, SignalValue, derived_media_id
+from services.core.algorithms import Algorithm, SignalValue, derived_media_id, distinct_signals
 from services.core.errors import InvalidArgument
 from services.registry import convert
 from services.registry.contract import signal_set_problems
@@ -30,16 +30,11 @@ from services.registry.model import (
     MAX_PATH_CHARS,
     Category,
     MediaFlags,
-    MediaType,
     check_text,
 )
 
 _NOT_ID = re.compile(r"[^A-Za-z0-9._:-]+")
 _SLUG_CHARS = 80
-_MEDIA_TYPES = {
-    MediaType.IMAGE: common_pb2.MEDIA_TYPE_IMAGE,
-    MediaType.VIDEO: common_pb2.MEDIA_TYPE_VIDEO,
-}
 
 
 def series_id_for(name: str) -> str:
@@ -86,7 +81,7 @@ def prepare(record: ImportedMedia, defaults: Defaults) -> Prepared:
         series_ids=series_ids,
     )
     if record.media_type:
-        message.media_type = _MEDIA_TYPES[record.media_type]
+        message.media_type = common_pb2.MediaType.ValueType(record.media_type)
     if flags.to_bits():
         message.flags.victim_identified = flags.victim_identified
         message.flags.offender_identified = flags.offender_identified
@@ -102,7 +97,7 @@ def prepare(record: ImportedMedia, defaults: Defaults) -> Prepared:
         message.case_data.case_reference = case_reference
         message.case_data.exhibit_reference = defaults.exhibit_reference
         message.case_data.file_path = path
-    problems = signal_set_problems(convert.distinct_signals(record.signals))
+    problems = signal_set_problems(distinct_signals(record.signals))
     if not record.signals:
         problems.append("no hash")
     if case_reference:

@@ -243,12 +243,7 @@ def _result_json(
                 "media_id": m.media.media_id,
                 "category": _category_text(m.media),
                 "media_type": enum_word(_MEDIA_TYPE, m.media.media_type),
-                "flags": {
-                    "victim_identified": m.media.flags.victim_identified,
-                    "offender_identified": m.media.flags.offender_identified,
-                    "distributed": m.media.flags.distributed,
-                    "self_generated": m.media.flags.self_generated,
-                },
+                "flags": to_json(m.media.flags),
                 "series": [_series_json(s) for s in m.series],
             }
             for m in result.matches

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -164,6 +165,15 @@ def parse_signal_text(text: str) -> SignalValue:
 
 def format_signal_text(signal: SignalValue) -> str:
     return signal.text()
+
+
+def distinct_signals(signals: Iterable[SignalValue]) -> tuple[SignalValue, ...]:
+    """One signal per (algorithm, value), the first given kept (its quality), in the canonical
+    (algorithm, value) order records are stored and logged in."""
+    unique: dict[tuple[int, bytes], SignalValue] = {}
+    for signal in signals:
+        unique.setdefault((signal.algorithm, signal.value), signal)
+    return tuple(unique[key] for key in sorted(unique))
 
 
 def derived_media_id(signals: list[SignalValue]) -> str | None:

@@ -16,7 +16,13 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hashex.v1 import common_pb2, registry_pb2
-from services.core.algorithms import ALGORITHMS, SignalValue, derived_media_id, spec_for_number
+from services.core.algorithms import (
+    ALGORITHMS,
+    SignalValue,
+    derived_media_id,
+    distinct_signals,
+    spec_for_number,
+)
 from services.core.errors import FieldProblem, InvalidArgument
 from services.registry import model
 from services.registry.contract import (
@@ -171,7 +177,7 @@ def _valid_submission(message: registry_pb2.MediaSubmission) -> model.MediaSubmi
     count = len(message.signals)
     if not 1 <= count <= MAX_SIGNALS_PER_MEDIA or message.media_type not in _SUBMITTED_TYPES:
         return None
-    unique: dict[tuple[int, bytes], SignalValue] = {}
+    given: list[SignalValue] = []
     for item in message.signals:
         known = _SIGNAL_SPECS.get(item.algorithm)
         if known is None or len(item.value) != 2 * known[0].byte_length:
@@ -189,12 +195,12 @@ def _valid_submission(message: registry_pb2.MediaSubmission) -> model.MediaSubmi
             quality = item.quality
             if not spec.perceptual or quality > 100:
                 return None
-        unique.setdefault((item.algorithm, value), SignalValue(spec.algorithm, value, quality))
-    signals = tuple(unique[key] for key in sorted(unique))
+        given.append(SignalValue(spec.algorithm, value, quality))
+    signals = distinct_signals(given)
     per_algorithm: dict[int, int] = {}
-    for algorithm, _ in unique:
-        per_algorithm[algorithm] = per_algorithm.get(algorithm, 0) + 1
-        if per_algorithm[algorithm] > _SIGNAL_SPECS[algorithm][1]:
+    for signal in signals:
+        per_algorithm[signal.algorithm] = per_algorithm.get(signal.algorithm, 0) + 1
+        if per_algorithm[signal.algorithm] > _SIGNAL_SPECS[signal.algorithm][1]:
             return None
     media_id = message.media_id or derived_media_id(list(signals))
     if media_id is None or (message.media_id and not model.ID_PATTERN.fullmatch(media_id)):
@@ -238,14 +244,6 @@ def flags_from_proto(flags: common_pb2.MediaFlags) -> model.MediaFlags:
     return model.MediaFlags(
         flags.victim_identified, flags.offender_identified, flags.distributed, flags.self_generated
     )
-
-
-def distinct_signals(signals: Sequence[SignalValue]) -> tuple[SignalValue, ...]:
-    """One signal per (algorithm, value), the first given kept, in a stable canonical order."""
-    unique: dict[tuple[int, bytes], SignalValue] = {}
-    for signal in signals:
-        unique.setdefault((signal.algorithm, signal.value), signal)
-    return tuple(unique[key] for key in sorted(unique))
 
 
 def _text(kind: str, value: str) -> str:

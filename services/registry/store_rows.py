@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.core.algorithms import ALGORITHMS, Algorithm, SignalValue
+from services.core.algorithms import ALGORITHMS, Algorithm, SignalValue, distinct_signals
 from services.core.errors import FailedPrecondition
 from services.registry.cases import CaseSealer
 from services.registry.model import (
@@ -77,15 +77,6 @@ def _merged(earlier: MediaSubmission, later: MediaSubmission) -> MediaSubmission
     )
 
 
-def distinct_signals_of(item: MediaSubmission) -> tuple[SignalValue, ...]:
-    """The submission's signals once each, in (algorithm, value) order as stored and logged,
-    each value with the first quality given."""
-    unique: dict[tuple[int, bytes], SignalValue] = {}
-    for signal in item.signals:
-        unique.setdefault((int(signal.algorithm), signal.value), signal)
-    return tuple(unique[key] for key in sorted(unique))
-
-
 def created_record(
     origin: str, row_id: int, first_seen: datetime, item: MediaSubmission
 ) -> MediaRecord:
@@ -96,7 +87,7 @@ def created_record(
         row_id=row_id,
         origin=origin,
         media_id=item.media_id,
-        signals=distinct_signals_of(item),
+        signals=distinct_signals(item.signals),
         media_type=item.media_type if item.media_type is not None else MediaType.IMAGE,
         category=item.category,
         flags=item.flags,

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.core.algorithms import Algorithm
+from services.core.algorithms import Algorithm, distinct_signals
 from services.core.changelog.store import append_entries
 from services.registry import change_entries
 from services.registry import store_sql as sql
@@ -27,7 +27,6 @@ from services.registry.model import MediaRecord, MediaSubmission, PdqEntry
 from services.registry.store_rows import (
     FoldedBatch,
     created_record,
-    distinct_signals_of,
     matchable_entries,
     media_record,
     sealed_cases,
@@ -165,7 +164,7 @@ async def _add_held_signals(
     signals = [
         (row_of[m.media_id], int(s.algorithm), s.value, s.quality)
         for m in held
-        for s in distinct_signals_of(m)
+        for s in distinct_signals(m.signals)
     ]
     if not signals:
         return []

@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hashex.v1 import common_pb2, federation_pb2
-from services.core.algorithms import ALGORITHMS, AlgorithmSpec, SignalValue
+from services.core.algorithms import ALGORITHMS, AlgorithmSpec, SignalValue, distinct_signals
 from services.core.changelog.store import EntryKind
 from services.core.errors import InvalidArgument
 from services.registry import convert, model
@@ -326,7 +326,7 @@ def _replicated(
         seq=seq,
         changed_at=changed_at,
         media_id=media.media_id,
-        signals=convert.distinct_signals(signals),
+        signals=distinct_signals(signals),
         media_type=media_type,
         category=category,
         flags=convert.flags_from_proto(media.flags),
