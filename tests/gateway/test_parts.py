@@ -48,6 +48,10 @@ def test_method_table_denies_by_default() -> None:
     assert not authz.is_allowed("/hashex.v1.Registry/UpdateVictim", submitter)
     assert authz.is_allowed("/hashex.v1.Registry/UpdateVictim", _caller("unit", "victim-id"))
     assert authz.is_allowed("/hashex.v1.Registry/RetractMedia", _caller("unit", "supervisor"))
+    # The node's whole own set at once: a supervisor's, not an analyst's or a submitter's.
+    assert authz.is_allowed("/hashex.v1.Registry/ExportMedia", _caller("unit", "supervisor"))
+    assert not authz.is_allowed("/hashex.v1.Registry/ExportMedia", analyst)
+    assert not authz.is_allowed("/hashex.v1.Registry/ExportMedia", submitter)
     assert not authz.is_allowed("/hashex.v1.Units/Other", analyst)
     assert authz.is_allowed("/hashex.v1.Federation/Pull", _caller("peer"))
     assert not authz.is_allowed("/hashex.v1.Federation/Pull", analyst)
